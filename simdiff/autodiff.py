@@ -1,0 +1,275 @@
+"""The one bridge between the kernel backends and torch autograd.
+
+A simulator step is a :class:`KernelStep`: a few kernel launches, each a kernel plus the
+resident (static) arguments it needs. :func:`apply_step` runs it as a ``torch.autograd.Function``
+whose backward launches the backend's adjoints of the same kernels in reverse (Warp's
+``adjoint=True`` launch, Taichi's ``kernel.grad``). Kernels read inputs and write fresh outputs,
+so backward needs only the saved step inputs and no tape: every step is one small autograd node
+and torch owns the graph.
+
+:func:`rollout` chains steps with a controller. With ``checkpoint_every=K`` it keeps only the
+state at the start of every K-step segment and recomputes each segment in backward
+(``torch.utils.checkpoint``), so memory grows with ``steps / K`` instead of ``steps``.
+
+This is the only module that touches ``torch.autograd.Function``, ``kernel.grad`` or Warp
+adjoint launches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from simdiff.backend import Backend, BackendName
+from simdiff.sims.base import SimulationError, Simulator, State
+
+__all__ = ["KernelLaunch", "KernelStep", "OutputSpec", "Rollout", "apply_step", "rollout"]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Shape and element type of one kernel output."""
+
+    shape: tuple[int, ...]
+    warp_dtype: Any = None  # Warp element type (e.g. ``wp.vec2d``) the tensor is viewed as
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel call: ``kernel(*static_args, *inputs, *outputs)``.
+
+    Attributes:
+        backend: The backend the kernel belongs to.
+        kernel: A ``@ti.kernel`` or ``@wp.kernel`` function.
+        dim: Number of Warp threads (ignored by Taichi, whose kernels loop themselves).
+        static_args: Resident, non-differentiable arguments passed first (Warp arrays or
+            scalars; torch tensors or scalars for Taichi).
+        inputs: Names of the step buffers the kernel reads, with the Warp element type of each.
+        outputs: Names of the buffers the kernel writes (zero-initialized), with their specs.
+    """
+
+    backend: Backend
+    kernel: Any
+    dim: int
+    static_args: tuple
+    inputs: tuple[tuple[str, Any], ...]
+    outputs: tuple[tuple[str, OutputSpec], ...]
+
+
+@dataclass(frozen=True)
+class KernelStep:
+    """A differentiable step made of kernel launches that run in order.
+
+    Each launch reads named buffers (the step's inputs or earlier launches' outputs) and writes
+    new ones; the step returns the buffers named in ``outputs``. Backward recomputes the
+    intermediate buffers from the saved inputs (cheaper in memory than storing them, and what
+    keeps the adjoints right: each adjoint sees the primal values it was derived from), then runs
+    the adjoint launches in reverse order.
+    """
+
+    inputs: tuple[str, ...]
+    launches: tuple[KernelLaunch, ...]
+    outputs: tuple[str, ...]
+
+
+def _warp_view(tensor: torch.Tensor, dtype: Any) -> Any:
+    import warp as wp
+
+    return wp.from_torch(tensor, dtype=dtype, requires_grad=False)
+
+
+def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    buffers = dict(zip(step.inputs, inputs))
+    like = inputs[0]
+    for launch in step.launches:
+        launch.backend.ensure_initialized()
+        args = [buffers[name] for name, _ in launch.inputs]
+        outs = [torch.zeros(o.shape, dtype=like.dtype, device=like.device) for _, o in launch.outputs]
+        if launch.backend.name is BackendName.WARP:
+            import warp as wp
+
+            wp.launch(
+                launch.kernel,
+                dim=launch.dim,
+                inputs=[*launch.static_args]
+                + [_warp_view(t, d) for t, (_, d) in zip(args, launch.inputs)],
+                outputs=[_warp_view(t, o.warp_dtype) for t, (_, o) in zip(outs, launch.outputs)],
+                device=launch.backend.device,
+            )
+        else:
+            launch.kernel(*launch.static_args, *args, *outs)
+        buffers.update(zip((name for name, _ in launch.outputs), outs))
+    return buffers
+
+
+def _run_adjoint(
+    launch: KernelLaunch,
+    inputs: Sequence[torch.Tensor],
+    outputs: Sequence[torch.Tensor],
+    grad_outputs: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Gradients of one launch's inputs given its primal inputs, outputs and output gradients."""
+    grads_in = [torch.zeros_like(t) for t in inputs]
+    if launch.backend.name is BackendName.WARP:
+        import warp as wp
+
+        wp.launch(
+            launch.kernel,
+            dim=launch.dim,
+            inputs=[*launch.static_args]
+            + [_warp_view(t, d) for t, (_, d) in zip(inputs, launch.inputs)],
+            outputs=[_warp_view(t, o.warp_dtype) for t, (_, o) in zip(outputs, launch.outputs)],
+            adj_inputs=[None] * len(launch.static_args)
+            + [_warp_view(g, d) for g, (_, d) in zip(grads_in, launch.inputs)],
+            adj_outputs=[
+                _warp_view(g.clone(), o.warp_dtype) for g, (_, o) in zip(grad_outputs, launch.outputs)
+            ],
+            adjoint=True,
+            device=launch.backend.device,
+        )
+        return grads_in
+    # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``.
+    leaves = []
+    for value, grad in [*zip(inputs, grads_in), *zip(outputs, grad_outputs)]:
+        leaf = value.detach().requires_grad_(True)
+        leaf.grad = grad.clone()
+        leaves.append(leaf)
+    launch.kernel.grad(*launch.static_args, *leaves)
+    return [leaf.grad for leaf in leaves[: len(inputs)]]
+
+
+class _StepFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, step: KernelStep, *inputs: torch.Tensor):
+        inputs = tuple(t.detach().contiguous() for t in inputs)
+        buffers = _run_forward(step, inputs)
+        ctx.step = step
+        ctx.save_for_backward(*inputs)
+        return tuple(buffers[name] for name in step.outputs)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: torch.Tensor):
+        inputs = ctx.saved_tensors
+        step: KernelStep = ctx.step
+        if not any(ctx.needs_input_grad[1:]):
+            return (None,) * (len(inputs) + 1)
+        buffers = _run_forward(step, inputs)
+        adjoints = {
+            name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
+        }
+        for launch in reversed(step.launches):
+            outs = [buffers[name] for name, _ in launch.outputs]
+            grads = _run_adjoint(
+                launch,
+                [buffers[name] for name, _ in launch.inputs],
+                outs,
+                [adjoints.get(name, torch.zeros_like(o)) for (name, _), o in zip(launch.outputs, outs)],
+            )
+            for (name, _), g in zip(launch.inputs, grads):
+                adjoints[name] = adjoints[name] + g if name in adjoints else g
+        grads_in = [adjoints.get(name) for name in step.inputs]
+        return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
+
+
+def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run ``step`` on torch tensors as one differentiable torch operation."""
+    return _StepFunction.apply(step, *inputs)
+
+
+Controller = Callable[[int, State], torch.Tensor | None]
+
+
+@dataclass
+class Rollout:
+    """The result of :func:`rollout`.
+
+    Attributes:
+        initial: The state the rollout started from.
+        final: The state after the last step, differentiable.
+        steps: Number of steps taken.
+        frames: Detached copies of the states at every ``record_every`` steps, keyed by step.
+        actions: Detached actions at the recorded steps, keyed by step.
+    """
+
+    initial: State
+    final: State
+    steps: int
+    frames: dict[int, State] = field(default_factory=dict)
+    actions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def recorded(self) -> list[State]:
+        return [self.frames[k] for k in sorted(self.frames)]
+
+
+def rollout(
+    sim: Simulator,
+    state: State,
+    controller: Controller | None,
+    steps: int,
+    *,
+    checkpoint_every: int | None = None,
+    record_every: int = 0,
+    check_every: int = 1,
+) -> Rollout:
+    """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
+
+    Args:
+        sim: The simulator.
+        state: The initial state (its tensors may require grad).
+        controller: Maps the step index and the current state to an action, or ``None`` for an
+            unactuated rollout.
+        steps: Number of steps, at least 1.
+        checkpoint_every: If given, keep only one state every this many steps and recompute
+            the segments in backward; gradients are unchanged, memory is bounded.
+        record_every: If positive, keep a detached copy of every such step's state (for
+            rendering), including the first and last.
+        check_every: Check for NaN or blow-up every this many steps (0 disables).
+
+    Raises:
+        SimulationError: naming the step and quantity if the state stops being finite or
+            bounded.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
+    result = Rollout(initial=state, final=state, steps=steps)
+
+    def record(t: int, s: State, action: torch.Tensor | None) -> None:
+        if record_every > 0 and (t % record_every == 0 or t == steps):
+            result.frames[t] = s.detach()
+            if action is not None:
+                result.actions[t] = action.detach().clone()
+
+    def advance(t0: int, t1: int, s: State) -> State:
+        for t in range(t0, t1):
+            action = controller(t, s) if controller is not None else None
+            record(t, s, action)
+            s = sim.step(s, action)
+            if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
+                problem = sim.check_state(s)
+                if problem is not None:
+                    raise SimulationError(f"step {t + 1} of {steps}: {problem}")
+        return s
+
+    if checkpoint_every is None or not torch.is_grad_enabled():
+        final = advance(0, steps, state)
+    else:
+        final = state
+        names = final.field_names()
+        for t0 in range(0, steps, checkpoint_every):
+            t1 = min(t0 + checkpoint_every, steps)
+
+            def segment(*tensors: torch.Tensor, _t0: int = t0, _t1: int = t1) -> tuple:
+                return advance(_t0, _t1, type(state).from_tensors(names, tensors)).tensors()
+
+            final = type(state).from_tensors(
+                names, checkpoint(segment, *final.tensors(), use_reentrant=False)
+            )
+    record(steps, final, None)
+    result.final = final
+    return result

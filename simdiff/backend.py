@@ -1,0 +1,150 @@
+"""Choosing and initializing a kernel backend: Taichi or Warp, a device, a precision.
+
+A :class:`Backend` is plain data; nothing is initialized at import. The first kernel launch
+calls :meth:`Backend.ensure_initialized`, which starts Taichi (``ti.init``) or Warp
+(``wp.init``) for the requested device and precision.
+
+Taichi fixes its default float type at ``ti.init``, so one process runs Taichi kernels in one
+precision at a time: asking for the other precision re-initializes Taichi (kernels recompile).
+Warp kernels are compiled per precision and coexist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+__all__ = ["Backend", "BackendError", "BackendName", "Precision", "resolve_backend"]
+
+
+class BackendError(ValueError):
+    """A backend, device or precision that cannot be used here."""
+
+
+class BackendName(str, Enum):
+    TAICHI = "taichi"
+    WARP = "warp"
+
+
+class Precision(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+_PRECISION_ALIASES = {"f32": "float32", "f64": "float64", "fp32": "float32", "fp64": "float64"}
+_PACKAGE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp-lang"}
+_MODULE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp"}
+
+# What the running process has initialized: Taichi's (device, precision), Warp's flag.
+_taichi_config: tuple[str, Precision] | None = None
+_warp_initialized = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where and how kernels run.
+
+    Attributes:
+        name: Kernel language, Taichi or Warp.
+        device: ``"cpu"`` or ``"cuda"``.
+        precision: Floating-point precision of states, parameters and kernels.
+    """
+
+    name: BackendName
+    device: str = "cpu"
+    precision: Precision = Precision.FLOAT32
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.precision is Precision.FLOAT64 else torch.float32
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda" if self.device == "cuda" else "cpu")
+
+    def ensure_initialized(self) -> None:
+        """Start the kernel runtime for this device and precision (idempotent)."""
+        global _taichi_config, _warp_initialized
+        if self.name is BackendName.TAICHI:
+            if _taichi_config == (self.device, self.precision):
+                return
+            import taichi as ti
+
+            if _taichi_config is not None:
+                ti.reset()
+            ti.init(
+                arch=ti.cuda if self.device == "cuda" else ti.cpu,
+                default_fp=ti.f64 if self.precision is Precision.FLOAT64 else ti.f32,
+                default_ip=ti.i32,
+                log_level=ti.ERROR,
+                offline_cache=True,
+            )
+            _taichi_config = (self.device, self.precision)
+        elif not _warp_initialized:
+            import warp as wp
+
+            wp.config.quiet = True
+            wp.init()
+            _warp_initialized = True
+
+    def __str__(self) -> str:
+        return f"{self.name.value}:{self.device}:{self.precision.value}"
+
+
+def _cuda_available(name: BackendName) -> bool:
+    if name is BackendName.WARP:
+        import warp as wp
+
+        Backend(name).ensure_initialized()
+        return wp.get_cuda_device_count() > 0
+    return torch.cuda.is_available()
+
+
+def resolve_backend(
+    name: str | BackendName,
+    device: str = "cpu",
+    precision: str | Precision = Precision.FLOAT32,
+) -> Backend:
+    """Validate a backend request and return it as data (initializes nothing but a CUDA probe).
+
+    Args:
+        name: ``"taichi"`` or ``"warp"``.
+        device: ``"cpu"``, ``"cuda"``, or ``"auto"`` (CUDA when present, else CPU).
+        precision: ``"float32"`` or ``"float64"`` (also ``"f32"``, ``"f64"``).
+
+    Raises:
+        BackendError: naming the parameter, its value and what is allowed, or the missing package.
+    """
+    try:
+        backend_name = BackendName(str(getattr(name, "value", name)).lower())
+    except ValueError:
+        allowed = ", ".join(b.value for b in BackendName)
+        raise BackendError(f"backend={name!r} is unknown; allowed: {allowed}") from None
+    if importlib.util.find_spec(_MODULE[backend_name]) is None:
+        raise BackendError(
+            f"backend={backend_name.value!r} needs the package {_PACKAGE[backend_name]!r}, "
+            f"which is not installed (pip install {_PACKAGE[backend_name]})"
+        )
+    precision_text = str(getattr(precision, "value", precision)).lower()
+    try:
+        prec = Precision(_PRECISION_ALIASES.get(precision_text, precision_text))
+    except ValueError:
+        raise BackendError(
+            f"precision={precision!r} is unknown; allowed: float32, float64"
+        ) from None
+    device = str(device).lower()
+    if device == "auto":
+        device = "cuda" if _cuda_available(backend_name) else "cpu"
+    elif device.startswith("cuda"):
+        if not _cuda_available(backend_name):
+            raise BackendError(
+                f"device={device!r} requested but no CUDA device is visible to "
+                f"{backend_name.value}; use device='cpu' or run on a machine with an NVIDIA GPU"
+            )
+        device = "cuda"
+    elif device != "cpu":
+        raise BackendError(f"device={device!r} is unknown; allowed: cpu, cuda, auto")
+    return Backend(backend_name, device, prec)
