@@ -65,21 +65,126 @@ class KernelStep:
     """A differentiable step made of kernel launches that run in order.
 
     Each launch reads named buffers (the step's inputs or earlier launches' outputs) and writes
-    new ones; the step returns the buffers named in ``outputs``. Backward recomputes the
-    intermediate buffers from the saved inputs (cheaper in memory than storing them, and what
-    keeps the adjoints right: each adjoint sees the primal values it was derived from), then runs
-    the adjoint launches in reverse order.
+    new ones; the step returns the buffers named in ``outputs``. Backward runs the adjoint
+    launches in reverse order, each given the primal values of its own inputs and outputs. Those
+    are saved in forward, or with ``recompute=True`` recomputed from the saved step inputs (for
+    steps whose intermediates, such as grids, are much larger than their inputs).
     """
 
     inputs: tuple[str, ...]
     launches: tuple[KernelLaunch, ...]
     outputs: tuple[str, ...]
+    recompute: bool = False
 
 
-def _warp_view(tensor: torch.Tensor, dtype: Any) -> Any:
+def _warp_ndim(tensor: torch.Tensor, dtype: Any) -> int:
+    """Dimensions of the Warp array viewing ``tensor`` with element type ``dtype``."""
     import warp as wp
 
-    return wp.from_torch(tensor, dtype=dtype, requires_grad=False)
+    length = getattr(dtype, "_length_", None) if dtype is not None else None
+    return tensor.dim() - 1 if length and wp.types.type_is_vector(dtype) else tensor.dim()
+
+
+try:  # The C struct a Warp kernel receives for an array argument.
+    from warp._src.types import array_t as _array_t
+except ImportError:  # pragma: no cover - other Warp layouts: go through a wp.array
+    _array_t = None
+
+
+def _array_struct(tensor: torch.Tensor, dtype: Any, ndim: int) -> Any:
+    """The kernel-argument struct of a Warp array viewing ``tensor`` (no wp.array is made).
+
+    Building it directly costs about a microsecond, against several for ``wp.from_torch``; a
+    step launches a handful of kernels with several arrays each, so this is a large share of a
+    small robot's step.
+    """
+    if _array_t is None:
+        import warp as wp
+
+        return wp.from_torch(tensor, dtype=dtype, requires_grad=False).__ctype__()
+    size = tensor.element_size()
+    strides = tensor.stride()
+    return _array_t(
+        data=tensor.data_ptr(),
+        ndim=ndim,
+        shape=tensor.shape,
+        strides=[strides[k] * size for k in range(ndim)],
+    )
+
+
+class _WarpCommands:
+    """Recorded forward and adjoint launches of one Warp kernel (``wp.launch(record_cmd=True)``).
+
+    Replaying a recorded launch with new array parameters costs a few microseconds, against
+    tens for a full ``wp.launch`` that packs every argument again: small robots are
+    launch-bound, so this is where their speed comes from.
+    """
+
+    def __init__(self, launch: KernelLaunch) -> None:
+        self.launch = launch
+        self.first = len(launch.static_args)
+        self.forward_cmd = None
+        self.adjoint_cmd = None
+        self.dtypes = [d for _, d in launch.inputs] + [o.warp_dtype for _, o in launch.outputs]
+        self.ndims: list[int] | None = None
+        self.structs = _array_struct
+
+    def _record(self, arrays: list, adj_arrays: list | None) -> Any:
+        import warp as wp
+
+        launch = self.launch
+        n_in = len(launch.inputs)
+        kwargs = {}
+        if adj_arrays is not None:
+            kwargs = dict(
+                adj_inputs=[None] * self.first + adj_arrays[:n_in],
+                adj_outputs=adj_arrays[n_in:],
+                adjoint=True,
+            )
+        return wp.launch(
+            launch.kernel,
+            dim=launch.dim,
+            inputs=[*launch.static_args, *arrays[:n_in]],
+            outputs=arrays[n_in:],
+            device=launch.backend.device,
+            record_cmd=True,
+            **kwargs,
+        )
+
+    def _arrays(self, tensors: Sequence[torch.Tensor]) -> list:
+        import warp as wp
+
+        return [wp.from_torch(t, dtype=d, requires_grad=False) for t, d in zip(tensors, self.dtypes)]
+
+    def run(self, tensors: Sequence[torch.Tensor], adj_tensors: Sequence[torch.Tensor] | None):
+        if adj_tensors is None:
+            if self.forward_cmd is None:
+                self.forward_cmd = self._record(self._arrays(tensors), None)
+            cmd = self.forward_cmd
+        else:
+            if self.adjoint_cmd is None:
+                self.adjoint_cmd = self._record(self._arrays(tensors), self._arrays(adj_tensors))
+            cmd = self.adjoint_cmd
+        if self.ndims is None:
+            self.ndims = [_warp_ndim(t, d) for t, d in zip(tensors, self.dtypes)]
+        structs = self.structs
+        first = self.first
+        for k, (t, d, nd) in enumerate(zip(tensors, self.dtypes, self.ndims)):
+            cmd.set_param_at_index_from_ctype(first + k, structs(t, d, nd))
+        if adj_tensors is not None:
+            for k, (t, d, nd) in enumerate(zip(adj_tensors, self.dtypes, self.ndims)):
+                cmd.set_param_at_index_from_ctype(first + k, structs(t, d, nd), adjoint=True)
+        cmd.launch()
+
+
+_warp_commands: dict[int, _WarpCommands] = {}
+
+
+def _warp_run(launch: KernelLaunch, tensors: Sequence[torch.Tensor], adj=None) -> None:
+    commands = _warp_commands.get(id(launch))
+    if commands is None or commands.launch is not launch:
+        commands = _warp_commands[id(launch)] = _WarpCommands(launch)
+    commands.run(tensors, adj)
 
 
 def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,16 +195,7 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
         args = [buffers[name] for name, _ in launch.inputs]
         outs = [torch.zeros(o.shape, dtype=like.dtype, device=like.device) for _, o in launch.outputs]
         if launch.backend.name is BackendName.WARP:
-            import warp as wp
-
-            wp.launch(
-                launch.kernel,
-                dim=launch.dim,
-                inputs=[*launch.static_args]
-                + [_warp_view(t, d) for t, (_, d) in zip(args, launch.inputs)],
-                outputs=[_warp_view(t, o.warp_dtype) for t, (_, o) in zip(outs, launch.outputs)],
-                device=launch.backend.device,
-            )
+            _warp_run(launch, [*args, *outs])
         else:
             launch.kernel(*launch.static_args, *args, *outs)
         buffers.update(zip((name for name, _ in launch.outputs), outs))
@@ -115,22 +211,8 @@ def _run_adjoint(
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients."""
     grads_in = [torch.zeros_like(t) for t in inputs]
     if launch.backend.name is BackendName.WARP:
-        import warp as wp
-
-        wp.launch(
-            launch.kernel,
-            dim=launch.dim,
-            inputs=[*launch.static_args]
-            + [_warp_view(t, d) for t, (_, d) in zip(inputs, launch.inputs)],
-            outputs=[_warp_view(t, o.warp_dtype) for t, (_, o) in zip(outputs, launch.outputs)],
-            adj_inputs=[None] * len(launch.static_args)
-            + [_warp_view(g, d) for g, (_, d) in zip(grads_in, launch.inputs)],
-            adj_outputs=[
-                _warp_view(g.clone(), o.warp_dtype) for g, (_, o) in zip(grad_outputs, launch.outputs)
-            ],
-            adjoint=True,
-            device=launch.backend.device,
-        )
+        # Warp's adjoint may consume the output adjoints, so it gets copies.
+        _warp_run(launch, [*inputs, *outputs], [*grads_in, *(g.clone() for g in grad_outputs)])
         return grads_in
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``.
     leaves = []
@@ -148,16 +230,17 @@ class _StepFunction(torch.autograd.Function):
         inputs = tuple(t.detach().contiguous() for t in inputs)
         buffers = _run_forward(step, inputs)
         ctx.step = step
-        ctx.save_for_backward(*inputs)
+        ctx.names = list(step.inputs) if step.recompute else list(buffers)
+        ctx.save_for_backward(*(buffers[name] for name in ctx.names))
         return tuple(buffers[name] for name in step.outputs)
 
     @staticmethod
     def backward(ctx, *grad_outputs: torch.Tensor):
-        inputs = ctx.saved_tensors
         step: KernelStep = ctx.step
+        saved = dict(zip(ctx.names, ctx.saved_tensors))
         if not any(ctx.needs_input_grad[1:]):
-            return (None,) * (len(inputs) + 1)
-        buffers = _run_forward(step, inputs)
+            return (None,) * (len(step.inputs) + 1)
+        buffers = _run_forward(step, [saved[n] for n in step.inputs]) if step.recompute else saved
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
@@ -245,11 +328,13 @@ def rollout(
             if action is not None:
                 result.actions[t] = action.detach().clone()
 
+    shared = sim.rollout_inputs()
+
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
             action = controller(t, s) if controller is not None else None
             record(t, s, action)
-            s = sim.step(s, action)
+            s = sim.step(s, action, **shared)
             if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
                 problem = sim.check_state(s)
                 if problem is not None:

@@ -76,6 +76,11 @@ class Simulator(abc.ABC):
     def step(self, state: State, action: torch.Tensor | None = None) -> State:
         """Advance one time step; differentiable with respect to every tensor input."""
 
+    def rollout_inputs(self) -> dict[str, torch.Tensor]:
+        """Tensors derived from the model once per rollout and passed to every ``step`` as
+        keyword arguments (so per-step work stays small); empty by default."""
+        return {}
+
     @abc.abstractmethod
     def observe(self, state: State) -> torch.Tensor:
         """A flat observation vector for closed-loop controllers."""

@@ -81,6 +81,9 @@ class MassSpring(Simulator):
             from simdiff.sims.mass_spring.taichi import build_step
         return build_step(backend, model.dim, self._resident, scalars)
 
+    def rollout_inputs(self) -> dict[str, torch.Tensor]:
+        return {"spring_params": self.spring_params()}
+
     def spring_params(self) -> torch.Tensor:
         """Stiffness, rest length, damping and effective actuation amplitude, [spring_count, 4]."""
         m = self.model
@@ -114,13 +117,19 @@ class MassSpring(Simulator):
         return (2 * self.model.particle_count + 1) * self.model.dim
 
     def check_state(self, state: State) -> str | None:
-        for name, t, limit in (("particle_x", state.particle_x, 1e6),
-                               ("particle_v", state.particle_v, self.blowup_speed)):
-            peak = t.detach().abs().max()
-            if not bool(peak < limit):
-                kind = "NaN" if bool(torch.isnan(t).any()) else f"|value| {float(peak):.3g} > {limit:.3g}"
-                i = int(torch.nonzero(~(t.detach().abs() < limit))[0, 0])
-                return f"{name} blew up at particle {i} ({kind})"
+        limits = (("particle_x", state.particle_x, 1e6),
+                  ("particle_v", state.particle_v, self.blowup_speed))
+        inf = float("inf")
+        # Fast path: one reduction per quantity; NaN fails the comparison.
+        if all(float(torch.linalg.vector_norm(t.detach(), inf)) < lim for _, t, lim in limits):
+            return None
+        for name, t, limit in limits:
+            bad = ~(t.detach().abs() < limit)
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad)[0, 0])
+                value = t.detach()[i].tolist()
+                kind = "NaN" if bool(torch.isnan(t[i]).any()) else f"beyond {limit:.3g}"
+                return f"{name} of particle {i} is {value} ({kind})"
         return None
 
     def energy(self, state: State) -> torch.Tensor:

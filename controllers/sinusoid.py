@@ -1,0 +1,38 @@
+"""Open-loop sinusoid controller: each muscle follows a learned mix of phase-shifted sines.
+
+``u_j(t) = tanh(sum_k W_jk sin(omega t + 2 pi k / K) + b_j)``; it never sees the state.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidController(nn.Module):
+    """Open-loop actions from ``waves`` phase-shifted sines of angular frequency ``omega``.
+
+    Args:
+        action_dim: Number of actuators.
+        dt: Simulator time step [s].
+        waves: Number of phase-shifted sines K.
+        frequency: Gait frequency [Hz].
+        init_scale: Standard deviation of the initial weights.
+    """
+
+    def __init__(self, action_dim: int, dt: float, *, waves: int = 4, frequency: float = 2.0,
+                 init_scale: float = 0.3) -> None:
+        super().__init__()
+        self.dt = dt
+        self.omega = 2 * math.pi * frequency
+        self.register_buffer("phases", 2 * math.pi * torch.arange(waves) / waves)
+        self.weight = nn.Parameter(init_scale * torch.randn(action_dim, waves))
+        self.bias = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, step: int, state=None) -> torch.Tensor:
+        clocks = torch.sin(self.omega * step * self.dt + self.phases)
+        return torch.tanh(self.weight @ clocks + self.bias)
+
+
+def controller(sim, scene, **options) -> nn.Module:
+    return SinusoidController(sim.action_dim, scene.model.dt, **options)

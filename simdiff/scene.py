@@ -1,0 +1,170 @@
+"""Scenes and controllers: what a user defines in Python, and how simdiff finds it.
+
+A scene file (``scenes/NAME.py`` or any path) defines ``scene(**options) -> Scene``. A
+controller file (``controllers/NAME.py`` or any path) defines
+``controller(sim, scene, **options) -> torch.nn.Module`` whose ``forward(step, state)`` returns
+the action for that step. Both are loaded by name or by path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from simdiff.autodiff import Rollout
+from simdiff.backend import Backend
+from simdiff.sims.base import Simulator
+
+__all__ = [
+    "SceneError",
+    "Scene",
+    "controller_dir",
+    "list_controllers",
+    "list_scenes",
+    "load_controller",
+    "load_scene",
+    "make_simulator",
+    "scene_dir",
+]
+
+# The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
+# SIMDIFF_CONTROLLERS (useful when simdiff is installed without the repository).
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SceneError(ValueError):
+    """A scene or controller that cannot be found or does not define what it must."""
+
+
+@dataclass
+class Scene:
+    """A physical scene with its task.
+
+    Attributes:
+        name: Short name, used for output folders.
+        simulator: Simulator name, a key of :data:`SIMULATORS`.
+        model: The simulator's validated model.
+        steps: Horizon of one rollout.
+        loss: Task loss of a rollout (lower is better), differentiable.
+        metrics: Human-readable figures of a rollout (e.g. distance travelled).
+        description: One line shown by ``simdiff list``.
+        default_backend: Backend measured fastest for this scene's size (see benchmarks/).
+        render_every: Steps between rendered frames.
+        train: Default training options (``lr``, ``iters``, ``controller``...).
+    """
+
+    name: str
+    simulator: str
+    model: Any
+    steps: int
+    loss: Callable[[Rollout], torch.Tensor]
+    metrics: Callable[[Rollout], dict[str, float]] = lambda rollout: {}
+    description: str = ""
+    default_backend: str = "warp"
+    render_every: int = 4
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SceneError(f"scene {self.name!r}: steps={self.steps} must be at least 1")
+        if self.simulator not in SIMULATORS:
+            raise SceneError(
+                f"scene {self.name!r}: simulator={self.simulator!r} is unknown; "
+                f"allowed: {', '.join(SIMULATORS)}"
+            )
+
+
+def _mass_spring(model: Any, backend: Backend) -> Simulator:
+    from simdiff.sims.mass_spring import MassSpring
+
+    return MassSpring(model, backend)
+
+
+SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {"mass_spring": _mass_spring}
+
+
+def make_simulator(scene: Scene, backend: Backend) -> Simulator:
+    """The scene's simulator on ``backend``."""
+    return SIMULATORS[scene.simulator](scene.model, backend)
+
+
+def scene_dir() -> Path:
+    return Path(os.environ.get("SIMDIFF_SCENES", _ROOT / "scenes"))
+
+
+def controller_dir() -> Path:
+    return Path(os.environ.get("SIMDIFF_CONTROLLERS", _ROOT / "controllers"))
+
+
+def _names(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def list_scenes() -> list[str]:
+    return _names(scene_dir())
+
+
+def list_controllers() -> list[str]:
+    return _names(controller_dir())
+
+
+def _load_module(name_or_path: str | Path, folder: Path, kind: str) -> ModuleType:
+    text = str(name_or_path)
+    path = Path(text) if text.endswith(".py") or os.sep in text else folder / f"{text}.py"
+    if not path.is_file():
+        known = ", ".join(_names(folder)) or "none"
+        raise SceneError(f"{kind} {text!r} not found (looked for {path}); known {kind}s: {known}")
+    module_name = f"simdiff_{kind}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_scene(name_or_path: str | Path, **options: Any) -> Scene:
+    """Build a scene by name (``scenes/NAME.py``) or from a file path.
+
+    Raises:
+        SceneError: the file does not exist, defines no ``scene`` function, or it returns no
+            :class:`Scene`.
+    """
+    module = _load_module(name_or_path, scene_dir(), "scene")
+    build = getattr(module, "scene", None)
+    if not callable(build):
+        raise SceneError(f"scene file {module.__file__} defines no function `scene(**options)`")
+    result = build(**options)
+    if not isinstance(result, Scene):
+        raise SceneError(
+            f"scene() in {module.__file__} returned {type(result).__name__}, not a Scene"
+        )
+    return result
+
+
+def load_controller(
+    name_or_path: str | Path, sim: Simulator, scene: Scene, **options: Any
+) -> torch.nn.Module:
+    """Build a controller by name (``controllers/NAME.py``) or from a file path."""
+    module = _load_module(name_or_path, controller_dir(), "controller")
+    build = getattr(module, "controller", None)
+    if not callable(build):
+        raise SceneError(
+            f"controller file {module.__file__} defines no function `controller(sim, scene)`"
+        )
+    result = build(sim, scene, **options)
+    if not isinstance(result, torch.nn.Module):
+        raise SceneError(
+            f"controller() in {module.__file__} returned {type(result).__name__}, "
+            f"not a torch.nn.Module"
+        )
+    return result

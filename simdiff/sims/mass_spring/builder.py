@@ -1,0 +1,124 @@
+"""Building mass-spring robots from ASCII art.
+
+Each non-blank character of the art is one square cell (a cube in 3D, extruded ``depth`` cells
+along z). Cells share corner particles; every pair of corners of a cell is joined by a spring
+(edges and diagonals), duplicates removed. Characters:
+
+* ``#``: a passive cell.
+* ``0``-``9``: an actuated cell; its vertical springs and diagonals follow actuator ``digit``
+  (a muscle that lengthens and shortens the cell), its horizontal springs are passive.
+* ``.`` or space: empty.
+
+The first line of the art is the top of the robot; the robot is placed with its lowest particles
+at ``lift`` above the ground.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from simdiff.sims.mass_spring.model import Ground, Model
+
+__all__ = ["robot_from_ascii"]
+
+
+def robot_from_ascii(
+    art: str,
+    *,
+    dim: int = 2,
+    cell: float = 0.1,
+    depth: int = 1,
+    mass: float = 1.0,
+    stiffness: float = 1e4,
+    damping: float = 10.0,
+    actuation: float = 0.4,
+    dt: float = 0.004,
+    gravity: float = -9.8,
+    drag: float = 1.0,
+    friction: float = 1.0,
+    lift: float = 0.0,
+    x_offset: float = 0.1,
+    dtype: torch.dtype = torch.float64,
+) -> Model:
+    """A robot model from ASCII art (see the module docstring for the characters).
+
+    Args:
+        art: Rows of cells, top row first.
+        dim: 2 or 3 (3D extrudes every cell ``depth`` times along z).
+        cell: Cell edge length [m].
+        depth: Number of cells along z in 3D.
+        mass: Mass of each particle [kg].
+        stiffness: Spring stiffness per unit length of rest length... per spring [N/m].
+        damping: Spring damping [N s/m].
+        actuation: Relative rest-length change of actuated springs per unit action.
+        dt: Time step [s].
+        gravity: Acceleration along y [m/s^2].
+        drag: Velocity damping rate [1/s].
+        friction: Ground friction coefficient.
+        lift: Height of the lowest particles above the ground [m].
+        x_offset: x of the robot's left edge [m].
+        dtype: Floating-point type of the model's tensors.
+    """
+    if dim not in (2, 3):
+        raise ValueError(f"dim={dim} is not allowed; use 2 or 3")
+    rows = [line for line in art.strip("\n").splitlines()]
+    if not any(ch not in ". " for line in rows for ch in line):
+        raise ValueError("art has no cells: use '#' or digits for cells, '.' or space for empty")
+    height = len(rows)
+    cells = [
+        (col, height - 1 - r, ch)
+        for r, line in enumerate(rows)
+        for col, ch in enumerate(line)
+        if ch not in ". "
+    ]
+    for _, _, ch in cells:
+        if ch != "#" and not ch.isdigit():
+            raise ValueError(f"art holds {ch!r}; allowed: '#', digits 0-9, '.', space")
+    layers = range(depth) if dim == 3 else range(1)
+    corner_index: dict[tuple[int, ...], int] = {}
+    springs: dict[tuple[int, int], int] = {}  # (a, b) -> actuator or -1
+
+    def corner(key: tuple[int, ...]) -> int:
+        return corner_index.setdefault(key, len(corner_index))
+
+    for (cx, cy, ch), cz in itertools.product(cells, layers):
+        offsets = list(itertools.product((0, 1), repeat=dim))
+        keys = [(cx + o[0], cy + o[1], *((cz + o[2],) if dim == 3 else ())) for o in offsets]
+        ids = [corner(k) for k in keys]
+        act = int(ch) if ch.isdigit() else -1
+        for (ia, oa), (ib, ob) in itertools.combinations(zip(ids, offsets), 2):
+            pair = (min(ia, ib), max(ia, ib))
+            vertical_part = oa[1] != ob[1]
+            spring_act = act if vertical_part else -1
+            # A spring shared by a passive and an actuated cell stays actuated.
+            springs[pair] = max(springs.get(pair, -1), spring_act)
+    keys = sorted(corner_index, key=corner_index.get)
+    x = torch.tensor(keys, dtype=dtype) * cell
+    x[:, 0] += x_offset
+    x[:, 1] += lift
+    pairs = torch.tensor(list(springs), dtype=torch.long)
+    actuator = torch.tensor(list(springs.values()), dtype=torch.long)
+    if int(actuator.max()) >= 0:
+        # Renumber the digits used to 0..k-1 so that actuators have no gaps.
+        used = sorted(set(actuator[actuator >= 0].tolist()))
+        remap = {d: i for i, d in enumerate(used)}
+        actuator = torch.tensor([remap.get(a, -1) for a in actuator.tolist()], dtype=torch.long)
+    rest = (x[pairs[:, 1]] - x[pairs[:, 0]]).norm(dim=1)
+    m = pairs.shape[0]
+    return Model(
+        particle_x=x,
+        particle_v=torch.zeros_like(x),
+        particle_mass=torch.full((x.shape[0],), mass, dtype=dtype),
+        spring_indices=pairs,
+        spring_stiffness=torch.full((m,), stiffness, dtype=dtype),
+        spring_rest_length=rest,
+        spring_damping=torch.full((m,), damping, dtype=dtype),
+        spring_actuator=actuator,
+        spring_actuation=torch.where(actuator >= 0, actuation, 0.0).to(dtype),
+        dt=dt,
+        gravity=gravity,
+        ground=Ground(0.0, friction),
+        drag=drag,
+    )

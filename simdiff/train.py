@@ -1,0 +1,236 @@
+"""The optimization loop: a torch optimizer over a controller, through the simulator.
+
+Each iteration rolls the scene out with the controller, takes the task loss, backpropagates
+through the physics and takes one optimizer step (with gradient-norm clipping). Progress shows
+in a bar; every iteration appends one JSON line to ``metrics.jsonl``; every
+``checkpoint_every`` iterations ``checkpoint.pt`` is rewritten atomically with everything needed
+to continue exactly (controller and optimizer state, iteration, RNG state, configuration).
+``resume=`` continues from such a file; the metrics log is cut back to the checkpoint's
+iteration, so a resumed run's log equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from simdiff.autodiff import Rollout, rollout
+from simdiff.backend import Backend, resolve_backend
+from simdiff.scene import Scene, load_controller, load_scene, make_simulator
+from simdiff.sims.base import Simulator
+
+__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unreadable, of another format, or of another run."""
+
+
+@dataclass
+class TrainConfig:
+    """What a training run is; stored in its checkpoint and compared on resume.
+
+    Attributes:
+        scene: Scene name or path.
+        controller: Controller name or path.
+        iters: Total number of iterations (a resumed run stops at the same total).
+        backend: ``taichi`` or ``warp``; None takes the scene's default.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        precision: ``float32`` or ``float64``.
+        optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
+        lr: Learning rate; None takes the scene's default.
+        clip: Maximum gradient norm (0 disables clipping).
+        seed: Seed of the controller's initial weights.
+        rollout_checkpoint: Keep one state every this many steps in backward (None: all).
+        checkpoint_every: Iterations between checkpoints.
+        scene_options: Keyword arguments of the scene function (e.g. ``steps``).
+        controller_options: Keyword arguments of the controller function.
+    """
+
+    scene: str
+    controller: str | None = None
+    iters: int | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    precision: str = "float32"
+    optimizer: str = "adam"
+    lr: float | None = None
+    clip: float = 1.0
+    seed: int = 0
+    rollout_checkpoint: int | None = None
+    checkpoint_every: int = 10
+    scene_options: dict[str, Any] = field(default_factory=dict)
+    controller_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out: Path
+    config: TrainConfig
+    scene: Scene
+    simulator: Simulator
+    controller: torch.nn.Module
+    metrics: list[dict[str, float]]
+    final_rollout: Rollout | None = None
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer by case-insensitive name."""
+    classes = {
+        k.lower(): v
+        for k, v in vars(torch.optim).items()
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+    }
+    cls = classes.get(name.lower())
+    if cls is None:
+        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))}")
+    return cls(params, lr=lr)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"resume checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is refused the same way
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is not a simdiff training checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return data
+
+
+def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
+    for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
+                "controller_options"):
+        if saved.get(key) != getattr(config, key):
+            raise CheckpointError(
+                f"checkpoint {path} belongs to another run: {key}={saved.get(key)!r} there, "
+                f"{getattr(config, key)!r} here"
+            )
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a controller on a scene; see the module docstring for what is written to ``out``.
+
+    Raises:
+        CheckpointError: ``resume`` is unreadable or from another run.
+        FileExistsError: ``out`` already holds a run and ``resume`` is not given (nothing is
+            overwritten).
+    """
+    out = Path(out)
+    scene = load_scene(config.scene, **config.scene_options)
+    config.controller = config.controller or scene.train.get("controller", "mlp")
+    config.backend = config.backend or scene.default_backend
+    config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
+    config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
+    if config.iters < 0:
+        raise ValueError(f"iters={config.iters} must be >= 0")
+    if config.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
+    saved = None
+    if resume is not None:
+        saved = _load_checkpoint(Path(resume))
+        _check_same_run(saved["config"], config, Path(resume))
+    elif (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists():
+        raise FileExistsError(
+            f"{out} already holds a training run; pass resume={str(out / 'checkpoint.pt')!r} "
+            f"(--resume) to continue it, or choose another output folder"
+        )
+    backend: Backend = resolve_backend(config.backend, config.device, config.precision)
+    config.device = backend.device
+    sim = make_simulator(scene, backend)
+    torch.manual_seed(config.seed)
+    controller = load_controller(config.controller, sim, scene, **config.controller_options)
+    controller = controller.to(device=backend.torch_device, dtype=backend.torch_dtype)
+    optimizer = make_optimizer(config.optimizer, controller.parameters(), config.lr)
+    start = 0
+    metrics: list[dict[str, float]] = []
+    if saved is not None:
+        try:
+            controller.load_state_dict(saved["controller"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {resume} does not fit this controller ({err})") from None
+        torch.set_rng_state(saved["rng"])
+        start = int(saved["iteration"])
+        metrics = list(saved["metrics"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "config.json", "w") as f:
+        json.dump(asdict(config), f, indent=2)
+    # The log is rewritten from the checkpoint's metrics: lines of iterations after it are gone.
+    log_path = out / "metrics.jsonl"
+    with open(log_path, "w") as log:
+        for row in metrics:
+            log.write(json.dumps(row) + "\n")
+
+    def save_checkpoint(iteration: int) -> None:
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": asdict(config),
+                "iteration": iteration,
+                "controller": controller.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "metrics": metrics,
+            },
+            out / "checkpoint.pt",
+        )
+
+    bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
+               desc=f"train {scene.name} [{backend}]", disable=not progress, dynamic_ncols=True)
+    with open(log_path, "a") as log:
+        for iteration in bar:
+            started = time.perf_counter()
+            result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                             checkpoint_every=config.rollout_checkpoint)
+            loss = scene.loss(result)
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                controller.parameters(), config.clip if config.clip > 0 else math.inf
+            )
+            optimizer.step()
+            row = {
+                "iteration": iteration,
+                "loss": float(loss.detach()),
+                "grad_norm": float(grad_norm),
+                "seconds": time.perf_counter() - started,
+                **scene.metrics(result),
+            }
+            metrics.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{row['loss']:.4g}")
+            if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iters:
+                save_checkpoint(iteration + 1)
+    if start == config.iters and saved is None:
+        save_checkpoint(0)
+    torch.save(controller.state_dict(), out / "controller.pt")
+    return TrainResult(out, config, scene, sim, controller, metrics)
