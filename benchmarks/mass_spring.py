@@ -1,0 +1,98 @@
+"""Benchmark: one mass-spring training iteration (rollout, backward, Adam update).
+
+Workload: the ``walker_small`` scene (20 masses, 49 springs), 680 steps, the 32-unit MLP
+controller, float32 on the CPU. Configurations: simdiff on Warp, simdiff on Taichi, and the
+baseline, a plain vectorized PyTorch implementation of the same physics
+(``simdiff.sims.mass_spring.torch_reference``) differentiated by torch autograd.
+
+Each configuration runs in its own process (``--config``), so that peak memory is its own.
+Run through ``simdiff bench mass_spring``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(config: str, *, iters: int, steps: int, device: str = "cpu") -> dict:
+    from simdiff.autodiff import rollout
+    from simdiff.backend import resolve_backend
+    from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.sims.mass_spring.simulator import State
+    from simdiff.sims.mass_spring.torch_reference import torch_step
+
+    scene = load_scene("walker_small", steps=steps)
+    backend = resolve_backend("warp" if config == "torch" else config, device)
+    sim = make_simulator(scene, backend)
+    torch.manual_seed(0)
+    controller = load_controller("mlp", sim, scene).to(backend.torch_dtype)
+    optimizer = torch.optim.Adam(controller.parameters(), lr=1e-3)
+
+    if config == "torch":
+        model = scene.model
+
+        def run_rollout():
+            params = sim.spring_params()
+            state = sim.initial_state()
+            x0 = state.particle_x
+            x, v = state.particle_x, state.particle_v
+            for t in range(steps):
+                action = controller(t, State(x, v))
+                x, v = torch_step(model, x, v, action, params)
+            return -(x[:, 0].mean() - x0[:, 0].mean())
+    else:
+
+        def run_rollout():
+            return scene.loss(rollout(sim, sim.initial_state(), controller, steps))
+
+    def iteration() -> float:
+        loss = run_rollout()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    base_rss = _rss_mb()  # libraries imported, model built: what training adds comes after
+    started = time.perf_counter()
+    iteration()  # compiles kernels (or loads them from the cache)
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        iteration()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {
+        "config": config,
+        "seconds_per_iter": times[len(times) // 2],
+        "first_iter_seconds": first,
+        "peak_rss_mb": _rss_mb(),
+        "rss_growth_mb": _rss_mb() - base_rss,
+        "particles": scene.model.particle_count,
+        "springs": scene.model.spring_count,
+        "steps": steps,
+        "iters": iters,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True, choices=["warp", "taichi", "torch"])
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=680)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.config, iters=args.iters, steps=args.steps, device=args.device)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The ``simdiff`` command line: argument parsing only; the work is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
+    choices = ["taichi", "warp", "all"] if allow_all else ["taichi", "warp"]
+    p.add_argument("--backend", choices=choices, default=None,
+                   help="kernel backend (default: the scene's, measured fastest for its size)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+
+def _scene_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", help="scene name (see `simdiff list`) or path to a scene file")
+    p.add_argument("--steps", type=int, default=None, help="override the scene's horizon")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="scene option, e.g. --set friction=0.5 (repeatable; values parsed as JSON)")
+
+
+def _scene_options(args: argparse.Namespace) -> dict:
+    options = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.steps is not None:
+        options["steps"] = args.steps
+    return options
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from simdiff.scene import SceneError, list_controllers, list_scenes, load_scene
+
+    print("scenes:")
+    for name in list_scenes():
+        try:
+            description = load_scene(name).description
+        except (SceneError, ValueError) as err:
+            description = f"(invalid: {err})"
+        print(f"  {name:<16} {description}")
+    print("controllers:")
+    for name in list_controllers():
+        print(f"  {name}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from simdiff.autodiff import rollout
+    from simdiff.backend import resolve_backend
+    from simdiff.render.rollout import write_rollout_video
+    from simdiff.scene import load_controller, load_scene, make_simulator
+
+    scene = load_scene(args.scene, **_scene_options(args))
+    backend = resolve_backend(args.backend or scene.default_backend, args.device)
+    sim = make_simulator(scene, backend)
+    controller = None
+    if args.controller:
+        torch.manual_seed(args.seed)
+        controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
+        if args.weights:
+            controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    with torch.no_grad():
+        result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                         record_every=scene.render_every)
+    metrics = {"loss": float(scene.loss(result)), **scene.metrics(result)}
+    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    out = Path(args.out or f"renders/{scene.name}.mp4")
+    write_rollout_video(scene, result, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from simdiff.render import plot_loss
+    from simdiff.render.rollout import write_rollout_video
+    from simdiff.train import TrainConfig, train
+
+    config = TrainConfig(
+        scene=args.scene,
+        controller=args.controller,
+        iters=args.iters,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        clip=args.clip,
+        seed=args.seed,
+        rollout_checkpoint=args.rollout_checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        scene_options=_scene_options(args),
+    )
+    out = Path(args.out or f"renders/train_{Path(args.scene).stem}")
+    result = train(config, out, resume=args.resume, progress=not args.quiet)
+    written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
+    if result.metrics:
+        first, last = result.metrics[0], result.metrics[-1]
+        print(f"loss {first['loss']:.4g} -> {last['loss']:.4g} over {len(result.metrics)} iterations")
+        written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
+    if not args.no_video:
+        import torch
+
+        from simdiff.autodiff import rollout
+
+        with torch.no_grad():
+            final = rollout(result.simulator, result.simulator.initial_state(), result.controller,
+                            result.scene.steps, record_every=result.scene.render_every)
+        print(" ".join(f"{k}={v:.4g}" for k, v in result.scene.metrics(final).items()))
+        written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    from simdiff.gradcheck import check_gradients
+    from simdiff.scene import load_scene
+
+    scene = load_scene(args.scene, **_scene_options(args))
+    backends = ["taichi", "warp"] if args.backend in (None, "all") else [args.backend]
+    failed = 0
+    print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
+    for backend in backends:
+        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device):
+            rel = r.error / max(abs(r.finite_difference), 1e-30)
+            failed += not r.ok
+            mark = "ok" if r.ok else "MISMATCH"
+            print(f"{backend:<8} {r.quantity:<22} {r.autodiff:>14.6e} {r.finite_difference:>14.6e} "
+                  f"{rel:>9.1e} {mark}")
+    print("gradcheck passed" if not failed else f"gradcheck FAILED: {failed} mismatches")
+    return 1 if failed else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from simdiff.bench import run_benchmark
+
+    return run_benchmark(args.what, backend=args.backend or "all", device=args.device,
+                         iters=args.iters, steps=args.steps, out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simdiff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list scenes and controllers")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="roll a scene out and write its video")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--controller", help="controller name or file (default: no actuation)")
+    p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train a controller through the physics")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--controller", help="controller name or file (default: the scene's)")
+    p.add_argument("--iters", type=int, help="iterations (default: the scene's)")
+    p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
+    p.add_argument("--resume", help="checkpoint.pt to continue from")
+    p.add_argument("--optimizer", default="adam", help="torch.optim optimizer name")
+    p.add_argument("--lr", type=float, help="learning rate (default: the scene's)")
+    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+    p.add_argument("--rollout-checkpoint", type=int, default=None,
+                   help="keep one state every K steps and recompute in backward (bounded memory)")
+    p.add_argument("--no-video", action="store_true", help="skip the final video")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
+    _scene_args(p)
+    _backend_args(p, allow_all=True)
+    p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
+    p.set_defaults(func=_cmd_gradcheck)
+
+    p = sub.add_parser("bench", help="measure training speed against a plain torch baseline")
+    p.add_argument("what", nargs="?", default="mass_spring", choices=["mass_spring"])
+    _backend_args(p, allow_all=True)
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per configuration")
+    p.add_argument("--steps", type=int, default=680, help="rollout steps")
+    p.add_argument("--out", help="also write the results as JSON to this path")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simdiff.backend import BackendError
+    from simdiff.scene import SceneError
+    from simdiff.sims.base import SimulationError, ValidationError
+    from simdiff.train import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BackendError, SceneError, ValidationError, SimulationError, CheckpointError,
+            FileExistsError) as err:
+        print(f"simdiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Backend resolution: names, devices and precisions are validated with clear messages."""
+
+import pytest
+import torch
+
+from simdiff.backend import BackendError, BackendName, Precision, resolve_backend
+
+
+def test_resolves_names_and_precisions():
+    b = resolve_backend("WARP", "cpu", "f64")
+    assert b.name is BackendName.WARP and b.precision is Precision.FLOAT64
+    assert b.torch_dtype == torch.float64
+    assert resolve_backend("taichi").torch_dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "jax"}, "backend='jax' is unknown; allowed: taichi, warp"),
+        ({"name": "warp", "precision": "float16"}, "precision='float16' is unknown"),
+        ({"name": "warp", "device": "tpu"}, "device='tpu' is unknown"),
+    ],
+)
+def test_bad_requests_name_the_parameter(kwargs, message):
+    with pytest.raises(BackendError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_backend(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_missing_cuda_is_an_error_not_a_fallback():
+    with pytest.raises(BackendError, match="no CUDA device"):
+        resolve_backend("taichi", "cuda")
+    assert resolve_backend("warp", "auto").device == "cpu"
