@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Set-up and the two everyday jobs, with nothing but Python installed.
+
+    python3 tasks.py demo   # create/reuse .venv, install, train the default walker, write renders/
+    python3 tasks.py test   # create/reuse .venv, install, run the test suite
+
+Extra arguments after ``test`` go to pytest (e.g. ``python3 tasks.py test -m slow``).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SIMDIFF_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def run(*cmd: str) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def setup() -> None:
+    """Create the virtual environment once; reinstall only when pyproject.toml changes."""
+    stamp = VENV / ".simdiff-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    run(str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(str(PYTHON), "-m", "pip", "install", "--quiet", "-e", ".[test]")
+    stamp.write_text(digest)
+
+
+def main() -> int:
+    job = sys.argv[1] if len(sys.argv) > 1 else ""
+    if job not in ("demo", "test", "setup"):
+        print(__doc__)
+        return 2
+    setup()
+    if job == "demo":
+        out = ROOT / "renders" / "walker_small"
+        cmd = [str(BIN / "simdiff"), "train", "walker_small", "--out", str(out)]
+        if (out / "checkpoint.pt").exists():
+            cmd += ["--resume", str(out / "checkpoint.pt")]
+        return subprocess.run(cmd, cwd=ROOT).returncode
+    if job == "test":
+        return subprocess.run([str(PYTHON), "-m", "pytest", *sys.argv[2:]], cwd=ROOT).returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Loading scenes and controllers by name or path, and the errors for what is missing."""
+
+import pytest
+import torch
+
+from simdiff.backend import resolve_backend
+from simdiff.scene import SceneError, list_controllers, list_scenes, load_controller, load_scene, make_simulator
+
+
+def test_shipped_scenes_and_controllers_load():
+    assert {"walker_small", "walker_large", "walker_3d"} <= set(list_scenes())
+    assert {"mlp", "sinusoid"} <= set(list_controllers())
+    sizes = {}
+    for name in ("walker_small", "walker_large", "walker_3d"):
+        scene = load_scene(name, steps=5)
+        sizes[name] = (scene.model.dim, scene.model.particle_count)
+        sim = make_simulator(scene, resolve_backend("warp"))
+        for controller in ("mlp", "sinusoid"):
+            action = load_controller(controller, sim, scene)(0, sim.initial_state())
+            assert action.shape == (sim.action_dim,)
+            assert bool((action.abs() <= 1).all())
+    assert sizes == {"walker_small": (2, 20), "walker_large": (2, 63), "walker_3d": (3, 48)}
+
+
+def test_scene_by_path_and_missing_files(tmp_path):
+    with pytest.raises(SceneError, match="scene 'nope' not found .* known scenes: .*walker_small"):
+        load_scene("nope")
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(SceneError, match="defines no function `scene"):
+        load_scene(str(empty))
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("def scene(**kw):\n    return 42\n")
+    with pytest.raises(SceneError, match="returned int, not a Scene"):
+        load_scene(str(wrong))
+    custom = tmp_path / "custom.py"
+    custom.write_text(
+        "from simdiff.scene import Scene\n"
+        "from simdiff.sims.mass_spring.builder import robot_from_ascii\n"
+        "def scene(**kw):\n"
+        "    return Scene('custom', 'mass_spring', robot_from_ascii('#'), 3, lambda r: r.final.particle_x.sum())\n"
+    )
+    assert load_scene(str(custom)).name == "custom"
+    with pytest.raises(SceneError, match="controller 'nope' not found"):
+        load_controller("nope", None, None)
+
+
+def test_scene_options_reach_the_model():
+    scene = load_scene("walker_small", friction=0.25, steps=7)
+    assert scene.steps == 7 and scene.model.ground.friction == 0.25
+    assert scene.model.spring_stiffness.dtype == torch.float64
