@@ -23,5 +23,5 @@ def scene(*, steps: int = 680, dt: float = 0.0035, depth: int = 2, **robot) -> S
         metrics=locomotion_metrics,
         description="3D walker, 48 masses, 284 springs, 2 muscles; walk along +x",
         default_backend="warp",
-        train={"controller": "mlp", "lr": 0.02, "iters": 60},
+        train={"controller": "mlp", "lr": 0.01, "iters": 80},
     )

@@ -25,5 +25,5 @@ def scene(*, steps: int = 680, dt: float = 0.004, **robot) -> Scene:
         metrics=locomotion_metrics,
         description="2D walker, 63 masses, 182 springs, 4 muscles; walk right",
         default_backend="warp",
-        train={"controller": "mlp", "lr": 0.02, "iters": 60},
+        train={"controller": "mlp", "lr": 0.01, "iters": 80},
     )

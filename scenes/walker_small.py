@@ -23,5 +23,5 @@ def scene(*, steps: int = 680, dt: float = 0.004, **robot) -> Scene:
         metrics=locomotion_metrics,
         description="2D walker, 20 masses, 49 springs, 2 muscles; walk right",
         default_backend="warp",
-        train={"controller": "mlp", "lr": 0.02, "iters": 60},
+        train={"controller": "mlp", "lr": 0.01, "iters": 80},
     )

@@ -211,8 +211,9 @@ def _run_adjoint(
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients."""
     grads_in = [torch.zeros_like(t) for t in inputs]
     if launch.backend.name is BackendName.WARP:
-        # Warp's adjoint may consume the output adjoints, so it gets copies.
-        _warp_run(launch, [*inputs, *outputs], [*grads_in, *(g.clone() for g in grad_outputs)])
+        # Warp's adjoint of a store reads the output adjoint without changing it (our kernels
+        # only write fresh outputs), so the incoming gradients are passed without copies.
+        _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
         return grads_in
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``.
     leaves = []

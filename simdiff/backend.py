@@ -86,7 +86,7 @@ class Backend:
         elif not _warp_initialized:
             import warp as wp
 
-            wp.config.quiet = True
+            wp.config.log_level = wp.LOG_WARNING
             wp.init()
             _warp_initialized = True
 

@@ -108,7 +108,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
-        print(f"loss {first['loss']:.4g} -> {last['loss']:.4g} over {len(result.metrics)} iterations")
+        best = min(result.metrics, key=lambda row: row["loss"])
+        print(f"loss {first['loss']:.4g} -> {last['loss']:.4g} over {len(result.metrics)} "
+              f"iterations; best {best['loss']:.4g} at iteration {best['iteration']}")
+        written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
         import torch
@@ -116,9 +119,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from simdiff.autodiff import rollout
 
         with torch.no_grad():
-            final = rollout(result.simulator, result.simulator.initial_state(), result.controller,
-                            result.scene.steps, record_every=result.scene.render_every)
-        print(" ".join(f"{k}={v:.4g}" for k, v in result.scene.metrics(final).items()))
+            final = rollout(result.simulator, result.simulator.initial_state(),
+                            result.best_controller(), result.scene.steps,
+                            record_every=result.scene.render_every)
+        figures = " ".join(f"{k}={v:.4g}" for k, v in result.scene.metrics(final).items())
+        print(f"best controller: {figures}")
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
     for path in written:
         print(f"wrote {path}")

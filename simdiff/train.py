@@ -7,6 +7,10 @@ in a bar; every iteration appends one JSON line to ``metrics.jsonl``; every
 to continue exactly (controller and optimizer state, iteration, RNG state, configuration).
 ``resume=`` continues from such a file; the metrics log is cut back to the checkpoint's
 iteration, so a resumed run's log equals an uninterrupted one.
+
+Long contact-rich rollouts have exploding, noisy gradients (the loss landscape of a walking gait
+is rough), so losses do not fall monotonically: the run also keeps the controller of its best
+iteration (``best_controller.pt``), which is what ``simdiff train`` renders.
 """
 
 from __future__ import annotations
@@ -83,7 +87,15 @@ class TrainResult:
     simulator: Simulator
     controller: torch.nn.Module
     metrics: list[dict[str, float]]
+    best_state: dict[str, torch.Tensor] | None = None
+    """Controller parameters of the iteration with the lowest loss."""
     final_rollout: Rollout | None = None
+
+    def best_controller(self) -> torch.nn.Module:
+        """The controller with its best iteration's parameters loaded."""
+        if self.best_state is not None:
+            self.controller.load_state_dict(self.best_state)
+        return self.controller
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -171,6 +183,7 @@ def train(
     optimizer = make_optimizer(config.optimizer, controller.parameters(), config.lr)
     start = 0
     metrics: list[dict[str, float]] = []
+    best: dict[str, Any] = {"loss": math.inf, "state": None}
     if saved is not None:
         try:
             controller.load_state_dict(saved["controller"])
@@ -180,6 +193,7 @@ def train(
         torch.set_rng_state(saved["rng"])
         start = int(saved["iteration"])
         metrics = list(saved["metrics"])
+        best = saved["best"]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "config.json", "w") as f:
         json.dump(asdict(config), f, indent=2)
@@ -199,6 +213,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(),
                 "metrics": metrics,
+                "best": best,
             },
             out / "checkpoint.pt",
         )
@@ -208,6 +223,7 @@ def train(
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()
+            before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
             result = rollout(sim, sim.initial_state(), controller, scene.steps,
                              checkpoint_every=config.rollout_checkpoint)
             loss = scene.loss(result)
@@ -225,6 +241,8 @@ def train(
                 **scene.metrics(result),
             }
             metrics.append(row)
+            if row["loss"] < best["loss"]:
+                best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{row['loss']:.4g}")
@@ -233,4 +251,6 @@ def train(
     if start == config.iters and saved is None:
         save_checkpoint(0)
     torch.save(controller.state_dict(), out / "controller.pt")
-    return TrainResult(out, config, scene, sim, controller, metrics)
+    if best["state"] is not None:
+        torch.save(best["state"], out / "best_controller.pt")
+    return TrainResult(out, config, scene, sim, controller, metrics, best["state"])

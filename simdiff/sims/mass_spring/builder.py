@@ -38,7 +38,7 @@ def robot_from_ascii(
     gravity: float = -9.8,
     drag: float = 1.0,
     friction: float = 1.0,
-    lift: float = 0.0,
+    lift: float = 0.02,
     x_offset: float = 0.1,
     dtype: torch.dtype = torch.float64,
 ) -> Model:

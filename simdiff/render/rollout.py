@@ -1,0 +1,48 @@
+"""From a recorded rollout to a video: picks the frame painter of the scene's simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from simdiff.autodiff import Rollout
+from simdiff.scene import Scene
+
+__all__ = ["render_rollout", "write_rollout_video"]
+
+
+def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+    from simdiff.render.mass_spring import render_mass_spring
+
+    model = scene.model
+    steps = sorted(rollout.frames)
+    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
+    actuator = model.spring_actuator.cpu().numpy()
+    actuation = []
+    for t in steps:
+        per_spring = np.full(actuator.shape, np.nan)
+        action = rollout.actions.get(t)
+        if action is not None:
+            per_spring[actuator >= 0] = action.cpu().numpy()[actuator[actuator >= 0]]
+        actuation.append(per_spring)
+    ground = model.ground.height if model.ground is not None else None
+    return render_mass_spring(positions, model.spring_indices.cpu().numpy(), actuation=actuation,
+                              ground_height=ground, follow=True, title=scene.name)
+
+
+_PAINTERS = {"mass_spring": _mass_spring_frames}
+
+
+def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+    """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``."""
+    if not rollout.frames:
+        raise ValueError("the rollout recorded no frames; roll out with record_every > 0")
+    return _PAINTERS[scene.simulator](scene, rollout)
+
+
+def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps: int = 30) -> Path:
+    """Render a recorded rollout and write it as .mp4 or .gif; returns the path."""
+    from simdiff.render.video import write_video
+
+    return write_video(render_rollout(scene, rollout), path, fps=fps)

@@ -1,0 +1,72 @@
+"""The command line on toy sizes: every verb runs, writes what it says, and fails clearly."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+
+from simdiff.cli import main
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "walker_small" in out and "walker_3d" in out and "mlp" in out and "sinusoid" in out
+
+
+@pytest.mark.parametrize("scene", ["walker_small", "walker_3d"])
+def test_run_writes_a_video(tmp_path, capsys, scene):
+    path = tmp_path / f"{scene}.gif"
+    assert main(["run", scene, "--steps", "40", "--controller", "sinusoid", "--out", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    frames = iio.imread(path)
+    assert frames.shape[0] == 11  # steps 0, 4, ..., 40
+    assert frames[0].std() > 0
+
+
+def test_train_then_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "walker_small", "--steps", "60", "--controller", "sinusoid", "--iters", "2",
+            "--out", str(out), "--quiet", "--checkpoint-every", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for name in ("metrics.jsonl", "checkpoint.pt", "controller.pt", "best_controller.pt", "loss.png",
+                 "walker_small.mp4"):
+        assert (out / name).is_file(), name
+        assert f"wrote {out / name}" in printed
+    assert main(args) == 2  # the folder holds a run: refused, nothing overwritten
+    assert "already holds a training run" in capsys.readouterr().err
+    more = args[:args.index("--iters")] + ["--iters", "3"] + args[args.index("--iters") + 2:]
+    assert main(more + ["--resume", str(out / "checkpoint.pt"), "--no-video"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+
+
+def test_gradcheck_passes_on_a_shipped_scene(capsys):
+    assert main(["gradcheck", "walker_small", "--horizon", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 12 and "gradcheck passed" in out
+
+
+def test_bad_inputs_exit_with_a_message(tmp_path, capsys):
+    assert main(["run", "no_such_scene"]) == 2
+    assert "scene 'no_such_scene' not found" in capsys.readouterr().err
+    assert main(["run", "walker_small", "--backend", "warp", "--set", "dt=0.5"]) == 2
+    assert "exceeds the spring stability limit" in capsys.readouterr().err
+    assert main(["run", "walker_small", "--device", "tpu"]) == 2
+    assert "device='tpu' is unknown" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_text("garbage")
+    assert main(["train", "walker_small", "--steps", "10", "--iters", "1", "--out",
+                 str(tmp_path / "o"), "--resume", str(bad), "--quiet"]) == 2
+    assert "unreadable or corrupt" in capsys.readouterr().err
+
+
+def test_bench_runs_at_toy_size(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "mass_spring", "--backend", "warp", "--iters", "1", "--steps", "20",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["config"] for r in rows] == ["warp", "torch"]
+    assert all(r["seconds_per_iter"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert "speedup" in capsys.readouterr().out
