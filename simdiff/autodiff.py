@@ -128,6 +128,7 @@ class _WarpCommands:
         self.dtypes = [d for _, d in launch.inputs] + [o.warp_dtype for _, o in launch.outputs]
         self.ndims: list[int] | None = None
         self.structs = _array_struct
+        self._cuda_stream: tuple[int, Any] | None = None
 
     def _record(self, arrays: list, adj_arrays: list | None) -> Any:
         import warp as wp
@@ -174,7 +175,18 @@ class _WarpCommands:
         if adj_tensors is not None:
             for k, (t, d, nd) in enumerate(zip(adj_tensors, self.dtypes, self.ndims)):
                 cmd.set_param_at_index_from_ctype(first + k, structs(t, d, nd), adjoint=True)
-        cmd.launch()
+        cmd.launch(self._stream(tensors[0]))
+
+    def _stream(self, like: torch.Tensor) -> Any:
+        """On CUDA, torch's current stream, so kernels order with the torch ops around them."""
+        if like.device.type != "cuda":
+            return None
+        import warp as wp
+
+        torch_stream = torch.cuda.current_stream(like.device)
+        if self._cuda_stream is None or self._cuda_stream[0] != torch_stream.cuda_stream:
+            self._cuda_stream = (torch_stream.cuda_stream, wp.stream_from_torch(torch_stream))
+        return self._cuda_stream[1]
 
 
 _warp_commands: dict[int, _WarpCommands] = {}

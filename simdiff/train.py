@@ -166,10 +166,16 @@ def train(
     if config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
     saved = None
+    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists()
     if resume is not None:
         saved = _load_checkpoint(Path(resume))
         _check_same_run(saved["config"], config, Path(resume))
-    elif (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists():
+        if holds_run and Path(resume).resolve().parent != out.resolve():
+            raise FileExistsError(
+                f"{out} already holds another training run; resume into the checkpoint's own "
+                f"folder {Path(resume).parent} or into an empty one"
+            )
+    elif holds_run:
         raise FileExistsError(
             f"{out} already holds a training run; pass resume={str(out / 'checkpoint.pt')!r} "
             f"(--resume) to continue it, or choose another output folder"

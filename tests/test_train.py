@@ -54,6 +54,10 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="belongs to another run: controller='sinusoid' there"):
         train(_config(iters=2, controller="mlp"), tmp_path / "other2",
               resume=tmp_path / "run" / "checkpoint.pt", progress=False)
+    train(_config(iters=1), tmp_path / "another", progress=False)
+    with pytest.raises(FileExistsError, match="already holds another training run"):
+        train(_config(iters=2), tmp_path / "another", resume=tmp_path / "run" / "checkpoint.pt",
+              progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
         train(_config(iters=2), tmp_path / "x", resume=tmp_path / "missing.pt", progress=False)
 

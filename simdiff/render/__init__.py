@@ -1,5 +1,10 @@
-"""Headless rendering: frames of rollouts, mp4 and gif videos, plots. Reads trajectories
-(numpy arrays), never simulators; needs no window and no GPU."""
+"""Headless rendering of rollouts: frames, videos and metric plots.
+
+Everything here reads trajectories and metrics as plain numpy arrays and dicts, never a
+simulator, and needs neither a window nor a GPU: frames are rasterized with Pillow, videos
+written with imageio (ffmpeg for ``.mp4``, Pillow for ``.gif``), plots drawn with matplotlib's
+Agg renderer.
+"""
 
 from simdiff.render.mass_spring import render_mass_spring
 from simdiff.render.plots import plot_loss, plot_series

@@ -439,8 +439,10 @@ def _as_springs(springs: np.ndarray, num_particles: int) -> np.ndarray:
     if springs.ndim != 2 or springs.shape[1] != 2 or not np.issubdtype(springs.dtype, np.integer):
         raise ValueError(f"springs: need integer shape [m, 2], got {springs.dtype} {springs.shape}")
     if springs.min() < 0 or springs.max() >= num_particles:
-        raise ValueError(f"springs: indices must lie in [0, {num_particles}), got {springs.min()}"
-                         f"..{springs.max()}")
+        raise ValueError(
+            f"springs: indices must lie in [0, {num_particles}), got {springs.min()}"
+            f"..{springs.max()}"
+        )
     return springs.astype(np.int64)
 
 
