@@ -21,6 +21,7 @@ __all__ = [
     "EXTEND_RGB",
     "GROUND_RGB",
     "PASSIVE_RGB",
+    "SHADOW_RGB",
     "SKY_RGB",
     "render_mass_spring",
     "spring_colors",
@@ -36,11 +37,12 @@ CONTRACT_RGB = (30, 80, 235)
 """Color of an actuated spring at actuation -1 (contracting)."""
 EXTEND_RGB = (230, 35, 35)
 """Color of an actuated spring at actuation +1 (extending)."""
+SHADOW_RGB = (92, 92, 92)
+"""Color of the springs' shadows on the ground in 3D (their vertical projection)."""
 
 _HORIZON_RGB = (96, 86, 70)
 _TICK_RGB = (132, 120, 100)
 _GRID_RGB = (178, 168, 146)
-_SHADOW_RGB = (92, 92, 92)
 _PARTICLE_RGB = (35, 35, 40)
 _TEXT_RGB = (20, 20, 20)
 
@@ -274,7 +276,7 @@ def _render_3d(
         horizon = height / 2 - focal * math.tan(_ELEVATION)
         ImageDraw.Draw(background).rectangle((0, max(horizon, 0), width, height), fill=GROUND_RGB)
     grid_spacing = _TICK_SPACING
-    grid_half = 2.5 * distance
+    grid_half = 1.6 * distance
     while grid_half / grid_spacing > 80:  # keep under ~320 lines per frame
         grid_spacing *= 10
 
@@ -294,17 +296,16 @@ def _render_3d(
         draw = ImageDraw.Draw(image)
         eye = targets[t] - distance * forward
         if ground_height is not None and eye[1] > ground_height:
-            for segment in _grid_segments(targets[t], ground_height, grid_half, grid_spacing):
-                clipped = _clip_near(segment, eye, rotation, near)
-                if clipped is not None:
-                    uv, _ = project(clipped, eye)
-                    draw.line(tuple(uv.ravel().tolist()), fill=_GRID_RGB, width=1)
+            segments = _grid_segments(targets[t], ground_height, grid_half, grid_spacing)
+            uv, _ = project(_clip_near(segments, eye, rotation, near), eye)
+            for line in uv.reshape(-1, 4).tolist():
+                draw.line(line, fill=_GRID_RGB, width=1)
             shadow = traj[t].copy()
             shadow[:, 1] = ground_height
             uv, depth = project(shadow, eye)
             for a, b in springs.tolist():
                 if depth[a] > near and depth[b] > near:
-                    draw.line((*uv[a], *uv[b]), fill=_SHADOW_RGB, width=line_width)
+                    draw.line((*uv[a], *uv[b]), fill=SHADOW_RGB, width=line_width)
         uv, depth = project(traj[t], eye)
         pixels = uv.tolist()
         # Painter's order: springs (at their midpoints) and particles together, far to near.
@@ -366,17 +367,17 @@ def _grid_segments(
 
 
 def _clip_near(
-    segment: np.ndarray, eye: np.ndarray, rotation: np.ndarray, near: float
-) -> np.ndarray | None:
-    """Clip a world segment [2, 3] to the camera's near plane; None if wholly behind it."""
-    depth = (segment - eye) @ rotation[2]
-    if depth[0] < near and depth[1] < near:
-        return None
-    if depth[0] >= near and depth[1] >= near:
-        return segment
-    s = (near - depth[0]) / (depth[1] - depth[0])
-    cut = segment[0] + s * (segment[1] - segment[0])
-    return np.stack([cut, segment[1]]) if depth[0] < near else np.stack([segment[0], cut])
+    segments: np.ndarray, eye: np.ndarray, rotation: np.ndarray, near: float
+) -> np.ndarray:
+    """Clip world segments [K, 2, 3] to the camera's near plane, dropping those behind it."""
+    depth = (segments - eye) @ rotation[2]  # [K, 2]
+    visible = (depth >= near).any(axis=1)
+    segments, depth = segments[visible], depth[visible]
+    # An endpoint behind the plane slides toward the other one (in front) until it is on it.
+    behind = depth < near
+    fraction = np.zeros_like(depth)
+    fraction[behind] = (near - depth[behind]) / (depth[:, ::-1][behind] - depth[behind])
+    return segments + fraction[..., None] * (segments[:, ::-1] - segments)
 
 
 # --------------------------------------------------------------------------------------------

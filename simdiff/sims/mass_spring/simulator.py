@@ -107,10 +107,25 @@ class MassSpring(Simulator):
         return State(x, v)
 
     def observe(self, state: State) -> torch.Tensor:
-        """Positions relative to the center of mass, velocities, and the center's velocity."""
-        x, v = state.particle_x, state.particle_v
-        center = x.mean(0)
-        return torch.cat([(x - center).flatten(), v.flatten(), v.mean(0)])
+        """Velocities and positions relative to the center of mass, and the center's velocity.
+
+        Computed as one matrix product with a fixed centering operator (fewer torch ops, so
+        less autograd overhead per step for closed-loop controllers).
+        """
+        xv = torch.cat([state.particle_v, state.particle_x], 1)
+        op = self._observation_operator(xv)
+        return (op @ xv).flatten()[: -self.model.dim]
+
+    def _observation_operator(self, like: torch.Tensor) -> torch.Tensor:
+        """``[[I - 11^T/n], [1^T/n]]``: centered rows, then the mean row (of which only the
+        velocity half is kept, so the observation does not depend on where the robot is)."""
+        op = getattr(self, "_obs_op", None)
+        if op is None or op.dtype != like.dtype or op.device != like.device:
+            n = self.model.particle_count
+            mean = torch.full((1, n), 1.0 / n, dtype=like.dtype, device=like.device)
+            op = torch.cat([torch.eye(n, dtype=like.dtype, device=like.device) - mean, mean])
+            self._obs_op = op
+        return op
 
     @property
     def observation_dim(self) -> int:
