@@ -137,11 +137,11 @@ class _WarpCommands:
         n_in = len(launch.inputs)
         kwargs = {}
         if adj_arrays is not None:
-            kwargs = dict(
-                adj_inputs=[None] * self.first + adj_arrays[:n_in],
-                adj_outputs=adj_arrays[n_in:],
-                adjoint=True,
-            )
+            kwargs = {
+                "adj_inputs": [None] * self.first + adj_arrays[:n_in],
+                "adj_outputs": adj_arrays[n_in:],
+                "adjoint": True,
+            }
         return wp.launch(
             launch.kernel,
             dim=launch.dim,

@@ -24,8 +24,8 @@ from simdiff.backend import Backend
 from simdiff.sims.base import Simulator
 
 __all__ = [
-    "SceneError",
     "Scene",
+    "SceneError",
     "controller_dir",
     "list_controllers",
     "list_scenes",

@@ -206,8 +206,7 @@ def train(
     # The log is rewritten from the checkpoint's metrics: lines of iterations after it are gone.
     log_path = out / "metrics.jsonl"
     with open(log_path, "w") as log:
-        for row in metrics:
-            log.write(json.dumps(row) + "\n")
+        log.writelines(json.dumps(row) + "\n" for row in metrics)
 
     def save_checkpoint(iteration: int) -> None:
         _atomic_save(

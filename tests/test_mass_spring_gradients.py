@@ -9,6 +9,7 @@
 
 import pytest
 import torch
+from conftest import sine_actions, tiny_robot, tiny_robot_3d
 
 from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
@@ -18,8 +19,6 @@ from simdiff.sims.mass_spring import MassSpring
 from simdiff.sims.mass_spring.simulator import State
 from simdiff.sims.mass_spring.tasks import locomotion_loss
 from simdiff.sims.mass_spring.torch_reference import torch_step
-
-from conftest import sine_actions, tiny_robot, tiny_robot_3d
 
 
 @pytest.mark.parametrize("friction", [0.0, 0.6, float("inf")])

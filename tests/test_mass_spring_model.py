@@ -4,17 +4,15 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_robot
 
 from simdiff.sims.base import ValidationError
 from simdiff.sims.mass_spring import Ground, Model, stable_time_step
 from simdiff.sims.mass_spring.builder import robot_from_ascii
 
-from conftest import tiny_robot
-
 
 def _fields(model: Model) -> dict:
-    names = ("particle_x particle_v particle_mass spring_indices spring_stiffness "
-             "spring_rest_length spring_damping spring_actuator spring_actuation").split()
+    names = ["particle_x", "particle_v", "particle_mass", "spring_indices", "spring_stiffness", "spring_rest_length", "spring_damping", "spring_actuator", "spring_actuation"]
     fields = {n: getattr(model, n).clone() for n in names}
     fields.update(dt=model.dt, gravity=model.gravity, ground=model.ground, drag=model.drag)
     return fields

@@ -4,18 +4,16 @@ import math
 
 import pytest
 import torch
+from conftest import sine_actions, tiny_robot
 
 from simdiff.autodiff import rollout
 from simdiff.sims.base import SimulationError
 from simdiff.sims.mass_spring import Ground, MassSpring, Model
 from simdiff.sims.mass_spring.simulator import State
 
-from conftest import sine_actions, tiny_robot
-
 
 def _free(model: Model, **changes) -> Model:
-    names = ("particle_x particle_v particle_mass spring_indices spring_stiffness "
-             "spring_rest_length spring_damping spring_actuator spring_actuation").split()
+    names = ["particle_x", "particle_v", "particle_mass", "spring_indices", "spring_stiffness", "spring_rest_length", "spring_damping", "spring_actuator", "spring_actuation"]
     fields = {n: getattr(model, n).clone() for n in names}
     fields.update(dt=model.dt, gravity=model.gravity, ground=model.ground, drag=model.drag)
     fields.update(changes)

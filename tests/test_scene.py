@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from simdiff.backend import resolve_backend
-from simdiff.scene import SceneError, list_controllers, list_scenes, load_controller, load_scene, make_simulator
+from simdiff.scene import (
+    SceneError,
+    list_controllers,
+    list_scenes,
+    load_controller,
+    load_scene,
+    make_simulator,
+)
 
 
 def test_shipped_scenes_and_controllers_load():

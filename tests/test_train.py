@@ -9,8 +9,8 @@ from simdiff.train import CheckpointError, TrainConfig, train
 
 
 def _config(**changes):
-    base = dict(scene="walker_small", controller="sinusoid", iters=4, backend="warp", lr=0.05,
-                scene_options={"steps": 150}, checkpoint_every=2)
+    base = {"scene": "walker_small", "controller": "sinusoid", "iters": 4, "backend": "warp",
+            "lr": 0.05, "scene_options": {"steps": 150}, "checkpoint_every": 2}
     base.update(changes)
     return TrainConfig(**base)
 

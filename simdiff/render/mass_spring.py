@@ -385,11 +385,17 @@ def _clip_near(
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:
-    """Centered moving average with edge padding (no lag, unlike an exponential filter)."""
+    """Centered moving average; exact for motion at constant speed.
+
+    Centered, unlike an exponential filter, so the camera does not lag; the ends are padded by
+    point reflection, which extends a straight line, so it does not lag at the ends either.
+    """
     window = min(_FOLLOW_WINDOW, len(x))
+    window -= 1 - window % 2  # odd, so the window is centered on its frame
     if window <= 1:
         return x.astype(np.float64)
-    padded = np.pad(x, (window // 2, window - 1 - window // 2), mode="edge")
+    pad = (window // 2, window - 1 - window // 2)
+    padded = np.pad(x.astype(np.float64), pad, mode="reflect", reflect_type="odd")
     return np.convolve(padded, np.full(window, 1.0 / window), mode="valid")
 
 

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from simdiff.backend import Backend
 
@@ -39,10 +40,10 @@ class State:
         return tuple(getattr(self, name) for name in self.field_names())
 
     @classmethod
-    def from_tensors(cls: type[S], names: tuple[str, ...], tensors: tuple) -> S:
+    def from_tensors(cls, names: tuple[str, ...], tensors: tuple) -> Self:
         return cls(**dict(zip(names, tensors)))
 
-    def detach(self: S) -> S:
+    def detach(self) -> Self:
         return type(self)(**{n: t.detach().clone() for n, t in zip(self.field_names(), self.tensors())})
 
     def numpy(self) -> dict[str, Any]:
