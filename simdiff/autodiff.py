@@ -17,6 +17,7 @@ adjoint launches.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +86,14 @@ def _warp_ndim(tensor: torch.Tensor, dtype: Any) -> int:
     return tensor.dim() - 1 if length and wp.types.type_is_vector(dtype) else tensor.dim()
 
 
-try:  # The C struct a Warp kernel receives for an array argument.
-    from warp._src.types import array_t as _array_t
-except ImportError:  # pragma: no cover - other Warp layouts: go through a wp.array
-    _array_t = None
+@functools.cache
+def _array_t() -> Any:
+    """The C struct a Warp kernel receives for an array argument (None if this Warp moved it)."""
+    try:
+        from warp._src.types import array_t
+    except ImportError:  # pragma: no cover - another Warp layout: go through a wp.array
+        return None
+    return array_t
 
 
 def _array_struct(tensor: torch.Tensor, dtype: Any, ndim: int) -> Any:
@@ -98,13 +103,14 @@ def _array_struct(tensor: torch.Tensor, dtype: Any, ndim: int) -> Any:
     step launches a handful of kernels with several arrays each, so this is a large share of a
     small robot's step.
     """
-    if _array_t is None:
+    array_t = _array_t()
+    if array_t is None:
         import warp as wp
 
         return wp.from_torch(tensor, dtype=dtype, requires_grad=False).__ctype__()
     size = tensor.element_size()
     strides = tensor.stride()
-    return _array_t(
+    return array_t(
         data=tensor.data_ptr(),
         ndim=ndim,
         shape=tensor.shape,
@@ -127,7 +133,6 @@ class _WarpCommands:
         self.adjoint_cmd = None
         self.dtypes = [d for _, d in launch.inputs] + [o.warp_dtype for _, o in launch.outputs]
         self.ndims: list[int] | None = None
-        self.structs = _array_struct
         self._cuda_stream: tuple[int, Any] | None = None
 
     def _record(self, arrays: list, adj_arrays: list | None) -> Any:
@@ -168,7 +173,7 @@ class _WarpCommands:
             cmd = self.adjoint_cmd
         if self.ndims is None:
             self.ndims = [_warp_ndim(t, d) for t, d in zip(tensors, self.dtypes)]
-        structs = self.structs
+        structs = _array_struct
         first = self.first
         for k, (t, d, nd) in enumerate(zip(tensors, self.dtypes, self.ndims)):
             cmd.set_param_at_index_from_ctype(first + k, structs(t, d, nd))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from simdiff.autodiff import Rollout, rollout
+from simdiff.autodiff import rollout
 from simdiff.backend import Backend, resolve_backend
 from simdiff.scene import Scene, load_controller, load_scene, make_simulator
 from simdiff.sims.base import Simulator
@@ -89,7 +89,6 @@ class TrainResult:
     metrics: list[dict[str, float]]
     best_state: dict[str, torch.Tensor] | None = None
     """Controller parameters of the iteration with the lowest loss."""
-    final_rollout: Rollout | None = None
 
     def best_controller(self) -> torch.nn.Module:
         """The controller with its best iteration's parameters loaded."""

@@ -31,3 +31,13 @@ def test_missing_cuda_is_an_error_not_a_fallback():
     with pytest.raises(BackendError, match="no CUDA device"):
         resolve_backend("taichi", "cuda")
     assert resolve_backend("warp", "auto").device == "cpu"
+
+
+def test_importing_simdiff_starts_no_kernel_runtime():
+    import subprocess
+    import sys
+
+    code = ("import sys, simdiff, simdiff.train, simdiff.cli, simdiff.scene; "
+            "print('taichi' in sys.modules, 'warp' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
