@@ -37,6 +37,7 @@ class OutputSpec:
 
     shape: tuple[int, ...]
     warp_dtype: Any = None  # Warp element type (e.g. ``wp.vec2d``) the tensor is viewed as
+    accumulates: bool = True  # the kernel adds into it (zero it first) rather than writing it
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class KernelLaunch:
         static_args: Resident, non-differentiable arguments passed first (Warp arrays or
             scalars; torch tensors or scalars for Taichi).
         inputs: Names of the step buffers the kernel reads, with the Warp element type of each.
-        outputs: Names of the buffers the kernel writes (zero-initialized), with their specs.
+        outputs: Names of the buffers the kernel writes, with their specs.
     """
 
     backend: Backend
@@ -134,6 +135,7 @@ class _WarpCommands:
         self.dtypes = [d for _, d in launch.inputs] + [o.warp_dtype for _, o in launch.outputs]
         self.ndims: list[int] | None = None
         self._cuda_stream: tuple[int, Any] | None = None
+        self.cuda = launch.backend.device == "cuda"
 
     def _record(self, arrays: list, adj_arrays: list | None) -> Any:
         import warp as wp
@@ -180,7 +182,7 @@ class _WarpCommands:
         if adj_tensors is not None:
             for k, (t, d, nd) in enumerate(zip(adj_tensors, self.dtypes, self.ndims)):
                 cmd.set_param_at_index_from_ctype(first + k, structs(t, d, nd), adjoint=True)
-        cmd.launch(self._stream(tensors[0]))
+        cmd.launch(self._stream(tensors[0]) if self.cuda else None)
 
     def _stream(self, like: torch.Tensor) -> Any:
         """On CUDA, torch's current stream, so kernels order with the torch ops around them."""
@@ -208,9 +210,13 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
     buffers = dict(zip(step.inputs, inputs))
     like = inputs[0]
     for launch in step.launches:
+        # Cheap when nothing changed; re-initializes Taichi if another precision ran meanwhile.
         launch.backend.ensure_initialized()
         args = [buffers[name] for name, _ in launch.inputs]
-        outs = [torch.zeros(o.shape, dtype=like.dtype, device=like.device) for _, o in launch.outputs]
+        outs = [
+            (torch.zeros if o.accumulates else torch.empty)(o.shape, dtype=like.dtype, device=like.device)
+            for _, o in launch.outputs
+        ]
         if launch.backend.name is BackendName.WARP:
             _warp_run(launch, [*args, *outs])
         else:

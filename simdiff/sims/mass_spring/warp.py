@@ -110,7 +110,7 @@ def build_step(backend: Backend, dim: int, resident: dict, scalars: tuple) -> Ke
     view = {name: wp.from_torch(resident[name]) for name in
             ("adjacency_offsets", "adjacency", "spring_actuator", "inv_mass")}
     up = vec(*[1.0 if k == 1 else 0.0 for k in range(dim)])
-    per_particle = OutputSpec((n, dim), vec)
+    per_particle = OutputSpec((n, dim), vec, accumulates=False)  # every element written
     forces = KernelLaunch(
         backend, spring_forces, n,
         (view["adjacency_offsets"], view["adjacency"], view["spring_actuator"]),
