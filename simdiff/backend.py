@@ -1,8 +1,9 @@
 """Choosing and initializing a kernel backend: Taichi or Warp, a device, a precision.
 
-A :class:`Backend` is plain data; nothing is initialized at import. The first kernel launch
-calls :meth:`Backend.ensure_initialized`, which starts Taichi (``ti.init``) or Warp
-(``wp.init``) for the requested device and precision.
+A :class:`Backend` is plain data; nothing is initialized (or even imported) at import. Building
+a simulator's kernels, and every step, call :meth:`Backend.ensure_initialized`, which starts
+Taichi (``ti.init``) or Warp (``wp.init``) for the requested device and precision, and costs a
+comparison when nothing changed.
 
 Taichi fixes its default float type at ``ti.init``, so one process runs Taichi kernels in one
 precision at a time: asking for the other precision re-initializes Taichi (kernels recompile).

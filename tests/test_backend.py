@@ -41,3 +41,20 @@ def test_importing_simdiff_starts_no_kernel_runtime():
             "print('taichi' in sys.modules, 'warp' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_taichi_simulators_of_both_precisions_alternate():
+    """Taichi fixes its float type at init: switching precision re-initializes it, and a
+    simulator built before the switch still runs (and gives the same result) afterwards."""
+    from simdiff.autodiff import rollout
+    from simdiff.sims.mass_spring import MassSpring
+
+    from conftest import tiny_robot
+
+    sim64 = MassSpring(tiny_robot(), resolve_backend("taichi", precision="float64"))
+    first = rollout(sim64, sim64.initial_state(), None, 20).final.particle_x
+    sim32 = MassSpring(tiny_robot(), resolve_backend("taichi", precision="float32"))
+    single = rollout(sim32, sim32.initial_state(), None, 20).final.particle_x
+    again = rollout(sim64, sim64.initial_state(), None, 20).final.particle_x
+    assert torch.equal(first, again) and again.dtype == torch.float64
+    assert torch.allclose(single.double(), first, atol=1e-4)

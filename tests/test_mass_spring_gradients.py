@@ -95,3 +95,31 @@ def test_checkpointed_rollout_gives_the_same_gradients(backend64):
     _, checkpointed = _rollout_grads(backend64, tiny_robot(), 60, checkpoint_every=7)
     for a, b in zip(plain, checkpointed):
         assert torch.equal(a, b)
+
+
+def test_checkpointing_bounds_what_backward_keeps():
+    """Bytes saved for backward grow with the horizon without checkpoints and with the number
+    of segments with them."""
+    backend = resolve_backend("warp", precision="float64")
+
+    def saved_bytes(steps, checkpoint_every):
+        sim = MassSpring(tiny_robot(), backend)
+        actions = sine_actions(steps, sim.action_dim).requires_grad_()
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = rollout(sim, sim.initial_state(), lambda t, s: actions[t], steps,
+                             checkpoint_every=checkpoint_every)
+        result.final.particle_x.sum().backward()
+        assert actions.grad.abs().sum() > 0
+        return total
+
+    plain_short, plain_long = saved_bytes(100, None), saved_bytes(800, None)
+    checkpointed_long = saved_bytes(800, 100)
+    assert plain_long > 7 * plain_short
+    assert checkpointed_long < plain_long / 20
