@@ -46,10 +46,10 @@ def test_importing_simdiff_starts_no_kernel_runtime():
 def test_taichi_simulators_of_both_precisions_alternate():
     """Taichi fixes its float type at init: switching precision re-initializes it, and a
     simulator built before the switch still runs (and gives the same result) afterwards."""
+    from conftest import tiny_robot
+
     from simdiff.autodiff import rollout
     from simdiff.sims.mass_spring import MassSpring
-
-    from conftest import tiny_robot
 
     sim64 = MassSpring(tiny_robot(), resolve_backend("taichi", precision="float64"))
     first = rollout(sim64, sim64.initial_state(), None, 20).final.particle_x
