@@ -60,6 +60,8 @@ class KernelLaunch:
     static_args: tuple
     inputs: tuple[tuple[str, Any], ...]
     outputs: tuple[tuple[str, OutputSpec], ...]
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    """Per-launch state of the bridge (Warp's recorded commands); lives as long as the launch."""
 
 
 @dataclass(frozen=True)
@@ -196,13 +198,10 @@ class _WarpCommands:
         return self._cuda_stream[1]
 
 
-_warp_commands: dict[int, _WarpCommands] = {}
-
-
 def _warp_run(launch: KernelLaunch, tensors: Sequence[torch.Tensor], adj=None) -> None:
-    commands = _warp_commands.get(id(launch))
-    if commands is None or commands.launch is not launch:
-        commands = _warp_commands[id(launch)] = _WarpCommands(launch)
+    commands = launch.cache.get("warp_commands")
+    if commands is None:
+        commands = launch.cache["warp_commands"] = _WarpCommands(launch)
     commands.run(tensors, adj)
 
 
