@@ -88,7 +88,16 @@ def _mass_spring(model: Any, backend: Backend) -> Simulator:
     return MassSpring(model, backend)
 
 
-SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {"mass_spring": _mass_spring}
+def _nbody(model: Any, backend: Backend) -> Simulator:
+    from simdiff.sims.nbody import NBody
+
+    return NBody(model, backend)
+
+
+SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
+    "mass_spring": _mass_spring,
+    "nbody": _nbody,
+}
 
 
 def make_simulator(scene: Scene, backend: Backend) -> Simulator:
