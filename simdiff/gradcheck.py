@@ -23,6 +23,7 @@ __all__ = ["GradCheck", "check_gradients"]
 # Model fields checked, by simulator.
 _FIELDS = {
     "mass_spring": ("spring_stiffness", "spring_rest_length", "spring_damping"),
+    "nbody": ("body_mass", "gravitational_constant", "softening"),
 }
 
 
@@ -60,8 +61,11 @@ def check_gradients(
 ) -> list[GradCheck]:
     """Compare autodiff and finite differences for the scene's loss on ``backend`` in float64.
 
-    The loss is the scene's task loss plus a fixed random projection of the final state (so
-    that every state component matters, not only what the task looks at). Actions follow a
+    Checked: the simulator's differentiable model fields (``_FIELDS``), its independent initial
+    quantities (``sim.initial_fields``) and, for actuated simulators, the action sequence.
+
+    The loss is the scene's task loss plus a fixed random projection of the final independent
+    state fields (so that every one matters, not only what the task looks at). Actions follow a
     fixed random smooth sequence, itself one of the checked quantities.
 
     Args:
@@ -79,26 +83,32 @@ def check_gradients(
     gen = torch.Generator().manual_seed(seed)
     dtype, dev = be.torch_dtype, be.torch_device
     model = scene.model
-    base = {name: getattr(model, name).detach().to(dev, dtype) for name in _FIELDS[scene.simulator]}
+    base = {
+        name: torch.as_tensor(getattr(model, name), dtype=dtype).detach().to(dev)
+        for name in _FIELDS[scene.simulator]
+    }
     state0 = sim.initial_state()
-    base.update({f"initial_{n}": t.detach() for n, t in zip(state0.field_names(), state0.tensors())})
+    base.update({f"initial_{n}": getattr(state0, n).detach() for n in sim.initial_fields})
     if sim.action_dim:
         t = torch.arange(steps, dtype=dtype)[:, None]
         phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
         base["actions"] = (0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)).to(dev)
     directions = {n: torch.randn(t.shape, generator=gen, dtype=dtype).to(dev) for n, t in base.items()}
-    final_weights = [torch.randn(t.shape, generator=gen, dtype=dtype).to(dev) for t in state0.tensors()]
+    final_weights = {
+        n: torch.randn(getattr(state0, n).shape, generator=gen, dtype=dtype).to(dev)
+        for n in sim.initial_fields
+    }
 
     def loss_of(values: dict[str, torch.Tensor]) -> torch.Tensor:
         saved = {n: getattr(model, n) for n in _FIELDS[scene.simulator]}
         try:
             for n in _FIELDS[scene.simulator]:
                 setattr(model, n, values[n])
-            state = type(state0)(**{n: values[f"initial_{n}"] for n in state0.field_names()})
+            state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
             controller = (lambda k, s: actions[k]) if actions is not None else None
             result = rollout(sim, state, controller, steps)
-            projection = sum((w * t).sum() for w, t in zip(final_weights, result.final.tensors()))
+            projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection
         finally:
             for n, t in saved.items():

@@ -77,6 +77,14 @@ class Simulator(abc.ABC):
     def step(self, state: State, action: torch.Tensor | None = None) -> State:
         """Advance one time step; differentiable with respect to every tensor input."""
 
+    def state_from(self, **fields: torch.Tensor) -> State:
+        """A state built from the independent initial quantities named in ``initial_fields``
+        (derived fields, such as accelerations, are computed from them differentiably)."""
+        raise NotImplementedError(f"{type(self).__name__} does not build states from fields")
+
+    initial_fields: ClassVar[tuple[str, ...]] = ()
+    """Names of the independent quantities of an initial state (for gradient checks)."""
+
     def rollout_inputs(self) -> dict[str, torch.Tensor]:
         """Tensors derived from the model once per rollout and passed to every ``step`` as
         keyword arguments (so per-step work stays small); empty by default."""

@@ -40,6 +40,7 @@ class MassSpring(Simulator):
     """
 
     name = "mass_spring"
+    initial_fields = ("particle_x", "particle_v")
 
     def __init__(self, model: Model, backend: Backend, *, blowup_speed: float = 1e4) -> None:
         super().__init__(model, backend)
@@ -55,6 +56,9 @@ class MassSpring(Simulator):
 
     def initial_state(self) -> State:
         return State(self._tensor(self.model.particle_x), self._tensor(self.model.particle_v))
+
+    def state_from(self, **fields: torch.Tensor) -> State:
+        return State(fields["particle_x"], fields["particle_v"])
 
     def _build_launch(self) -> KernelStep:
         model, backend = self.model, self.backend

@@ -29,6 +29,11 @@ from simdiff.sims.base import ValidationError
 __all__ = ["Integrator", "Model", "StepCriterion"]
 
 
+def _scalar(value: float | torch.Tensor) -> float:
+    """A parameter given as a float or a (possibly grad-requiring) tensor, as a float."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 class Integrator(str, Enum):
     LEAPFROG = "leapfrog"
     RK4 = "rk4"
@@ -112,10 +117,10 @@ class Model:
             raise ValidationError(f"body_mass[{i}]={float(m.detach()[i]):.4g} must be > 0")
         if not (math.isfinite(self.dt) and self.dt > 0):
             raise ValidationError(f"dt={self.dt} must be a positive finite time step")
-        g = float(torch.as_tensor(self.gravitational_constant).detach())
+        g = _scalar(self.gravitational_constant)
         if not g > 0:
             raise ValidationError(f"gravitational_constant={g} must be > 0")
-        eps = float(torch.as_tensor(self.softening).detach())
+        eps = _scalar(self.softening)
         if not eps >= 0:
             raise ValidationError(f"softening={eps} must be >= 0")
         if self.eta is not None and not (0 < self.eta <= 10):
@@ -124,7 +129,7 @@ class Model:
             raise ValidationError(f"energy_tolerance={self.energy_tolerance} must be > 0")
         if eps == 0 and n > 1:
             x = self.body_x.detach()
-            d = torch.cdist(x, x) + torch.eye(n, dtype=x.dtype) * math.inf
+            d = torch.cdist(x, x).fill_diagonal_(math.inf)
             k = int(d.argmin())
             if float(d.flatten()[k]) == 0:
                 raise ValidationError(

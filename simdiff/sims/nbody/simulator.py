@@ -10,7 +10,7 @@ from simdiff.autodiff import apply_step
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.nbody.integrators import INTEGRATORS
-from simdiff.sims.nbody.model import Integrator, Model, StepCriterion
+from simdiff.sims.nbody.model import Integrator, Model, StepCriterion, _scalar
 from simdiff.sims.nbody.state import State
 
 __all__ = ["NBody"]
@@ -29,6 +29,7 @@ class NBody(Simulator):
     """
 
     name = "nbody"
+    initial_fields = ("body_x", "body_v")
 
     def __init__(self, model: Model, backend: Backend, *, blowup: float = 1e8) -> None:
         super().__init__(model, backend)
@@ -48,7 +49,10 @@ class NBody(Simulator):
         return 0
 
     def _tensor(self, value) -> torch.Tensor:
-        return torch.as_tensor(value).to(self.backend.torch_device, self.backend.torch_dtype)
+        # dtype given up front: as_tensor of a Python float would round it to float32 first.
+        if isinstance(value, torch.Tensor):
+            return value.to(self.backend.torch_device, self.backend.torch_dtype)
+        return torch.tensor(value, dtype=self.backend.torch_dtype, device=self.backend.torch_device)
 
     def rollout_inputs(self) -> dict[str, torch.Tensor]:
         m = self.model
@@ -73,6 +77,9 @@ class NBody(Simulator):
         state = State(x, v, a, jerk, zero, zero, x.new_zeros(1))
         self.initial_energy = float(self.energy(state).detach())
         return state
+
+    def state_from(self, **fields: torch.Tensor) -> State:
+        return self.initial_state(fields["body_x"], fields["body_v"])
 
     def next_dt(self, state: State, eta: float | None = None) -> float:
         """The step the model's criterion gives for ``state`` (a float: step choice is not
@@ -108,11 +115,11 @@ class NBody(Simulator):
         r = torch.cdist(x, x)
         vr = torch.cdist(v, v)
         mass = self._tensor(self.model.body_mass).detach()
-        g = float(torch.as_tensor(self.model.gravitational_constant).detach())
+        g = _scalar(self.model.gravitational_constant)
         free_fall = torch.sqrt(r**3 / (g * (mass[:, None] + mass[None, :])))
         crossing = r / vr.clamp_min(1e-300)
         pair = torch.minimum(free_fall, crossing)
-        pair = pair + torch.eye(n, dtype=pair.dtype, device=pair.device) * math.inf
+        pair = pair.fill_diagonal_(math.inf)
         return float(pair.min())
 
     def step(self, state: State, action: torch.Tensor | None = None, *, dt=None,
@@ -187,7 +194,7 @@ class NBody(Simulator):
             lz = torch.cross(x, m[:, None] * v, dim=1).sum(0)
             com = (m[:, None] * x).sum(0) / m.sum()
             n = x.shape[0]
-            r = torch.cdist(x, x) + torch.eye(n, dtype=x.dtype, device=x.device) * math.inf
+            r = torch.cdist(x, x).fill_diagonal_(math.inf)
             return {
                 "time": float(state.time),
                 "energy": e,
@@ -203,7 +210,7 @@ class NBody(Simulator):
         """Bodies with positive energy relative to the rest of the system."""
         with torch.no_grad():
             m = self._tensor(self.model.body_mass)
-            g = float(torch.as_tensor(self.model.gravitational_constant).detach())
+            g = _scalar(self.model.gravitational_constant)
             x, v = state.body_x, state.body_v
             total = m.sum()
             count = 0
@@ -224,7 +231,7 @@ class NBody(Simulator):
         n = x.shape[0]
         if n < 2:
             return "one body"
-        r = torch.cdist(x, x) + torch.eye(n, dtype=x.dtype, device=x.device) * math.inf
+        r = torch.cdist(x, x).fill_diagonal_(math.inf)
         k = int(r.argmin())
         return f"closest pair ({k // n}, {k % n}) at distance {float(r.flatten()[k]):.3g}"
 

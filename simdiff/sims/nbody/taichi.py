@@ -25,8 +25,7 @@ def _kernel(double: bool):
 
     @ti.kernel
     def gravity(x: arr_vec, v: arr_vec, mass: arr, params: arr, a_out: arr_vec, jerk_out: arr_vec):
-        n = x.shape[0]
-        for i, j in ti.ndrange(n, n):
+        for i, j in ti.ndrange(x.shape[0], x.shape[0]):
             if i != j:
                 dx = x[j] - x[i]
                 dv = v[j] - v[i]
