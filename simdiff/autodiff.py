@@ -306,6 +306,8 @@ class Rollout:
     steps: int
     frames: dict[int, State] = field(default_factory=dict)
     actions: dict[int, torch.Tensor] = field(default_factory=dict)
+    simulator: Simulator | None = None
+    """The simulator that ran it (for diagnostics; rendering reads only the frames)."""
 
     def recorded(self) -> list[State]:
         return [self.frames[k] for k in sorted(self.frames)]
@@ -320,6 +322,7 @@ def rollout(
     checkpoint_every: int | None = None,
     record_every: int = 0,
     check_every: int = 1,
+    step_options: dict[str, Any] | None = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -334,6 +337,8 @@ def rollout(
         record_every: If positive, keep a detached copy of every such step's state (for
             rendering), including the first and last.
         check_every: Check for NaN or blow-up every this many steps (0 disables).
+        step_options: Extra keyword arguments of every ``sim.step`` (e.g. a time step ``dt``
+            that is a tensor being optimized).
 
     Raises:
         SimulationError: naming the step and quantity if the state stops being finite or
@@ -343,7 +348,7 @@ def rollout(
         raise ValueError(f"steps={steps} must be at least 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
-    result = Rollout(initial=state, final=state, steps=steps)
+    result = Rollout(initial=state, final=state, steps=steps, simulator=sim)
 
     def record(t: int, s: State, action: torch.Tensor | None) -> None:
         if record_every > 0 and (t % record_every == 0 or t == steps):
@@ -351,7 +356,7 @@ def rollout(
             if action is not None:
                 result.actions[t] = action.detach().clone()
 
-    shared = sim.rollout_inputs()
+    shared = {**sim.rollout_inputs(), **(step_options or {})}
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):

@@ -55,27 +55,43 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _evaluate(scene, sim, controller) -> tuple[dict, object]:
+    """One recorded rollout of the scene (with the design of an inverse problem) and its
+    figures."""
     import torch
 
     from simdiff.autodiff import rollout
+
+    with torch.no_grad():
+        if scene.objective is not None:
+            loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
+        else:
+            result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                             record_every=scene.render_every)
+            loss, extra = scene.loss(result), {}
+    return {"loss": float(loss), **scene.metrics(result), **extra}, result
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
     from simdiff.backend import resolve_backend
     from simdiff.render.rollout import write_rollout_video
     from simdiff.scene import load_controller, load_scene, make_simulator
 
     scene = load_scene(args.scene, **_scene_options(args))
-    backend = resolve_backend(args.backend or scene.default_backend, args.device)
+    precision = args.precision or scene.train.get("precision", "float32")
+    backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
     sim = make_simulator(scene, backend)
     controller = None
-    if args.controller:
+    if scene.design is not None:
+        controller = scene.design(sim).to(backend.torch_dtype)
+    elif args.controller:
         torch.manual_seed(args.seed)
         controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
-        if args.weights:
-            controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
-    with torch.no_grad():
-        result = rollout(sim, sim.initial_state(), controller, scene.steps,
-                         record_every=scene.render_every)
-    metrics = {"loss": float(scene.loss(result)), **scene.metrics(result)}
+    if controller is not None and args.weights:
+        controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    metrics, result = _evaluate(scene, sim, controller)
     print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     out = Path(args.out or f"renders/{scene.name}.mp4")
     write_rollout_video(scene, result, out)
@@ -114,16 +130,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
-        import torch
-
-        from simdiff.autodiff import rollout
-
-        with torch.no_grad():
-            final = rollout(result.simulator, result.simulator.initial_state(),
-                            result.best_controller(), result.scene.steps,
-                            record_every=result.scene.render_every)
-        figures = " ".join(f"{k}={v:.4g}" for k, v in result.scene.metrics(final).items())
-        print(f"best controller: {figures}")
+        figures, final = _evaluate(result.scene, result.simulator, result.best_controller())
+        print("best iteration: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
     for path in written:
         print(f"wrote {path}")
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", help="controller name or file (default: no actuation)")
     p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default=None, choices=["float32", "float64"],
+                   help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
     p.set_defaults(func=_cmd_run)
 
@@ -183,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (default: the scene's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    p.add_argument("--precision", default=None, choices=["float32", "float64"],
+                   help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
                    help="keep one state every K steps and recompute in backward (bounded memory)")

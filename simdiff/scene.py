@@ -59,6 +59,10 @@ class Scene:
         default_backend: Backend measured fastest for this scene's size (see benchmarks/).
         render_every: Steps between rendered frames.
         train: Default training options (``lr``, ``iters``, ``controller``...).
+        design: For inverse problems: builds the torch module whose parameters are optimized
+            (masses, initial conditions, a period...) instead of a controller.
+        objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
+            simulation with the design and returns ``(loss, rollout, metrics)``.
     """
 
     name: str
@@ -71,10 +75,14 @@ class Scene:
     default_backend: str = "warp"
     render_every: int = 4
     train: dict[str, Any] = field(default_factory=dict)
+    design: Callable[[Simulator], torch.nn.Module] | None = None
+    objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise SceneError(f"scene {self.name!r}: steps={self.steps} must be at least 1")
+        if (self.design is None) != (self.objective is None):
+            raise SceneError(f"scene {self.name!r}: design and objective come together")
         if self.simulator not in SIMULATORS:
             raise SceneError(
                 f"scene {self.name!r}: simulator={self.simulator!r} is unknown; "

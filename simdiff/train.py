@@ -50,7 +50,7 @@ class TrainConfig:
         iters: Total number of iterations (a resumed run stops at the same total).
         backend: ``taichi`` or ``warp``; None takes the scene's default.
         device: ``cpu``, ``cuda`` or ``auto``.
-        precision: ``float32`` or ``float64``.
+        precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
         optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
         lr: Learning rate; None takes the scene's default.
         clip: Maximum gradient norm (0 disables clipping).
@@ -66,7 +66,7 @@ class TrainConfig:
     iters: int | None = None
     backend: str | None = None
     device: str = "cpu"
-    precision: str = "float32"
+    precision: str | None = None
     optimizer: str = "adam"
     lr: float | None = None
     clip: float = 1.0
@@ -86,6 +86,7 @@ class TrainResult:
     scene: Scene
     simulator: Simulator
     controller: torch.nn.Module
+    """The trained controller, or the design module of an inverse problem."""
     metrics: list[dict[str, float]]
     best_state: dict[str, torch.Tensor] | None = None
     """Controller parameters of the iteration with the lowest loss."""
@@ -157,7 +158,10 @@ def train(
     out = Path(out)
     scene = load_scene(config.scene, **config.scene_options)
     config.controller = config.controller or scene.train.get("controller", "mlp")
+    if scene.design is not None:
+        config.controller = "design"
     config.backend = config.backend or scene.default_backend
+    config.precision = config.precision or scene.train.get("precision", "float32")
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
     if config.iters < 0:
@@ -183,7 +187,12 @@ def train(
     config.device = backend.device
     sim = make_simulator(scene, backend)
     torch.manual_seed(config.seed)
-    controller = load_controller(config.controller, sim, scene, **config.controller_options)
+    if scene.design is not None:
+        # An inverse problem: the optimized module is the scene's design, not a controller.
+        config.controller = "design"
+        controller = scene.design(sim)
+    else:
+        controller = load_controller(config.controller, sim, scene, **config.controller_options)
     controller = controller.to(device=backend.torch_device, dtype=backend.torch_dtype)
     optimizer = make_optimizer(config.optimizer, controller.parameters(), config.lr)
     start = 0
@@ -228,21 +237,36 @@ def train(
         for iteration in bar:
             started = time.perf_counter()
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
-            result = rollout(sim, sim.initial_state(), controller, scene.steps,
-                             checkpoint_every=config.rollout_checkpoint)
-            loss = scene.loss(result)
-            optimizer.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                controller.parameters(), config.clip if config.clip > 0 else math.inf
-            )
-            optimizer.step()
+            first: dict[str, Any] = {}
+
+            def closure(first: dict[str, Any] = first) -> torch.Tensor:
+                # Optimizers that evaluate several times per step (L-BFGS) call this again;
+                # the row logged is the first evaluation, at the parameters before the step.
+                if scene.objective is not None:
+                    loss, result, extra = scene.objective(sim, controller)
+                else:
+                    result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                                     checkpoint_every=config.rollout_checkpoint)
+                    loss, extra = scene.loss(result), {}
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    controller.parameters(), config.clip if config.clip > 0 else math.inf
+                )
+                if not first:
+                    first.update(loss=loss, result=result, extra=extra, grad_norm=grad_norm)
+                return loss
+
+            optimizer.step(closure)
+            loss, result, extra, grad_norm = (first[k] for k in ("loss", "result", "extra",
+                                                                  "grad_norm"))
             row = {
                 "iteration": iteration,
                 "loss": float(loss.detach()),
                 "grad_norm": float(grad_norm),
                 "seconds": time.perf_counter() - started,
                 **scene.metrics(result),
+                **extra,
             }
             metrics.append(row)
             if row["loss"] < best["loss"]:

@@ -31,7 +31,18 @@ def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
                               ground_height=ground, follow=True, title=scene.name)
 
 
-_PAINTERS = {"mass_spring": _mass_spring_frames}
+def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+    from simdiff.render.nbody import render_nbody
+
+    steps = sorted(rollout.frames)
+    positions = np.stack([rollout.frames[t].body_x.cpu().numpy() for t in steps])
+    times = [float(rollout.frames[t].time) for t in steps]
+    masses = scene.model.body_mass.detach().cpu().numpy()
+    return render_nbody(positions, masses, title=scene.name,
+                        subtitles=[f"t = {t:.3f}" for t in times])
+
+
+_PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames}
 
 
 def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:

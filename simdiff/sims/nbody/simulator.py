@@ -111,7 +111,6 @@ class NBody(Simulator):
         """Shortest pair collision or free-fall time, min over pairs of
         ``min(r / v_rel, sqrt(r^3 / (G (m_i + m_j))))``."""
         x, v = state.body_x.detach(), state.body_v.detach()
-        n = x.shape[0]
         r = torch.cdist(x, x)
         vr = torch.cdist(v, v)
         mass = self._tensor(self.model.body_mass).detach()
