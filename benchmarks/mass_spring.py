@@ -18,6 +18,11 @@ import time
 
 import torch
 
+CONFIGS = ["warp", "taichi"]
+BASELINE = "torch"
+KEYS: tuple[str, ...] = ()
+METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
+
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -86,12 +91,15 @@ def measure(config: str, *, iters: int, steps: int, device: str = "cpu") -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True, choices=["warp", "taichi", "torch"])
+    parser.add_argument("--config", required=True, choices=[*CONFIGS, BASELINE])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--steps", type=int, default=680)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="toy size, for tests")
     args = parser.parse_args()
-    print(json.dumps(measure(args.config, iters=args.iters, steps=args.steps, device=args.device)))
+    steps, iters = (20, 1) if args.quick else (args.steps, args.iters)
+    row = measure(args.config, iters=iters, steps=steps, device=args.device)
+    print(json.dumps([row]))
 
 
 if __name__ == "__main__":

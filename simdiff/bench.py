@@ -1,9 +1,16 @@
 """``simdiff bench``: runs a benchmark of ``benchmarks/`` once per configuration, each in its
-own process (so peak memory is its own), and prints seconds per iteration, peak memory and the
-ratio to the baseline measured in the same run."""
+own process (so peak memory is its own), and prints its figures with the ratio to the baseline
+measured in the same run.
+
+A benchmark module defines ``CONFIGS`` (the simdiff configurations), ``BASELINE``, optional
+``REFERENCES`` (other programs measured beside them), ``KEYS``
+(the columns that identify a row, e.g. body count), ``METRIC`` and ``HIGHER_IS_BETTER``, and a
+command line ``--config NAME [--quick] [--device D]`` that prints its rows as a JSON list.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +20,13 @@ from pathlib import Path
 __all__ = ["run_benchmark"]
 
 _ROOT = Path(__file__).resolve().parents[1]
-_BASELINE = {"mass_spring": "torch"}
+
+
+def _load(script: Path):
+    spec = importlib.util.spec_from_file_location(f"simdiff_bench_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_benchmark(
@@ -21,38 +34,47 @@ def run_benchmark(
     *,
     backend: str = "all",
     device: str = "cpu",
-    iters: int = 5,
-    steps: int = 680,
+    quick: bool = False,
+    extra_args: list[str] | None = None,
     out: str | Path | None = None,
 ) -> int:
     """Measure ``what`` on ``backend`` (``taichi``, ``warp`` or ``all``) against its baseline."""
     script = Path(os.environ.get("SIMDIFF_BENCHMARKS", _ROOT / "benchmarks")) / f"{what}.py"
     if not script.is_file():
         raise FileNotFoundError(f"benchmark {what!r} not found at {script}")
-    configs = (["warp", "taichi"] if backend == "all" else [backend]) + [_BASELINE[what]]
-    rows = []
+    bench = _load(script)
+    configs = [c for c in bench.CONFIGS if backend == "all" or c == backend]
+    configs += [*getattr(bench, "REFERENCES", []), bench.BASELINE]
+    rows: list[dict] = []
     for config in configs:
-        cmd = [sys.executable, str(script), "--config", config, "--iters", str(iters),
-               "--steps", str(steps), "--device", device]
+        cmd = [sys.executable, str(script), "--config", config, "--device", device,
+               *(["--quick"] if quick else []), *(extra_args or [])]
         print(f"measuring {what} [{config}] ...", flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
             return 1
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    base = rows[-1]
-    print(f"\n{what}: {base['particles']} particles, {base['springs']} springs, "
-          f"{base['steps']} steps, median of {iters} iterations, device {device}")
-    print("train MB: peak memory added by training iterations (kernel compilation included) "
-          "over the process after imports")
-    print(f"{'config':<8} {'s/iter':>8} {'first':>8} {'peak MB':>8} {'train MB':>8} {'speedup':>8}")
+        rows += json.loads(done.stdout.strip().splitlines()[-1])
+    metric, higher = bench.METRIC, bench.HIGHER_IS_BETTER
+    baseline = {tuple(r.get(k) for k in bench.KEYS): r[metric]
+                for r in rows if r["config"] == bench.BASELINE}
     for row in rows:
-        row["speedup_vs_baseline"] = base["seconds_per_iter"] / row["seconds_per_iter"]
-        print(f"{row['config']:<8} {row['seconds_per_iter']:>8.3f} {row['first_iter_seconds']:>8.2f} "
-              f"{row['peak_rss_mb']:>8.0f} {row['rss_growth_mb']:>8.0f} "
-              f"{row['speedup_vs_baseline']:>7.2f}x")
+        base = baseline.get(tuple(row.get(k) for k in bench.KEYS))
+        if base and row.get(metric):
+            row["vs_baseline"] = row[metric] / base if higher else base / row[metric]
+    columns = list(dict.fromkeys(["config", *bench.KEYS, metric, *(k for r in rows for k in r)]))
+    print(f"\n{what} on {device}; vs_baseline: how many times better than {bench.BASELINE}")
+    print("  ".join(f"{c:>14}" for c in columns))
+    for row in rows:
+        print("  ".join(f"{_fmt(row.get(c)):>14}" for c in columns))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(rows, indent=2))
         print(f"wrote {out}")
     return 0
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

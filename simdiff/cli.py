@@ -160,8 +160,11 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simdiff.bench import run_benchmark
 
+    extra = []
+    if args.iters is not None:
+        extra += ["--iters", str(args.iters)]
     return run_benchmark(args.what, backend=args.backend or "all", device=args.device,
-                         iters=args.iters, steps=args.steps, out=args.out)
+                         quick=args.quick, extra_args=extra, out=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
     p.set_defaults(func=_cmd_gradcheck)
 
-    p = sub.add_parser("bench", help="measure training speed against a plain torch baseline")
-    p.add_argument("what", nargs="?", default="mass_spring", choices=["mass_spring"])
+    p = sub.add_parser("bench", help="measure speed against baselines run beside it")
+    p.add_argument("what", nargs="?", default="mass_spring", choices=["mass_spring", "nbody"])
     _backend_args(p, allow_all=True)
-    p.add_argument("--iters", type=int, default=5, help="timed iterations per configuration")
-    p.add_argument("--steps", type=int, default=680, help="rollout steps")
+    p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
+    p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
     return parser

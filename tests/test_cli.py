@@ -62,11 +62,11 @@ def test_bad_inputs_exit_with_a_message(tmp_path, capsys):
     assert "unreadable or corrupt" in capsys.readouterr().err
 
 
-def test_bench_runs_at_toy_size(tmp_path, capsys):
+@pytest.mark.parametrize("what", ["mass_spring", "nbody"])
+def test_bench_runs_at_toy_size(tmp_path, capsys, what):
     out = tmp_path / "bench.json"
-    assert main(["bench", "mass_spring", "--backend", "warp", "--iters", "1", "--steps", "20",
-                 "--out", str(out)]) == 0
+    assert main(["bench", what, "--backend", "warp", "--quick", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["config"] for r in rows] == ["warp", "torch"]
-    assert all(r["seconds_per_iter"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
-    assert "speedup" in capsys.readouterr().out
+    assert {r["config"] for r in rows} >= {"warp"} and len({r["config"] for r in rows}) >= 2
+    assert all(r.get("vs_baseline", 1) > 0 for r in rows)
+    assert "vs_baseline" in capsys.readouterr().out

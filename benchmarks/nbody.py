@@ -1,0 +1,157 @@
+"""Benchmark: direct-summation gravity throughput, and an accuracy race on a hard problem.
+
+Throughput: pair interactions per second of one evaluation of accelerations and jerks (forward)
+and of that evaluation with its backward pass (forward+backward), for N = 1,024, 4,096 and
+16,384 bodies of a Plummer sphere, float32 and float64. Baseline: a plain vectorized PyTorch
+version (rows chunked to bound memory); reference: REBOUND's direct summation (one leapfrog
+step, which evaluates gravity once; it also computes no jerk, so it does less work).
+
+Accuracy: the Pythagorean problem to t = 70: simdiff's adaptive Hermite against REBOUND's IAS15,
+relative energy error and wall time.
+
+Run through ``simdiff bench nbody``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+CONFIGS = ["warp", "taichi"]
+REFERENCES = ["rebound"]
+BASELINE = "torch"
+KEYS = ("n", "mode", "precision")
+METRIC, HIGHER_IS_BETTER = "pairs_per_second", True
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _torch_forces(x, v, mass, g, chunk=512):
+    a, jerk = [], []
+    for start in range(0, x.shape[0], chunk):
+        dx = x[None, :, :] - x[start:start + chunk, None, :]
+        dv = v[None, :, :] - v[start:start + chunk, None, :]
+        r2 = (dx * dx).sum(-1)
+        r2 = torch.where(r2 > 0, r2, torch.ones_like(r2))
+        own = (r2 == 1) & ((dx * dx).sum(-1) == 0)
+        inv3 = torch.where(own, torch.zeros_like(r2), r2.rsqrt() ** 3) * g * mass[None, :]
+        rv = (dx * dv).sum(-1) / r2
+        a.append((inv3[..., None] * dx).sum(1))
+        jerk.append((inv3[..., None] * (dv - 3 * rv[..., None] * dx)).sum(1))
+    return torch.cat(a), torch.cat(jerk)
+
+
+def throughput(config: str, n: int, precision: str, repeats: int, device: str) -> list[dict]:
+    from simdiff.backend import resolve_backend
+    from simdiff.sims.nbody import Model, NBody
+    from simdiff.sims.nbody.initial import plummer
+
+    mass, x, v = plummer(n)
+    pairs = n * (n - 1)
+    rows = []
+    if config == "rebound":
+        import rebound
+
+        sim = rebound.Simulation()
+        sim.integrator = "leapfrog"
+        sim.dt = 1e-6
+        for m, xi, vi in zip(mass.tolist(), x.tolist(), v.tolist()):
+            sim.add(m=m, x=xi[0], y=xi[1], z=xi[2], vx=vi[0], vy=vi[1], vz=vi[2])
+        seconds = _best_time(lambda: sim.steps(1), repeats)
+        return [{"config": config, "n": n, "mode": "forward", "precision": "float64",
+                 "pairs_per_second": pairs / seconds, "seconds": seconds}]
+    dtype = torch.float64 if precision == "float64" else torch.float32
+    xs, vs, ms = x.to(dtype), v.to(dtype), mass.to(dtype)
+    weights = torch.randn(n, 3, dtype=dtype)
+    if config == "torch":
+        forward = lambda: _torch_forces(xs, vs, ms, 1.0)  # noqa: E731
+
+        def both():
+            xg = xs.clone().requires_grad_()
+            a, j = _torch_forces(xg, vs, ms, 1.0)
+            (a * weights).sum().backward()
+    else:
+        sim = NBody(Model(mass, x, v), resolve_backend(config, device, precision))
+        shared = sim.rollout_inputs()
+        forward = lambda: sim.forces(xs, vs, shared["mass"], shared["params"])  # noqa: E731
+
+        def both():
+            xg = xs.clone().requires_grad_()
+            a, j = sim.forces(xg, vs, shared["mass"], shared["params"])
+            ((a + j) * weights).sum().backward()
+
+    for mode, fn in (("forward", forward), ("forward+backward", both)):
+        with torch.no_grad() if mode == "forward" else torch.enable_grad():
+            seconds = _best_time(fn, repeats)
+        rows.append({"config": config, "n": n, "mode": mode, "precision": precision,
+                     "pairs_per_second": pairs / seconds, "seconds": seconds})
+    return rows
+
+
+def pythagorean(config: str, t_end: float) -> list[dict]:
+    from simdiff.sims.nbody.initial import pythagorean as bodies
+
+    mass, x, v = bodies()
+    start = time.perf_counter()
+    if config == "rebound":
+        import rebound
+
+        sim = rebound.Simulation()
+        sim.integrator = "ias15"
+        for m, xi, vi in zip(mass.tolist(), x.tolist(), v.tolist()):
+            sim.add(m=m, x=xi[0], y=xi[1], z=xi[2], vx=vi[0], vy=vi[1], vz=vi[2])
+        e0 = sim.energy()
+        sim.integrate(t_end, exact_finish_time=1)
+        error = abs((sim.energy() - e0) / e0)
+        evaluations = None
+    else:
+        from simdiff.backend import resolve_backend
+        from simdiff.sims.nbody import Model, NBody
+
+        sim = NBody(Model(mass, x, v, dt=0.01, integrator="hermite", eta=0.02),
+                    resolve_backend(config, precision="float64"))
+        final = sim.evolve(sim.initial_state(), t_end)
+        diag = sim.diagnostics(final)
+        error, evaluations = diag["energy_error"], diag["force_evaluations"]
+    return [{"config": config, "n": 3, "mode": f"pythagorean t={t_end:g}", "precision": "float64",
+             "energy_error": error, "seconds": time.perf_counter() - start,
+             "force_evaluations": evaluations}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True, choices=[*CONFIGS, *REFERENCES, BASELINE])
+    parser.add_argument("--iters", type=int, default=3, help="repetitions (best is kept)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="toy sizes, for tests")
+    args = parser.parse_args()
+    sizes = [128] if args.quick else [1024, 4096, 16384]
+    precisions = ["float64"] if args.config == "rebound" else ["float32", "float64"]
+    if args.quick:
+        precisions = precisions[-1:]
+    rows = []
+    for n in sizes:
+        # The plain torch version is slow at the largest size: measure it once there.
+        repeats = 1 if (args.config == "torch" and n > 4096) else args.iters
+        for precision in precisions:
+            rows += throughput(args.config, n, precision, repeats, args.device)
+            if args.config == "rebound":
+                break
+    if args.config != "torch":
+        rows += pythagorean(args.config, 1.0 if args.quick else 70.0)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
