@@ -75,16 +75,16 @@ def throughput(config: str, n: int, precision: str, repeats: int, device: str) -
     xs, vs, ms = x.to(dtype), v.to(dtype), mass.to(dtype)
     weights = torch.randn(n, 3, dtype=dtype)
     if config == "torch":
-        forward = lambda: _torch_forces(xs, vs, ms, 1.0)  # noqa: E731
+        forward = lambda: _torch_forces(xs, vs, ms, 1.0)
 
         def both():
             xg = xs.clone().requires_grad_()
-            a, j = _torch_forces(xg, vs, ms, 1.0)
+            a, _ = _torch_forces(xg, vs, ms, 1.0)
             (a * weights).sum().backward()
     else:
         sim = NBody(Model(mass, x, v), resolve_backend(config, device, precision))
         shared = sim.rollout_inputs()
-        forward = lambda: sim.forces(xs, vs, shared["mass"], shared["params"])  # noqa: E731
+        forward = lambda: sim.forces(xs, vs, shared["mass"], shared["params"])
 
         def both():
             xg = xs.clone().requires_grad_()
