@@ -79,8 +79,8 @@ def throughput(config: str, n: int, precision: str, repeats: int, device: str) -
 
         def both():
             xg = xs.clone().requires_grad_()
-            a, _ = _torch_forces(xg, vs, ms, 1.0)
-            (a * weights).sum().backward()
+            a, j = _torch_forces(xg, vs, ms, 1.0)
+            ((a + j) * weights).sum().backward()
     else:
         sim = NBody(Model(mass, x, v), resolve_backend(config, device, precision))
         shared = sim.rollout_inputs()
