@@ -76,7 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
-    from simdiff.render.rollout import write_rollout_video
+    from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.scene import load_controller, load_scene, make_simulator
 
     scene = load_scene(args.scene, **_scene_options(args))
@@ -96,12 +96,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"renders/{scene.name}.mp4")
     write_rollout_video(scene, result, out)
     print(f"wrote {out}")
+    for path in write_rollout_plots(scene, result, out.with_suffix("")):
+        print(f"wrote {path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from simdiff.render import plot_loss
-    from simdiff.render.rollout import write_rollout_video
+    from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.train import TrainConfig, train
 
     config = TrainConfig(
@@ -133,6 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller())
         print("best iteration: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
+        written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -203,3 +203,14 @@ def test_energy_tolerance_names_time_and_pair():
     with pytest.raises(SimulationError, match=r"relative energy error .* > energy_tolerance=0.0001 "
                                               r"at t=[\d.]+; closest pair \(\d, \d\)"):
         rollout(sim, sim.initial_state(), None, 2000)
+
+
+def test_checkpointed_adaptive_rollout_gives_the_same_gradients():
+    mass, x, v = pythagorean()
+    grads = []
+    for every in (None, 16):
+        m = mass.clone().requires_grad_()
+        sim = NBody(Model(m, x, v, dt=0.01, integrator="hermite", eta=0.05), WARP64)
+        result = rollout(sim, sim.initial_state(), None, 120, checkpoint_every=every)
+        grads.append(torch.autograd.grad(result.final.body_x.square().sum(), m)[0])
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().max() > 0

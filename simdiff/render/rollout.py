@@ -9,7 +9,7 @@ import numpy as np
 from simdiff.autodiff import Rollout
 from simdiff.scene import Scene
 
-__all__ = ["render_rollout", "write_rollout_video"]
+__all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]
 
 
 def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
@@ -57,3 +57,27 @@ def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps
     from simdiff.render.video import write_video
 
     return write_video(render_rollout(scene, rollout), path, fps=fps)
+
+
+def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:
+    """Relative energy error against time, log scale."""
+    from simdiff.render.plots import plot_series
+
+    sim = rollout.simulator
+    steps = sorted(rollout.frames)
+    e0 = sim.initial_energy
+    times = [float(rollout.frames[t].time) for t in steps]
+    errors = [max(abs(float(sim.energy(rollout.frames[t])) / e0 - 1), 1e-17) for t in steps]
+    path = plot_series(times, {scene.name: errors}, stem.with_name(stem.name + "_energy.png"),
+                       xlabel="time", ylabel="|relative energy error|", logy=True,
+                       title=f"{scene.name}: energy error")
+    return [path]
+
+
+_PLOTTERS = {"nbody": _nbody_plots}
+
+
+def write_rollout_plots(scene: Scene, rollout: Rollout, stem: str | Path) -> list[Path]:
+    """Diagnostic plots of a recorded rollout named ``STEM_*.png`` (none for some simulators)."""
+    plotter = _PLOTTERS.get(scene.simulator)
+    return plotter(scene, rollout, Path(stem)) if plotter and rollout.frames else []
