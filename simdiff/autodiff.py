@@ -60,6 +60,9 @@ class KernelLaunch:
     static_args: tuple
     inputs: tuple[tuple[str, Any], ...]
     outputs: tuple[tuple[str, OutputSpec], ...]
+    forward_kernel: Any = None
+    """Optional faster kernel computing the same outputs for forward only (Taichi); backward
+    always differentiates ``kernel``. Used where the differentiable form is slow (atomics)."""
     cache: dict = field(default_factory=dict, compare=False, repr=False)
     """Per-launch state of the bridge (Warp's recorded commands); lives as long as the launch."""
 
@@ -219,7 +222,7 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
         if launch.backend.name is BackendName.WARP:
             _warp_run(launch, [*args, *outs])
         else:
-            launch.kernel(*launch.static_args, *args, *outs)
+            (launch.forward_kernel or launch.kernel)(*launch.static_args, *args, *outs)
         buffers.update(zip((name for name, _ in launch.outputs), outs))
     return buffers
 

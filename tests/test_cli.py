@@ -70,3 +70,28 @@ def test_bench_runs_at_toy_size(tmp_path, capsys, what):
     assert {r["config"] for r in rows} >= {"warp"} and len({r["config"] for r in rows}) >= 2
     assert all(r.get("vs_baseline", 1) > 0 for r in rows)
     assert "vs_baseline" in capsys.readouterr().out
+
+
+def test_nbody_run_writes_video_and_energy_plot(tmp_path, capsys):
+    path = tmp_path / "eight.gif"
+    assert main(["run", "nbody_figure_eight", "--steps", "100", "--out", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {path}" in printed and "energy_error=" in printed
+    assert iio.imread(path).shape[0] == 21
+    energy_plot = tmp_path / "eight_energy.png"
+    assert f"wrote {energy_plot}" in printed and iio.imread(energy_plot).ndim == 3
+
+
+def test_nbody_inverse_problem_trains_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "masses"
+    assert main(["train", "nbody_infer_masses", "--set", "observations=4", "--iters", "15",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "nbody_infer_masses.mp4").is_file() and "mass_error=" in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["mass_error"] < rows[0]["mass_error"]
+
+
+def test_gradcheck_on_an_nbody_scene(capsys):
+    assert main(["gradcheck", "nbody_pythagorean", "--horizon", "40"]) == 0
+    assert "gradcheck passed" in capsys.readouterr().out
