@@ -76,7 +76,14 @@ class NBody(Simulator):
         zero = torch.zeros_like(x)
         state = State(x, v, a, jerk, zero, zero, x.new_zeros(1))
         self.initial_energy = float(self.energy(state).detach())
+        self._initial_com = self._center_of_mass(state)
         return state
+
+    def _center_of_mass(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            w = self._tensor(self.model.body_mass).detach()
+            w = (w / w.sum())[:, None]
+            return (w * state.body_x).sum(0), (w * state.body_v).sum(0)
 
     def state_from(self, **fields: torch.Tensor) -> State:
         return self.initial_state(fields["body_x"], fields["body_v"])
@@ -183,15 +190,19 @@ class NBody(Simulator):
         return kinetic + potential
 
     def diagnostics(self, state: State) -> dict[str, float]:
-        """Energy and its relative error, angular momentum, center-of-mass drift, closest
-        pair distance, force evaluations so far, escapers."""
+        """Energy and its relative error (to the last ``initial_state``), angular momentum,
+        center-of-mass drift from uniform motion, closest pair distance, force evaluations so
+        far, escapers."""
         with torch.no_grad():
             m = self._tensor(self.model.body_mass)
             e = float(self.energy(state))
             e0 = self.initial_energy if self.initial_energy is not None else e
             x, v = state.body_x, state.body_v
             lz = torch.cross(x, m[:, None] * v, dim=1).sum(0)
-            com = (m[:, None] * x).sum(0) / m.sum()
+            com, _ = self._center_of_mass(state)
+            com0, vcom0 = getattr(self, "_initial_com", (com, torch.zeros_like(com)))
+            # Drift: distance from where uniform motion of the initial center of mass leads.
+            drift = com - (com0 + vcom0 * float(state.time))
             n = x.shape[0]
             r = torch.cdist(x, x).fill_diagonal_(math.inf)
             return {
@@ -199,30 +210,32 @@ class NBody(Simulator):
                 "energy": e,
                 "energy_error": abs((e - e0) / e0) if e0 != 0 else abs(e - e0),
                 "angular_momentum": float(lz.norm()),
-                "com_drift": float(com.norm()),
+                "com_drift": float(drift.norm()),
                 "min_distance": float(r.min()) if n > 1 else math.inf,
                 "force_evaluations": self.force_evaluations,
                 "escapers": self.escapers(state),
             }
 
     def escapers(self, state: State) -> int:
-        """Bodies with positive energy relative to the rest of the system."""
+        """Bodies leaving the system: unbound from the rest (positive two-body energy with the
+        rest's center of mass), moving away from it, and farther from it than three times the
+        rest's own extent (so a member of a tight binary is not counted)."""
         with torch.no_grad():
             m = self._tensor(self.model.body_mass)
             g = _scalar(self.model.gravitational_constant)
             x, v = state.body_x, state.body_v
-            total = m.sum()
+            n, total = x.shape[0], m.sum()
             count = 0
-            for i in range(x.shape[0]):
+            for i in range(n if n > 2 else 0):
+                others = torch.arange(n, device=x.device) != i
                 rest = total - m[i]
-                if rest <= 0:
-                    continue
-                others = torch.arange(x.shape[0], device=x.device) != i
                 cx = (m[others, None] * x[others]).sum(0) / rest
                 cv = (m[others, None] * v[others]).sum(0) / rest
+                r, dv = x[i] - cx, v[i] - cv
                 mu = m[i] * rest / total
-                e = 0.5 * mu * ((v[i] - cv) ** 2).sum() - g * m[i] * rest / (x[i] - cx).norm()
-                count += int(e > 0)
+                energy = 0.5 * mu * (dv**2).sum() - g * m[i] * rest / r.norm()
+                extent = (x[others] - cx).norm(dim=1).max()
+                count += int(energy > 0 and (r * dv).sum() > 0 and r.norm() > 3 * extent)
             return count
 
     def _closest_pair(self, state: State) -> str:
