@@ -214,3 +214,18 @@ def test_checkpointed_adaptive_rollout_gives_the_same_gradients():
         result = rollout(sim, sim.initial_state(), None, 120, checkpoint_every=every)
         grads.append(torch.autograd.grad(result.final.body_x.square().sum(), m)[0])
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().max() > 0
+
+
+def test_diagnostics_count_an_escaper_and_no_drift():
+    mass, x, v = kepler(1.0, 0.0, m1=1.0, m2=1.0)
+    probe_x = torch.tensor([[30.0, 0.0, 0.0]], dtype=torch.float64)
+    probe_v = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)  # far above escape speed
+    model = Model(torch.cat([mass, torch.tensor([0.01], dtype=torch.float64)]),
+                  torch.cat([x, probe_x]), torch.cat([v, probe_v]), dt=1e-3, integrator="hermite")
+    sim = NBody(model, WARP64)
+    final = rollout(sim, sim.initial_state(), None, 500).final
+    diag = sim.diagnostics(final)
+    assert diag["escapers"] == 1
+    assert diag["com_drift"] < 1e-12  # the center of mass moves uniformly
+    bound = NBody(Model(*figure_eight(), dt=1e-3), WARP64)
+    assert bound.diagnostics(bound.initial_state())["escapers"] == 0
