@@ -29,7 +29,7 @@ from simdiff.sims.base import ValidationError
 __all__ = ["Integrator", "Model", "StepCriterion"]
 
 
-def _scalar(value: float | torch.Tensor) -> float:
+def as_float(value: float | torch.Tensor) -> float:
     """A parameter given as a float or a (possibly grad-requiring) tensor, as a float."""
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -117,10 +117,10 @@ class Model:
             raise ValidationError(f"body_mass[{i}]={float(m.detach()[i]):.4g} must be > 0")
         if not (math.isfinite(self.dt) and self.dt > 0):
             raise ValidationError(f"dt={self.dt} must be a positive finite time step")
-        g = _scalar(self.gravitational_constant)
+        g = as_float(self.gravitational_constant)
         if not g > 0:
             raise ValidationError(f"gravitational_constant={g} must be > 0")
-        eps = _scalar(self.softening)
+        eps = as_float(self.softening)
         if not eps >= 0:
             raise ValidationError(f"softening={eps} must be >= 0")
         if self.eta is not None and not (0 < self.eta <= 10):

@@ -10,7 +10,7 @@ from simdiff.autodiff import apply_step
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.nbody.integrators import INTEGRATORS
-from simdiff.sims.nbody.model import Integrator, Model, StepCriterion, _scalar
+from simdiff.sims.nbody.model import Integrator, Model, StepCriterion, as_float
 from simdiff.sims.nbody.state import State
 
 __all__ = ["NBody"]
@@ -43,6 +43,8 @@ class NBody(Simulator):
         self._forces = build_forces(backend, model.body_count)
         self._integrate = INTEGRATORS[Integrator(model.integrator).value]
         self.initial_energy: float | None = None
+        """Energy of the last state made by ``initial_state`` (the reference of errors)."""
+        self._initial_com: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def action_dim(self) -> int:
@@ -121,7 +123,7 @@ class NBody(Simulator):
         r = torch.cdist(x, x)
         vr = torch.cdist(v, v)
         mass = self._tensor(self.model.body_mass).detach()
-        g = _scalar(self.model.gravitational_constant)
+        g = as_float(self.model.gravitational_constant)
         free_fall = torch.sqrt(r**3 / (g * (mass[:, None] + mass[None, :])))
         crossing = r / vr.clamp_min(1e-300)
         pair = torch.minimum(free_fall, crossing)
@@ -200,7 +202,7 @@ class NBody(Simulator):
             x, v = state.body_x, state.body_v
             lz = torch.cross(x, m[:, None] * v, dim=1).sum(0)
             com, _ = self._center_of_mass(state)
-            com0, vcom0 = getattr(self, "_initial_com", (com, torch.zeros_like(com)))
+            com0, vcom0 = self._initial_com or (com, torch.zeros_like(com))
             # Drift: distance from where uniform motion of the initial center of mass leads.
             drift = com - (com0 + vcom0 * float(state.time))
             n = x.shape[0]
@@ -222,7 +224,7 @@ class NBody(Simulator):
         rest's own extent (so a member of a tight binary is not counted)."""
         with torch.no_grad():
             m = self._tensor(self.model.body_mass)
-            g = _scalar(self.model.gravitational_constant)
+            g = as_float(self.model.gravitational_constant)
             x, v = state.body_x, state.body_v
             n, total = x.shape[0], m.sum()
             count = 0
