@@ -7,9 +7,15 @@ Agg renderer.
 """
 
 from simdiff.render.mass_spring import render_mass_spring
-from simdiff.render.nbody import render_nbody
+from simdiff.render.nbody import plot_energy_error, render_nbody
 from simdiff.render.plots import plot_loss, plot_series
 from simdiff.render.video import write_video
 
-__all__ = ["plot_loss", "plot_series", "render_mass_spring",
-    "render_nbody", "write_video"]
+__all__ = [
+    "plot_energy_error",
+    "plot_loss",
+    "plot_series",
+    "render_mass_spring",
+    "render_nbody",
+    "write_video",
+]
