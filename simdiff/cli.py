@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
+
+    from simdiff.rl.cli import add_rl_parser
+
+    add_rl_parser(sub)
     return parser
 
 

@@ -2,29 +2,51 @@
 evolves (after Saz Ulibarrena and Portegies Zwart, "Reinforcement Learning for Adaptive
 Time-Stepping in the Chaotic Gravitational Three-Body Problem").
 
-Episode: three unit masses start at rest at positions uniform in [-1, 1]^2 (z = 0, pairs at
-least 0.1 apart, center-of-mass frame; G = 1), drawn from the episode's seed. Every
-``interval`` of physical time the agent picks eta from :data:`ETAS` (10 values log-spaced in
-[1e-4, 0.1]); the simulator then advances with shared adaptive steps ``dt = eta * criterion``
-(Aarseth's for Hermite; see ``sims/nbody/model.py``), the last step shortened to land on the
-interval's end.
+Initial conditions: three unit masses (G = 1) at rest at positions drawn uniformly from the
+square [-1, 1]^2 in the plane z = 0, redrawn until every pair is at least 0.1 apart, then moved
+to the center-of-mass frame (:func:`~simdiff.sims.nbody.initial.random_three_body`). The
+episode's seed fixes them. Such a system has negative energy, no angular momentum, and meets
+its first close encounter within a few time units.
+
+Decisions: every ``interval`` of physical time the agent picks eta from :data:`ETAS` (10
+values log-spaced in [1e-4, 0.1]); the integrator then advances with shared adaptive steps
+``dt = eta * criterion`` (Aarseth's for Hermite; ``|a|/|j|`` for leapfrog and RK4; see
+``NBody.next_dt``), the last step shortened to land on the interval's end.
 
 Observation (float32, 19 values): positions and velocities of the three bodies in the
-center-of-mass frame (18), and ``log10`` of the relative energy error (clipped to [-16, 2]).
+center-of-mass frame (18), and ``log10`` of the relative energy error ``|E/E0 - 1|`` (clipped
+to [-16, 2]).
 
 Reward of one action::
 
-    r = -w_energy * (log10(max(err, 1e-16)) + 16) / 16  -  w_cost * log10(1 + evaluations)
+    r = -w_energy     * (log10(max(err_E, 1e-16)) + 16) / 16
+        -w_cost       * log10(1 + evaluations)
+        -w_trajectory * (log10(max(err_x, 1e-16)) + 16) / 16        (optional, off by default)
 
-where ``err`` is the relative energy error at the interval's end and ``evaluations`` the force
-evaluations the interval cost. The paper also rewards large steps through a log-energy-error
-term; we penalize the cost directly (force evaluations are what a run pays), with both weights
-as arguments. The episode terminates when ``err`` exceeds ``energy_limit``, and is truncated
-after ``max_actions`` actions.
+``err_E`` is the relative energy error at the interval's end, ``evaluations`` the force
+evaluations the interval cost, and ``err_x`` the RMS distance of the bodies from a reference run
+with ``reference_eta`` (1e-5 by default, 625 times more accurate than the smallest action for a
+fourth-order scheme). The episode terminates when ``err_E`` exceeds ``energy_limit``, when the
+step falls below ``dt_min`` or an interval needs more than ``max_interval_steps`` steps (a
+near-collision the integrator cannot afford to resolve); it is truncated after ``max_actions``
+actions. Since every reward is negative, ending early would pay; so a terminated episode is
+charged the worst reward of each action it did not take (error 1, ``max_interval_steps``
+evaluations of the integrator).
 
-Where it departs from the paper: the reward above (cost measured as force evaluations), and the
-integrator is an argument (Hermite as in the paper, or leapfrog and RK4, which take the
-``a/j`` step criterion).
+The three-body problem from rest has near-collisions so close that float64 positions limit
+the energy error: there a smaller eta takes millions of steps and ends with a *larger* error,
+which is one reason a fixed eta is not the best choice.
+
+Where it departs from the paper: the paper's reward rewards large steps through the step size
+itself; we charge the cost a run actually pays, force evaluations, so that one reward serves
+integrators of different cost per step (RK4 evaluates forces four times a step). The trajectory
+term is ours: in a chaotic system a small energy error does not make a trajectory right. The
+integrator is an argument (Hermite as in the paper, or leapfrog and RK4), to ask whether one
+policy transfers.
+
+Speed: the system advances in :class:`~simdiff.sims.nbody.fewbody.FewBody` (whole intervals in
+one compiled loop), which takes the same steps as :class:`~simdiff.sims.nbody.NBody`; a test
+checks that a fixed action reproduces NBody's own run.
 """
 
 from __future__ import annotations
@@ -34,17 +56,44 @@ from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from simdiff.backend import resolve_backend
 from simdiff.sims.base import ValidationError
-from simdiff.sims.nbody import Integrator, Model, NBody
+from simdiff.sims.nbody import Integrator
+from simdiff.sims.nbody.fewbody import FewBody, Status
 from simdiff.sims.nbody.initial import random_three_body
 
-__all__ = ["ETAS", "ThreeBodyTimestepEnv"]
+__all__ = ["ETAS", "OBSERVATION_SIZE", "ThreeBodyTimestepEnv", "initial_conditions",
+           "log_error_score"]
 
 ETAS = np.logspace(-4, -1, 10)
 """The accuracy parameters the agent chooses from."""
+
+OBSERVATION_SIZE = 19
+
+
+def log_error_score(error) -> np.ndarray:
+    """``(log10(max(error, 1e-16)) + 16) / 16``: 0 for an error of 1e-16, 1 for an error of 1."""
+    return (np.log10(np.maximum(error, 1e-16)) + 16) / 16
+
+
+def initial_conditions(seeds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masses ``[S, 3]``, positions and velocities ``[S, 3, 3]`` of the episodes with the given
+    integer seeds (the distribution in the module docstring)."""
+    ics = [random_three_body(int(seed)) for seed in seeds]
+    return tuple(np.stack([ic[k].numpy() for ic in ics]) for k in range(3))
+
+
+def check_integrator(integrator: str) -> Integrator:
+    try:
+        return Integrator(integrator)
+    except ValueError:
+        allowed = ", ".join(i.value for i in Integrator)
+        raise ValidationError(f"integrator={integrator!r} is unknown; allowed: {allowed}") from None
+
+
+def rms_distance(x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
+    """RMS over bodies of the distance between two position sets ``[S, N, 3]`` -> ``[S]``."""
+    return np.sqrt(((x - x_ref) ** 2).sum(-1).mean(-1))
 
 
 class ThreeBodyTimestepEnv(gym.Env):
@@ -52,75 +101,103 @@ class ThreeBodyTimestepEnv(gym.Env):
 
     Args:
         integrator: ``hermite`` (the paper's), ``leapfrog`` or ``rk4``.
-        interval: Physical time between decisions.
-        max_actions: Decisions per episode before truncation.
-        energy_limit: Relative energy error that ends an episode.
+        interval: Physical time between decisions (> 0).
+        max_actions: Decisions per episode before truncation (>= 1).
+        energy_limit: Relative energy error that ends an episode (> 0).
         w_energy: Weight of the energy-error penalty (>= 0).
         w_cost: Weight of the cost penalty (>= 0).
-        backend: Kernel backend of the simulator (Warp: few bodies are launch-bound).
+        w_trajectory: Weight of the trajectory-error penalty (>= 0; > 0 runs a reference).
+        reference_eta: Accuracy parameter of the reference run (Hermite).
+        dt_min: Smallest step; a smaller one ends the episode.
+        max_interval_steps: Most steps one interval may take; more end the episode.
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
-    def __init__(self, *, integrator: str = "hermite", interval: float = 0.1,
+    def __init__(self, *, integrator: str = "hermite", interval: float = 0.2,
                  max_actions: int = 50, energy_limit: float = 1e-1, w_energy: float = 1.0,
-                 w_cost: float = 0.1, backend: str = "warp") -> None:
+                 w_cost: float = 0.1, w_trajectory: float = 0.0, reference_eta: float = 1e-5,
+                 dt_min: float = 1e-14, max_interval_steps: int = 100_000) -> None:
         super().__init__()
-        try:
-            self.integrator = Integrator(integrator)
-        except ValueError:
-            allowed = ", ".join(i.value for i in Integrator)
-            raise ValidationError(f"integrator={integrator!r} is unknown; allowed: {allowed}") from None
-        for name, value in (("w_energy", w_energy), ("w_cost", w_cost)):
+        self.integrator = check_integrator(integrator)
+        for name, value in (("w_energy", w_energy), ("w_cost", w_cost),
+                            ("w_trajectory", w_trajectory)):
             if not value >= 0:
                 raise ValidationError(f"{name}={value} must be >= 0")
-        if not interval > 0:
-            raise ValidationError(f"interval={interval} must be > 0")
-        if max_actions < 1:
-            raise ValidationError(f"max_actions={max_actions} must be >= 1")
+        for name, value in (("interval", interval), ("energy_limit", energy_limit),
+                            ("reference_eta", reference_eta), ("dt_min", dt_min)):
+            if not value > 0:
+                raise ValidationError(f"{name}={value} must be > 0")
+        for name, value in (("max_actions", max_actions),
+                            ("max_interval_steps", max_interval_steps)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValidationError(f"{name}={value!r} must be an integer >= 1")
+        self.max_interval_steps = max_interval_steps
         self.interval, self.max_actions, self.energy_limit = interval, max_actions, energy_limit
-        self.w_energy, self.w_cost = w_energy, w_cost
-        self.backend = resolve_backend(backend, precision="float64")
+        self.w_energy, self.w_cost, self.w_trajectory = w_energy, w_cost, w_trajectory
+        self.reference_eta, self.dt_min = reference_eta, dt_min
         self.action_space = gym.spaces.Discrete(len(ETAS))
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(19,), dtype=np.float32)
-        self.sim: NBody | None = None
-        self.state = None
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,),
+                                                dtype=np.float32)
+        self.system: FewBody | None = None
+        self.reference: FewBody | None = None
+
+    @property
+    def settings(self) -> dict:
+        """The constructor's arguments (saved beside a policy, to rebuild its environment)."""
+        return {"integrator": self.integrator.value, "interval": self.interval,
+                "max_actions": self.max_actions, "energy_limit": self.energy_limit,
+                "w_energy": self.w_energy, "w_cost": self.w_cost,
+                "w_trajectory": self.w_trajectory, "reference_eta": self.reference_eta,
+                "dt_min": self.dt_min, "max_interval_steps": self.max_interval_steps}
+
+    @property
+    def worst_reward(self) -> float:
+        """The magnitude of the worst reward one action can get."""
+        per_step = {Integrator.RK4: 4}.get(self.integrator, 1)
+        return (self.w_energy + self.w_trajectory
+                + self.w_cost * math.log10(1 + per_step * self.max_interval_steps))
 
     def _observation(self) -> np.ndarray:
-        log_error = math.log10(max(self.energy_error, 1e-16))
-        obs = self.sim.observe(self.state).cpu().numpy()
-        return np.append(obs, np.clip(log_error, -16, 2)).astype(np.float32)
+        log_error = np.clip(math.log10(max(self.energy_error, 1e-16)), -16, 2)
+        return np.append(self.system.observe()[0], log_error).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        mass, x, v = random_three_body(int(self.np_random.integers(2**31)))
-        model = Model(mass, x, v, dt=0.1, integrator=self.integrator, eta=float(ETAS[-1]))
-        self.sim = NBody(model, self.backend)
-        with torch.no_grad():
-            self.state = self.sim.initial_state()
-        self.energy_error, self.actions_taken = 0.0, 0
-        return self._observation(), {"time": 0.0}
+        self.episode_seed = int(self.np_random.integers(2**31))
+        mass, x, v = initial_conditions([self.episode_seed])
+        self.system = FewBody(mass, x, v, integrator=self.integrator.value, dt_min=self.dt_min)
+        self.reference = None
+        if self.w_trajectory > 0:
+            self.reference = FewBody(mass, x, v, integrator="hermite", dt_min=self.dt_min)
+        self.energy_error, self.trajectory_error, self.actions_taken = 0.0, 0.0, 0
+        return self._observation(), {"time": 0.0, "seed": self.episode_seed}
 
     def step(self, action):
+        if self.system is None:
+            raise RuntimeError("call reset() before step()")
         if not self.action_space.contains(action):
-            raise ValueError(f"action={action!r} is outside the action space "
-                             f"Discrete({self.action_space.n})")
+            raise ValidationError(f"action={action!r} is outside the action space "
+                                  f"Discrete({self.action_space.n}): use 0..{self.action_space.n - 1}")
         eta = float(ETAS[int(action)])
         t_end = (self.actions_taken + 1) * self.interval
-        before = self.sim.force_evaluations
-        with torch.no_grad():
-            while float(self.state.time) < t_end * (1 - 1e-12):
-                dt = min(self.sim.next_dt(self.state, eta), t_end - float(self.state.time))
-                self.state = self.sim.step(self.state, dt=dt)
-            energy = float(self.sim.energy(self.state))
+        before = int(self.system.evaluations[0])
+        status = int(self.system.advance(t_end, eta, max_steps=self.max_interval_steps)[0])
         self.actions_taken += 1
-        e0 = self.sim.initial_energy
-        self.energy_error = abs((energy - e0) / e0)
-        evaluations = self.sim.force_evaluations - before
-        error_term = (math.log10(max(self.energy_error, 1e-16)) + 16) / 16
-        reward = -self.w_energy * error_term - self.w_cost * math.log10(1 + evaluations)
-        terminated = not self.energy_error <= self.energy_limit
+        self.energy_error = float(self.system.energy_error()[0])
+        evaluations = int(self.system.evaluations[0]) - before
+        reward = (-self.w_energy * log_error_score(self.energy_error)
+                  - self.w_cost * math.log10(1 + evaluations))
+        if self.reference is not None:
+            self.reference.advance(t_end, self.reference_eta, max_steps=100 * self.max_interval_steps)
+            self.trajectory_error = float(rms_distance(self.system.x, self.reference.x)[0])
+            reward -= self.w_trajectory * log_error_score(self.trajectory_error)
+        terminated = not self.energy_error <= self.energy_limit or status != Status.OK
         truncated = self.actions_taken >= self.max_actions
-        info = {"time": float(self.state.time), "eta": eta, "evaluations": evaluations,
-                "energy_error": self.energy_error}
+        if terminated:
+            reward -= (self.max_actions - self.actions_taken) * self.worst_reward
+        info = {"time": float(self.system.time[0]), "eta": eta, "evaluations": evaluations,
+                "energy_error": self.energy_error, "status": status}
+        if self.reference is not None:
+            info["trajectory_error"] = self.trajectory_error
         return self._observation(), float(reward), terminated, truncated, info

@@ -108,13 +108,24 @@ class NBody(Simulator):
                 if float(a2.max()) > 0:
                     dt = eta * float(torch.sqrt((a * a2 + j * j) / (j * a3 + a2 * a2)).min())
                 else:
-                    dt = eta * float((a / j).min())
+                    # Before a first step there is no snap; |a|/|j| is infinite for bodies at
+                    # rest, so the shortest pair free-fall time bounds it.
+                    dt = eta * min(float((a / j).min()), self.free_fall_time(state))
         if not dt >= m.dt_min:
             raise SimulationError(
                 f"adaptive time step {dt:.3g} at t={float(state.time):.6g} fell below "
                 f"dt_min={m.dt_min:.3g}; {self._closest_pair(state)}"
             )
         return min(dt, m.dt)
+
+    def free_fall_time(self, state: State) -> float:
+        """Shortest pair free-fall time, min over pairs of ``sqrt(r^3 / (G (m_i + m_j)))``."""
+        x = state.body_x.detach()
+        r = torch.cdist(x, x)
+        mass = self._tensor(self.model.body_mass).detach()
+        g = as_float(self.model.gravitational_constant)
+        free_fall = torch.sqrt(r**3 / (g * (mass[:, None] + mass[None, :])))
+        return float(free_fall.fill_diagonal_(math.inf).min())
 
     def collision_time(self, state: State) -> float:
         """Shortest pair collision or free-fall time, min over pairs of

@@ -1,0 +1,85 @@
+"""``simdiff rl``: train and evaluate learned time-stepping for the three-body problem."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_rl_parser"]
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    names = ("integrator", "interval", "max_actions", "w_energy", "w_cost", "w_trajectory")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from simdiff.rl.policy import train_policy
+
+    path = train_policy(args.out, steps=args.steps, seed=args.seed, envs=args.envs,
+                        settings=_settings(args), resume=args.resume,
+                        progress=not args.quiet)
+    print(f"policy: {path} (and {path.with_suffix('.json').name})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from simdiff.rl.evaluate import (
+        episode_video,
+        evaluate,
+        write_pareto_plot,
+        write_table,
+    )
+    from simdiff.rl.policy import load_policy
+
+    policy = load_policy(args.policy)
+    settings = dict(policy.settings)
+    if args.integrator:
+        settings["integrator"] = args.integrator  # transfer: same policy, another integrator
+        policy.settings = settings
+    out = Path(args.out)
+    results, trusted = evaluate(policy, systems=args.systems, settings=settings,
+                                reference_eta=args.reference_eta)
+    paths = write_table(results, trusted, out / "evaluation")
+    paths.append(write_pareto_plot(results, out / "pareto.png",
+                                   title=f"{settings['integrator']}: energy error against cost"))
+    if not args.no_video:
+        paths.append(episode_video(policy, out / "episode.mp4"))
+    print((out / "evaluation.md").read_text())
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_rl_parser(sub) -> None:
+    """Register ``simdiff rl train`` and ``simdiff rl eval`` on the top-level subparsers."""
+    rl = sub.add_parser("rl", help="learned time-stepping for the three-body problem")
+    rl_sub = rl.add_subparsers(dest="rl_command", required=True)
+
+    p = rl_sub.add_parser("train", help="train a PPO policy that chooses eta")
+    p.add_argument("--steps", type=int, default=50_000, help="environment steps (decisions)")
+    p.add_argument("--out", default="renders/rl/policy", help="policy path (.zip and .json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--envs", type=int, default=4, help="environments sampled in lockstep")
+    p.add_argument("--integrator", choices=["hermite", "leapfrog", "rk4"])
+    p.add_argument("--interval", type=float, help="physical time between decisions")
+    p.add_argument("--max-actions", dest="max_actions", type=int, help="decisions an episode")
+    p.add_argument("--w-energy", dest="w_energy", type=float)
+    p.add_argument("--w-cost", dest="w_cost", type=float)
+    p.add_argument("--w-trajectory", dest="w_trajectory", type=float,
+                   help="weight of the trajectory error against a reference run (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = rl_sub.add_parser("eval", help="policy against every fixed eta on held-out systems")
+    p.add_argument("policy", nargs="?", default=None,
+                   help="policy path (default: the policy shipped with simdiff)")
+    p.add_argument("--systems", type=int, default=50, help="held-out initial conditions")
+    p.add_argument("--integrator", choices=["hermite", "leapfrog", "rk4"],
+                   help="run the policy on another integrator (transfer)")
+    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=2e-5,
+                   help="Hermite eta of the reference run for trajectory errors (0: none)")
+    p.add_argument("--out", default="renders/rl/eval", help="output folder")
+    p.add_argument("--no-video", action="store_true")
+    p.set_defaults(func=_cmd_eval)

@@ -1,0 +1,133 @@
+"""RL time-stepping: the environment's contract and physics, the batched integrator against
+NBody's own steps, policies (training improves on random, the shipped one loads), bad input."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from simdiff.backend import resolve_backend
+from simdiff.rl.env import ETAS, ThreeBodyTimestepEnv, initial_conditions
+from simdiff.sims.base import ValidationError
+from simdiff.sims.nbody import Model, NBody
+from simdiff.sims.nbody.fewbody import FewBody
+
+SHORT = {"max_actions": 5, "interval": 0.2}
+
+
+def test_environment_passes_gymnasium_checker():
+    check_env(ThreeBodyTimestepEnv(**SHORT), skip_render_check=True)
+
+
+def _episode(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    trace = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trace.append(np.append(obs, [reward, info["evaluations"]]))
+        if terminated or truncated:
+            break
+    return trace
+
+
+def test_same_seed_same_episode_and_other_seed_differs():
+    env = ThreeBodyTimestepEnv(**SHORT)
+    actions = [9, 5, 7, 9, 6]
+    first, again = _episode(env, 3, actions), _episode(env, 3, actions)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = _episode(env, 4, actions)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_observation_energy_error_matches_direct_computation():
+    """The last observation entry is log10 |E/E0 - 1|, E from NBody's own energy function."""
+    env = ThreeBodyTimestepEnv(**SHORT)
+    env.reset(seed=7)
+    mass = torch.tensor(env.system.mass[0])
+    sim = NBody(Model(mass, torch.tensor(env.system.x[0]), torch.tensor(env.system.v[0])),
+                resolve_backend("warp", precision="float64"))
+    e0 = float(sim.energy(sim.initial_state()))
+    for action in (9, 8, 9):
+        obs, *_ = env.step(action)
+        state = sim.initial_state(torch.tensor(env.system.x[0]), torch.tensor(env.system.v[0]))
+        direct = abs(float(sim.energy(state)) / e0 - 1)
+        assert direct > 1e-14  # large enough that the log is informative
+        assert obs[-1] == pytest.approx(np.log10(direct), abs=1e-4)
+        # And the positions are in the center-of-mass frame.
+        x = obs[:18].reshape(3, 6)[:, :3]
+        assert np.abs(x.mean(0)).max() < 1e-6
+
+
+@pytest.mark.parametrize("integrator", ["hermite", "leapfrog", "rk4"])
+def test_fixed_action_reproduces_nbody_run(integrator):
+    """A constant action gives the trajectory of NBody stepping with that eta, each interval's
+    last step shortened to land on its end: the batched kernel takes the same steps."""
+    action, intervals = 8, 3
+    env = ThreeBodyTimestepEnv(integrator=integrator, interval=0.2, max_actions=intervals)
+    env.reset(seed=11)
+    x0, v0, mass = env.system.x[0], env.system.v[0], env.system.mass[0]
+    evaluations = 0
+    for _ in range(intervals):
+        *_, info = env.step(action)
+        evaluations += info["evaluations"]
+    sim = NBody(Model(torch.tensor(mass), torch.tensor(x0), torch.tensor(v0), dt=0.1,
+                      integrator=integrator, eta=float(ETAS[action])),
+                resolve_backend("warp", precision="float64"))
+    with torch.no_grad():
+        state = sim.initial_state()
+        before = sim.force_evaluations
+        for k in range(intervals):
+            t_end = (k + 1) * 0.2
+            while float(state.time) < t_end * (1 - 1e-12):
+                state = sim.step(state, dt=min(sim.next_dt(state), t_end - float(state.time)))
+    assert sim.force_evaluations - before == evaluations
+    np.testing.assert_allclose(env.system.x[0], state.body_x.numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(env.system.v[0], state.body_v.numpy(), rtol=0, atol=1e-8)
+
+
+def test_smaller_eta_conserves_energy_better_on_a_smooth_stretch():
+    """Over the first interval (no close encounter yet) Hermite's error falls with eta."""
+    ics = initial_conditions([21])
+    errors = []
+    for eta in (ETAS[9], ETAS[6]):
+        system = FewBody(*ics)
+        system.advance(0.2, eta)
+        errors.append(system.energy_error()[0])
+    assert errors[1] < errors[0] / 100
+
+
+def test_termination_is_charged_the_actions_not_taken():
+    env = ThreeBodyTimestepEnv(max_actions=10, energy_limit=1e-12)
+    env.reset(seed=2)
+    _, reward, terminated, _, info = env.step(9)
+    assert terminated and info["energy_error"] > 1e-12
+    assert reward < -9 * env.worst_reward
+
+
+def test_trajectory_error_term_uses_a_reference_run():
+    env = ThreeBodyTimestepEnv(**SHORT, w_trajectory=1.0, reference_eta=1e-3)
+    env.reset(seed=5)
+    *_, info_coarse = env.step(9)
+    env.reset(seed=5)
+    *_, info_fine = env.step(3)
+    assert info_fine["trajectory_error"] < info_coarse["trajectory_error"] / 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"integrator": "verlet"}, "integrator='verlet' is unknown"),
+    ({"w_energy": -1.0}, "w_energy=-1.0 must be >= 0"),
+    ({"w_cost": -0.1}, "w_cost=-0.1 must be >= 0"),
+    ({"interval": 0.0}, "interval=0.0 must be > 0"),
+    ({"max_actions": 0}, "max_actions=0 must be an integer >= 1"),
+])
+def test_bad_environment_arguments(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        ThreeBodyTimestepEnv(**kwargs)
+
+
+def test_action_outside_space_is_refused():
+    env = ThreeBodyTimestepEnv(**SHORT)
+    env.reset(seed=0)
+    for action in (10, -1, 2.5):
+        with pytest.raises(ValidationError, match="outside the action space"):
+            env.step(action)
