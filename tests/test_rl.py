@@ -131,3 +131,67 @@ def test_action_outside_space_is_refused():
     for action in (10, -1, 2.5):
         with pytest.raises(ValidationError, match="outside the action space"):
             env.step(action)
+
+
+def _mean_episode_reward(env, choose, seeds) -> float:
+    totals = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(choose(obs))
+            total += reward
+            done = terminated or truncated
+        totals.append(total)
+    return float(np.mean(totals))
+
+
+def test_short_training_beats_the_random_policy(tmp_path):
+    """A few PPO updates already learn to avoid the costly and failing choices."""
+    from simdiff.rl.policy import load_policy, train_policy
+
+    settings = {"max_actions": 8}
+    path = train_policy(tmp_path / "policy", steps=2048, envs=2, rollout_steps=128, seed=0,
+                        settings=settings, progress=False)
+    policy = load_policy(path)
+    assert policy.settings["max_actions"] == 8
+    env = ThreeBodyTimestepEnv(**settings)
+    rng = np.random.default_rng(0)
+    seeds = range(500, 512)
+    trained = _mean_episode_reward(env, lambda obs: int(policy.act(obs[None])[0]), seeds)
+    random = _mean_episode_reward(env, lambda obs: int(rng.integers(len(ETAS))), seeds)
+    assert trained > random + 1.0
+
+
+def test_shipped_policy_loads_and_evaluates():
+    from simdiff.rl.evaluate import evaluate
+    from simdiff.rl.policy import load_policy
+
+    policy = load_policy()
+    settings = {**policy.settings, "max_actions": 3}
+    results, trusted = evaluate(policy, systems=3, settings=settings, reference_eta=1e-3,
+                                fixed=False)
+    (result,) = results
+    assert result.name == "policy" and result.actions.shape == (3, 3)
+    assert np.all(np.isfinite(result.energy_error)) and np.all(result.evaluations > 0)
+    assert trusted.shape == (3,)
+
+
+def test_policy_for_another_observation_space_is_refused(tmp_path):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from simdiff.rl.policy import load_policy
+
+    class Other(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, shape=(5,))
+        action_space = gym.spaces.Discrete(10)
+
+    PPO("MlpPolicy", Other(), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "other")
+    with pytest.raises(ValidationError, match=r"trained for observations of shape \(5,\)"):
+        load_policy(tmp_path / "other.zip")
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValidationError, match="does not load"):
+        load_policy(tmp_path / "broken.zip")
+    with pytest.raises(ValidationError, match="does not exist"):
+        load_policy(tmp_path / "missing.zip")

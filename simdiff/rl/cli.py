@@ -36,7 +36,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     settings = dict(policy.settings)
     if args.integrator:
         settings["integrator"] = args.integrator  # transfer: same policy, another integrator
-        policy.settings = settings
+    if args.max_actions:
+        settings["max_actions"] = args.max_actions
+    policy.settings = settings
     out = Path(args.out)
     results, trusted = evaluate(policy, systems=args.systems, settings=settings,
                                 reference_eta=args.reference_eta)
@@ -78,6 +80,8 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--systems", type=int, default=50, help="held-out initial conditions")
     p.add_argument("--integrator", choices=["hermite", "leapfrog", "rk4"],
                    help="run the policy on another integrator (transfer)")
+    p.add_argument("--max-actions", dest="max_actions", type=int,
+                   help="decisions an episode (default: the policy's)")
     p.add_argument("--reference-eta", dest="reference_eta", type=float, default=2e-5,
                    help="Hermite eta of the reference run for trajectory errors (0: none)")
     p.add_argument("--out", default="renders/rl/eval", help="output folder")

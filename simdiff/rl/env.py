@@ -117,7 +117,7 @@ class ThreeBodyTimestepEnv(gym.Env):
     def __init__(self, *, integrator: str = "hermite", interval: float = 0.2,
                  max_actions: int = 50, energy_limit: float = 1e-1, w_energy: float = 1.0,
                  w_cost: float = 0.1, w_trajectory: float = 0.0, reference_eta: float = 1e-5,
-                 dt_min: float = 1e-14, max_interval_steps: int = 100_000) -> None:
+                 dt_min: float = 1e-14, max_interval_steps: int = 50_000) -> None:
         super().__init__()
         self.integrator = check_integrator(integrator)
         for name, value in (("w_energy", w_energy), ("w_cost", w_cost),

@@ -107,7 +107,8 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
                  settings: dict | None = None, resume: bool = False,
-                 checkpoint_every: int = 10_000, progress: bool = True) -> Path:
+                 checkpoint_every: int = 10_000, rollout_steps: int = 256,
+                 progress: bool = True) -> Path:
     """Train PPO on the time-step environment and save it to ``out`` (``.zip`` and ``.json``).
 
     Args:
@@ -118,6 +119,7 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         settings: Environment arguments (:class:`ThreeBodyTimestepEnv`).
         resume: Continue from ``out``'s checkpoint (``NAME.checkpoint.zip``) if there is one.
         checkpoint_every: Environment steps between checkpoints.
+        rollout_steps: Steps each environment samples between PPO updates.
         progress: Show a progress bar.
 
     Returns:
@@ -143,8 +145,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
     if resume and checkpoint.is_file():
         model = PPO.load(checkpoint, env=vec, device="cpu")
     else:
-        model = PPO("MlpPolicy", vec, n_steps=256, batch_size=256, n_epochs=10,
-                    learning_rate=3e-4, gamma=0.99, ent_coef=0.01, seed=seed, device="cpu",
+        model = PPO("MlpPolicy", vec, n_steps=rollout_steps,
+                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=3e-4, gamma=0.99, ent_coef=0.01, seed=seed, device="cpu",
                     policy_kwargs={"net_arch": [64, 64]}, verbose=0)
     remaining = max(steps - model.num_timesteps, 0)
 
@@ -181,6 +183,7 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "steps": int(model.num_timesteps),
         "seed": seed,
         "envs": envs,
+        "rollout_steps": rollout_steps,
         "train_seconds": round(time.perf_counter() - start, 1),
         "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}",
     }

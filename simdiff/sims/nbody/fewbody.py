@@ -144,7 +144,7 @@ def _advance_kernel():
         half = wp.float64(0.5)
         t = time[s]
         end = t_end[s]
-        taken = 0
+        taken = wp.int32(0)  # a dynamic variable: Warp refuses to mutate a literal 0
         status[s] = wp.int32(0)
         while t < end * (wp.float64(1.0) - wp.float64(1.0e-12)):
             dt = _criterion_dt(base, n, criterion, eta[s], x, v, a, jerk, snap, crackle, mass, g)
@@ -230,7 +230,7 @@ def _advance_kernel():
                 _all_gravity(base, n, x, v, mass, g, eps2, a, jerk)
                 evaluations[s] = evaluations[s] + wp.int64(4)
             t = t + dt
-            taken += 1
+            taken = taken + wp.int32(1)
         time[s] = t
         steps[s] = steps[s] + wp.int64(taken)
 
