@@ -17,9 +17,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["run_benchmark"]
+__all__ = ["list_benchmarks", "run_benchmark"]
 
 _ROOT = Path(__file__).resolve().parents[1]
+
+
+def _folder() -> Path:
+    return Path(os.environ.get("SIMDIFF_BENCHMARKS", _ROOT / "benchmarks"))
+
+
+def list_benchmarks() -> list[str]:
+    """Names of the benchmark scripts (``benchmarks/NAME.py``)."""
+    return sorted(p.stem for p in _folder().glob("*.py") if not p.stem.startswith("_"))
 
 
 def _load(script: Path):
@@ -39,7 +48,7 @@ def run_benchmark(
     out: str | Path | None = None,
 ) -> int:
     """Measure ``what`` on ``backend`` (``taichi``, ``warp`` or ``all``) against its baseline."""
-    script = Path(os.environ.get("SIMDIFF_BENCHMARKS", _ROOT / "benchmarks")) / f"{what}.py"
+    script = _folder() / f"{what}.py"
     if not script.is_file():
         raise FileNotFoundError(f"benchmark {what!r} not found at {script}")
     bench = _load(script)

@@ -195,3 +195,29 @@ def test_policy_for_another_observation_space_is_refused(tmp_path):
         load_policy(tmp_path / "broken.zip")
     with pytest.raises(ValidationError, match="does not exist"):
         load_policy(tmp_path / "missing.zip")
+
+
+def test_cli_eval_writes_table_plot_and_video(tmp_path, capsys):
+    from simdiff.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["rl", "eval", "--systems", "2", "--max-actions", "2", "--reference-eta", "1e-3",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| policy |" in text and "| fixed eta=1.00e-04 |" in text
+    for name in ("evaluation.csv", "evaluation.md", "pareto.png", "episode.mp4"):
+        assert (out / name).stat().st_size > 0
+    rows = (out / "evaluation.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(ETAS) + 1
+
+
+def test_cli_rl_bad_input(tmp_path, capsys):
+    from simdiff.cli import main
+
+    assert main(["rl", "eval", str(tmp_path / "nope.zip")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["rl", "train", "--steps", "0", "--out", str(tmp_path / "p")]) == 2
+    assert "steps=0 must be >= 1" in capsys.readouterr().err
+    assert main(["rl", "train", "--steps", "10", "--w-cost", "-1", "--out",
+                 str(tmp_path / "p")]) == 2
+    assert "w_cost=-1.0 must be >= 0" in capsys.readouterr().err
