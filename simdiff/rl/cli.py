@@ -82,7 +82,7 @@ def add_rl_parser(sub) -> None:
                    help="run the policy on another integrator (transfer)")
     p.add_argument("--max-actions", dest="max_actions", type=int,
                    help="decisions an episode (default: the policy's)")
-    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=2e-5,
+    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=5e-5,
                    help="Hermite eta of the reference run for trajectory errors (0: none)")
     p.add_argument("--out", default="renders/rl/eval", help="output folder")
     p.add_argument("--no-video", action="store_true")

@@ -92,7 +92,7 @@ def reference_runs(env: ThreeBodyTimestepEnv, ics, reference_eta: float, toleran
 
 
 def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
-             reference_eta: float = 2e-5, reference_tolerance: float = 1e-3,
+             reference_eta: float = 5e-5, reference_tolerance: float = 1e-3,
              fixed: bool = True, max_interval_steps: int = 1_000_000,
              ) -> tuple[list[MethodResult], np.ndarray]:
     """Run every fixed eta (if ``fixed``) and ``policy`` (a :class:`~simdiff.rl.policy.Policy`,
