@@ -14,10 +14,12 @@ being optimized); a face is as solid as the union of its two cells, ``1 - (1-s_l
 single solid cell blocks all its faces. A :class:`Paddle` is a kinematic box moved by the
 action (its velocity) and imposes that velocity on the faces it covers.
 
-Sources: an :class:`Inflow` is a box of cells where the velocity is set to a given value and dye
-is added at given rates every step.
+Sources: an :class:`Inflow` is a box of cells that acts like a solid imposing its velocity on
+every face it touches (so fluid leaves it through its sides at that velocity; a box with a
+nonzero velocity needs an open side for the fluid to leave), and where dye is held at given
+concentrations.
 
-Tensors may require grad (inflow velocity and rates, obstacle fractions, the initial dye):
+Tensors may require grad (inflow velocity and concentration, obstacle fractions, initial dye):
 the step is differentiable with respect to them.
 """
 
@@ -57,15 +59,15 @@ def as_tensor(value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 @dataclass
 class Inflow:
-    """A source: a box of cells ``lo <= index < hi`` (cell indices per axis) where the velocity
-    is set to ``velocity`` [m/s] and dye channel ``c`` grows by ``rate[c]`` [units/s]."""
+    """A source: a box of cells ``lo <= index < hi`` (cell indices per axis) that imposes
+    ``velocity`` [m/s] on its faces and holds dye channel ``c`` at ``concentration[c]``."""
 
     lo: tuple[int, ...]
     hi: tuple[int, ...]
     velocity: torch.Tensor | tuple[float, ...]
     """Imposed velocity [m/s], shape [dim]; may require grad."""
-    rate: torch.Tensor | tuple[float, ...] = (1.0,)
-    """Dye added per second per channel, shape [dye_channels]; may require grad."""
+    concentration: torch.Tensor | tuple[float, ...] = (1.0,)
+    """Dye held in the box per channel [units], shape [dye_channels]; may require grad."""
 
 
 @dataclass
@@ -186,14 +188,19 @@ class Model:
                     f"moves {speed * self.dt / self.dx:.3g} cells per step, more than cfl={self.cfl}; "
                     f"use dt <= {self.cfl * self.dx / speed:.3g}"
                 )
-            rate = as_tensor(inflow.rate).detach()
-            if rate.shape != (channels,):
+            if speed > 0 and not self.open_sides:
                 raise ValidationError(
-                    f"inflows[{k}].rate must have one entry per dye channel ({channels})"
+                    f"inflows[{k}] pushes fluid at {speed:.3g} m/s into a closed box; name an "
+                    f"outlet in open_sides (one of {', '.join(sides)}) or set its velocity to 0"
                 )
-            if not float(rate.min()) >= 0:
+            conc = as_tensor(inflow.concentration).detach()
+            if conc.shape != (channels,):
                 raise ValidationError(
-                    f"inflows[{k}].rate: density rates must be >= 0, found {float(rate.min()):.3g}"
+                    f"inflows[{k}].concentration must have one entry per dye channel ({channels})"
+                )
+            if not float(conc.min()) >= 0:
+                raise ValidationError(
+                    f"inflows[{k}].concentration: density must be >= 0, found {float(conc.min()):.3g}"
                 )
         if self.paddle is not None:
             p = self.paddle

@@ -68,7 +68,7 @@ class Fluid(Simulator):
         paddle = m.paddle.center if m.paddle is not None else (0.0,) * m.dim
         paddle_x = self._tensor(paddle)
         comps = g.split(self._tensor(velocity))
-        weights, solid_velocity = self._solids(paddle_x, None)
+        weights, solid_velocity = self._solids(paddle_x, None, impose=False)
         comps = self.project(comps, weights, solid_velocity, where="the initial state")
         return State(g.join(comps), self._tensor(dye), paddle_x,
                      torch.zeros(1, dtype=self.backend.torch_dtype, device=g.device))
@@ -81,31 +81,51 @@ class Fluid(Simulator):
         """Solid fraction of the faces of each axis from walls and the obstacle (recomputed
         when the obstacle is a tensor being optimized, cached otherwise)."""
         obstacle = self.model.obstacle
-        key = None if obstacle is None else (id(obstacle), obstacle._version)
         if obstacle is not None and obstacle.requires_grad:
             return [self.grid.face_solid(self._tensor(obstacle), a) for a in range(self.grid.dim)]
-        if self._static is None or self._static[0] != key:
+        # The key holds the tensor itself, so its id cannot be reused by another one.
+        key = (obstacle, None if obstacle is None else obstacle._version)
+        if self._static is None or self._static[0][0] is not obstacle or self._static[0][1] != key[1]:
             cells = (torch.zeros(self.grid.n, dtype=self.grid.dtype, device=self.grid.device)
                      if obstacle is None else self._tensor(obstacle))
             self._static = (key, [self.grid.face_solid(cells, a) for a in range(self.grid.dim)])
         return self._static[1]
 
-    def _solids(self, paddle_x: torch.Tensor, paddle_v: torch.Tensor | None):
-        """Fluid fraction of every face and the velocity the solids impose there, times their
-        solid fraction (static solids impose zero, the paddle its velocity)."""
-        static = self._static_solid()
-        paddle = self.model.paddle
-        if paddle is None:
-            return [1 - s for s in static], None
-        half = self._tensor(paddle.half_size)
-        lo, hi = (paddle_x - half) / self.model.dx, (paddle_x + half) / self.model.dx
-        weights, imposed = [], []
-        for a, s in enumerate(static):
-            cover = self.grid.box_coverage(lo, hi, a)
-            weights.append((1 - s) * (1 - cover))
-            if paddle_v is not None:
-                imposed.append((1 - s) * cover * paddle_v[a])
-        return weights, (imposed or None)
+    def _solids(self, paddle_x: torch.Tensor, paddle_v: torch.Tensor | None, impose: bool):
+        """Fluid fraction of every face, and the velocity imposed there times the imposing
+        fraction: static solids impose zero, the paddle its velocity (``paddle_v``), inflow
+        boxes theirs (a face touching an inflow cell is an inflow face, so the box pushes
+        fluid out through its sides at the inflow velocity). ``impose=False``: impose
+        nothing (the initial projection)."""
+        m, g = self.model, self.grid
+        fluid = [1 - s for s in self._static_solid()]
+        imposed = [torch.zeros_like(f) for f in fluid] if impose else None
+        if m.paddle is not None:
+            half = self._tensor(m.paddle.half_size)
+            lo, hi = (paddle_x - half) / m.dx, (paddle_x + half) / m.dx
+            for a in range(m.dim):
+                cover = g.box_coverage(lo, hi, a)
+                if imposed is not None:
+                    imposed[a] = imposed[a] + fluid[a] * cover * paddle_v[a]
+                fluid[a] = fluid[a] * (1 - cover)
+        for inflow, cover in zip(m.inflows, self._inflow_faces):
+            velocity = self._tensor(inflow.velocity)
+            for a in range(m.dim):
+                if imposed is not None:
+                    imposed[a] = imposed[a] + fluid[a] * cover[a] * velocity[a]
+                fluid[a] = fluid[a] * (1 - cover[a])
+        return fluid, imposed
+
+    @property
+    def _inflow_faces(self) -> list[list[torch.Tensor]]:
+        if not hasattr(self, "_inflow_cache"):
+            g = self.grid
+            self._inflow_cache = []
+            for inflow in self.model.inflows:
+                cells = torch.zeros(g.n, dtype=g.dtype, device=g.device)
+                cells[tuple(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi))] = 1
+                self._inflow_cache.append([g.face_solid(cells, a) for a in range(g.dim)])
+        return self._inflow_cache
 
     # Projection ----------------------------------------------------------------------------
     def project(self, comps: list[torch.Tensor], weights: list[torch.Tensor],
@@ -158,14 +178,11 @@ class Fluid(Simulator):
                              maccormack=m.advection is Advection.MACCORMACK)
         comps = g.advect_velocity(comps, cells_per_step)
         for inflow in m.inflows:
-            lo = self._tensor(inflow.lo)
-            hi = self._tensor(inflow.hi)
-            velocity = self._tensor(inflow.velocity)
-            for a in range(m.dim):
-                cover = g.box_coverage(lo, hi, a)
-                comps[a] = comps[a] * (1 - cover) + cover * velocity[a]
-            rate = self._tensor(inflow.rate).view(-1, *([1] * m.dim))
-            dye = dye + m.dt * rate * g.box_coverage(lo, hi, None)
+            box = (slice(None), *(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi)))
+            conc = self._tensor(inflow.concentration).view(-1, *([1] * m.dim))
+            inside = torch.zeros_like(dye)
+            inside[box] = 1
+            dye = dye * (1 - inside) + conc * inside
         buoyancy = self._tensor(m.buoyancy)
         if buoyancy.numel():
             lift = (buoyancy.view(-1, *([1] * m.dim)) * dye).sum(0)
@@ -181,7 +198,7 @@ class Fluid(Simulator):
             paddle_x = paddle_x + m.dt * paddle_v
         elif action is not None and action.numel():
             raise ValueError("this fluid model has no paddle; pass action=None")
-        weights, imposed = self._solids(paddle_x, paddle_v)
+        weights, imposed = self._solids(paddle_x, paddle_v, impose=True)
         step = int(round(float(state.time) / m.dt)) + 1
         comps = self.project(comps, weights, imposed, where=f"step {step}")
         return State(g.join(comps), dye, paddle_x, state.time + m.dt)
@@ -190,7 +207,7 @@ class Fluid(Simulator):
     def divergence(self, state: State) -> torch.Tensor:
         """Divergence [1/s] of the velocity in each cell (zero in fully solid cells)."""
         div = self.grid.divergence(self.grid.split(state.velocity)) / self.model.dx
-        weights, _ = self._solids(state.paddle_x, None)
+        weights, _ = self._solids(state.paddle_x, None, impose=False)
         diag = sum(w.narrow(a, 0, self.grid.n[a]) + w.narrow(a, 1, self.grid.n[a])
                    for a, w in enumerate(weights))
         return div * (diag.detach() > 1e-12)
