@@ -34,7 +34,7 @@ import torch
 
 from simdiff.sims.base import ValidationError
 
-__all__ = ["Advection", "Inflow", "MIN_RESOLUTION", "Model", "Paddle", "SIDES", "as_tensor"]
+__all__ = ["MIN_RESOLUTION", "SIDES", "Advection", "Inflow", "Model", "Paddle", "as_tensor"]
 
 MIN_RESOLUTION = 8
 """Fewest cells along any axis (the multigrid preconditioner coarsens at least once)."""

@@ -199,7 +199,7 @@ class Fluid(Simulator):
         elif action is not None and action.numel():
             raise ValueError("this fluid model has no paddle; pass action=None")
         weights, imposed = self._solids(paddle_x, paddle_v, impose=True)
-        step = int(round(float(state.time) / m.dt)) + 1
+        step = round(float(state.time) / m.dt) + 1
         comps = self.project(comps, weights, imposed, where=f"step {step}")
         return State(g.join(comps), dye, paddle_x, state.time + m.dt)
 

@@ -23,11 +23,11 @@ from simdiff.sims.base import ValidationError
 from simdiff.sims.fluid.simulator import Fluid
 
 __all__ = [
+    "SHAPES",
     "CNNObstacle",
     "InitialVelocity",
     "PaddleTrajectory",
     "PixelObstacle",
-    "SHAPES",
     "jet_objective",
     "load_target",
     "smoke_objective",
