@@ -2,7 +2,8 @@
 
 Gradients are checked in float64 against central differences of the loss along a random
 direction, with the pressure solved to a relative residual of 1e-11 so that the solver's
-tolerance does not limit the comparison.
+tolerance does not limit the comparison, and semi-Lagrangian advection (MacCormack's limiter
+switches branches, where finite differences are not a derivative).
 """
 
 import numpy as np
@@ -118,12 +119,11 @@ def _loss(backend, *, velocity=None, speed=None, concentration=None, obstacle=No
     target = torch.zeros(N, N, dtype=F64)
     target[6:10, 5:9] = 1.0
     speed = torch.tensor(0.5, dtype=F64) if speed is None else speed
-    conc = torch.tensor([1.0], dtype=F64) if concentration is None else concentration
+    conc = torch.tensor([0.7], dtype=F64) if concentration is None else concentration
     inflow = Inflow((1, 5), (3, 8), torch.stack([speed, 0.2 * speed]), conc)
     paddle = Paddle((0.3, 0.5), (0.08, 0.2), max_speed=0.5) if actions is not None else None
     model = Model((N, N), dx=1 / N, dt=0.1, dye=blob(), buoyancy=(0.5,), inflows=[inflow],
-                  obstacle=obstacle, paddle=paddle, open_sides=("y+", "x+"), tolerance=1e-11,
-                  advection="maccormack")
+                  obstacle=obstacle, paddle=paddle, open_sides=("y+", "x+"), tolerance=1e-11)
     sim = Fluid(model, backend, adjoint=adjoint)
     controller = (lambda t, s: actions[t]) if actions is not None else None
     final = rollout(sim, sim.initial_state(velocity=velocity), controller, steps,
@@ -140,7 +140,7 @@ def _obstacle():
 CASES = {
     "initial_velocity": (lambda: random_velocity(), "velocity"),
     "inflow_speed": (lambda: torch.tensor(0.5, dtype=F64), "speed"),
-    "inflow_concentration": (lambda: torch.tensor([1.0], dtype=F64), "concentration"),
+    "inflow_concentration": (lambda: torch.tensor([0.7], dtype=F64), "concentration"),
     "obstacle_density": (_obstacle, "obstacle"),
     "paddle_trajectory": (
         lambda: 0.3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64),

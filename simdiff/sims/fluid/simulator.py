@@ -141,16 +141,16 @@ class Fluid(Simulator):
         for a, w in enumerate(detached):
             diag = diag + w.narrow(a, 0, g.n[a]) + w.narrow(a, 1, g.n[a])
         fixed = (diag <= 1e-12).to(g.dtype)
-        singular = not self.model.open_sides
+        sides = frozenset(g.open_sides)
         m = self.model
         if self.adjoint:
-            system = PressureSystem(detached, fixed, singular)
+            system = PressureSystem(detached, fixed, sides)
             rhs = system.project(-g.divergence(blended))
             options = {"system": system, "stats": self.stats, "tolerance": m.tolerance,
                        "max_iterations": m.max_iterations, "where": where}
             pressure = SymmetricSolve.apply(options, rhs, *weights)
         else:
-            system = PressureSystem(weights, fixed, singular)
+            system = PressureSystem(weights, fixed, sides)
             rhs = system.project(-g.divergence(blended))
             pressure, iterations, residual = pcg(
                 system, rhs, tolerance=m.tolerance, max_iterations=m.max_iterations,

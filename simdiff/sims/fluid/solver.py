@@ -53,18 +53,56 @@ class SolveStats:
         return self.iterations / self.solves if self.solves else 0.0
 
 
-def _sum_pool(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
-    """Sum adjacent pairs along each of ``axes`` (all even-sized)."""
-    for b in axes:
+def _pad_axis(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
+    pad = [0, 0] * (x.dim() - axis)
+    pad[-2:] = [lo, hi]
+    return F.pad(x, pad)
+
+
+def _prolong(x: torch.Tensor, open_sides: frozenset) -> torch.Tensor:
+    """Cell-centered linear interpolation to the grid twice as fine: ``P``. Per axis, fine
+    cells ``2i`` and ``2i+1`` take 3/4 of coarse cell ``i`` and 1/4 of its neighbor on their
+    side; beyond a wall the neighbor repeats the last cell (no flux), beyond an open side it
+    is zero (the pressure there)."""
+    for a in range(x.dim()):
+        m = x.shape[a]
+        lo, hi = x.narrow(a, 0, 1), x.narrow(a, m - 1, 1)
+        lo = torch.zeros_like(lo) if (a, 0) in open_sides else lo
+        hi = torch.zeros_like(hi) if (a, 1) in open_sides else hi
+        ends = torch.cat([lo, x, hi], a)
+        even = 0.75 * x + 0.25 * ends.narrow(a, 0, m)
+        odd = 0.75 * x + 0.25 * ends.narrow(a, 2, m)
         shape = list(x.shape)
-        shape[b : b + 1] = [shape[b] // 2, 2]
-        x = x.reshape(shape).sum(b + 1)
+        shape[a] = 2 * m
+        x = torch.stack([even, odd], a + 1).reshape(shape)
     return x
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
-    for b in range(x.dim()):
-        x = x.repeat_interleave(2, dim=b)
+def _restrict(x: torch.Tensor, open_sides: frozenset) -> torch.Tensor:
+    """The exact transpose of :func:`_prolong`, scaled by 2^-dim (a weighted average)."""
+    for a in range(x.dim()):
+        m = x.shape[a] // 2
+        shape = list(x.shape)
+        shape[a : a + 1] = [m, 2]
+        pairs = x.reshape(shape)
+        even, odd = pairs.select(a + 1, 0), pairs.select(a + 1, 1)
+        ends = (0.75 * _pad_axis(even + odd, a, 1, 1) + 0.25 * _pad_axis(even, a, 0, 2)
+                + 0.25 * _pad_axis(odd, a, 2, 0))
+        coarse = ends.narrow(a, 1, m)
+        if (a, 0) not in open_sides:
+            coarse = coarse + _pad_axis(ends.narrow(a, 0, 1), a, 0, m - 1)
+        if (a, 1) not in open_sides:
+            coarse = coarse + _pad_axis(ends.narrow(a, m + 1, 1), a, m - 1, 0)
+        x = 0.5 * coarse
+    return x
+
+
+def _mean_pool(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    """Average adjacent pairs along each of ``axes`` (all even-sized)."""
+    for b in axes:
+        shape = list(x.shape)
+        shape[b : b + 1] = [shape[b] // 2, 2]
+        x = x.reshape(shape).mean(b + 1)
     return x
 
 
@@ -75,32 +113,47 @@ class PressureSystem:
         weights: Fluid fraction of the faces of each axis, shapes ``n + e_a`` (detached or
             not: the operator is applied to whatever it is given).
         fixed: 1 on fully solid cells, else 0, shape ``n``.
-        singular: True in a closed box (no open side): constants are in the null space.
+        open_sides: The open ends ``(axis, end)`` (zero pressure beyond); with none the box is
+            closed and constants are in the null space.
     """
 
-    def __init__(self, weights: list[torch.Tensor], fixed: torch.Tensor, singular: bool) -> None:
+    def __init__(self, weights: list[torch.Tensor], fixed: torch.Tensor,
+                 open_sides: frozenset = frozenset(), *, level: int = 0) -> None:
+        self.level = level
         self.weights = weights
         self.fixed = fixed
         self.n = tuple(fixed.shape)
         self.dim = len(self.n)
-        self.singular = singular
+        self.open_sides = frozenset(open_sides)
+        self.singular = not self.open_sides
         self.fluid = (fixed == 0).to(fixed.dtype)
         self.fluid_count = float(self.fluid.sum())
-        diag = fixed.clone()
-        for a, w in enumerate(weights):
-            diag = diag + w.narrow(a, 0, self.n[a]) + w.narrow(a, 1, self.n[a])
-        self.diag = diag
+        # Weights of each cell's lower and upper neighbor per axis, and the slices of the
+        # once-padded pressure holding those neighbors: A p = diag p - sum w_nb p_nb.
+        self.lower = [w.narrow(a, 0, self.n[a]) for a, w in enumerate(weights)]
+        self.upper = [w.narrow(a, 1, self.n[a]) for a, w in enumerate(weights)]
+        self.diag = fixed + sum(self.lower) + sum(self.upper)
+        self._inv_diag: torch.Tensor | None = None
+        inner = [slice(1, k + 1) for k in self.n]
+        self._below = [(..., *inner[:a], slice(0, k), *inner[a + 1:])
+                       for a, k in enumerate(self.n)]
+        self._above = [(..., *inner[:a], slice(2, k + 2), *inner[a + 1:])
+                       for a, k in enumerate(self.n)]
         self._coarse: PressureSystem | None | bool = False
         self._dense: torch.Tensor | None = None
 
-    def apply(self, p: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    @property
+    def inv_diag(self) -> torch.Tensor:
+        if self._inv_diag is None:
+            self._inv_diag = _JACOBI_WEIGHT / self.diag.detach()
+        return self._inv_diag
+
+    def apply(self, p: torch.Tensor) -> torch.Tensor:
         """``A p``; ``p`` may have leading batch axes."""
-        weights = self.weights if weights is None else weights
-        lead = p.dim() - self.dim
-        out = self.fixed * p
-        for a, w in enumerate(weights):
-            flux = w * _difference(p, lead + a)
-            out = out + flux.narrow(lead + a, 0, self.n[a]) - flux.narrow(lead + a, 1, self.n[a])
+        padded = F.pad(p, [1, 1] * self.dim)
+        out = self.diag * p
+        for a in range(self.dim):
+            out = out - self.lower[a] * padded[self._below[a]] - self.upper[a] * padded[self._above[a]]
         return out
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
@@ -113,17 +166,33 @@ class PressureSystem:
 
     # Multigrid -----------------------------------------------------------------------------
     def coarse(self) -> PressureSystem | None:
+        """The operator rediscretized on the grid twice as coarse, for the averaging
+        restriction: a coarse face's weight is a quarter of the mean of the fine faces it
+        covers."""
         if self._coarse is False:
             self._coarse = None
             if all(k % 2 == 0 and k >= 4 for k in self.n) and _prod(self.n) > _COARSEST:
                 weights = []
                 for a, w in enumerate(self.weights):
-                    picked = w[tuple(slice(None, None, 2) if b == a else slice(None)
-                                     for b in range(self.dim))]
-                    weights.append(_sum_pool(picked, [b for b in range(self.dim) if b != a]))
-                fixed = _sum_pool(self.fixed, list(range(self.dim)))
-                coarse = PressureSystem(weights, fixed, self.singular)
-                coarse.fluid = (_sum_pool(self.fluid, list(range(self.dim))) > 0).to(fixed.dtype)
+                    picked = w.detach()[tuple(slice(None, None, 2) if b == a else slice(None)
+                                              for b in range(self.dim))]
+                    # / 4: the stencil is -h^2 laplacian in cell units, and h doubles.
+                    coarse_w = _mean_pool(picked, [b for b in range(self.dim) if b != a]) / 4
+                    # The fine grid puts p = 0 half a fine cell beyond an open side; keep it
+                    # there: the boundary face of level L is 1/2 + 2^-(L+1) cells from it.
+                    ratio = (0.5 + 2.0 ** -(self.level + 1)) / (0.5 + 2.0 ** -(self.level + 2))
+                    scale = torch.ones(picked.shape[a], dtype=w.dtype, device=w.device)
+                    scale[0] = ratio if (a, 0) in self.open_sides else 1.0
+                    scale[-1] = ratio if (a, 1) in self.open_sides else 1.0
+                    shape = [1] * self.dim
+                    shape[a] = -1
+                    weights.append(coarse_w * scale.view(shape))
+                every = list(range(self.dim))
+                # A coarse cell is fixed only if all its cells are: fixed cells are decoupled
+                # (no open face), and a partly fixed coarse cell must not pull p to zero.
+                fixed = (_mean_pool(self.fixed.detach(), every) > 1 - 1e-9).to(w.dtype)
+                coarse = PressureSystem(weights, fixed, self.open_sides, level=self.level + 1)
+                coarse.fluid = (_mean_pool(self.fluid, every) > 0).to(self.fixed.dtype)
                 coarse.fluid_count = float(coarse.fluid.sum())
                 self._coarse = coarse
         return self._coarse
@@ -132,7 +201,8 @@ class PressureSystem:
         if self._dense is None:
             m = _prod(self.n)
             eye = torch.eye(m, dtype=self.diag.dtype, device=self.diag.device)
-            matrix = self.apply(eye.view(m, *self.n)).reshape(m, m)
+            with torch.no_grad():
+                matrix = self.apply(eye.view(m, *self.n)).reshape(m, m)
             self._dense = torch.linalg.pinv(matrix, hermitian=True)
         return self._dense
 
@@ -144,12 +214,14 @@ class PressureSystem:
                 return (self._dense_inverse() @ r.reshape(-1)).view(self.n)
             x = torch.zeros_like(r)
             for _ in range(20):  # odd sizes that cannot coarsen: a fixed Jacobi polynomial
-                x = x + _JACOBI_WEIGHT * (r - self.apply(x)) / self.diag
+                x = x + (r - self.apply(x)) * self.inv_diag
             return x
-        x = _JACOBI_WEIGHT * r / self.diag
-        residual = r - self.apply(x)
-        x = x + _upsample(coarse.vcycle(_sum_pool(residual, list(range(self.dim)))))
-        return x + _JACOBI_WEIGHT * (r - self.apply(x)) / self.diag
+        x = r * self.inv_diag
+        # Transfers skip fixed cells (P = fluid * P_linear, R = P^T), keeping the cycle
+        # symmetric.
+        correction = coarse.vcycle(_restrict((r - self.apply(x)) * self.fluid, self.open_sides))
+        x = x + _prolong(correction, self.open_sides) * self.fluid
+        return x + (r - self.apply(x)) * self.inv_diag
 
 
 def _prod(shape: tuple[int, ...]) -> int:
