@@ -258,3 +258,41 @@ def test_bad_targets(tmp_path):
     target = load_target(square, (16, 16))
     assert target.shape == (16, 16) and float(target[:, -1].mean()) > 0.9  # top is y = max
     assert float(target[:, 0].mean()) < 0.1
+
+
+# Command line and rendering ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fluid_smoke_to_image", "fluid_stir_to_target",
+                                  "fluid_obstacle_design"])
+def test_scenes_train_and_write_videos_from_the_cli(tmp_path, capsys, name):
+    import imageio.v3 as iio
+
+    from simdiff.cli import main
+
+    out = tmp_path / name
+    args = ["train", name, "--steps", "6", "--set", "resolution=16", "--iters", "2", "--out",
+            str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "loss" in printed and (out / f"{name}.mp4").is_file()
+    video = tmp_path / f"{name}.gif"
+    assert main(["run", name, "--steps", "6", "--set", "resolution=16", "--out", str(video)]) == 0
+    frames = iio.imread(video)
+    assert frames.shape[0] == 7 and frames[-1].std() > 0
+
+
+def test_render_draws_dye_solids_and_3d_projections():
+    from simdiff.render import render_fluid
+    from simdiff.render.fluid import BACKGROUND_RGB
+
+    dye = np.zeros((1, 16, 16))
+    dye[0, 2:6, 2:6] = 5.0
+    obstacle = np.zeros((16, 16))
+    obstacle[10:14, 10:14] = 1.0
+    (frame,) = render_fluid([dye], obstacle=obstacle, pixels=160)
+    assert frame.shape == (160, 160, 3)
+    # Cell (x=3, y=3) is near the bottom left, (12, 12) near the top right; y points up.
+    assert frame[160 - 35, 35].mean() > 200  # thick dye is nearly white
+    assert abs(frame[160 - 125, 125].astype(int) - [110, 112, 120]).max() <= 1  # solid gray
+    assert abs(frame[160 - 125, 35].astype(int) - BACKGROUND_RGB).max() <= 1
+    (frame3,) = render_fluid([np.ones((2, 8, 8, 8))], pixels=80)
+    assert frame3.shape == (80, 80, 3) and frame3[40, 40].mean() > 100

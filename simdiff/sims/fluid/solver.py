@@ -121,11 +121,15 @@ class PressureSystem:
                  open_sides: frozenset = frozenset(), *, level: int = 0) -> None:
         self.level = level
         self.weights = weights
-        self.fixed = fixed
         self.n = tuple(fixed.shape)
         self.dim = len(self.n)
         self.open_sides = frozenset(open_sides)
         self.singular = not self.open_sides
+        # Cells with no open face are fixed (p = 0) whatever the caller said: on coarse
+        # levels a cell of fluid children can lose all its faces to solids.
+        isolated = sum(w.detach().narrow(a, 0, self.n[a]) + w.detach().narrow(a, 1, self.n[a])
+                       for a, w in enumerate(weights)) <= 1e-12
+        self.fixed = fixed = torch.maximum(fixed, isolated.to(fixed.dtype))
         self.fluid = (fixed == 0).to(fixed.dtype)
         self.fluid_count = float(self.fluid.sum())
         # Weights of each cell's lower and upper neighbor per axis, and the slices of the
