@@ -1,6 +1,8 @@
 """Obstacle inverse design: the solid fraction of a design region (pixels, or a small CNN
 with ``parameterization="cnn"``) that steers a dyed jet, blown from the left end of a channel,
-into the upper of two outlets on the right."""
+into the upper of two outlets on the right.
+``--set checkpoint=K`` keeps one state every K steps in backward (bounded memory).
+"""
 
 import torch
 
@@ -9,7 +11,8 @@ from simdiff.sims.fluid import Inflow, Model
 from simdiff.sims.fluid.tasks import CNNObstacle, PixelObstacle, jet_objective
 
 
-def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pixels") -> Scene:
+def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pixels",
+          checkpoint: int | None = None) -> Scene:
     n0, n1 = 3 * resolution // 2, resolution
     walls = torch.zeros(n0, n1, dtype=torch.float64)
     q = n1 // 8
@@ -42,5 +45,5 @@ def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pix
         render_every=1,
         train={"lr": 0.2 if parameterization == "pixels" else 0.01, "iters": 40},
         design=lambda sim: build(region, walls),
-        objective=jet_objective(steps, target, other),
+        objective=jet_objective(steps, target, other, checkpoint_every=checkpoint),
     )

@@ -1,4 +1,6 @@
-"""Smoke-to-image: the initial velocity that carries a smoke blob into a target image."""
+"""Smoke-to-image: the initial velocity that carries a smoke blob into a target image.
+``--set checkpoint=K`` keeps one state every K steps in backward (bounded memory).
+"""
 
 import torch
 
@@ -8,7 +10,8 @@ from simdiff.sims.fluid.tasks import InitialVelocity, load_target, smoke_objecti
 
 
 def scene(*, resolution: int = 48, steps: int = 40, target: str = "ring",
-          advection: str = "maccormack") -> Scene:
+          advection: str = "maccormack",
+          checkpoint: int | None = None) -> Scene:
     n = (resolution, resolution)
     goal = load_target(target, n)
     x = (torch.arange(resolution) + 0.5) / resolution
@@ -27,5 +30,5 @@ def scene(*, resolution: int = 48, steps: int = 40, target: str = "ring",
         render_every=1,
         train={"lr": 0.1, "iters": 60},
         design=lambda sim: InitialVelocity(n),
-        objective=smoke_objective(goal, steps),
+        objective=smoke_objective(goal, steps, checkpoint_every=checkpoint),
     )

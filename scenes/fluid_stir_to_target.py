@@ -1,5 +1,7 @@
 """Stir-to-target: a paddle trajectory that pushes a dye blob into the right third of a closed
-box (``mode="target"``), or mixes a left and a right dye (``mode="mix"``)."""
+box (``mode="target"``), or mixes a left and a right dye (``mode="mix"``).
+``--set checkpoint=K`` keeps one state every K steps in backward (bounded memory).
+"""
 
 import torch
 
@@ -8,7 +10,8 @@ from simdiff.sims.fluid import Model, Paddle
 from simdiff.sims.fluid.tasks import PaddleTrajectory, stir_objective
 
 
-def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target") -> Scene:
+def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target",
+          checkpoint: int | None = None) -> Scene:
     n = (resolution, resolution)
     x = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
     X, Y = torch.meshgrid(x, x, indexing="ij")
@@ -36,5 +39,5 @@ def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target") -> Sce
         render_every=1,
         train={"lr": 0.1, "iters": 40},
         design=lambda sim: PaddleTrajectory(steps, 2, paddle.max_speed),
-        objective=stir_objective(steps, region=region),
+        objective=stir_objective(steps, region=region, checkpoint_every=checkpoint),
     )
