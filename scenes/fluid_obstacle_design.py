@@ -30,7 +30,7 @@ def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pix
     jet = Inflow(lo=(0, n1 // 2 - q // 2), hi=(2, n1 // 2 + q // 2), velocity=(1.0, 0.0),
                  concentration=(1.0,))
     model = Model((n0, n1), dx=1.0 / n1, dt=0.8 / n1, inflows=[wind, jet], obstacle=walls,
-                  open_sides=("x+",), advection="maccormack", tolerance=1e-5)
+                  open_sides=("x+",), advection="maccormack")
     build = {"pixels": PixelObstacle, "cnn": CNNObstacle}.get(parameterization)
     if build is None:
         raise ValueError(f"parameterization={parameterization!r}; allowed: pixels, cnn")

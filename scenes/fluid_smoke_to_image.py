@@ -17,8 +17,7 @@ def scene(*, resolution: int = 48, steps: int = 40, target: str = "ring",
     x = (torch.arange(resolution) + 0.5) / resolution
     r = torch.hypot(x[:, None] - 0.5, x[None, :] - 0.5)
     smoke = (r < 0.2).double()[None] * goal.sum() / (r < 0.2).sum()  # as much smoke as target
-    model = Model(n, dx=1.0 / resolution, dt=0.6 / steps, dye=smoke, advection=advection,
-                  tolerance=1e-5)
+    model = Model(n, dx=1.0 / resolution, dt=0.6 / steps, dye=smoke, advection=advection)
     return Scene(
         name="fluid_smoke_to_image",
         simulator="fluid",

@@ -26,7 +26,7 @@ def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target",
         raise ValueError(f"mode={mode!r}; allowed: target, mix")
     paddle = Paddle(center=(0.5 if mode == "mix" else 0.15, 0.5), half_size=(0.05, 0.15), max_speed=1.0)
     model = Model(n, dx=1.0 / resolution, dt=0.6 / resolution, dye=dye, paddle=paddle,
-                  advection="maccormack", tolerance=1e-5)
+                  advection="maccormack")
     goal = "move the dye blob into the right third" if region is not None else "mix two dyes"
     return Scene(
         name="fluid_stir_to_target" if region is not None else "fluid_stir_mix",

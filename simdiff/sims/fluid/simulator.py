@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from simdiff.backend import Backend
-from simdiff.sims.base import Simulator
+from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor
 from simdiff.sims.fluid.solver import PressureSystem, SolveStats, SymmetricSolve, pcg
@@ -42,6 +42,9 @@ class Fluid(Simulator):
         self.preconditioner = preconditioner
         self.blowup = blowup
         self.stats = SolveStats()
+        self.tolerance = model.tolerance or (1e-5 if backend.torch_dtype == torch.float32
+                                             else 1e-10)
+        """Relative residual every pressure solve reaches."""
         open_sides = {(SIDES.index(s) // 2, SIDES.index(s) % 2) for s in model.open_sides}
         self.grid = Grid(model.resolution, open_sides, backend.torch_dtype, backend.torch_device)
         self._static: tuple | None = None
@@ -146,24 +149,22 @@ class Fluid(Simulator):
         if self.adjoint:
             system = PressureSystem(detached, fixed, sides)
             rhs = system.project(-g.divergence(blended))
-            options = {"system": system, "stats": self.stats, "tolerance": m.tolerance,
+            options = {"system": system, "stats": self.stats, "tolerance": self.tolerance,
                        "max_iterations": m.max_iterations, "where": where}
             pressure = SymmetricSolve.apply(options, rhs, *weights)
         else:
             system = PressureSystem(weights, fixed, sides)
             rhs = system.project(-g.divergence(blended))
             pressure, iterations, residual = pcg(
-                system, rhs, tolerance=m.tolerance, max_iterations=m.max_iterations,
+                system, rhs, tolerance=self.tolerance, max_iterations=m.max_iterations,
                 preconditioner=self.preconditioner)
             self.stats.solves += 1
             self.stats.iterations += iterations
             self.stats.last_iterations, self.stats.last_residual = iterations, residual
-            if residual > m.tolerance:
-                from simdiff.sims.base import SimulationError
-
+            if residual > self.tolerance:
                 raise SimulationError(
                     f"pressure projection at {where} did not converge: relative residual "
-                    f"{residual:.3g} > tolerance {m.tolerance:.3g} after {iterations} iterations")
+                    f"{residual:.3g} > tolerance {self.tolerance:.3g} after {iterations} iterations")
             pressure = system.project(pressure)
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
