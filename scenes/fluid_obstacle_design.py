@@ -43,7 +43,7 @@ def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pix
         description=f"obstacle ({parameterization}) that steers a jet into the upper outlet",
         default_backend="taichi",
         render_every=1,
-        train={"lr": 0.2 if parameterization == "pixels" else 0.01, "iters": 40},
+        train={"lr": 0.05 if parameterization == "pixels" else 0.01, "iters": 30},
         design=lambda sim: build(region, walls),
         objective=jet_objective(steps, target, other, checkpoint_every=checkpoint),
     )

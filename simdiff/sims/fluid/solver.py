@@ -7,13 +7,16 @@ faces) and ``S`` is 1 on cells with no open face at all (fully solid: ``p = 0`` 
 ``A`` is symmetric positive semi-definite, and singular only in a closed box, where its null
 space is the constant over the fluid and right-hand sides are projected onto its range.
 
-Preconditioner: one symmetric V-cycle of aggregation multigrid. Coarse operators are the exact
-Galerkin products ``P^T A P`` for piecewise-constant ``P`` (a coarse face weight is the sum of
-the fine face weights it covers), smoothing is one damped-Jacobi sweep before and after, and
-the coarsest level (at most 256 cells) is solved with a dense pseudo-inverse. With equal pre-
-and post-smoothing and ``R = P^T`` the cycle is symmetric, as conjugate gradients require.
-Iterations per solve stay roughly flat with resolution (see benchmarks/fluid.py) where
-Jacobi-preconditioned CG needs about ``n`` iterations.
+Preconditioner: one symmetric V-cycle of geometric multigrid: one damped-Jacobi sweep before
+and after the coarse correction, cell-centered linear prolongation ``P`` (zero beyond open
+sides, mirrored at walls) and restriction ``R = P^T / 2^dim``, the operator rediscretized on
+each coarser grid (a quarter of the mean fine face weight, with the open-side weights adjusted
+so that ``p = 0`` stays where the fine grid puts it), and a dense pseudo-inverse on the coarsest
+grid (at most 64 cells). Equal pre- and post-smoothing and ``R`` proportional to ``P^T`` make
+the cycle symmetric, as conjugate gradients require. Transfers skip fixed cells. Iterations to
+a relative residual of 1e-6: 8 for a Poisson problem in a closed or open box at every size
+from 32^2 to 256^2; 9 to 22 with inflows and obstacles (benchmarks/fluid.py), where
+Jacobi-preconditioned CG needs hundreds.
 
 Gradient: :class:`SymmetricSolve` is a ``torch.autograd.Function``. This hand-written
 derivative replaces autograd through the CG iterations because those would store every
