@@ -296,3 +296,20 @@ def test_render_draws_dye_solids_and_3d_projections():
     assert abs(frame[160 - 125, 35].astype(int) - BACKGROUND_RGB).max() <= 1
     (frame3,) = render_fluid([np.ones((2, 8, 8, 8))], pixels=80)
     assert frame3.shape == (80, 80, 3) and frame3[40, 40].mean() > 100
+
+
+def test_bench_runs_at_toy_size(tmp_path, capsys):
+    import json
+
+    from simdiff.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "fluid", "--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["config"] for r in rows} == {"simdiff", "torch"}
+    ours = [r for r in rows if r["config"] == "simdiff"]
+    theirs = [r for r in rows if r["config"] == "torch"]
+    # Multigrid needs several times fewer iterations than Jacobi, already at 32^2.
+    assert max(r["iterations_per_solve"] for r in ours) * 4 < min(
+        r["iterations_per_solve"] for r in theirs)
+    assert all(r["vs_baseline"] > 0 for r in rows) and "vs_baseline" in capsys.readouterr().out
