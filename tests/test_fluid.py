@@ -167,6 +167,25 @@ def test_gradient_matches_central_differences(backend, case):
     assert abs(ad - fd) <= 1e-6 * abs(fd) + 1e-9, (ad, fd)
 
 
+def test_gradient_of_an_sdf_obstacle_radius(backend):
+    """A circle obstacle given by its signed distance: d loss / d radius against central
+    differences (the solid-fraction ramp is piecewise linear, so the step stays small)."""
+    from simdiff.sims.fluid.model import circle_sdf, solid_from_sdf
+
+    def loss_of(radius: torch.Tensor) -> torch.Tensor:
+        center = torch.tensor([0.55, 0.45], dtype=F64)
+        obstacle = solid_from_sdf(circle_sdf((N, N), 1 / N, center, radius), 1 / N)
+        return _loss(backend, obstacle=obstacle, velocity=random_velocity())
+
+    radius = torch.tensor(0.17, dtype=F64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_of(radius), radius)
+    eps = 1e-7
+    with torch.no_grad():
+        fd = float(loss_of(radius.detach() + eps) - loss_of(radius.detach() - eps)) / (2 * eps)
+    assert abs(fd) > 1e-3
+    assert abs(float(grad) - fd) <= 1e-5 * abs(fd), (float(grad), fd)
+
+
 def test_adjoint_projection_matches_unrolled_solve(backend):
     """The adjoint gradient equals autograd through every CG iteration (both converged to
     1e-11), for the initial velocity and an obstacle density at once."""

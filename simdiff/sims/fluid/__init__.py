@@ -23,8 +23,9 @@ only chooses the precision and device.
 Measured speed: see ``simdiff bench fluid`` (benchmarks/fluid.py) and the README.
 """
 
-from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle
+from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sdf, solid_from_sdf
 from simdiff.sims.fluid.simulator import Fluid
 from simdiff.sims.fluid.state import State
 
-__all__ = ["Advection", "Fluid", "Inflow", "Model", "Paddle", "State"]
+__all__ = ["Advection", "Fluid", "Inflow", "Model", "Paddle", "State", "circle_sdf",
+           "solid_from_sdf"]

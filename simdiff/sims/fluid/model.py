@@ -9,8 +9,8 @@ Walls: every side of the box is a no-slip/no-penetration wall unless named in ``
 (``"x-"``, ``"x+"``, ``"y-"``, ``"y+"``, ``"z-"``, ``"z+"``), where the pressure is zero outside
 and fluid may leave or enter.
 
-Solids: ``obstacle`` is a solid fraction per cell in [0, 1] (a binary mask, or a smooth density
-being optimized); a face is as solid as the union of its two cells, ``1 - (1-s_l)(1-s_r)``, so a
+Solids: ``obstacle`` is a solid fraction per cell in [0, 1] (a binary mask, a smooth density
+being optimized, or a shape's signed distance field through :func:`solid_from_sdf`); a face is as solid as the union of its two cells, ``1 - (1-s_l)(1-s_r)``, so a
 single solid cell blocks all its faces. A :class:`Paddle` is a kinematic box moved by the
 action (its velocity) and imposes that velocity on the faces it covers.
 
@@ -34,7 +34,17 @@ import torch
 
 from simdiff.sims.base import ValidationError
 
-__all__ = ["MIN_RESOLUTION", "SIDES", "Advection", "Inflow", "Model", "Paddle", "as_tensor"]
+__all__ = [
+    "MIN_RESOLUTION",
+    "SIDES",
+    "Advection",
+    "Inflow",
+    "Model",
+    "Paddle",
+    "as_tensor",
+    "circle_sdf",
+    "solid_from_sdf",
+]
 
 MIN_RESOLUTION = 8
 """Fewest cells along any axis (the multigrid preconditioner coarsens at least once)."""
@@ -55,6 +65,22 @@ def as_tensor(value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(dtype)
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(dtype)
+
+
+def solid_from_sdf(sdf: torch.Tensor, dx: float) -> torch.Tensor:
+    """Solid fraction per cell from a signed distance [m] at cell centers (negative inside):
+    a linear ramp one cell wide across the surface, ``clamp(1/2 - sdf / dx, 0, 1)``, so the
+    fraction, and every flow quantity, moves continuously with the shape's parameters."""
+    return (0.5 - sdf / dx).clamp(0.0, 1.0)
+
+
+def circle_sdf(resolution: tuple[int, ...], dx: float, center: torch.Tensor,
+               radius: torch.Tensor) -> torch.Tensor:
+    """Signed distance [m] from each cell center to a circle (sphere in 3D) of ``center`` [m]
+    and ``radius`` [m]; differentiable in both."""
+    axes = [(torch.arange(n, dtype=center.dtype) + 0.5) * dx for n in resolution]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return (grid - center).norm(dim=-1) - radius
 
 
 @dataclass
