@@ -281,7 +281,7 @@ def test_bad_targets(tmp_path):
 
 # Command line and rendering ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["fluid_smoke_to_image", "fluid_stir_to_target",
-                                  "fluid_obstacle_design"])
+                                  "fluid_obstacle_design", "fluid_plume_3d"])
 def test_scenes_train_and_write_videos_from_the_cli(tmp_path, capsys, name):
     import imageio.v3 as iio
 

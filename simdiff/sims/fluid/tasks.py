@@ -30,6 +30,7 @@ __all__ = [
     "PixelObstacle",
     "jet_objective",
     "load_target",
+    "plume_objective",
     "smoke_objective",
     "stir_objective",
 ]
@@ -240,5 +241,38 @@ def jet_objective(steps: int, target: torch.Tensor, other: torch.Tensor, *,
         solid = (obstacle * design.region).sum() / design.region.sum()
         return (1 - share) + 0.01 * solid, result, {"target_share": float(share.detach()),
                                                      "solid_fraction": float(solid.detach())}
+
+    return objective
+
+
+# Plume height ----------------------------------------------------------------------------------
+class InflowSpeed(nn.Module):
+    """The speed of inflow 0 along +y, ``max_speed * sigmoid(raw)`` [m/s] (inside the CFL
+    bound the model was validated with)."""
+
+    def __init__(self, max_speed: float) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(torch.zeros(()))
+        self.max_speed = max_speed
+
+    def forward(self) -> torch.Tensor:
+        return self.max_speed * torch.sigmoid(self.raw)
+
+
+def plume_objective(steps: int, height: float, *, checkpoint_every: int | None = None):
+    """Squared distance [m^2] between the smoke's center-of-mass height after ``steps`` and
+    ``height``, by choosing the inflow speed."""
+
+    def objective(sim: Fluid, design: InflowSpeed, record_every: int = 0):
+        speed = design()
+        inflow = sim.model.inflows[0]
+        inflow.velocity = torch.stack([speed * (a == 1) for a in range(sim.model.dim)])
+        result = rollout(sim, sim.initial_state(), None, steps, record_every=record_every,
+                         checkpoint_every=checkpoint_every)
+        smoke = result.final.dye[0]
+        y = sim.grid.cell_positions[..., 1].to(smoke) * sim.model.dx
+        center = (smoke * y).sum() / smoke.sum()
+        return (center - height) ** 2, result, {"height": float(center.detach()),
+                                                 "speed": float(speed.detach())}
 
     return objective
