@@ -43,8 +43,16 @@ def plume(resolution: tuple[int, ...]):
     lo = tuple([3 * n[0] // 8, 1] + [3 * k // 8 for k in n[2:]])
     hi = tuple([5 * n[0] // 8, 3] + [5 * k // 8 for k in n[2:]])
     source = Inflow(lo, hi, velocity=(0.0, 0.5) + (0.0,) * (dim - 2), concentration=(1.0,))
-    return Model(n, dx=1.0 / n[0], dt=1.0 / n[0], buoyancy=(1.0,), inflows=[source],
-                 open_sides=("y+",), tolerance=1e-6, max_iterations=20_000)
+    return Model(
+        n,
+        dx=1.0 / n[0],
+        dt=1.0 / n[0],
+        buoyancy=(1.0,),
+        inflows=[source],
+        open_sides=("y+",),
+        tolerance=1e-6,
+        max_iterations=20_000,
+    )
 
 
 def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> dict:
@@ -74,12 +82,21 @@ def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> 
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    return {"config": config, "resolution": "x".join(map(str, resolution)), "mode": mode,
-            "steps": steps, "steps_per_second": steps / seconds, "seconds": seconds,
-            "iterations_per_solve": sim.stats.mean_iterations(),
-            "adjoint_iterations": (sim.stats.adjoint_iterations / sim.stats.adjoint_solves
-                                   if sim.stats.adjoint_solves else None),
-            "peak_mb": _rss_mb()}
+    return {
+        "config": config,
+        "resolution": "x".join(map(str, resolution)),
+        "mode": mode,
+        "steps": steps,
+        "steps_per_second": steps / seconds,
+        "seconds": seconds,
+        "iterations_per_solve": sim.stats.mean_iterations(),
+        "adjoint_iterations": (
+            sim.stats.adjoint_iterations / sim.stats.adjoint_solves
+            if sim.stats.adjoint_solves
+            else None
+        ),
+        "peak_mb": _rss_mb(),
+    }
 
 
 def main() -> None:
@@ -88,8 +105,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=100, help="steps per 2D rollout")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="toy sizes, for tests")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default); 1 avoids contention on busy hosts")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 avoids contention on busy hosts",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,8 +11,13 @@ from simdiff.sims.fluid import Inflow, Model
 from simdiff.sims.fluid.tasks import CNNObstacle, PixelObstacle, jet_objective
 
 
-def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pixels",
-          checkpoint: int | None = None) -> Scene:
+def scene(
+    *,
+    resolution: int = 32,
+    steps: int = 80,
+    parameterization: str = "pixels",
+    checkpoint: int | None = None,
+) -> Scene:
     n0, n1 = 3 * resolution // 2, resolution
     walls = torch.zeros(n0, n1, dtype=torch.float64)
     q = n1 // 8
@@ -27,10 +32,21 @@ def scene(*, resolution: int = 32, steps: int = 80, parameterization: str = "pix
     other[3 * n0 // 4 :, : n1 // 2] = 1
     # A uniform wind through the whole left end carries a dyed jet in its middle.
     wind = Inflow(lo=(0, 0), hi=(2, n1), velocity=(1.0, 0.0), concentration=(0.0,))
-    jet = Inflow(lo=(0, n1 // 2 - q // 2), hi=(2, n1 // 2 + q // 2), velocity=(1.0, 0.0),
-                 concentration=(1.0,))
-    model = Model((n0, n1), dx=1.0 / n1, dt=0.8 / n1, inflows=[wind, jet], obstacle=walls,
-                  open_sides=("x+",), advection="maccormack")
+    jet = Inflow(
+        lo=(0, n1 // 2 - q // 2),
+        hi=(2, n1 // 2 + q // 2),
+        velocity=(1.0, 0.0),
+        concentration=(1.0,),
+    )
+    model = Model(
+        (n0, n1),
+        dx=1.0 / n1,
+        dt=0.8 / n1,
+        inflows=[wind, jet],
+        obstacle=walls,
+        open_sides=("x+",),
+        advection="maccormack",
+    )
     build = {"pixels": PixelObstacle, "cnn": CNNObstacle}.get(parameterization)
     if build is None:
         raise ValueError(f"parameterization={parameterization!r}; allowed: pixels, cnn")

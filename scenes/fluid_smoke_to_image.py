@@ -9,9 +9,14 @@ from simdiff.sims.fluid import Model
 from simdiff.sims.fluid.tasks import InitialVelocity, load_target, smoke_objective
 
 
-def scene(*, resolution: int = 48, steps: int = 40, target: str = "ring",
-          advection: str = "maccormack",
-          checkpoint: int | None = None) -> Scene:
+def scene(
+    *,
+    resolution: int = 48,
+    steps: int = 40,
+    target: str = "ring",
+    advection: str = "maccormack",
+    checkpoint: int | None = None,
+) -> Scene:
     n = (resolution, resolution)
     goal = load_target(target, n)
     x = (torch.arange(resolution) + 0.5) / resolution

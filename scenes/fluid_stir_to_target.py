@@ -10,8 +10,9 @@ from simdiff.sims.fluid import Model, Paddle
 from simdiff.sims.fluid.tasks import PaddleTrajectory, stir_objective
 
 
-def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target",
-          checkpoint: int | None = None) -> Scene:
+def scene(
+    *, resolution: int = 32, steps: int = 60, mode: str = "target", checkpoint: int | None = None
+) -> Scene:
     n = (resolution, resolution)
     x = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
     X, Y = torch.meshgrid(x, x, indexing="ij")
@@ -24,9 +25,12 @@ def scene(*, resolution: int = 32, steps: int = 60, mode: str = "target",
         region = None
     else:
         raise ValueError(f"mode={mode!r}; allowed: target, mix")
-    paddle = Paddle(center=(0.5 if mode == "mix" else 0.15, 0.5), half_size=(0.05, 0.15), max_speed=1.0)
-    model = Model(n, dx=1.0 / resolution, dt=0.6 / resolution, dye=dye, paddle=paddle,
-                  advection="maccormack")
+    paddle = Paddle(
+        center=(0.5 if mode == "mix" else 0.15, 0.5), half_size=(0.05, 0.15), max_speed=1.0
+    )
+    model = Model(
+        n, dx=1.0 / resolution, dt=0.6 / resolution, dye=dye, paddle=paddle, advection="maccormack"
+    )
     goal = "move the dye blob into the right third" if region is not None else "mix two dyes"
     return Scene(
         name="fluid_stir_to_target" if region is not None else "fluid_stir_mix",

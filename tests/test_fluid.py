@@ -48,12 +48,18 @@ def test_projection_removes_divergence_to_the_tolerance(backend, dim, open_sides
         obstacle = torch.zeros(n, n, dtype=F64)
         obstacle[5:9, 4:7] = 1.0
         obstacle[10:12, 10:13] = 0.4
-    model = Model((n,) * dim, velocity=random_velocity(n, dim=dim), obstacle=obstacle,
-                  open_sides=open_sides, tolerance=1e-8)
+    model = Model(
+        (n,) * dim,
+        velocity=random_velocity(n, dim=dim),
+        obstacle=obstacle,
+        open_sides=open_sides,
+        tolerance=1e-8,
+    )
     sim = Fluid(model, backend)
     g = sim.grid
-    weights, _ = sim._solids(sim._tensor(model.paddle.center if model.paddle else (0.0,) * dim),
-                             None, impose=False)
+    weights, _ = sim._solids(
+        sim._tensor(model.paddle.center if model.paddle else (0.0,) * dim), None, impose=False
+    )
     before = g.divergence([w * u for w, u in zip(weights, g.split(model.velocity))])
     state = sim.initial_state()
     after = sim.divergence(state) * model.dx
@@ -69,8 +75,11 @@ def test_projection_removes_divergence_to_the_tolerance(backend, dim, open_sides
 
 def test_unconverged_projection_reports_residual_and_step(backend):
     model = Model((N, N), velocity=random_velocity(), tolerance=1e-10, max_iterations=2)
-    with pytest.raises(SimulationError, match=r"initial state.*relative residual [0-9.e-]+ > "
-                                              r"tolerance 1e-10 after 2"):
+    with pytest.raises(
+        SimulationError,
+        match=r"initial state.*relative residual [0-9.e-]+ > "
+        r"tolerance 1e-10 after 2",
+    ):
         Fluid(model, backend).initial_state()
     model = Model((N, N), dye=blob(), buoyancy=(1.0,), tolerance=1e-10, max_iterations=2)
     sim = Fluid(model, backend)
@@ -104,8 +113,9 @@ def test_dye_mass_is_conserved_within_ten_percent(backend, advection):
     velocity[1, :n, :] = (c[:, None] - 0.5) * torch.sin(torch.pi * x[None, :])
     dye = torch.zeros(1, n, n, dtype=F64)
     dye[0, 6:11, 9:15] = 1.0
-    sim = Fluid(Model((n, n), dx=1 / n, dt=1 / n, velocity=velocity, dye=dye,
-                      advection=advection), backend)
+    sim = Fluid(
+        Model((n, n), dx=1 / n, dt=1 / n, velocity=velocity, dye=dye, advection=advection), backend
+    )
     final = rollout(sim, sim.initial_state(), None, 30).final
     moved = float((final.dye - dye).abs().sum())
     assert moved > 5  # the dye really moved
@@ -114,20 +124,41 @@ def test_dye_mass_is_conserved_within_ten_percent(backend, advection):
 
 
 # Gradients -----------------------------------------------------------------------------------
-def _loss(backend, *, velocity=None, speed=None, concentration=None, obstacle=None,
-          actions=None, adjoint=True, checkpoint=None, steps=5):
+def _loss(
+    backend,
+    *,
+    velocity=None,
+    speed=None,
+    concentration=None,
+    obstacle=None,
+    actions=None,
+    adjoint=True,
+    checkpoint=None,
+    steps=5,
+):
     target = torch.zeros(N, N, dtype=F64)
     target[6:10, 5:9] = 1.0
     speed = torch.tensor(0.5, dtype=F64) if speed is None else speed
     conc = torch.tensor([0.7], dtype=F64) if concentration is None else concentration
     inflow = Inflow((1, 5), (3, 8), torch.stack([speed, 0.2 * speed]), conc)
     paddle = Paddle((0.3, 0.5), (0.08, 0.2), max_speed=0.5) if actions is not None else None
-    model = Model((N, N), dx=1 / N, dt=0.1, dye=blob(), buoyancy=(0.5,), inflows=[inflow],
-                  obstacle=obstacle, paddle=paddle, open_sides=("y+", "x+"), tolerance=1e-11)
+    model = Model(
+        (N, N),
+        dx=1 / N,
+        dt=0.1,
+        dye=blob(),
+        buoyancy=(0.5,),
+        inflows=[inflow],
+        obstacle=obstacle,
+        paddle=paddle,
+        open_sides=("y+", "x+"),
+        tolerance=1e-11,
+    )
     sim = Fluid(model, backend, adjoint=adjoint)
     controller = (lambda t, s: actions[t]) if actions is not None else None
-    final = rollout(sim, sim.initial_state(velocity=velocity), controller, steps,
-                    checkpoint_every=checkpoint).final
+    final = rollout(
+        sim, sim.initial_state(velocity=velocity), controller, steps, checkpoint_every=checkpoint
+    ).final
     return ((final.dye[0] - target) ** 2).sum() + 0.3 * (final.velocity**2).sum()
 
 
@@ -144,7 +175,8 @@ CASES = {
     "obstacle_density": (_obstacle, "obstacle"),
     "paddle_trajectory": (
         lambda: 0.3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64),
-        "actions"),
+        "actions",
+    ),
 }
 
 
@@ -201,7 +233,7 @@ def test_adjoint_projection_matches_unrolled_solve(backend):
 def test_checkpointed_gradients_equal_plain(backend):
     grads = []
     for checkpoint in (None, 2):
-        a = (0.3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=F64))
+        a = 0.3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
         a.requires_grad_()
         (g,) = torch.autograd.grad(_loss(backend, actions=a, checkpoint=checkpoint), a)
         grads.append(g)
@@ -239,8 +271,13 @@ def test_bad_inputs_are_named_before_any_step():
     with pytest.raises(ValidationError, match="at least 8 cells"):
         Model((4, 16))
     with pytest.raises(ValidationError, match="beyond the CFL bound for inflows\\[0\\]"):
-        Model((16, 16), dx=0.1, dt=0.5, open_sides=("x+",),
-              inflows=[Inflow((0, 4), (2, 8), (1.0, 0.0))])
+        Model(
+            (16, 16),
+            dx=0.1,
+            dt=0.5,
+            open_sides=("x+",),
+            inflows=[Inflow((0, 4), (2, 8), (1.0, 0.0))],
+        )
     wall = torch.zeros(16, 16)
     wall[8, :] = 1
     with pytest.raises(ValidationError, match="closes the domain: the fluid splits into 2"):
@@ -280,16 +317,29 @@ def test_bad_targets(tmp_path):
 
 
 # Command line and rendering ---------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fluid_smoke_to_image", "fluid_stir_to_target",
-                                  "fluid_obstacle_design", "fluid_plume_3d"])
+@pytest.mark.parametrize(
+    "name",
+    ["fluid_smoke_to_image", "fluid_stir_to_target", "fluid_obstacle_design", "fluid_plume_3d"],
+)
 def test_scenes_train_and_write_videos_from_the_cli(tmp_path, capsys, name):
     import imageio.v3 as iio
 
     from simdiff.cli import main
 
     out = tmp_path / name
-    args = ["train", name, "--steps", "6", "--set", "resolution=16", "--iters", "2", "--out",
-            str(out), "--quiet"]
+    args = [
+        "train",
+        name,
+        "--steps",
+        "6",
+        "--set",
+        "resolution=16",
+        "--iters",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "loss" in printed and (out / f"{name}.mp4").is_file()
@@ -330,5 +380,6 @@ def test_bench_runs_at_toy_size(tmp_path, capsys):
     theirs = [r for r in rows if r["config"] == "torch"]
     # Multigrid needs several times fewer iterations than Jacobi, already at 32^2.
     assert max(r["iterations_per_solve"] for r in ours) * 4 < min(
-        r["iterations_per_solve"] for r in theirs)
+        r["iterations_per_solve"] for r in theirs
+    )
     assert all(r["vs_baseline"] > 0 for r in rows) and "vs_baseline" in capsys.readouterr().out

@@ -32,7 +32,7 @@ def vorticity(velocity: np.ndarray, dx: float = 1.0) -> np.ndarray:
     v = velocity[1, :-1, :]  # [n0, n1+1]
     uc = 0.5 * (u[1:] + u[:-1])
     vc = 0.5 * (v[:, 1:] + v[:, :-1])
-    return (np.gradient(vc, dx, axis=0) - np.gradient(uc, dx, axis=1))
+    return np.gradient(vc, dx, axis=0) - np.gradient(uc, dx, axis=1)
 
 
 def render_fluid(
@@ -76,10 +76,15 @@ def render_fluid(
             w = np.asarray(vorticities[k])
             scale = np.abs(w).max() or 1.0
             tint = np.clip(w / scale, -1, 1)[..., None]
-            rgb = rgb + 90 * np.clip(tint, 0, 1) * np.array([1.0, 0.1, 0.1]) \
+            rgb = (
+                rgb
+                + 90 * np.clip(tint, 0, 1) * np.array([1.0, 0.1, 0.1])
                 - 90 * np.clip(tint, -1, 0) * np.array([0.1, 0.3, 1.0])
-        for solid, color in ((obstacle, _SOLID_RGB),
-                             (None if paddle is None else paddle[k], _PADDLE_RGB)):
+            )
+        for solid, color in (
+            (obstacle, _SOLID_RGB),
+            (None if paddle is None else paddle[k], _PADDLE_RGB),
+        ):
             if solid is None:
                 continue
             s = np.asarray(solid, dtype=np.float64)
@@ -91,21 +96,24 @@ def render_fluid(
     return frames
 
 
-def _finish(rgb: np.ndarray, target: np.ndarray | None, title: str | None,
-            subtitle: str | None, pixels: int) -> np.ndarray:
+def _finish(
+    rgb: np.ndarray, target: np.ndarray | None, title: str | None, subtitle: str | None, pixels: int
+) -> np.ndarray:
     # Grid [x, y] with y up -> image rows top to bottom.
     image = np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 0, 2)[::-1]
     n1, n0 = image.shape[:2]
     scale = max(1, pixels // max(n0, n1))
     picture = Image.fromarray(np.ascontiguousarray(image)).resize(
-        (n0 * scale, n1 * scale), Image.Resampling.NEAREST)
+        (n0 * scale, n1 * scale), Image.Resampling.NEAREST
+    )
     draw = ImageDraw.Draw(picture)
     if target is not None:
         inside = np.asarray(target).T[::-1] > 0.5
         edge = inside ^ np.roll(inside, 1, 0) | inside ^ np.roll(inside, 1, 1)
         for row, col in zip(*np.nonzero(edge)):
-            draw.rectangle((col * scale, row * scale, col * scale + 1, row * scale + 1),
-                           fill=(255, 255, 255))
+            draw.rectangle(
+                (col * scale, row * scale, col * scale + 1, row * scale + 1), fill=(255, 255, 255)
+            )
     font = ImageFont.load_default()
     if title:
         draw.text((6, 4), title, fill=(232, 234, 242), font=font)
@@ -134,9 +142,11 @@ def fluid_frames(scene, rollout) -> list[np.ndarray]:
         paddle = []
         for s in states:
             x = s.paddle_x.detach().cpu().double()
-            paddle.append(grid.box_coverage((x - half) / model.dx, (x + half) / model.dx,
-                                            None).numpy())
+            paddle.append(
+                grid.box_coverage((x - half) / model.dx, (x + half) / model.dx, None).numpy()
+            )
     dye = [s.dye.detach().cpu().numpy() for s in states]
     subtitles = [f"t = {float(s.time):.3f} s" for s in states]
-    return render_fluid(dye, obstacle=obstacle, paddle=paddle, title=scene.name,
-                        subtitles=subtitles)
+    return render_fluid(
+        dye, obstacle=obstacle, paddle=paddle, title=scene.name, subtitles=subtitles
+    )

@@ -27,5 +27,13 @@ from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sd
 from simdiff.sims.fluid.simulator import Fluid
 from simdiff.sims.fluid.state import State
 
-__all__ = ["Advection", "Fluid", "Inflow", "Model", "Paddle", "State", "circle_sdf",
-           "solid_from_sdf"]
+__all__ = [
+    "Advection",
+    "Fluid",
+    "Inflow",
+    "Model",
+    "Paddle",
+    "State",
+    "circle_sdf",
+    "solid_from_sdf",
+]

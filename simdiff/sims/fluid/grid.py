@@ -26,8 +26,13 @@ class Grid:
         dtype, device: Of every tensor made here.
     """
 
-    def __init__(self, resolution: tuple[int, ...], open_sides: set[tuple[int, int]],
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        resolution: tuple[int, ...],
+        open_sides: set[tuple[int, int]],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.n = tuple(resolution)
         self.dim = len(self.n)
         self.open_sides = set(open_sides)
@@ -39,7 +44,9 @@ class Grid:
     # Storage ---------------------------------------------------------------------------------
     def split(self, velocity: torch.Tensor) -> list[torch.Tensor]:
         """The valid faces of each component of a padded velocity tensor."""
-        return [velocity[a][tuple(slice(0, k) for k in self.face_shape(a))] for a in range(self.dim)]
+        return [
+            velocity[a][tuple(slice(0, k) for k in self.face_shape(a))] for a in range(self.dim)
+        ]
 
     def join(self, components: list[torch.Tensor]) -> torch.Tensor:
         """Components back into one zero-padded tensor."""
@@ -104,8 +111,10 @@ class Grid:
 
     # Interpolation -----------------------------------------------------------------------------
     def _axes(self, shape: tuple[int, ...], offsets: tuple[float, ...]) -> torch.Tensor:
-        axes = [torch.arange(k, dtype=self.dtype, device=self.device) + o
-                for k, o in zip(shape, offsets)]
+        axes = [
+            torch.arange(k, dtype=self.dtype, device=self.device) + o
+            for k, o in zip(shape, offsets)
+        ]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
     @cached_property
@@ -116,11 +125,19 @@ class Grid:
     @cached_property
     def face_positions(self) -> list[torch.Tensor]:
         """Face centers of each axis in cell units, shapes [*face_shape(a), dim]."""
-        return [self._axes(self.face_shape(a), tuple(0.0 if b == a else 0.5 for b in range(self.dim)))
-                for a in range(self.dim)]
+        return [
+            self._axes(self.face_shape(a), tuple(0.0 if b == a else 0.5 for b in range(self.dim)))
+            for a in range(self.dim)
+        ]
 
-    def sample(self, values: torch.Tensor, positions: torch.Tensor, offsets: tuple[float, ...],
-               *, mode: str = "bilinear") -> torch.Tensor:
+    def sample(
+        self,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        offsets: tuple[float, ...],
+        *,
+        mode: str = "bilinear",
+    ) -> torch.Tensor:
         """(Bi/tri)linear interpolation of ``values`` [C, *m], whose entry ``k`` sits at
         position ``k + offsets``, at ``positions`` [*Q, dim]; positions outside are clamped to
         the border. Returns [C, *Q]."""
@@ -130,15 +147,17 @@ class Grid:
             scale = 2.0 / max(m[b] - 1, 1)
             coords.append((positions[..., b] - offsets[b]) * scale - 1.0)
         grid = torch.stack(coords, dim=-1).unsqueeze(0)
-        out = F.grid_sample(values.unsqueeze(0), grid, mode=mode, padding_mode="border",
-                            align_corners=True)
+        out = F.grid_sample(
+            values.unsqueeze(0), grid, mode=mode, padding_mode="border", align_corners=True
+        )
         return out[0]
 
     def face_offsets(self, a: int) -> tuple[float, ...]:
         return tuple(0.0 if b == a else 0.5 for b in range(self.dim))
 
-    def velocity_at(self, components: list[torch.Tensor], positions: torch.Tensor,
-                    *, known: int | None = None) -> torch.Tensor:
+    def velocity_at(
+        self, components: list[torch.Tensor], positions: torch.Tensor, *, known: int | None = None
+    ) -> torch.Tensor:
         """Velocity vectors [*Q, dim] at ``positions``; component ``known`` is taken as is
         (``positions`` are that component's own faces)."""
         parts = []
@@ -152,11 +171,17 @@ class Grid:
     def cell_velocity(self, components: list[torch.Tensor]) -> torch.Tensor:
         """Velocity at cell centers [*n, dim]: the mean of each cell's two faces per axis."""
         return torch.stack(
-            [0.5 * (c.narrow(a, 0, self.n[a]) + c.narrow(a, 1, self.n[a]))
-             for a, c in enumerate(components)], dim=-1)
+            [
+                0.5 * (c.narrow(a, 0, self.n[a]) + c.narrow(a, 1, self.n[a]))
+                for a, c in enumerate(components)
+            ],
+            dim=-1,
+        )
 
     # Advection -------------------------------------------------------------------------------
-    def advect_velocity(self, components: list[torch.Tensor], steps_per_cell: float) -> list[torch.Tensor]:
+    def advect_velocity(
+        self, components: list[torch.Tensor], steps_per_cell: float
+    ) -> list[torch.Tensor]:
         """Semi-Lagrangian self-advection: each face takes the value found a step back along
         the flow (``steps_per_cell = dt / dx``)."""
         out = []
@@ -166,8 +191,14 @@ class Grid:
             out.append(self.sample(comp[None], back, self.face_offsets(a))[0])
         return out
 
-    def advect_cells(self, values: torch.Tensor, components: list[torch.Tensor],
-                     steps_per_cell: float, *, maccormack: bool = False) -> torch.Tensor:
+    def advect_cells(
+        self,
+        values: torch.Tensor,
+        components: list[torch.Tensor],
+        steps_per_cell: float,
+        *,
+        maccormack: bool = False,
+    ) -> torch.Tensor:
         """Advect cell-centered ``values`` [C, *n] by the velocity (semi-Lagrangian, or
         MacCormack: a forward and a backward semi-Lagrangian pass correct each other's error,
         and where the corrected value leaves the range of the cells around the back-traced

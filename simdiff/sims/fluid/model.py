@@ -5,12 +5,13 @@ x (left to right), axis 1 is y (bottom to top, buoyancy pushes along +y), axis 2
 (passive scalars, any number of channels, e.g. smoke density or colors) lives at cell centers;
 velocity component ``a`` lives on the faces normal to axis ``a``.
 
-Walls: every side of the box is a no-slip/no-penetration wall unless named in ``open_sides``
+Walls: every side of the box is a free-slip wall (no flow through it) unless in ``open_sides``
 (``"x-"``, ``"x+"``, ``"y-"``, ``"y+"``, ``"z-"``, ``"z+"``), where the pressure is zero outside
 and fluid may leave or enter.
 
 Solids: ``obstacle`` is a solid fraction per cell in [0, 1] (a binary mask, a smooth density
-being optimized, or a shape's signed distance field through :func:`solid_from_sdf`); a face is as solid as the union of its two cells, ``1 - (1-s_l)(1-s_r)``, so a
+being optimized, or a shape's signed distance field through :func:`solid_from_sdf`); a face
+is as solid as the union of its two cells, ``1 - (1-s_l)(1-s_r)``, so a
 single solid cell blocks all its faces. A :class:`Paddle` is a kinematic box moved by the
 action (its velocity) and imposes that velocity on the faces it covers.
 
@@ -74,8 +75,9 @@ def solid_from_sdf(sdf: torch.Tensor, dx: float) -> torch.Tensor:
     return (0.5 - sdf / dx).clamp(0.0, 1.0)
 
 
-def circle_sdf(resolution: tuple[int, ...], dx: float, center: torch.Tensor,
-               radius: torch.Tensor) -> torch.Tensor:
+def circle_sdf(
+    resolution: tuple[int, ...], dx: float, center: torch.Tensor, radius: torch.Tensor
+) -> torch.Tensor:
     """Signed distance [m] from each cell center to a circle (sphere in 3D) of ``center`` [m]
     and ``radius`` [m]; differentiable in both."""
     axes = [(torch.arange(n, dtype=center.dtype) + 0.5) * dx for n in resolution]
@@ -181,12 +183,15 @@ class Model:
         sides = SIDES[: 2 * self.dim]
         for side in self.open_sides:
             if side not in sides:
-                raise ValidationError(f"open_sides: {side!r} is unknown; allowed: {', '.join(sides)}")
+                raise ValidationError(
+                    f"open_sides: {side!r} is unknown; allowed: {', '.join(sides)}"
+                )
         channels = self.dye_channels
         if self.dye is not None:
             if tuple(self.dye.shape[1:]) != n or self.dye.dim() != self.dim + 1:
                 raise ValidationError(
-                    f"dye has shape {tuple(self.dye.shape)}; expected [channels, {', '.join(map(str, n))}]"
+                    f"dye has shape {tuple(self.dye.shape)}; expected "
+                    f"[channels, {', '.join(map(str, n))}]"
                 )
             low = float(self.dye.detach().min())
             if not low >= 0:
@@ -194,7 +199,9 @@ class Model:
         if self.velocity is not None:
             want = (self.dim, *(k + 1 for k in n))
             if tuple(self.velocity.shape) != want:
-                raise ValidationError(f"velocity has shape {tuple(self.velocity.shape)}; expected {want}")
+                raise ValidationError(
+                    f"velocity has shape {tuple(self.velocity.shape)}; expected {want}"
+                )
             if not bool(torch.isfinite(self.velocity.detach()).all()):
                 raise ValidationError("velocity: must be finite everywhere")
         buoyancy = as_tensor(self.buoyancy)
@@ -213,7 +220,8 @@ class Model:
             if speed > limit:
                 raise ValidationError(
                     f"dt={self.dt} is beyond the CFL bound for inflows[{k}]: speed {speed:.3g} m/s "
-                    f"moves {speed * self.dt / self.dx:.3g} cells per step, more than cfl={self.cfl}; "
+                    f"moves {speed * self.dt / self.dx:.3g} cells per step, more than "
+                    f"cfl={self.cfl}; "
                     f"use dt <= {self.cfl * self.dx / speed:.3g}"
                 )
             if speed > 0 and not self.open_sides:
@@ -228,7 +236,8 @@ class Model:
                 )
             if not float(conc.min()) >= 0:
                 raise ValidationError(
-                    f"inflows[{k}].concentration: density must be >= 0, found {float(conc.min()):.3g}"
+                    f"inflows[{k}].concentration: density must be >= 0, found "
+                    f"{float(conc.min()):.3g}"
                 )
         if self.paddle is not None:
             p = self.paddle
@@ -284,7 +293,9 @@ class Model:
         for k, inflow in enumerate(self.inflows):
             box = tuple(slice(l, h) for l, h in zip(inflow.lo, inflow.hi))
             if not fluid[box].any():
-                raise ValidationError(f"obstacle mask closes the domain: inflows[{k}] is inside solids")
+                raise ValidationError(
+                    f"obstacle mask closes the domain: inflows[{k}] is inside solids"
+                )
         if self.open_sides:
             touching = False
             for side in self.open_sides:
@@ -294,5 +305,6 @@ class Model:
                 touching |= bool(fluid[tuple(index)].any())
             if not touching:
                 raise ValidationError(
-                    f"obstacle mask closes the domain: solids cover every open side {self.open_sides}"
+                    f"obstacle mask closes the domain: solids cover every open side "
+                    f"{self.open_sides}"
                 )

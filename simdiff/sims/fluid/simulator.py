@@ -33,8 +33,15 @@ class Fluid(Simulator):
     name = "fluid"
     initial_fields = ("velocity", "dye")
 
-    def __init__(self, model: Model, backend: Backend, *, adjoint: bool = True,
-                 preconditioner: str = "multigrid", blowup: float = 1e6) -> None:
+    def __init__(
+        self,
+        model: Model,
+        backend: Backend,
+        *,
+        adjoint: bool = True,
+        preconditioner: str = "multigrid",
+        blowup: float = 1e6,
+    ) -> None:
         super().__init__(model, backend)
         if preconditioner not in ("multigrid", "jacobi"):
             raise ValueError(f"preconditioner={preconditioner!r}; allowed: multigrid, jacobi")
@@ -42,8 +49,9 @@ class Fluid(Simulator):
         self.preconditioner = preconditioner
         self.blowup = blowup
         self.stats = SolveStats()
-        self.tolerance = model.tolerance or (1e-5 if backend.torch_dtype == torch.float32
-                                             else 1e-10)
+        self.tolerance = model.tolerance or (
+            1e-5 if backend.torch_dtype == torch.float32 else 1e-10
+        )
         """Relative residual every pressure solve reaches."""
         open_sides = {(SIDES.index(s) // 2, SIDES.index(s) % 2) for s in model.open_sides}
         self.grid = Grid(model.resolution, open_sides, backend.torch_dtype, backend.torch_device)
@@ -57,8 +65,9 @@ class Fluid(Simulator):
         return as_tensor(value, self.backend.torch_dtype).to(self.backend.torch_device)
 
     # States --------------------------------------------------------------------------------
-    def initial_state(self, velocity: torch.Tensor | None = None,
-                      dye: torch.Tensor | None = None) -> State:
+    def initial_state(
+        self, velocity: torch.Tensor | None = None, dye: torch.Tensor | None = None
+    ) -> State:
         """The state at time 0: the model's (or the given) velocity, made divergence-free by
         one projection, and dye."""
         m, g = self.model, self.grid
@@ -73,8 +82,12 @@ class Fluid(Simulator):
         comps = g.split(self._tensor(velocity))
         weights, solid_velocity = self._solids(paddle_x, None, impose=False)
         comps = self.project(comps, weights, solid_velocity, where="the initial state")
-        return State(g.join(comps), self._tensor(dye), paddle_x,
-                     torch.zeros(1, dtype=self.backend.torch_dtype, device=g.device))
+        return State(
+            g.join(comps),
+            self._tensor(dye),
+            paddle_x,
+            torch.zeros(1, dtype=self.backend.torch_dtype, device=g.device),
+        )
 
     def state_from(self, **fields: torch.Tensor) -> State:
         return self.initial_state(fields.get("velocity"), fields.get("dye"))
@@ -88,9 +101,16 @@ class Fluid(Simulator):
             return [self.grid.face_solid(self._tensor(obstacle), a) for a in range(self.grid.dim)]
         # The key holds the tensor itself, so its id cannot be reused by another one.
         key = (obstacle, None if obstacle is None else obstacle._version)
-        if self._static is None or self._static[0][0] is not obstacle or self._static[0][1] != key[1]:
-            cells = (torch.zeros(self.grid.n, dtype=self.grid.dtype, device=self.grid.device)
-                     if obstacle is None else self._tensor(obstacle))
+        if (
+            self._static is None
+            or self._static[0][0] is not obstacle
+            or self._static[0][1] != key[1]
+        ):
+            cells = (
+                torch.zeros(self.grid.n, dtype=self.grid.dtype, device=self.grid.device)
+                if obstacle is None
+                else self._tensor(obstacle)
+            )
             self._static = (key, [self.grid.face_solid(cells, a) for a in range(self.grid.dim)])
         return self._static[1]
 
@@ -131,8 +151,14 @@ class Fluid(Simulator):
         return self._inflow_cache
 
     # Projection ----------------------------------------------------------------------------
-    def project(self, comps: list[torch.Tensor], weights: list[torch.Tensor],
-                solid_velocity: list[torch.Tensor] | None, *, where: str) -> list[torch.Tensor]:
+    def project(
+        self,
+        comps: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        solid_velocity: list[torch.Tensor] | None,
+        *,
+        where: str,
+    ) -> list[torch.Tensor]:
         """Blend in the solids' velocity and remove the divergence: ``u = w u* + (1-w) u_s
         - w grad p`` with ``div(w grad p) = div(w u* + (1-w) u_s)``."""
         g = self.grid
@@ -149,22 +175,32 @@ class Fluid(Simulator):
         if self.adjoint:
             system = PressureSystem(detached, fixed, sides)
             rhs = system.project(-g.divergence(blended))
-            options = {"system": system, "stats": self.stats, "tolerance": self.tolerance,
-                       "max_iterations": m.max_iterations, "where": where}
+            options = {
+                "system": system,
+                "stats": self.stats,
+                "tolerance": self.tolerance,
+                "max_iterations": m.max_iterations,
+                "where": where,
+            }
             pressure = SymmetricSolve.apply(options, rhs, *weights)
         else:
             system = PressureSystem(weights, fixed, sides)
             rhs = system.project(-g.divergence(blended))
             pressure, iterations, residual = pcg(
-                system, rhs, tolerance=self.tolerance, max_iterations=m.max_iterations,
-                preconditioner=self.preconditioner)
+                system,
+                rhs,
+                tolerance=self.tolerance,
+                max_iterations=m.max_iterations,
+                preconditioner=self.preconditioner,
+            )
             self.stats.solves += 1
             self.stats.iterations += iterations
             self.stats.last_iterations, self.stats.last_residual = iterations, residual
             if residual > self.tolerance:
                 raise SimulationError(
                     f"pressure projection at {where} did not converge: relative residual "
-                    f"{residual:.3g} > tolerance {self.tolerance:.3g} after {iterations} iterations")
+                    f"{residual:.3g} > tolerance {self.tolerance:.3g} after {iterations} iterations"
+                )
             pressure = system.project(pressure)
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
@@ -175,8 +211,9 @@ class Fluid(Simulator):
         m, g = self.model, self.grid
         cells_per_step = m.dt / m.dx
         comps = g.split(state.velocity)
-        dye = g.advect_cells(state.dye, comps, cells_per_step,
-                             maccormack=m.advection is Advection.MACCORMACK)
+        dye = g.advect_cells(
+            state.dye, comps, cells_per_step, maccormack=m.advection is Advection.MACCORMACK
+        )
         comps = g.advect_velocity(comps, cells_per_step)
         for inflow in m.inflows:
             box = (slice(None), *(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi)))
@@ -209,8 +246,10 @@ class Fluid(Simulator):
         """Divergence [1/s] of the velocity in each cell (zero in fully solid cells)."""
         div = self.grid.divergence(self.grid.split(state.velocity)) / self.model.dx
         weights, _ = self._solids(state.paddle_x, None, impose=False)
-        diag = sum(w.narrow(a, 0, self.grid.n[a]) + w.narrow(a, 1, self.grid.n[a])
-                   for a, w in enumerate(weights))
+        diag = sum(
+            w.narrow(a, 0, self.grid.n[a]) + w.narrow(a, 1, self.grid.n[a])
+            for a, w in enumerate(weights)
+        )
         return div * (diag.detach() > 1e-12)
 
     def observe(self, state: State) -> torch.Tensor:

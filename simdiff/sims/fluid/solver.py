@@ -89,8 +89,11 @@ def _restrict(x: torch.Tensor, open_sides: frozenset) -> torch.Tensor:
         shape[a : a + 1] = [m, 2]
         pairs = x.reshape(shape)
         even, odd = pairs.select(a + 1, 0), pairs.select(a + 1, 1)
-        ends = (0.75 * _pad_axis(even + odd, a, 1, 1) + 0.25 * _pad_axis(even, a, 0, 2)
-                + 0.25 * _pad_axis(odd, a, 2, 0))
+        ends = (
+            0.75 * _pad_axis(even + odd, a, 1, 1)
+            + 0.25 * _pad_axis(even, a, 0, 2)
+            + 0.25 * _pad_axis(odd, a, 2, 0)
+        )
         coarse = ends.narrow(a, 1, m)
         if (a, 0) not in open_sides:
             coarse = coarse + _pad_axis(ends.narrow(a, 0, 1), a, 0, m - 1)
@@ -120,8 +123,14 @@ class PressureSystem:
             closed and constants are in the null space.
     """
 
-    def __init__(self, weights: list[torch.Tensor], fixed: torch.Tensor,
-                 open_sides: frozenset = frozenset(), *, level: int = 0) -> None:
+    def __init__(
+        self,
+        weights: list[torch.Tensor],
+        fixed: torch.Tensor,
+        open_sides: frozenset = frozenset(),
+        *,
+        level: int = 0,
+    ) -> None:
         self.level = level
         self.weights = weights
         self.n = tuple(fixed.shape)
@@ -130,8 +139,13 @@ class PressureSystem:
         self.singular = not self.open_sides
         # Cells with no open face are fixed (p = 0) whatever the caller said: on coarse
         # levels a cell of fluid children can lose all its faces to solids.
-        isolated = sum(w.detach().narrow(a, 0, self.n[a]) + w.detach().narrow(a, 1, self.n[a])
-                       for a, w in enumerate(weights)) <= 1e-12
+        isolated = (
+            sum(
+                w.detach().narrow(a, 0, self.n[a]) + w.detach().narrow(a, 1, self.n[a])
+                for a, w in enumerate(weights)
+            )
+            <= 1e-12
+        )
         self.fixed = fixed = torch.maximum(fixed, isolated.to(fixed.dtype))
         self.fluid = (fixed == 0).to(fixed.dtype)
         self.fluid_count = float(self.fluid.sum())
@@ -142,10 +156,12 @@ class PressureSystem:
         self.diag = fixed + sum(self.lower) + sum(self.upper)
         self._inv_diag: torch.Tensor | None = None
         inner = [slice(1, k + 1) for k in self.n]
-        self._below = [(..., *inner[:a], slice(0, k), *inner[a + 1:])
-                       for a, k in enumerate(self.n)]
-        self._above = [(..., *inner[:a], slice(2, k + 2), *inner[a + 1:])
-                       for a, k in enumerate(self.n)]
+        self._below = [
+            (..., *inner[:a], slice(0, k), *inner[a + 1 :]) for a, k in enumerate(self.n)
+        ]
+        self._above = [
+            (..., *inner[:a], slice(2, k + 2), *inner[a + 1 :]) for a, k in enumerate(self.n)
+        ]
         self._coarse: PressureSystem | None | bool = False
         self._dense: torch.Tensor | None = None
 
@@ -160,7 +176,11 @@ class PressureSystem:
         padded = F.pad(p, [1, 1] * self.dim)
         out = self.diag * p
         for a in range(self.dim):
-            out = out - self.lower[a] * padded[self._below[a]] - self.upper[a] * padded[self._above[a]]
+            out = (
+                out
+                - self.lower[a] * padded[self._below[a]]
+                - self.upper[a] * padded[self._above[a]]
+            )
         return out
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
@@ -181,8 +201,11 @@ class PressureSystem:
             if all(k % 2 == 0 and k >= 4 for k in self.n) and _prod(self.n) > _COARSEST:
                 weights = []
                 for a, w in enumerate(self.weights):
-                    picked = w.detach()[tuple(slice(None, None, 2) if b == a else slice(None)
-                                              for b in range(self.dim))]
+                    picked = w.detach()[
+                        tuple(
+                            slice(None, None, 2) if b == a else slice(None) for b in range(self.dim)
+                        )
+                    ]
                     # / 4: the stencil is -h^2 laplacian in cell units, and h doubles.
                     coarse_w = _mean_pool(picked, [b for b in range(self.dim) if b != a]) / 4
                     # The fine grid puts p = 0 half a fine cell beyond an open side; keep it
@@ -247,8 +270,14 @@ def _difference(p: torch.Tensor, a: int) -> torch.Tensor:
     return padded.narrow(a, 1, p.shape[a] + 1) - padded.narrow(a, 0, p.shape[a] + 1)
 
 
-def pcg(system: PressureSystem, b: torch.Tensor, *, tolerance: float, max_iterations: int,
-        preconditioner: str = "multigrid") -> tuple[torch.Tensor, int, float]:
+def pcg(
+    system: PressureSystem,
+    b: torch.Tensor,
+    *,
+    tolerance: float,
+    max_iterations: int,
+    preconditioner: str = "multigrid",
+) -> tuple[torch.Tensor, int, float]:
     """Solve ``A x = b`` (``b`` in the range of ``A``) by preconditioned conjugate gradients
     to ``|b - A x| <= tolerance |b|``. Differentiable by autograd when its inputs are (the
     unrolled reference the adjoint is tested against).
@@ -293,8 +322,12 @@ class SymmetricSolve(torch.autograd.Function):
     def forward(ctx, options: dict, b: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         system: PressureSystem = options["system"]
         stats: SolveStats = options["stats"]
-        p, iterations, residual = pcg(system, b.detach(), tolerance=options["tolerance"],
-                                      max_iterations=options["max_iterations"])
+        p, iterations, residual = pcg(
+            system,
+            b.detach(),
+            tolerance=options["tolerance"],
+            max_iterations=options["max_iterations"],
+        )
         stats.solves += 1
         stats.iterations += iterations
         stats.last_iterations, stats.last_residual = iterations, residual
@@ -315,8 +348,9 @@ class SymmetricSolve(torch.autograd.Function):
         stats: SolveStats = options["stats"]
         (p,) = ctx.saved_tensors
         g = system.project(grad_p.contiguous())
-        lam, iterations, residual = pcg(system, g, tolerance=options["tolerance"],
-                                        max_iterations=options["max_iterations"])
+        lam, iterations, residual = pcg(
+            system, g, tolerance=options["tolerance"], max_iterations=options["max_iterations"]
+        )
         stats.adjoint_solves += 1
         stats.adjoint_iterations += iterations
         if residual > options["tolerance"]:

@@ -50,16 +50,19 @@ def _shape(name: str, resolution: tuple[int, int]) -> np.ndarray:
     if name == "disk":
         return (r < 0.22).astype(float)
     if name == "cross":
-        return (((abs(x - 0.5) < 0.07) & (abs(y - 0.55) < 0.3))
-                | ((abs(y - 0.55) < 0.07) & (abs(x - 0.5) < 0.3))).astype(float)
+        return (
+            ((abs(x - 0.5) < 0.07) & (abs(y - 0.55) < 0.3))
+            | ((abs(y - 0.55) < 0.07) & (abs(x - 0.5) < 0.3))
+        ).astype(float)
     # An S from two half rings.
     upper = np.abs(np.hypot(x - 0.5, y - 0.68) - 0.13) < 0.05
     lower = np.abs(np.hypot(x - 0.5, y - 0.42) - 0.13) < 0.05
     return ((upper & ((x < 0.5) | (y > 0.68))) | (lower & ((x > 0.5) | (y < 0.42)))).astype(float)
 
 
-def load_target(target: str | Path | np.ndarray | torch.Tensor,
-                resolution: tuple[int, ...]) -> torch.Tensor:
+def load_target(
+    target: str | Path | np.ndarray | torch.Tensor, resolution: tuple[int, ...]
+) -> torch.Tensor:
     """A target density in [0, 1], shape ``resolution`` (2D), from a built-in shape name
     (:data:`SHAPES`), an image file (dark background, bright shape; resized when its aspect
     ratio matches the grid's; image rows run top to bottom, grid y bottom to top), or an
@@ -71,11 +74,13 @@ def load_target(target: str | Path | np.ndarray | torch.Tensor,
     if len(resolution) != 2:
         raise ValidationError(f"target images are 2D; resolution={resolution}")
     if isinstance(target, (np.ndarray, torch.Tensor)):
-        array = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target,
-                           dtype=np.float64)
+        array = np.asarray(
+            target.detach().cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float64
+        )
         if array.shape != tuple(resolution):
             raise ValidationError(
-                f"target has shape {array.shape}; expected the grid's resolution {tuple(resolution)}"
+                f"target has shape {array.shape}; expected the grid's resolution "
+                f"{tuple(resolution)}"
             )
         return torch.as_tensor(array)
     text = str(target)
@@ -92,7 +97,10 @@ def load_target(target: str | Path | np.ndarray | torch.Tensor,
         with Image.open(path) as image:
             gray = image.convert("L")
             width, height = gray.size
-            if abs(width / height - resolution[0] / resolution[1]) > 0.01 * resolution[0] / resolution[1]:
+            if (
+                abs(width / height - resolution[0] / resolution[1])
+                > 0.01 * resolution[0] / resolution[1]
+            ):
                 raise ValidationError(
                     f"target image {path} has the wrong shape: {width}x{height} pixels, aspect "
                     f"ratio {width / height:.3g}, but the grid is {resolution[0]}x{resolution[1]} "
@@ -123,14 +131,18 @@ def smoke_objective(target: torch.Tensor, steps: int, *, checkpoint_every: int |
 
     def objective(sim: Fluid, design: InitialVelocity, record_every: int = 0):
         state = sim.initial_state(velocity=design.velocity)
-        result = rollout(sim, state, None, steps, record_every=record_every,
-                         checkpoint_every=checkpoint_every)
+        result = rollout(
+            sim, state, None, steps, record_every=record_every, checkpoint_every=checkpoint_every
+        )
         smoke = result.final.dye[0]
         goal = target.to(smoke)
         loss = ((smoke - goal) ** 2).sum() / (goal**2).sum()
         overlap = (smoke * (goal > 0.5)).sum() / smoke.sum().clamp_min(1e-12)
-        return loss, result, {"overlap": float(overlap.detach()),
-                              "mean_iterations": sim.stats.mean_iterations()}
+        return (
+            loss,
+            result,
+            {"overlap": float(overlap.detach()), "mean_iterations": sim.stats.mean_iterations()},
+        )
 
     return objective
 
@@ -150,8 +162,9 @@ class PaddleTrajectory(nn.Module):
         return self.max_speed * torch.tanh(self.raw[step])
 
 
-def stir_objective(steps: int, *, region: torch.Tensor | None = None,
-                   checkpoint_every: int | None = None):
+def stir_objective(
+    steps: int, *, region: torch.Tensor | None = None, checkpoint_every: int | None = None
+):
     """With ``region`` (a cell mask): the squared distance from the dye's center of mass to
     the region's, relative to the initial one (smooth even while no dye is inside; metric
     ``inside``: the share of the dye in the region); without: mixing, the variance of the
@@ -159,8 +172,9 @@ def stir_objective(steps: int, *, region: torch.Tensor | None = None,
 
     def objective(sim: Fluid, design: PaddleTrajectory, record_every: int = 0):
         state = sim.initial_state()
-        result = rollout(sim, state, design, steps, record_every=record_every,
-                         checkpoint_every=checkpoint_every)
+        result = rollout(
+            sim, state, design, steps, record_every=record_every, checkpoint_every=checkpoint_every
+        )
         dye = result.final.dye
         if region is not None:
             mask = region.to(dye)
@@ -200,17 +214,20 @@ class CNNObstacle(PixelObstacle):
     """The logits made by a small CNN from a fixed random input (neural reparameterization:
     the network's bias towards smooth shapes regularizes the design)."""
 
-    def __init__(self, region: torch.Tensor, walls: torch.Tensor, *, channels: int = 16,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, region: torch.Tensor, walls: torch.Tensor, *, channels: int = 16, seed: int = 0
+    ) -> None:
         super().__init__(region, walls)
         del self.logits
         gen = torch.Generator().manual_seed(seed)
         n0, n1 = region.shape
         self.register_buffer("latent", torch.randn(1, channels, n0 // 4, n1 // 4, generator=gen))
         self.net = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Tanh(),
             nn.Upsample(scale_factor=2, mode="bilinear"),
-            nn.Conv2d(channels, channels // 2, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(channels, channels // 2, 3, padding=1),
+            nn.Tanh(),
             nn.Upsample(size=(n0, n1), mode="bilinear"),
             nn.Conv2d(channels // 2, 1, 3, padding=1),
         )
@@ -222,8 +239,9 @@ class CNNObstacle(PixelObstacle):
         return 1 - (1 - solid) * (1 - self.walls)
 
 
-def jet_objective(steps: int, target: torch.Tensor, other: torch.Tensor, *,
-                  checkpoint_every: int | None = None):
+def jet_objective(
+    steps: int, target: torch.Tensor, other: torch.Tensor, *, checkpoint_every: int | None = None
+):
     """The share of the dye reaching the ``other`` outlet region, of the dye in both regions
     (cell masks), plus a small penalty on the amount of solid (so material appears only where
     it steers)."""
@@ -232,15 +250,19 @@ def jet_objective(steps: int, target: torch.Tensor, other: torch.Tensor, *,
         obstacle = design()
         sim.model.obstacle = obstacle
         state = sim.initial_state()
-        result = rollout(sim, state, None, steps, record_every=record_every,
-                         checkpoint_every=checkpoint_every)
+        result = rollout(
+            sim, state, None, steps, record_every=record_every, checkpoint_every=checkpoint_every
+        )
         dye = result.final.dye[0]
         good = (dye * target.to(dye)).sum()
         bad = (dye * other.to(dye)).sum()
         share = good / (good + bad + 1e-9)
         solid = (obstacle * design.region).sum() / design.region.sum()
-        return (1 - share) + 0.01 * solid, result, {"target_share": float(share.detach()),
-                                                     "solid_fraction": float(solid.detach())}
+        return (
+            (1 - share) + 0.01 * solid,
+            result,
+            {"target_share": float(share.detach()), "solid_fraction": float(solid.detach())},
+        )
 
     return objective
 
@@ -267,12 +289,21 @@ def plume_objective(steps: int, height: float, *, checkpoint_every: int | None =
         speed = design()
         inflow = sim.model.inflows[0]
         inflow.velocity = torch.stack([speed * (a == 1) for a in range(sim.model.dim)])
-        result = rollout(sim, sim.initial_state(), None, steps, record_every=record_every,
-                         checkpoint_every=checkpoint_every)
+        result = rollout(
+            sim,
+            sim.initial_state(),
+            None,
+            steps,
+            record_every=record_every,
+            checkpoint_every=checkpoint_every,
+        )
         smoke = result.final.dye[0]
         y = sim.grid.cell_positions[..., 1].to(smoke) * sim.model.dx
         center = (smoke * y).sum() / smoke.sum()
-        return (center - height) ** 2, result, {"height": float(center.detach()),
-                                                 "speed": float(speed.detach())}
+        return (
+            (center - height) ** 2,
+            result,
+            {"height": float(center.detach()), "speed": float(speed.detach())},
+        )
 
     return objective
