@@ -13,7 +13,8 @@ Solids: ``obstacle`` is a solid fraction per cell in [0, 1] (a binary mask, a sm
 being optimized, or a shape's signed distance field through :func:`solid_from_sdf`); a face
 is as solid as the union of its two cells, ``1 - (1-s_l)(1-s_r)``, so a
 single solid cell blocks all its faces. A :class:`Paddle` is a kinematic box moved by the
-action (its velocity) and imposes that velocity on the faces it covers.
+action (its velocity) and imposes that velocity on the faces it covers. Solids set the
+velocity normal to their faces only (free slip: tangential velocity is not damped).
 
 Sources: an :class:`Inflow` is a box of cells that acts like a solid imposing its velocity on
 every face it touches (so fluid leaves it through its sides at that velocity; a box with a
