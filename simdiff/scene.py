@@ -102,9 +102,16 @@ def _nbody(model: Any, backend: Backend) -> Simulator:
     return NBody(model, backend)
 
 
+def _fluid(model: Any, backend: Backend) -> Simulator:
+    from simdiff.sims.fluid import Fluid
+
+    return Fluid(model, backend)
+
+
 SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
     "mass_spring": _mass_spring,
     "nbody": _nbody,
+    "fluid": _fluid,
 }
 
 

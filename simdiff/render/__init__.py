@@ -6,6 +6,7 @@ written with imageio (ffmpeg for ``.mp4``, Pillow for ``.gif``), plots drawn wit
 Agg renderer.
 """
 
+from simdiff.render.fluid import render_fluid
 from simdiff.render.mass_spring import render_mass_spring
 from simdiff.render.nbody import plot_energy_error, render_nbody
 from simdiff.render.plots import plot_loss, plot_series
@@ -15,6 +16,7 @@ __all__ = [
     "plot_energy_error",
     "plot_loss",
     "plot_series",
+    "render_fluid",
     "render_mass_spring",
     "render_nbody",
     "write_video",

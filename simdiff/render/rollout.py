@@ -42,7 +42,13 @@ def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
                         subtitles=[f"t = {t:.3f}" for t in times])
 
 
-_PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames}
+def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+    from simdiff.render.fluid import fluid_frames
+
+    return fluid_frames(scene, rollout)
+
+
+_PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames, "fluid": _fluid_frames}
 
 
 def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
