@@ -58,8 +58,10 @@ def _kernels(dim: int, double: bool):
                     for r in ti.static(range(dim))])
 
     @ti.func
-    def weights(x, inv_dx):
-        base = ti.cast(x * inv_dx - 0.5, ti.i32)
+    def weights(x, inv_dx, size):
+        # Clamped so that a particle that escaped (or became NaN) cannot write out of bounds;
+        # the rollout's state check reports it after the step.
+        base = ti.max(ti.min(ti.cast(x * inv_dx - 0.5, ti.i32), size - 3), 0)
         fx = x * inv_dx - ti.cast(base, float)
         w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
         return base, fx, w
@@ -107,7 +109,7 @@ def _kernels(dim: int, double: bool):
             active = params[i, 7] * u * stretched.outer_product(stretched)
             tau = kirchhoff(F, ti.cast(params[i, 2], ti.i32), params[i, 4], params[i, 5], active)
             affine = -dt * params[i, 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
-            base, fx, w = weights(x, inv_dx)
+            base, fx, w = weights(x, inv_dx, grid.shape[0])
             for offset in ti.static(ti.grouped(stencil)):
                 dpos = (offset.cast(float) - fx) / inv_dx
                 weight = 1.0
@@ -188,7 +190,7 @@ def _kernels(dim: int, double: bool):
         for i in range(p.shape[0]):
             x = load_vec(p, i, 0)
             F = load_mat(p, i, of)
-            base, fx, w = weights(x, inv_dx)
+            base, fx, w = weights(x, inv_dx, grid.shape[0])
             new_v = vec(0.0)
             new_C = mat(0.0)
             for offset in ti.static(ti.grouped(stencil)):
