@@ -102,9 +102,16 @@ def _nbody(model: Any, backend: Backend) -> Simulator:
     return NBody(model, backend)
 
 
+def _mpm(model: Any, backend: Backend) -> Simulator:
+    from simdiff.sims.mpm import MPM
+
+    return MPM(model, backend)
+
+
 SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
     "mass_spring": _mass_spring,
     "nbody": _nbody,
+    "mpm": _mpm,
 }
 
 

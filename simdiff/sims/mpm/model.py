@@ -173,6 +173,11 @@ class Model:
         return int(self.particle_actuator.max()) + 1 if self.particle_count else 0
 
     @property
+    def control_dt(self) -> float:
+        """Duration of one control step, ``substeps * dt`` [s] (what controllers' clocks use)."""
+        return self.substeps * self.dt
+
+    @property
     def domain(self) -> float:
         """Edge length of the domain [m]."""
         return self.grid_size * self.dx

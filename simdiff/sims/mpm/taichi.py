@@ -95,6 +95,18 @@ def _kernels(dim: int, double: bool):
             tau += active
         return tau
 
+    @ti.func
+    def coulomb(vt, vn, friction):
+        """Tangential velocity ``vt`` after Coulomb friction against normal speed ``vn < 0``.
+
+        Written as stick-or-slide with a guarded denominator rather than
+        ``vt * max(0, 1 + mu vn / |vt|)``: that form's derivative grows like 1 / |vt|^2 when
+        the sliding speed vanishes, and overflowed to NaN in float32 training.
+        """
+        speed = ti.sqrt(vt.dot(vt) + 1e-20)
+        stick = speed <= -friction * vn
+        return ti.select(stick, 0.0, 1.0 + friction * vn / ti.select(stick, 1.0, speed)) * vt
+
     @ti.kernel
     def p2g(dt: float, inv_dx: float, p: arr2, params: arr2, action: arr1, grid: grid_arr):
         for i in range(p.shape[0]):
@@ -147,8 +159,7 @@ def _kernels(dim: int, double: bool):
             if xi[1] <= ground_height and v[1] < 0.0:
                 vn = v[1]
                 v[1] = 0.0
-                vt = ti.sqrt(v.dot(v) + 1e-30)
-                v *= ti.max(0.0, 1.0 + ground_friction * vn / vt)
+                v = coulomb(v, vn, ground_friction)
             # Tool: material inside it moves with it, or slides along its surface.
             if tool_shape >= 0:
                 center = vec([tool[k] + elapsed * tool[dim + k] for k in ti.static(range(dim))])
@@ -157,7 +168,7 @@ def _kernels(dim: int, double: bool):
                 phi = 0.0
                 normal = vec(0.0)
                 if tool_shape == 0:
-                    dist = ti.sqrt(d.dot(d) + 1e-30)
+                    dist = ti.sqrt(d.dot(d) + 1e-20)
                     phi = dist - tool_size[0]
                     normal = d / dist
                 else:
@@ -174,9 +185,7 @@ def _kernels(dim: int, double: bool):
                     rel = v - v_tool
                     vn = rel.dot(normal)
                     if vn < 0.0:
-                        rel -= vn * normal
-                        vt = ti.sqrt(rel.dot(rel) + 1e-30)
-                        rel *= ti.max(0.0, 1.0 + tool_friction * vn / vt)
+                        rel = coulomb(rel - vn * normal, vn, tool_friction)
                     v = v_tool + rel
             # Domain walls: slip, no velocity out of the domain.
             for k in ti.static(range(dim)):

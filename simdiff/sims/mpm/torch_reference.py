@@ -72,8 +72,9 @@ def _grid_update(model: Model, momentum, mass, tool: torch.Tensor, elapsed: floa
     xi = idx.to(v.dtype) * model.dx
 
     def friction(vel, vn, mu):
-        vt = (vel * vel).sum(1, keepdim=True).add(1e-30).sqrt()
-        return vel * (1 + mu * vn / vt).clamp(min=0)
+        speed = (vel * vel).sum(1, keepdim=True).add(1e-20).sqrt()
+        stick = speed <= -mu * vn
+        return vel * torch.where(stick, 0.0, 1 + mu * vn / torch.where(stick, 1.0, speed))
 
     if model.ground is not None:
         mu = model.ground.friction
@@ -88,7 +89,7 @@ def _grid_update(model: Model, momentum, mass, tool: torch.Tensor, elapsed: floa
         v_tool = tool[d:]
         diff = xi - center
         if tool_cfg.shape is ToolShape.SPHERE:
-            dist = (diff * diff).sum(1, keepdim=True).add(1e-30).sqrt()
+            dist = (diff * diff).sum(1, keepdim=True).add(1e-20).sqrt()
             phi = dist[:, 0] - tool_cfg.size[0]
             normal = diff / dist
         else:
