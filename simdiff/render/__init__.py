@@ -7,6 +7,7 @@ Agg renderer.
 """
 
 from simdiff.render.mass_spring import render_mass_spring
+from simdiff.render.mpm import render_mpm
 from simdiff.render.nbody import plot_energy_error, render_nbody
 from simdiff.render.plots import plot_loss, plot_series
 from simdiff.render.video import write_video
@@ -16,6 +17,7 @@ __all__ = [
     "plot_loss",
     "plot_series",
     "render_mass_spring",
+    "render_mpm",
     "render_nbody",
     "write_video",
 ]
