@@ -1,8 +1,7 @@
 """A 2D soft crawler (MPM): a jelly body on two legs, each leg two vertical muscles.
 
 Task: move the center of mass to the right within the horizon. ``scale`` multiplies the
-number of particles per axis (``scale=2`` on a 128-node grid is the benchmark's 3,000-particle
-crawler).
+robot's size (``scale=1.5`` on a 128-node grid is the benchmark's 3,000-particle crawler).
 """
 
 from simdiff.scene import Scene
@@ -11,12 +10,14 @@ from simdiff.sims.mpm.tasks import locomotion_loss, locomotion_metrics
 
 
 def crawler_bodies(*, E: float = 25.0, active_stress: float = 10.0, x0: float = 0.1,
-                   y0: float = 3 / 64):
-    """Body 0.24 x 0.06 on two 0.06 x 0.06 legs; muscles numbered left to right."""
-    leg, muscle, body_h = 0.06, 0.03, 0.06
+                   y0: float = 3 / 64, scale: float = 1.0):
+    """Body 0.24 x 0.06 on two 0.06 x 0.06 legs (times ``scale``); muscles numbered left to
+    right."""
+    leg, muscle, body_h = 0.06 * scale, 0.03 * scale, 0.06 * scale
     common = {"E": E, "nu": 0.2, "density": 1.0}
-    bodies = [Body((x0, y0 + leg), (0.24, body_h), **common)]
-    for k, left in enumerate((x0, x0 + muscle, x0 + 0.18, x0 + 0.18 + muscle)):
+    bodies = [Body((x0, y0 + leg), (0.24 * scale, body_h), **common)]
+    right = x0 + 0.18 * scale
+    for k, left in enumerate((x0, x0 + muscle, right, right + muscle)):
         bodies.append(Body((left, y0), (muscle, leg), actuator=k, active_stress=active_stress,
                            **common))
     return bodies

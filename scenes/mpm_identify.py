@@ -29,7 +29,7 @@ def scene(*, observations: int = 6, every: int = 4, grid_size: int = 32, substep
         description=f"recover Young's modulus {HIDDEN_E} of a bouncing block from its trajectory",
         default_backend="taichi",
         render_every=1,
-        train={"precision": "float64", "lr": 0.1, "iters": 30},
+        train={"precision": "float64", "lr": 0.2, "iters": 30},
         design=lambda sim: ModulusFit(start),
         objective=identify_modulus_objective(observed, HIDDEN_E, every),
     )

@@ -1,7 +1,8 @@
 """Shape plasticine (MPM): find the tool path that presses a plastic block into a target shape.
 
 The target is the block's occupancy after a hidden path (press down, then drag right); the
-optimization starts with a tool that hovers still. Scored by the IoU of occupied cells.
+optimization starts with a tool that sinks slowly (a tool that never
+touches the block gets no gradient). Scored by the IoU of occupied cells.
 """
 
 import torch
@@ -45,6 +46,6 @@ def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float
         default_backend="taichi",
         render_every=1,
         train={"precision": "float64", "lr": 0.05, "iters": 40},
-        design=lambda sim: ToolPath(torch.zeros(steps, 2, dtype=torch.float64)),
+        design=lambda sim: ToolPath(torch.tensor([0.0, -0.3], dtype=torch.float64).repeat(steps, 1)),
         objective=shape_objective(target, steps, REGION, cells, sigma),
     )

@@ -132,9 +132,10 @@ def torch_substep(
     grid_mass = p.new_zeros(nodes)
     stencil = list(_stencil(model, x))
     for flat, weight, dpos in stencil:
+        # In place: autograd keeps no copy of the grid per offset.
         contrib = weight[:, None] * (mass[:, None] * v + (affine @ dpos[:, :, None])[..., 0])
-        momentum = momentum.index_add(0, flat, contrib)
-        grid_mass = grid_mass.index_add(0, flat, weight * mass)
+        momentum.index_add_(0, flat, contrib)
+        grid_mass.index_add_(0, flat, weight * mass)
     gv = _grid_update(model, momentum, grid_mass, tool, elapsed)
     new_v = p.new_zeros(n, d)
     new_C = p.new_zeros(n, d, d)
