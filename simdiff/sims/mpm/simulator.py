@@ -38,7 +38,8 @@ class State(BaseState):
 
 
 class MPM(Simulator):
-    """Differentiable MLS-MPM (2D or 3D) on Taichi.
+    """Differentiable MLS-MPM on Taichi: 2D forward and backward, 3D forward only (3D
+    backward raises ``NotImplementedError``).
 
     The action is the muscles' signals (``model.actuator_count`` entries) followed, when the
     model has a tool, by the tool's velocity (``dim`` entries), held for the control step.
@@ -131,6 +132,14 @@ class MPM(Simulator):
         params = self.particle_params() if particle_params is None else particle_params
         signals, tool_v = self._split_action(action, state.particle_x)
         tool = torch.cat([state.tool_x, tool_v])
+        if self.model.dim == 3 and torch.is_grad_enabled() and any(
+                t.requires_grad for t in (*state.tensors(), params, signals, tool)):
+            # Taichi's reverse mode of the 27-node stencil compiled for ~12 minutes here and
+            # disagreed with finite differences: refuse rather than return wrong gradients.
+            raise NotImplementedError(
+                "MPM gradients in 3D are not available yet; roll 3D scenes out under "
+                "torch.no_grad() (simdiff run), or train in 2D"
+            )
         (p,) = apply_step(self._launch, self.pack(state), params, signals, tool)
         duration = self.model.substeps * self.model.dt
         return self.unpack(p, state.tool_x + duration * tool_v)

@@ -144,6 +144,7 @@ def _kernels(dim: int, double: bool):
         tool_friction: float,
         boundary: ti.i32,
         size: ti.i32,
+        mass_floor: float,
         grid: grid_arr,
         tool: arr1,
         grid_out: grid_arr,
@@ -151,7 +152,7 @@ def _kernels(dim: int, double: bool):
         for I in ti.grouped(ti.ndrange(*((size,) * dim))):
             g = grid[I]
             m = g[dim]
-            has_mass = m > 0.0
+            has_mass = m > mass_floor
             v = vec([g[k] for k in ti.static(range(dim))]) / ti.select(has_mass, m, 1.0)
             v[1] += dt * gravity
             xi = I.cast(float) * dx
@@ -250,6 +251,11 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
     if tool is not None:
         tool_size = [tool.size[0]] * dim if len(tool.size) == 1 else list(tool.size)
     tool_friction = tool.friction if tool is not None else 0.0
+    # In float32, nodes at a stencil's far edge can hold ~1e-19 kg; the derivative of
+    # momentum / mass there (~v / m) overflowed to inf and NaN in training, so such nodes count
+    # as empty. Float64 keeps every node (exact momentum conservation).
+    single = backend.torch_dtype == torch.float32
+    mass_floor = 1e-6 * float(model.particle_mass.detach().min()) if single else 0.0
     grid_spec = OutputSpec((size,) * dim + (dim + 1,))
     velocity_spec = OutputSpec((size,) * dim + (dim + 1,), accumulates=False)
     particle_spec = OutputSpec((n, width), accumulates=False)
@@ -269,7 +275,8 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
              model.ground_height if ground is not None else -math.inf,
              _STICKY if math.isinf(friction) else friction,
              -1 if tool is None else int(tool.shape), vec(tool_size),
-             _STICKY if math.isinf(tool_friction) else tool_friction, BOUNDARY_CELLS, size),
+             _STICKY if math.isinf(tool_friction) else tool_friction, BOUNDARY_CELLS, size,
+             mass_floor),
             ((f"grid{s}", None), ("tool", None)),
             ((f"velocity{s}", velocity_spec),),
         ))
