@@ -1,6 +1,8 @@
 """MPM scenes end to end: training moves the crawler, the inverse problems recover their hidden
 values, the CLI runs and renders them (toy sizes)."""
 
+import json
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -62,3 +64,12 @@ def test_render_mpm_2d_and_3d():
     assert frames3[1].shape == (200, 200, 3) and frames3[1].std() > 0
     with pytest.raises(ValueError, match="positions"):
         render_mpm(np.full((1, 3, 2), np.nan), np.zeros(3), domain=1.0)
+
+
+def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "mpm", "--quick", "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"taichi", "torch"}
+    assert rows["taichi"]["vs_baseline"] > 0 and rows["taichi"]["particle_substeps_per_s"] > 0
+    assert "vs_baseline" in capsys.readouterr().out
