@@ -24,6 +24,7 @@ __all__ = ["GradCheck", "check_gradients"]
 _FIELDS = {
     "mass_spring": ("spring_stiffness", "spring_rest_length", "spring_damping"),
     "nbody": ("body_mass", "gravitational_constant", "softening"),
+    "mpm": ("particle_E", "particle_nu"),
 }
 
 

@@ -7,7 +7,6 @@ the lattice cell's. A robot is several bodies side by side, each muscle its own 
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -111,8 +110,3 @@ def build_model(
         ground=Ground() if ground is None else ground, tool=tool,
     )
 
-
-def corners(lower, size) -> list[tuple[float, ...]]:
-    """The box's corners (for placing tools and targets)."""
-    return [tuple(lo + s * b for lo, s, b in zip(lower, size, bits))
-            for bits in itertools.product((0, 1), repeat=len(lower))]

@@ -23,6 +23,7 @@ import torch
 
 from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
+from simdiff.sims.mpm.model import BOUNDARY_CELLS
 
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 
@@ -259,8 +260,6 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
     grid_spec = OutputSpec((size,) * dim + (dim + 1,))
     velocity_spec = OutputSpec((size,) * dim + (dim + 1,), accumulates=False)
     particle_spec = OutputSpec((n, width), accumulates=False)
-    from simdiff.sims.mpm.model import BOUNDARY_CELLS
-
     launches = []
     for s in range(substeps):
         p_in, p_out = ("p" if s == 0 else f"p{s}"), f"p{s + 1}"
