@@ -47,5 +47,6 @@ class MLPController(nn.Module):
 
 
 def controller(sim, scene, **options) -> nn.Module:
-    return MLPController(sim.observe, sim.observation_dim, sim.action_dim, scene.model.dt,
-                         **options)
+    # MPM models step several substeps per control step: the clock runs on control steps.
+    dt = getattr(scene.model, "control_dt", scene.model.dt)
+    return MLPController(sim.observe, sim.observation_dim, sim.action_dim, dt, **options)

@@ -35,4 +35,6 @@ class SinusoidController(nn.Module):
 
 
 def controller(sim, scene, **options) -> nn.Module:
-    return SinusoidController(sim.action_dim, scene.model.dt, **options)
+    # MPM models step several substeps per control step: the clock runs on control steps.
+    dt = getattr(scene.model, "control_dt", scene.model.dt)
+    return SinusoidController(sim.action_dim, dt, **options)

@@ -25,6 +25,7 @@ _FIELDS = {
     "mass_spring": ("spring_stiffness", "spring_rest_length", "spring_damping"),
     "nbody": ("body_mass", "gravitational_constant", "softening"),
     "fluid": (),  # its tensors are optional; initial velocity, dye and paddle actions are checked
+    "mpm": ("particle_E", "particle_nu"),
 }
 
 

@@ -63,6 +63,7 @@ class Scene:
             (masses, initial conditions, a period...) instead of a controller.
         objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
             simulation with the design and returns ``(loss, rollout, metrics)``.
+        render_options: Extra keyword arguments of the simulator's frame painter (targets).
     """
 
     name: str
@@ -77,6 +78,7 @@ class Scene:
     train: dict[str, Any] = field(default_factory=dict)
     design: Callable[[Simulator], torch.nn.Module] | None = None
     objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
+    render_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -108,10 +110,17 @@ def _fluid(model: Any, backend: Backend) -> Simulator:
     return Fluid(model, backend)
 
 
+def _mpm(model: Any, backend: Backend) -> Simulator:
+    from simdiff.sims.mpm import MPM
+
+    return MPM(model, backend)
+
+
 SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
     "mass_spring": _mass_spring,
     "nbody": _nbody,
     "fluid": _fluid,
+    "mpm": _mpm,
 }
 
 

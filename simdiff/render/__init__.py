@@ -8,6 +8,7 @@ Agg renderer.
 
 from simdiff.render.fluid import render_fluid
 from simdiff.render.mass_spring import render_mass_spring
+from simdiff.render.mpm import render_mpm
 from simdiff.render.nbody import plot_energy_error, render_nbody
 from simdiff.render.plots import plot_loss, plot_series
 from simdiff.render.video import write_video
@@ -18,6 +19,7 @@ __all__ = [
     "plot_series",
     "render_fluid",
     "render_mass_spring",
+    "render_mpm",
     "render_nbody",
     "write_video",
 ]

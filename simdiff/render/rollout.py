@@ -48,7 +48,32 @@ def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     return fluid_frames(scene, rollout)
 
 
-_PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames, "fluid": _fluid_frames}
+def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+    from simdiff.render.mpm import render_mpm
+
+    model = scene.model
+    steps = sorted(rollout.frames)
+    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
+    muscle = model.particle_actuator.cpu().numpy()
+    actuation = []
+    for t in steps:
+        per_particle = np.full(muscle.shape, np.nan)
+        action = rollout.actions.get(t)
+        if action is not None and model.actuator_count:
+            per_particle[muscle >= 0] = action.cpu().numpy()[muscle[muscle >= 0]]
+        actuation.append(per_particle)
+    tool = None
+    if model.tool is not None:
+        centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
+        tool = (int(model.tool.shape), model.tool.size, centers)
+    return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
+                      actuation=actuation, ground_height=model.ground_height
+                      if model.ground is not None else None, tool=tool, title=scene.name,
+                      **scene.render_options)
+
+
+_PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames, "fluid": _fluid_frames,
+             "mpm": _mpm_frames}
 
 
 def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:

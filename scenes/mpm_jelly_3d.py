@@ -1,0 +1,33 @@
+"""A 3D quadruped jelly (MPM): a soft slab on four legs, each leg one vertical muscle.
+
+Forward only for now (``simdiff run mpm_jelly_3d --controller sinusoid``): gradients of 3D
+MPM are not available yet (see ``simdiff.sims.mpm.simulator``).
+"""
+
+from simdiff.scene import Scene
+from simdiff.sims.mpm import Body, Ground, build_model
+from simdiff.sims.mpm.tasks import locomotion_loss, locomotion_metrics
+
+
+def scene(*, steps: int = 60, grid_size: int = 32, substeps: int = 10, dt: float = 1.5e-3,
+          E: float = 25.0, active_stress: float = 10.0) -> Scene:
+    y0, leg, x0, z0 = 3 / grid_size, 0.05, 0.2, 0.3
+    common = {"E": E, "nu": 0.2, "density": 1.0}
+    bodies = [Body((x0, y0 + leg, z0), (0.2, 0.06, 0.12), **common)]
+    for k, (dx, dz) in enumerate(((0.0, 0.0), (0.15, 0.0), (0.0, 0.07), (0.15, 0.07))):
+        bodies.append(Body((x0 + dx, y0, z0 + dz), (leg, leg, leg), actuator=k,
+                           active_stress=active_stress, **common))
+    model = build_model(bodies, grid_size=grid_size, dt=dt, substeps=substeps,
+                        ground=Ground(friction=2.0))
+    return Scene(
+        name="mpm_jelly_3d",
+        simulator="mpm",
+        model=model,
+        steps=steps,
+        loss=locomotion_loss,
+        metrics=locomotion_metrics,
+        description=f"3D MPM quadruped jelly, {model.particle_count} particles, 4 muscles",
+        default_backend="taichi",
+        render_every=2,
+        train={"controller": "sinusoid"},
+    )

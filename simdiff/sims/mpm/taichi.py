@@ -1,0 +1,298 @@
+"""Taichi kernels of the MLS-MPM substep (see ``model.py`` for the physics).
+
+Three kernels per substep, named after the algorithm: ``p2g`` (scatter into a zeroed grid),
+``grid_update`` (velocities, gravity, walls, ground, tool) and ``g2p`` (gather, move, deform).
+Each reads its inputs and writes a fresh output, so a substep is a pure function of the packed
+particle state: the grid is rebuilt inside every substep and recomputed in backward, never kept
+(a Taichi tape over a grid reused across substeps gives NaN gradients).
+
+Layouts (one tensor each, because every tensor argument costs a launch ~60 us):
+
+* particle state ``[n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major).
+* particle parameters ``[n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction.
+* grid ``[G]*d + [d + 1]``: momentum then mass after ``p2g``; velocity then mass after
+  ``grid_update``.
+* tool ``[2 d]``: center at the control step's start, then its velocity.
+"""
+
+import functools
+import math
+
+import taichi as ti
+import torch
+
+from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
+from simdiff.backend import Backend
+from simdiff.sims.mpm.model import BOUNDARY_CELLS
+
+__all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
+
+PARAM_COLUMNS = ("mass", "volume", "material", "actuator", "E", "nu", "yield", "active_stress")
+
+_LIQUID, _PLASTIC = 1, 2
+_STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
+
+
+@functools.cache
+def _kernels(dim: int, double: bool):
+    del double  # keys the cache: Taichi is re-initialized when the precision changes
+    vec = ti.types.vector(dim, float)
+    mat = ti.types.matrix(dim, dim, float)
+    node = ti.types.vector(dim + 1, float)
+    arr1 = ti.types.ndarray(ndim=1)
+    arr2 = ti.types.ndarray(ndim=2)
+    grid_arr = ti.types.ndarray(dtype=node, ndim=dim)
+    stencil = ti.ndrange(*((3,) * dim))
+    ox, oc, of = dim, 2 * dim, 2 * dim + dim * dim  # column offsets of v, C, F
+
+    @ti.func
+    def identity():
+        return ti.Matrix.identity(float, dim)
+
+    @ti.func
+    def load_vec(a: ti.template(), i, start) -> vec:
+        return vec([a[i, start + k] for k in ti.static(range(dim))])
+
+    @ti.func
+    def load_mat(a: ti.template(), i, start) -> mat:
+        return mat([[a[i, start + r * dim + c] for c in ti.static(range(dim))]
+                    for r in ti.static(range(dim))])
+
+    @ti.func
+    def weights(x, inv_dx, size):
+        # Clamped so that a particle that escaped (or became NaN) cannot write out of bounds;
+        # the rollout's state check reports it after the step.
+        base = ti.max(ti.min(ti.cast(x * inv_dx - 0.5, ti.i32), size - 3), 0)
+        fx = x * inv_dx - ti.cast(base, float)
+        w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+        return base, fx, w
+
+    @ti.func
+    def rotation_2d(F):
+        # Closed-form polar rotation of a 2x2 matrix: smooth wherever det F > 0.
+        a = F[0, 0] + F[1, 1]
+        b = F[1, 0] - F[0, 1]
+        r = ti.sqrt(a * a + b * b)
+        c, s = a / r, b / r
+        return ti.Matrix([[c, -s], [s, c]])
+
+    @ti.func
+    def kirchhoff(F, material, E, nu, active):
+        mu = E / (2.0 * (1.0 + nu))
+        lam = E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+        tau = ti.Matrix.zero(float, dim, dim)
+        if material == _LIQUID:
+            J = F.determinant()
+            tau = (lam + 2.0 * mu / dim) * (J - 1.0) * J * identity()
+        elif material == _PLASTIC:
+            J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
+            tau = mu * (F - identity()) + lam * ti.log(J) * identity()
+        else:
+            J = F.determinant()
+            if ti.static(dim == 2):
+                tau = 2.0 * mu * (F - rotation_2d(F)) @ F.transpose() + lam * (J - 1.0) * J * identity()
+            else:
+                tau = mu * (F @ F.transpose() - identity()) + lam * ti.log(J) * identity()
+            tau += active
+        return tau
+
+    @ti.func
+    def coulomb(vt, vn, friction):
+        """Tangential velocity ``vt`` after Coulomb friction against normal speed ``vn < 0``.
+
+        Written as stick-or-slide with a guarded denominator rather than
+        ``vt * max(0, 1 + mu vn / |vt|)``: that form's derivative grows like 1 / |vt|^2 when
+        the sliding speed vanishes, and overflowed to NaN in float32 training.
+        """
+        speed = ti.sqrt(vt.dot(vt) + 1e-20)
+        stick = speed <= -friction * vn
+        return ti.select(stick, 0.0, 1.0 + friction * vn / ti.select(stick, 1.0, speed)) * vt
+
+    @ti.kernel
+    def p2g(dt: float, inv_dx: float, p: arr2, params: arr2, action: arr1, grid: grid_arr):
+        for i in range(p.shape[0]):
+            x = load_vec(p, i, 0)
+            v = load_vec(p, i, ox)
+            C = load_mat(p, i, oc)
+            F = load_mat(p, i, of)
+            mass = params[i, 0]
+            actuator = ti.cast(params[i, 3], ti.i32)
+            u = action[ti.max(actuator, 0)] * ti.cast(actuator >= 0, float)
+            stretched = F @ load_vec(params, i, 8)
+            active = params[i, 7] * u * stretched.outer_product(stretched)
+            tau = kirchhoff(F, ti.cast(params[i, 2], ti.i32), params[i, 4], params[i, 5], active)
+            affine = -dt * params[i, 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
+            base, fx, w = weights(x, inv_dx, grid.shape[0])
+            for offset in ti.static(ti.grouped(stencil)):
+                dpos = (offset.cast(float) - fx) / inv_dx
+                weight = 1.0
+                for k in ti.static(range(dim)):
+                    weight *= w[offset[k]][k]
+                momentum = weight * (mass * v + affine @ dpos)
+                grid[base + offset] += node([momentum[k] for k in ti.static(range(dim))]
+                                            + [weight * mass])
+
+    @ti.kernel
+    def grid_update(
+        dt: float,
+        dx: float,
+        elapsed: float,
+        gravity: float,
+        ground_height: float,
+        ground_friction: float,
+        tool_shape: ti.i32,
+        tool_size: vec,
+        tool_friction: float,
+        boundary: ti.i32,
+        size: ti.i32,
+        mass_floor: float,
+        grid: grid_arr,
+        tool: arr1,
+        grid_out: grid_arr,
+    ):
+        for I in ti.grouped(ti.ndrange(*((size,) * dim))):
+            g = grid[I]
+            m = g[dim]
+            has_mass = m > mass_floor
+            v = vec([g[k] for k in ti.static(range(dim))]) / ti.select(has_mass, m, 1.0)
+            v[1] += dt * gravity
+            xi = I.cast(float) * dx
+            # Ground: a node at or below it cannot move down; friction slows its sliding.
+            if xi[1] <= ground_height and v[1] < 0.0:
+                vn = v[1]
+                v[1] = 0.0
+                v = coulomb(v, vn, ground_friction)
+            # Tool: material inside it moves with it, or slides along its surface.
+            if tool_shape >= 0:
+                center = vec([tool[k] + elapsed * tool[dim + k] for k in ti.static(range(dim))])
+                v_tool = vec([tool[dim + k] for k in ti.static(range(dim))])
+                d = xi - center
+                phi = 0.0
+                normal = vec(0.0)
+                if tool_shape == 0:
+                    dist = ti.sqrt(d.dot(d) + 1e-20)
+                    phi = dist - tool_size[0]
+                    normal = d / dist
+                else:
+                    q = ti.abs(d) - tool_size
+                    outside = ti.max(q, 0.0)
+                    phi = ti.sqrt(outside.dot(outside)) + ti.min(q.max(), 0.0)
+                    axis = 0
+                    for k in ti.static(range(1, dim)):
+                        if q[k] > q[axis]:
+                            axis = k
+                    for k in ti.static(range(dim)):
+                        normal[k] = ti.select(k == axis, ti.select(d[k] < 0.0, -1.0, 1.0), 0.0)
+                if phi < 0.0:
+                    rel = v - v_tool
+                    vn = rel.dot(normal)
+                    if vn < 0.0:
+                        rel = coulomb(rel - vn * normal, vn, tool_friction)
+                    v = v_tool + rel
+            # Domain walls: slip, no velocity out of the domain.
+            for k in ti.static(range(dim)):
+                if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
+                    v[k] = 0.0
+            v = ti.select(has_mass, v, vec(0.0))
+            grid_out[I] = node([v[k] for k in ti.static(range(dim))] + [m])
+
+    @ti.kernel
+    def g2p(dt: float, inv_dx: float, p: arr2, params: arr2, grid: grid_arr, p_out: arr2):
+        for i in range(p.shape[0]):
+            x = load_vec(p, i, 0)
+            F = load_mat(p, i, of)
+            base, fx, w = weights(x, inv_dx, grid.shape[0])
+            new_v = vec(0.0)
+            new_C = mat(0.0)
+            for offset in ti.static(ti.grouped(stencil)):
+                dpos = (offset.cast(float) - fx) / inv_dx
+                weight = 1.0
+                for k in ti.static(range(dim)):
+                    weight *= w[offset[k]][k]
+                g = grid[base + offset]
+                gv = vec([g[k] for k in ti.static(range(dim))])
+                new_v += weight * gv
+                new_C += 4.0 * inv_dx * inv_dx * weight * gv.outer_product(dpos)
+            f = identity() + dt * new_C
+            material = ti.cast(params[i, 2], ti.i32)
+            new_F = f @ F
+            if material == _LIQUID:
+                new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
+            elif material == _PLASTIC:
+                b = f @ F @ f.transpose()
+                mu = params[i, 4] / (2.0 * (1.0 + params[i, 5]))
+                mean = b.trace() / dim
+                dev = b - mean * identity()
+                # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
+                norm = ti.sqrt((dev * dev).sum() + 1e-30)
+                radius = ti.sqrt(2.0 / 3.0) * params[i, 6] / mu
+                new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
+            new_x = x + dt * new_v
+            for k in ti.static(range(dim)):
+                p_out[i, k] = new_x[k]
+                p_out[i, ox + k] = new_v[k]
+            for r in ti.static(range(dim)):
+                for c in ti.static(range(dim)):
+                    p_out[i, oc + r * dim + c] = new_C[r, c]
+                    p_out[i, of + r * dim + c] = new_F[r, c]
+
+    return p2g, grid_update, g2p, vec
+
+
+def build_step(backend: Backend, model, substeps: int) -> KernelStep:
+    """``substeps`` substeps as one step reading ``p`` (particle state), ``params``,
+    ``action`` and ``tool``, writing ``p{substeps}``; the grid is recomputed in backward."""
+    dim, size = model.dim, model.grid_size
+    p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64)
+    n, width = model.particle_count, 2 * dim + 2 * dim * dim
+    ground = model.ground
+    friction = ground.friction if ground is not None else 0.0
+    tool = model.tool
+    tool_size = [0.0] * dim
+    if tool is not None:
+        tool_size = [tool.size[0]] * dim if len(tool.size) == 1 else list(tool.size)
+    tool_friction = tool.friction if tool is not None else 0.0
+    # In float32, nodes at a stencil's far edge can hold ~1e-19 kg; the derivative of
+    # momentum / mass there (~v / m) overflowed to inf and NaN in training, so such nodes count
+    # as empty. Float64 keeps every node (exact momentum conservation).
+    single = backend.torch_dtype == torch.float32
+    mass_floor = 1e-6 * float(model.particle_mass.detach().min()) if single else 0.0
+    grid_spec = OutputSpec((size,) * dim + (dim + 1,))
+    velocity_spec = OutputSpec((size,) * dim + (dim + 1,), accumulates=False)
+    particle_spec = OutputSpec((n, width), accumulates=False)
+    launches = []
+    for s in range(substeps):
+        p_in, p_out = ("p" if s == 0 else f"p{s}"), f"p{s + 1}"
+        launches.append(KernelLaunch(
+            backend, p2g, n, (model.dt, 1.0 / model.dx),
+            ((p_in, None), ("params", None), ("action", None)),
+            ((f"grid{s}", grid_spec),),
+        ))
+        launches.append(KernelLaunch(
+            backend, grid_update, size**dim,
+            (model.dt, model.dx, s * model.dt, model.gravity,
+             model.ground_height if ground is not None else -math.inf,
+             _STICKY if math.isinf(friction) else friction,
+             -1 if tool is None else int(tool.shape), vec(tool_size),
+             _STICKY if math.isinf(tool_friction) else tool_friction, BOUNDARY_CELLS, size,
+             mass_floor),
+            ((f"grid{s}", None), ("tool", None)),
+            ((f"velocity{s}", velocity_spec),),
+        ))
+        launches.append(KernelLaunch(
+            backend, g2p, n, (model.dt, 1.0 / model.dx),
+            ((p_in, None), ("params", None), (f"velocity{s}", None)),
+            ((p_out, particle_spec),),
+        ))
+    return KernelStep(("p", "params", "action", "tool"), tuple(launches), (f"p{substeps}",),
+                      recompute=True)
+
+
+def particle_to_grid(backend: Backend, model, p: torch.Tensor, params: torch.Tensor,
+                     action: torch.Tensor) -> torch.Tensor:
+    """The grid (momentum, mass) after ``p2g`` of one packed particle state (diagnostics)."""
+    backend.ensure_initialized()
+    p2g = _kernels(model.dim, backend.torch_dtype == torch.float64)[0]
+    grid = torch.zeros((model.grid_size,) * model.dim + (model.dim + 1,), dtype=p.dtype)
+    p2g(model.dt, 1.0 / model.dx, p.contiguous(), params.contiguous(), action.contiguous(), grid)
+    return grid

@@ -1,0 +1,148 @@
+"""Task losses and inverse problems of MPM scenes.
+
+* Locomotion: move the center of mass to the right.
+* Throw to target: the launch velocity of a water blob whose center of mass reaches a target.
+* Material identification: Young's modulus from an observed trajectory.
+* Shaping: tool velocities that press a plasticine block into a target shape (soft occupancy
+  loss, scored by the intersection over union of the occupied cells).
+
+Each inverse problem is a ``design`` (a torch module holding what is optimized) and an
+``objective(sim, design, record_every=0) -> (loss, rollout, metrics)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from simdiff.autodiff import Rollout, rollout
+
+__all__ = [
+    "LaunchVelocity",
+    "ModulusFit",
+    "ToolPath",
+    "distance_travelled",
+    "identify_modulus_objective",
+    "locomotion_loss",
+    "locomotion_metrics",
+    "observe_positions",
+    "occupancy",
+    "shape_objective",
+    "throw_objective",
+]
+
+
+def _com(result: Rollout, state) -> torch.Tensor:
+    return result.simulator.center_of_mass(state)
+
+
+def distance_travelled(result: Rollout) -> torch.Tensor:
+    """Displacement of the center of mass along +x over the rollout [m]."""
+    return _com(result, result.final)[0] - _com(result, result.initial)[0]
+
+
+def locomotion_loss(result: Rollout) -> torch.Tensor:
+    """Minus the distance travelled: lower is further to the right."""
+    return -distance_travelled(result)
+
+
+def locomotion_metrics(result: Rollout) -> dict[str, float]:
+    return {"distance": float(distance_travelled(result).detach())}
+
+
+class LaunchVelocity(nn.Module):
+    """One velocity given to every particle at the start [m/s]."""
+
+    def __init__(self, v0: torch.Tensor) -> None:
+        super().__init__()
+        self.v = nn.Parameter(v0.clone())
+
+
+def throw_objective(target: torch.Tensor, steps: int):
+    """Squared distance between the blob's center of mass after ``steps`` and ``target``."""
+
+    def objective(sim, design: LaunchVelocity, record_every: int = 0):
+        x0 = sim.model.particle_x.to(design.v)
+        state = sim.state_from(particle_x=x0, particle_v=design.v.expand_as(x0))
+        result = rollout(sim, state, None, steps, record_every=record_every)
+        miss = (sim.center_of_mass(result.final) - target.to(x0)).norm()
+        return miss**2, result, {"miss_distance": float(miss.detach()),
+                                 "launch_speed": float(design.v.detach().norm())}
+
+    return objective
+
+
+class ModulusFit(nn.Module):
+    """One Young's modulus for the whole body, as ``exp(log_E)`` so it stays positive."""
+
+    def __init__(self, E0: float) -> None:
+        super().__init__()
+        self.log_E = nn.Parameter(torch.tensor(math.log(E0), dtype=torch.float64))
+
+    def modulus(self) -> torch.Tensor:
+        return self.log_E.exp()
+
+
+def observe_positions(sim, count: int, every: int, *, record_every: int = 0):
+    """Particle positions at ``count`` times ``every`` control steps apart, and the whole
+    trajectory as one Rollout (frames merged)."""
+    state = start = sim.initial_state()
+    positions, frames = [], {}
+    for k in range(count):
+        part = rollout(sim, state, None, every, record_every=record_every)
+        frames.update({k * every + t: s for t, s in part.frames.items()})
+        state = part.final
+        positions.append(state.particle_x)
+    return torch.stack(positions), Rollout(start, state, count * every, frames, simulator=sim)
+
+
+def identify_modulus_objective(observed: torch.Tensor, hidden: float, every: int):
+    """Mean squared distance between simulated and observed particle positions; the metric
+    ``modulus_error`` is the relative error of the recovered modulus."""
+
+    def objective(sim, design: ModulusFit, record_every: int = 0):
+        E = design.modulus()
+        sim.model.particle_E = E * torch.ones_like(sim.model.particle_E, dtype=E.dtype)
+        predicted, result = observe_positions(sim, observed.shape[0], every,
+                                              record_every=record_every)
+        loss = ((predicted - observed.to(predicted)) ** 2).sum(-1).mean() * 1e4
+        return loss, result, {"modulus": float(E.detach()),
+                              "modulus_error": abs(float(E.detach()) / hidden - 1)}
+
+    return objective
+
+
+class ToolPath(nn.Module):
+    """The tool's velocity at every control step [m/s], shape [steps, dim]."""
+
+    def __init__(self, velocities: torch.Tensor) -> None:
+        super().__init__()
+        self.v = nn.Parameter(velocities.clone())
+
+    def forward(self, step: int, state=None) -> torch.Tensor:
+        return self.v[step]
+
+
+def occupancy(x: torch.Tensor, lower, upper, cells: int, sigma: float) -> torch.Tensor:
+    """Soft occupancy of a ``cells``^2 grid over the box ``[lower, upper]``: a Gaussian of width
+    ``sigma`` around each particle, summed and saturated to [0, 1)."""
+    axes = [torch.linspace(lo, hi, cells, dtype=x.dtype) for lo, hi in zip(lower, upper)]
+    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, x.shape[1])
+    density = torch.exp(-torch.cdist(nodes, x).square() / (2 * sigma**2)).sum(1)
+    return 1 - torch.exp(-density)
+
+
+def shape_objective(target: torch.Tensor, steps: int, box: tuple, cells: int, sigma: float):
+    """Squared difference of soft occupancies; ``iou`` of the cells occupied above 1/2."""
+
+    def objective(sim, design: ToolPath, record_every: int = 0):
+        result = rollout(sim, sim.initial_state(), design, steps, record_every=record_every)
+        occ = occupancy(result.final.particle_x, box[0], box[1], cells, sigma)
+        loss = (occ - target.to(occ)).square().sum()
+        ours, theirs = occ.detach() > 0.5, target > 0.5
+        iou = float((ours & theirs).sum()) / max(float((ours | theirs).sum()), 1.0)
+        return loss, result, {"iou": iou}
+
+    return objective
