@@ -242,7 +242,7 @@ def _run_density(structure: Structure, rec: _Recorder, method: str, move: float 
         if mma is None:
             x = oc_update(x, dc, dv, v0, problem.volfrac, move=move or 0.2)
         else:
-            scale = scale or abs(float(c)) or 1.0
+            scale = scale or abs(float(c.detach())) or 1.0
             g = (v0 + dv @ x) / problem.volfrac - 1.0
             x = mma.step(x, float(c) / scale, dc / scale, g, dv / problem.volfrac)
 

@@ -55,7 +55,8 @@ class _ConstrainedSigmoid(torch.autograd.Function):
         g = grad.to(torch.float64)
         ds = x * (1 - x)  # sigmoid'
         ds_m = torch.where(mask, ds, torch.zeros_like(ds))
-        shift = (g * ds_m).sum() / ds_m.sum()
+        # every element moves with b, but only designable ones determine it
+        shift = (g * ds).sum() / ds_m.sum()
         out = ds * (g - torch.where(mask, shift, torch.zeros_like(shift)))
         return out.to(grad.dtype), None, None, None
 

@@ -134,11 +134,17 @@ class Problem:
         held = modes[fixed.astype(bool)]
         rank = np.linalg.matrix_rank(held) if held.size else 0
         if rank < 3:
-            free_motion = ["x translation", "y translation", "rotation"][rank] if rank < 3 else ""
+            motion = "translation"
+            if held.size:
+                tx, ty, theta = np.linalg.svd(held)[2][-1]
+                if abs(theta) > 1e-9:
+                    motion = (f"rotation about node ({-ty / theta:.3g}, {-tx / theta:.3g})")
+                else:
+                    motion = "x translation" if abs(tx) >= abs(ty) else "y translation"
             raise ValidationError(
                 f"{self.name}: the supports ({int(fixed.sum())} fixed dofs) do not prevent "
-                f"rigid-body motion (e.g. a {free_motion}): the stiffness matrix is singular; "
-                "fix more degrees of freedom")
+                f"rigid-body motion (a free {motion}): the stiffness matrix is singular; fix "
+                "more degrees of freedom")
         loaded = np.abs(forces) > 0
         if not loaded.any():
             raise ValidationError(f"{self.name}: no loads: every force is zero")
