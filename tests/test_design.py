@@ -71,8 +71,8 @@ def test_compliance_gradient_matches_central_differences():
     z = smooth_random_density(structure.shape, seed=2).requires_grad_(True)
     structure.compliance(structure.physical(z)).backward()
     d = torch.randn(structure.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    f = lambda t: float(structure.compliance(structure.physical(z.detach() + t * d)))  # noqa: E731
-    fd = (f(h) - f(-h)) / (2 * h)  # noqa: E731
+    f = lambda t: float(structure.compliance(structure.physical(z.detach() + t * d)))
+    fd = (f(h) - f(-h)) / (2 * h)
     assert (z.grad * d).sum().item() == pytest.approx(fd, rel=1e-6)
     assert torch.all(z.grad[torch.from_numpy(void)] == 0)
 

@@ -36,7 +36,7 @@ from simdiff.design.problems import Problem
 from simdiff.design.structure import Structure
 from simdiff.sims.base import ValidationError
 
-__all__ = ["DesignResult", "OPTIMIZERS", "optimize", "oc_update"]
+__all__ = ["OPTIMIZERS", "DesignResult", "oc_update", "optimize"]
 
 OPTIMIZERS = ("oc", "mma", "lbfgs", "adam")
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from simdiff.sims.base import ValidationError
 
-__all__ = ["Problem", "SUITE", "get_problem", "list_problems", "mbb_beam"]
+__all__ = ["SUITE", "Problem", "get_problem", "list_problems", "mbb_beam"]
 
 X, Y = 0, 1
 
@@ -355,7 +355,7 @@ def staircase(w, h, volfrac, num_stories=2):
 
 
 def ramp(w, h, volfrac):
-    description, *rest = staircase(w, h, volfrac, num_stories=1)
+    _, *rest = staircase(w, h, volfrac, num_stories=1)
     return ("a ramp loaded along its length", *rest)
 
 

@@ -27,12 +27,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from simdiff.design.fem import Grid, element_dofs
-
 from simdiff.sims.base import SimulationError
 
 try:  # pragma: no cover - optional
