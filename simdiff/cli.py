@@ -215,12 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")
-    p.add_argument("what", nargs="?", default="mass_spring", choices=["mass_spring", "nbody"])
+    p.add_argument("what", nargs="?", default="mass_spring",
+                   choices=["mass_spring", "nbody", "design"])
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
+
+    from simdiff.design.cli import register as register_design
+
+    register_design(sub)
     return parser
 
 

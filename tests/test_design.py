@@ -359,3 +359,44 @@ def test_failed_solve_stops_with_the_iteration(monkeypatch):
     monkeypatch.setattr(DirectSolver, "solve", broken)
     with pytest.raises(SimulationError, match="solve failed at iteration 0"):
         optimize(mbb_beam(16, 8), "pixel", "lbfgs", iters=5, solver="direct")
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_design_writes_image_gif_and_curve(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from simdiff.cli import main
+
+    out = tmp_path / "mbb"
+    assert main(["design", "mbb_beam", "--param", "pixel", "--optimizer", "oc", "--iters", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("design.png", "evolution.gif", "compliance.png", "metrics.jsonl"):
+        assert (out / name).is_file() and f"wrote {out / name}" in printed
+    assert "best compliance" in printed
+    image = iio.imread(out / "design.png")
+    assert image.shape[1] >= 2 * image.shape[0] and image.std() > 0  # mirrored: whole beam
+    assert iio.imread(out / "evolution.gif").shape[0] == 4
+    assert main(["design", "mbb_beam", "--param", "cnn", "--iters", "2", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "multiples of 8" in capsys.readouterr().err
+    assert main(["design", "no_such_problem"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["design", "mbb_beam", "--volfrac", "1.5", "--out", str(tmp_path / "v")]) == 2
+    assert "volfrac" in capsys.readouterr().err
+
+
+def test_cli_design_suite_writes_a_table(tmp_path, capsys):
+    from simdiff.cli import main
+
+    out = tmp_path / "suite"
+    assert main(["design", "suite", "--problems", "mbb_beam_96x32_0.5,michell_centered_both_32x64_0.12",
+                 "--methods", "pixel-oc,cnn-adam", "--iters", "2", "--workers", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| mbb_beam_96x32_0.5 |" in table and "(0.0%)" in table and "median relative error" in table
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("problem,method,compliance,relative_error")
+    assert len(list((out / "designs").glob("*.png"))) == 4
+    assert main(["design", "suite", "--methods", "cnn-oc", "--out", str(out)]) == 2
+    assert "needs pixel" in capsys.readouterr().err

@@ -244,7 +244,7 @@ def _run_density(structure: Structure, rec: _Recorder, method: str, move: float 
         else:
             scale = scale or abs(float(c.detach())) or 1.0
             g = (v0 + dv @ x) / problem.volfrac - 1.0
-            x = mma.step(x, float(c) / scale, dc / scale, g, dv / problem.volfrac)
+            x = mma.step(x, float(c.detach()) / scale, dc / scale, g, dv / problem.volfrac)
 
 
 def _run_torch(structure: Structure, rec: _Recorder, param: str, method: str, lr: float | None,
