@@ -400,3 +400,14 @@ def test_cli_design_suite_writes_a_table(tmp_path, capsys):
     assert len(list((out / "designs").glob("*.png"))) == 4
     assert main(["design", "suite", "--methods", "cnn-oc", "--out", str(out)]) == 2
     assert "needs pixel" in capsys.readouterr().err
+
+
+def test_design_through_simulation_runs_and_renders(tmp_path):
+    from simdiff.design.robot import design_bridge
+
+    result = design_bridge(tmp_path, nx=8, ny=8, iters=2, steps=100, progress=lambda s: None)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert result.uniform_sag > 0 and result.density.shape == (8, 8)
+    assert result.density.mean() == pytest.approx(0.5, abs=1e-9)
+    assert [p.name for p in result.paths] == ["stiffness_layout.png", "settling.gif", "sag.png"]
+    assert all(p.is_file() for p in result.paths)

@@ -3,6 +3,7 @@
     simdiff design mbb_beam --param pixel --optimizer oc --iters 100 --out renders/mbb
     simdiff design suite --methods pixel-oc,cnn-lbfgs --iters 100 --out renders/suite
     simdiff design list
+    simdiff design robot --iters 30 --out renders/bridge   # design through simulation
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def register(sub) -> None:
     p = sub.add_parser("design", help="structural topology optimization (pixels or a CNN)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("problem", help="a problem name or family (see `simdiff design list`), "
-                                   "`suite` or `list`")
+                                   "`suite`, `list` or `robot` (a mass-spring bridge whose "
+                                   "stiffness layout the CNN designs through the simulator)")
     p.add_argument("--param", choices=["pixel", "cnn"], default="pixel")
     p.add_argument("--optimizer", choices=["oc", "mma", "lbfgs", "adam"], default=None,
                    help="default: oc for pixels, lbfgs for the CNN")
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if args.problem == "suite":
         return _suite(args)
+    if args.problem == "robot":
+        return _robot(args)
     return _single(args)
 
 
@@ -109,3 +113,21 @@ def _suite(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"failed: {r['problem']} {r['method']}: {r['error']}")
     return 1 if failed else 0
+
+
+def _robot(args: argparse.Namespace) -> int:
+    from simdiff.design.robot import design_bridge
+
+    out = Path(args.out or "renders/design_bridge")
+    kwargs = {"iters": args.iters, "seed": args.seed}
+    if args.volfrac is not None:
+        kwargs["volfrac"] = args.volfrac
+    if args.lr is not None:
+        kwargs["lr"] = args.lr
+    result = design_bridge(out, progress=(lambda s: None) if args.quiet else print, **kwargs)
+    print(f"payload sag: uniform density {1e3 * result.uniform_sag:.3f} mm, CNN layout "
+          f"{1e3 * result.best_sag:.3f} mm ({100 * (1 - result.best_sag / result.uniform_sag):.1f}% "
+          f"less), {result.seconds:.0f} s")
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
