@@ -411,3 +411,19 @@ def test_design_through_simulation_runs_and_renders(tmp_path):
     assert result.density.mean() == pytest.approx(0.5, abs=1e-9)
     assert [p.name for p in result.paths] == ["stiffness_layout.png", "settling.gif", "sag.png"]
     assert all(p.is_file() for p in result.paths)
+
+
+def test_bench_design_runs_at_toy_size(tmp_path, capsys):
+    import json
+
+    from simdiff.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "design", "--quick", "--iters", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["config"] for r in rows} == {"direct", "mgcg", "jacobi", "scipy"}
+    assert all(r["seconds_per_iteration"] > 0 for r in rows)
+    finals = {r["config"]: r["final_compliance"] for r in rows
+              if r["size"] == "48x16" and r["config"] != "scipy"}
+    assert max(finals.values()) == pytest.approx(min(finals.values()), rel=1e-6)
+    assert "crossover" in capsys.readouterr().out
