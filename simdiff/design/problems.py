@@ -495,6 +495,7 @@ def get_problem(name: str, **overrides) -> Problem:
         raise ValidationError(f"design problem {name!r} not found (see `simdiff design list`)"
                               f"{hint}")
     if overrides:
-        problem = problem.replace(**overrides)
+        suffix = "".join(f"_{k}{v}" for k, v in overrides.items() if k != "name")
+        problem = problem.replace(**{"name": problem.name + suffix, **overrides})
     problem.validate()
     return problem

@@ -13,6 +13,7 @@ all in float64 torch tensors of shape ``(nely, nelx)``. Compliance is self-adjoi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -27,12 +28,21 @@ from simdiff.sims.base import SimulationError
 __all__ = ["ComplianceFunction", "Structure", "cone_filter", "cone_kernel"]
 
 
+@functools.lru_cache(maxsize=16)
 def cone_kernel(rmin: float) -> torch.Tensor:
     """Weights ``max(0, rmin - distance)`` on the ``(2k - 1)^2`` stencil, ``k = ceil(rmin)``."""
     k = math.ceil(rmin) - 1
     d = torch.arange(-k, k + 1, dtype=torch.float64)
     dist = torch.sqrt(d[:, None] ** 2 + d[None, :] ** 2)
     return torch.clamp(rmin - dist, min=0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _filter_weights(rmin: float, shape: tuple[int, int]) -> torch.Tensor:
+    """``Hs``: the sum of the in-domain weights of each element (zero padding)."""
+    w = cone_kernel(rmin)
+    return F.conv2d(torch.ones(shape, dtype=torch.float64)[None, None], w[None, None],
+                    padding=w.shape[0] // 2)[0, 0]
 
 
 def cone_filter(x: torch.Tensor, rmin: float) -> torch.Tensor:
@@ -43,8 +53,7 @@ def cone_filter(x: torch.Tensor, rmin: float) -> torch.Tensor:
     if pad == 0:
         return x
     num = F.conv2d(x[None, None], w[None, None], padding=pad)[0, 0]
-    den = F.conv2d(torch.ones_like(x)[None, None], w[None, None], padding=pad)[0, 0]
-    return num / den
+    return num / _filter_weights(float(rmin), tuple(x.shape)).to(x)
 
 
 class ComplianceFunction(torch.autograd.Function):
@@ -90,10 +99,12 @@ class Structure:
         self.solver = make_solver(solver, self.grid, **solver_options)
         self.last_displacement: np.ndarray | None = None
         shape = (problem.nely, problem.nelx)
+        self.forced = problem.void is not None or problem.solid is not None
         self.void = torch.from_numpy(np.zeros(shape, bool) if problem.void is None else problem.void)
         self.solid = torch.from_numpy(np.zeros(shape, bool) if problem.solid is None else problem.solid)
         self.design_mask = torch.from_numpy(problem.design_mask)
         self.n_design = int(self.design_mask.sum())
+        self._volume_weights = self.design_mask.to(torch.float64) / self.n_design
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -106,9 +117,13 @@ class Structure:
 
     def physical(self, x: torch.Tensor, *, filtered: bool = True) -> torch.Tensor:
         """Physical densities: forced regions, the cone filter, forced regions again."""
-        x = self.force_regions(x.to(torch.float64))
+        x = x.to(torch.float64)
+        if self.forced:
+            x = self.force_regions(x)
         if filtered:
-            x = self.force_regions(cone_filter(x, self.problem.rmin))
+            x = cone_filter(x, self.problem.rmin)
+            if self.forced:
+                x = self.force_regions(x)
         return x
 
     def compliance(self, x_phys: torch.Tensor) -> torch.Tensor:
@@ -119,7 +134,7 @@ class Structure:
 
     def volume(self, x_phys: torch.Tensor) -> torch.Tensor:
         """Mean density over the designable elements."""
-        return x_phys[self.design_mask].sum() / self.n_design
+        return (x_phys * self._volume_weights).sum()
 
     def initial_density(self) -> torch.Tensor:
         """Uniform ``volfrac`` on the designable elements, forced regions applied."""
