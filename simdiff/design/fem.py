@@ -14,11 +14,13 @@ Conventions (those of the 88-line code, Andreassen et al. 2011):
 
 Assembly is vectorized numpy rather than a Taichi kernel: an element's contribution is the scalar
 ``E_e`` times one 8x8 matrix, so a design iteration's assembly is one broadcast multiply and one
-``np.bincount`` into a sparsity pattern computed once per grid (about 10 ms for the 49,152
-elements of a 384x128 grid on 2 CPU cores). A Taichi kernel would add a 1-2 s compile to every
-process (the suite runs problems in separate processes) and a copy into the scipy matrix the
-direct solver needs anyway, for an assembly that is already a few percent of an iteration; the
-linear solve is what costs (see ``benchmarks/design.py``).
+``np.bincount`` into a sparsity pattern computed once per grid (about 40 ms for the 49,152
+elements of a 384x128 grid on 2 shared CPU cores, against 1.4-1.8 s for the factorization
+that follows). A Taichi kernel would add a 2-3 s compile to every process (the suite runs
+problems in separate processes) and a copy into the scipy matrix the direct solver needs
+anyway, to speed up a step that is 2-3 % of an iteration. The iterative solver, whose
+operator is applied dozens of times per solve, does use a Taichi kernel
+(:mod:`simdiff.design.kernels`) and never assembles the fine-grid matrix.
 """
 
 from __future__ import annotations
