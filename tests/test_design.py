@@ -387,6 +387,7 @@ def test_cli_design_writes_image_gif_and_curve(tmp_path, capsys):
     assert "volfrac" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # subprocesses: about a minute on 2 shared cores
 def test_cli_design_suite_writes_a_table(tmp_path, capsys):
     from simdiff.cli import main
 
@@ -414,6 +415,7 @@ def test_design_through_simulation_runs_and_renders(tmp_path):
     assert all(p.is_file() for p in result.paths)
 
 
+@pytest.mark.slow  # subprocesses: about a minute on 2 shared cores
 def test_bench_design_runs_at_toy_size(tmp_path, capsys):
     import json
 

@@ -151,5 +151,5 @@ class Structure:
             raise SimulationError(f"{self.problem.name}: the solve failed{where}: {err}") from err
         if not torch.isfinite(c):
             raise SimulationError(f"{self.problem.name}: compliance became non-finite "
-                                  f"({float(c)}){where}; the run stops here")
+                                  f"({float(c.detach())}){where}; the run stops here")
         return c
