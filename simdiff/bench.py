@@ -5,7 +5,8 @@ measured in the same run.
 A benchmark module defines ``CONFIGS`` (the simdiff configurations), ``BASELINE``, optional
 ``REFERENCES`` (other programs measured beside them), ``KEYS``
 (the columns that identify a row, e.g. body count), ``METRIC`` and ``HIGHER_IS_BETTER``, and a
-command line ``--config NAME [--quick] [--device D]`` that prints its rows as a JSON list.
+command line ``--config NAME [--quick] [--device D]`` that prints its rows as a JSON list, and
+optionally ``summarize(rows)``, a text printed after the table.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def run_benchmark(
     print("  ".join(f"{c:>14}" for c in columns))
     for row in rows:
         print("  ".join(f"{_fmt(row.get(c)):>14}" for c in columns))
+    if hasattr(bench, "summarize"):  # a benchmark's own conclusion, e.g. a crossover size
+        print(bench.summarize(rows))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(rows, indent=2))

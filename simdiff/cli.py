@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     from simdiff.rl.cli import add_rl_parser
 
     add_rl_parser(sub)
+
+    from simdiff.design.cli import register as register_design
+
+    register_design(sub)
     return parser
 
 
