@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     from simdiff.rl.cli import add_rl_parser
 
     add_rl_parser(sub)
+
+    from simdiff.sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 
