@@ -201,7 +201,7 @@ def parse_spec(data: dict, *, out: str | Path | None = None, where: str = "spec"
             if dest not in names:
                 raise SpecError(
                     f"{where}: {source} names {key!r}, which `simdiff {command}` does not take; "
-                    f"its parameters: {', '.join(sorted(names - _SWEEP_OWNED - {'help'}))}")
+                    f"its parameters: {', '.join(sorted(set(names) - _SWEEP_OWNED))}")
             if dest in _SWEEP_OWNED:
                 raise SpecError(f"{where}: {source} sets {key!r}, which the sweep sets itself")
             if source.startswith("runs[") and owner.get(dest, "runs").startswith("runs"):
