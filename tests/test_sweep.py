@@ -198,3 +198,22 @@ def test_shipped_specs_validate():
     assert len(specs) >= 2
     for path in specs:
         assert load_spec(path).expand()
+
+
+def test_resume_flag_follows_the_command(tmp_path):
+    """`rl train --resume` finds its own checkpoint; `train --resume PATH` needs one to exist;
+    without one, an interrupted run's partial output is cleared and the run starts over."""
+    from simdiff.sweep.runner import _resumed_argv
+    from simdiff.sweep.spec import command_parser
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    assert _resumed_argv(command_parser("rl train"), ["rl", "train"], run_dir) == ["rl", "train"]
+    (run_dir / "policy.checkpoint.zip").write_text("partial")
+    assert _resumed_argv(command_parser("rl train"), ["rl", "train"], run_dir)[-1] == "--resume"
+    assert _resumed_argv(command_parser("train"), ["train"], run_dir) == ["train"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+    (run_dir / "checkpoint.pt").write_text("partial")
+    assert _resumed_argv(command_parser("train"), ["train"], run_dir) == [
+        "train", "--resume", str(run_dir / "checkpoint.pt")]
