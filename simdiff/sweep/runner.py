@@ -206,11 +206,11 @@ class _LocalEngine:
         # spawn: a fresh interpreter per worker, no forked Taichi/Warp/torch state.
         context = multiprocessing.get_context("spawn")
         queue = list(reversed(tasks))
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
-                                 mp_context=context) as pool:
-            running = {}
+        slots = min(self.workers, len(tasks))
+        with ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
+            running = {}  # at most one task per worker, so these are the runs running now
             while queue or running:
-                while queue and len(running) < self.workers:
+                while queue and len(running) < slots:
                     task = queue.pop()
                     running[pool.submit(run_one, task)] = task
                 started(len(running))

@@ -25,9 +25,10 @@ A SPEC file is YAML (``.yaml``/``.yml``), JSON, or Python (a ``.py`` file defini
 
 Parameter names are the command's argparse destinations (``max_actions`` or ``max-actions`` for
 ``--max-actions``); positional arguments are parameters too (``scene`` of ``train``), so a sweep
-can range over scenes or problems. ``true`` sets a flag, ``false`` leaves it out, a list repeats a
-repeatable option, and a dict given to ``set`` becomes ``--set KEY=VALUE`` items. The sweep sets
-``out`` itself (a ``{run_dir}`` template may be given instead) and ``resume``.
+can range over scenes or problems. ``true`` sets a flag, ``false`` leaves it out, ``null`` leaves
+an option at its default, a list repeats a repeatable option, and a dict given to ``set`` becomes
+``--set KEY=VALUE`` items. The sweep sets ``out`` itself (a ``{run_dir}`` template may be given
+instead) and ``resume``.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def to_argv(parser: argparse.ArgumentParser, params: dict[str, Any]) -> list[str
             positional.append(_text(params[action.dest]))
     for dest, value in params.items():
         action = actions[dest]
-        if not action.option_strings:
+        if not action.option_strings or value is None:  # None: leave the option at its default
             continue
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:  # store_true and friends
