@@ -21,7 +21,7 @@ A SPEC file is YAML (``.yaml``/``.yml``), JSON, or Python (a ``.py`` file defini
     The key read from a run's ``metrics.jsonl`` for the table (default ``loss``).
 ``resources``
     Per-run requests ``{num_cpus: 1, num_gpus: 0}``: Ray's task resources, and the torch threads
-    of a run on either engine.
+    of a run on either engine. A run given a GPU also needs ``device: cuda`` among its parameters.
 
 Parameter names are the command's argparse destinations (``max_actions`` or ``max-actions`` for
 ``--max-actions``); positional arguments are parameters too (``scene`` of ``train``), so a sweep
