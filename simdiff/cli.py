@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     from simdiff.design.cli import register as register_design
 
     register_design(sub)
+
+    from simdiff.sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 
