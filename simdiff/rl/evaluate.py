@@ -4,7 +4,7 @@ Every method (each fixed eta of :data:`~simdiff.rl.env.ETAS`, and the policy) ru
 held-out systems over the full horizon (``max_actions * interval``; no early termination, so
 all methods are compared at the same time). Per system it records the final relative energy
 error, the force evaluations paid, and whether it finished: a system whose interval needs more
-than ``max_interval_steps`` steps (1e6 by default, ten times training's budget), or whose step
+than ``max_interval_steps`` steps (2e5 by default, four times training's budget), or whose step
 falls below ``dt_min``, stops there and counts as failed; its error is then that of the state
 it reached.
 
@@ -93,7 +93,7 @@ def reference_runs(env: ThreeBodyTimestepEnv, ics, reference_eta: float, toleran
 
 def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
              reference_eta: float = 5e-5, reference_tolerance: float = 1e-3,
-             fixed: bool = True, max_interval_steps: int = 1_000_000,
+             fixed: bool = True, max_interval_steps: int = 200_000,
              ) -> tuple[list[MethodResult], np.ndarray]:
     """Run every fixed eta (if ``fixed``) and ``policy`` (a :class:`~simdiff.rl.policy.Policy`,
     optional) on ``systems`` held-out initial conditions.
@@ -101,7 +101,7 @@ def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
     Args:
         settings: Environment settings; by default the policy's (or the defaults).
         reference_eta: Accuracy parameter of the reference run; ``0`` skips references.
-        max_interval_steps: Step budget of one interval (the reference gets 10 times more);
+        max_interval_steps: Step budget of one interval (the reference gets 5 times more);
             larger than training's, so that small fixed etas are not cut off early.
 
     Returns:
@@ -113,7 +113,7 @@ def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
     ics = initial_conditions(range(HELD_OUT_SEED, HELD_OUT_SEED + systems))
     if reference_eta > 0:
         reference_x, trusted = reference_runs(env, ics, reference_eta, reference_tolerance,
-                                              10 * max_interval_steps)
+                                              5 * max_interval_steps)
     else:
         reference_x, trusted = None, np.zeros(systems, dtype=bool)
     results = []
