@@ -18,7 +18,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     path = train_policy(args.out, steps=args.steps, seed=args.seed, envs=args.envs,
                         settings=_settings(args), resume=args.resume,
-                        progress=not args.quiet)
+                        processes=args.processes, progress=not args.quiet)
     print(f"policy: {path} (and {path.with_suffix('.json').name})")
     return 0
 
@@ -70,6 +70,8 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--w-cost", dest="w_cost", type=float)
     p.add_argument("--w-trajectory", dest="w_trajectory", type=float,
                    help="weight of the trajectory error against a reference run (default 0)")
+    p.add_argument("--processes", action="store_true",
+                   help="step the environments in worker processes (every core)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

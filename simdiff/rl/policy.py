@@ -108,7 +108,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
 def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
                  settings: dict | None = None, resume: bool = False,
                  checkpoint_every: int = 10_000, rollout_steps: int = 256,
-                 progress: bool = True) -> Path:
+                 processes: bool = False, progress: bool = True) -> Path:
     """Train PPO on the time-step environment and save it to ``out`` (``.zip`` and ``.json``).
 
     Args:
@@ -120,6 +120,7 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         resume: Continue from ``out``'s checkpoint (``NAME.checkpoint.zip``) if there is one.
         checkpoint_every: Environment steps between checkpoints.
         rollout_steps: Steps each environment samples between PPO updates.
+        processes: Step the environments in worker processes (uses every core).
         progress: Show a progress bar.
 
     Returns:
@@ -140,8 +141,15 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = zip_path.with_suffix(".checkpoint.zip")
 
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+
     vec = make_vec_env(ThreeBodyTimestepEnv, n_envs=envs, seed=seed, env_kwargs=settings,
-                       wrapper_class=FeatureWrapper)
+                       wrapper_class=FeatureWrapper,
+                       vec_env_cls=SubprocVecEnv if processes else DummyVecEnv)
+    # Returns span tens of units and vary more between initial conditions than between actions;
+    # scaling rewards by a running estimate of the return's spread keeps the value function's
+    # loss from drowning the policy's. Training only: acting needs no reward statistics.
+    vec = VecNormalize(vec, norm_obs=False, norm_reward=True, gamma=0.99)
     if resume and checkpoint.is_file():
         model = PPO.load(checkpoint, env=vec, device="cpu")
     else:
@@ -174,6 +182,7 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
     if remaining:
         model.learn(total_timesteps=remaining, callback=Progress(), reset_num_timesteps=False)
     model.save(zip_path)
+    vec.close()
     if checkpoint.is_file():
         checkpoint.unlink()
     meta = {
