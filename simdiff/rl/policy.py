@@ -194,7 +194,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "envs": envs,
         "rollout_steps": rollout_steps,
         "train_seconds": round(time.perf_counter() - start, 1),
-        "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}",
+        "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}"
+                  + (" --processes" if processes else ""),
     }
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
     return zip_path
