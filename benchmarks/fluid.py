@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
+
+from simdiff.bench import peak_rss_mb
 
 CONFIGS = ["simdiff"]
 BASELINE = "torch"
 KEYS = ("resolution", "mode")
 METRIC, HIGHER_IS_BETTER = "steps_per_second", True
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def plume(resolution: tuple[int, ...]):
@@ -95,7 +92,7 @@ def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> 
             if sim.stats.adjoint_solves
             else None
         ),
-        "peak_mb": _rss_mb(),
+        "peak_mb": peak_rss_mb(),
     }
 
 

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
+
+from simdiff.bench import peak_rss_mb
 
 CONFIGS = ["warp", "taichi"]
 BASELINE = "torch"
 KEYS: tuple[str, ...] = ()
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure(config: str, *, iters: int, steps: int, device: str = "cpu") -> dict:
@@ -66,7 +63,7 @@ def measure(config: str, *, iters: int, steps: int, device: str = "cpu") -> dict
         optimizer.step()
         return float(loss)
 
-    base_rss = _rss_mb()  # libraries imported, model built: what training adds comes after
+    base_rss = peak_rss_mb()  # libraries imported, model built: what training adds comes after
     started = time.perf_counter()
     iteration()  # compiles kernels (or loads them from the cache)
     first = time.perf_counter() - started
@@ -80,8 +77,8 @@ def measure(config: str, *, iters: int, steps: int, device: str = "cpu") -> dict
         "config": config,
         "seconds_per_iter": times[len(times) // 2],
         "first_iter_seconds": first,
-        "peak_rss_mb": _rss_mb(),
-        "rss_growth_mb": _rss_mb() - base_rss,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peak_rss_mb() - base_rss,
         "particles": scene.model.particle_count,
         "springs": scene.model.spring_count,
         "steps": steps,

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
+
+from simdiff.bench import peak_rss_mb
 
 CONFIGS = ["taichi"]
 BASELINE = "torch"
 KEYS: tuple[str, ...] = ("substeps",)
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str = "cpu",
@@ -78,7 +75,7 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
         optimizer.step()
         return float(loss)
 
-    base_rss = _rss_mb()
+    base_rss = peak_rss_mb()
     started = time.perf_counter()
     iteration()  # compiles kernels (or loads them from the cache)
     first = time.perf_counter() - started
@@ -99,8 +96,8 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
         "first_iter_seconds": first,
         "forward_seconds": forward,
         "particle_substeps_per_s": model.particle_count * total / forward,
-        "peak_rss_mb": _rss_mb(),
-        "rss_growth_mb": _rss_mb() - base_rss,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peak_rss_mb() - base_rss,
         "particles": model.particle_count,
         "grid": model.grid_size,
         "substeps": total,

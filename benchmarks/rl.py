@@ -27,10 +27,10 @@ METRIC, HIGHER_IS_BETTER = "env_steps_per_second", True
 
 
 def _fewbody(eta: float, actions: int, seeds) -> float:
-    from simdiff.rl.env import ThreeBodyTimestepEnv
+    from simdiff.rl.env import ETAS, ThreeBodyTimestepEnv
 
     env = ThreeBodyTimestepEnv(max_actions=actions)
-    action = int(np.argmin(np.abs(np.log(env_etas() / eta))))
+    action = int(np.argmin(np.abs(np.log(ETAS / eta))))
     steps, start = 0, time.perf_counter()
     for seed in seeds:
         env.reset(seed=seed)
@@ -40,12 +40,6 @@ def _fewbody(eta: float, actions: int, seeds) -> float:
             if terminated or truncated:
                 break
     return steps / (time.perf_counter() - start)
-
-
-def env_etas():
-    from simdiff.rl.env import ETAS
-
-    return ETAS
 
 
 def _python(eta: float, actions: int, seeds) -> float:

@@ -14,13 +14,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["list_benchmarks", "run_benchmark"]
+__all__ = ["list_benchmarks", "peak_rss_mb", "run_benchmark"]
 
 _ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MiB] (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _folder() -> Path:

@@ -63,7 +63,7 @@ from simdiff.sims.nbody.fewbody import FewBody, Status
 from simdiff.sims.nbody.initial import random_three_body
 
 __all__ = ["ETAS", "OBSERVATION_SIZE", "ThreeBodyTimestepEnv", "initial_conditions",
-           "log_error_score"]
+           "log_error_score", "observations"]
 
 ETAS = np.logspace(-4, -1, 10)
 """The accuracy parameters the agent chooses from."""
@@ -89,6 +89,13 @@ def check_integrator(integrator: str) -> Integrator:
     except ValueError:
         allowed = ", ".join(i.value for i in Integrator)
         raise ValidationError(f"integrator={integrator!r} is unknown; allowed: {allowed}") from None
+
+
+def observations(system: FewBody) -> np.ndarray:
+    """The observation of every system of a batch, ``[systems, 19]`` float32: phase space in
+    the center-of-mass frame and the clipped log10 relative energy error."""
+    log_error = np.clip(np.log10(np.maximum(system.energy_error(), 1e-16)), -16, 2)
+    return np.concatenate([system.observe(), log_error[:, None]], 1).astype(np.float32)
 
 
 def rms_distance(x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
@@ -159,8 +166,7 @@ class ThreeBodyTimestepEnv(gym.Env):
                 + self.w_cost * math.log10(1 + per_step * self.max_interval_steps))
 
     def _observation(self) -> np.ndarray:
-        log_error = np.clip(math.log10(max(self.energy_error, 1e-16)), -16, 2)
-        return np.append(self.system.observe()[0], log_error).astype(np.float32)
+        return observations(self.system)[0]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from simdiff.rl.env import ETAS, ThreeBodyTimestepEnv, initial_conditions, rms_distance
+from simdiff.rl.env import (
+    ETAS,
+    ThreeBodyTimestepEnv,
+    initial_conditions,
+    observations,
+    rms_distance,
+)
 from simdiff.sims.nbody.fewbody import FewBody, Status
 
 __all__ = ["HELD_OUT_SEED", "MethodResult", "evaluate", "write_pareto_plot", "write_table"]
@@ -63,10 +69,7 @@ def _run(env: ThreeBodyTimestepEnv, ics, choose, reference_x: np.ndarray | None,
     alive = np.ones(system.systems, dtype=bool)
     actions = np.zeros((system.systems, env.max_actions), dtype=np.int64)
     for k in range(env.max_actions):
-        error = system.energy_error()
-        observation = np.concatenate(
-            [system.observe(), np.clip(np.log10(np.maximum(error, 1e-16)), -16, 2)[:, None]], 1)
-        actions[:, k] = choose(observation)
+        actions[:, k] = choose(observations(system))
         # Stopped systems are asked to advance to where they are, which takes no step.
         t_end = np.where(alive, (k + 1) * env.interval, system.time)
         status = system.advance(t_end, ETAS[actions[:, k]], max_steps=max_interval_steps)
@@ -203,10 +206,7 @@ def episode_video(policy, path: str | Path, *, seed: int = HELD_OUT_SEED,
     system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
     positions, subtitles = [system.x[0]], ["t=0.00"]
     for k in range(env.max_actions):
-        error = system.energy_error()
-        observation = np.append(system.observe()[0],
-                                np.clip(np.log10(max(error[0], 1e-16)), -16, 2))[None]
-        eta = ETAS[int(policy.act(observation)[0])]
+        eta = ETAS[int(policy.act(observations(system))[0])]
         steps_before = int(system.steps[0])
         stopped = False
         for f in range(frames_per_interval):

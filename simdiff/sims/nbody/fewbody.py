@@ -84,13 +84,6 @@ def _criterion_dt(base: int, n: int, criterion: int, eta: wp.float64,
                     best = wp.min(best, wp.min(free_fall, r / vr))
         return eta * best
     snap_max = wp.float64(0.0)
-    free_fall = wp.float64(1.0e300)
-    for i in range(n):
-        for k in range(n):
-            if k != i:
-                r = wp.length(x[base + k] - x[base + i])
-                free_fall = wp.min(free_fall, wp.sqrt(
-                    r * r * r / (g * (mass[base + i] + mass[base + k]))))
     for i in range(n):
         snap_max = wp.max(snap_max, wp.length(snap[base + i]))
     for i in range(n):
@@ -101,7 +94,15 @@ def _criterion_dt(base: int, n: int, criterion: int, eta: wp.float64,
             cn = wp.length(crackle[base + i])
             best = wp.min(best, wp.sqrt((an * sn + jn * jn) / (jn * cn + sn * sn)))
         else:
-            best = wp.min(best, wp.min(an / jn, free_fall))
+            best = wp.min(best, an / jn)
+    if best >= wp.float64(1.0e300):
+        # Bodies at rest have no jerk: the shortest pair free-fall time sets the first step.
+        for i in range(n):
+            for k in range(n):
+                if k != i:
+                    r = wp.length(x[base + k] - x[base + i])
+                    best = wp.min(best, wp.sqrt(r * r * r / (g * (mass[base + i]
+                                                                  + mass[base + k]))))
     return eta * best
 
 

@@ -108,9 +108,11 @@ class NBody(Simulator):
                 if float(a2.max()) > 0:
                     dt = eta * float(torch.sqrt((a * a2 + j * j) / (j * a3 + a2 * a2)).min())
                 else:
-                    # Before a first step there is no snap; |a|/|j| is infinite for bodies at
-                    # rest, so the shortest pair free-fall time bounds it.
-                    dt = eta * min(float((a / j).min()), self.free_fall_time(state))
+                    dt = eta * float((a / j).min())
+                    if not math.isfinite(dt):
+                        # Bodies at rest have no jerk: the shortest pair free-fall time sets
+                        # the first step instead (O(N^2) memory, so only then).
+                        dt = eta * self.free_fall_time(state)
         if not dt >= m.dt_min:
             raise SimulationError(
                 f"adaptive time step {dt:.3g} at t={float(state.time):.6g} fell below "
