@@ -30,6 +30,7 @@ class Body:
         density: Density [kg/m^dim].
         velocity: Initial velocity [m/s] (zero if None).
         yield_stress: Von Mises yield stress [Pa] (plastic only).
+        friction_angle: Drucker-Prager friction angle [degrees] (sand only).
         actuator: Action index of its muscle, -1 for passive material.
         fiber: Unit fiber direction of the muscle (default: along y).
         active_stress: Active stress per unit action [Pa].
@@ -43,6 +44,7 @@ class Body:
     density: float = 1.0
     velocity: tuple[float, ...] | None = None
     yield_stress: float = math.inf
+    friction_angle: float = 30.0
     actuator: int = -1
     fiber: tuple[float, ...] | None = None
     active_stress: float = 0.0
@@ -76,8 +78,8 @@ def build_model(
     dx = 1.0 / grid_size if dx is None else dx
     spacing = dx / particles_per_cell
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "x", "v", "volume", "density", "material", "E", "nu", "yield", "actuator", "fiber",
-        "active")}
+        "x", "v", "volume", "density", "material", "E", "nu", "yield", "friction", "actuator",
+        "fiber", "active")}
     for body in bodies:
         dim = len(body.lower)
         x = box(body.lower, body.size, spacing, dtype)
@@ -97,6 +99,7 @@ def build_model(
         columns["E"].append(full(body.E))
         columns["nu"].append(full(body.nu))
         columns["yield"].append(full(body.yield_stress))
+        columns["friction"].append(full(body.friction_angle))
         columns["actuator"].append(torch.full((n,), body.actuator, dtype=torch.int64))
         columns["fiber"].append(torch.tensor(fiber, dtype=dtype).expand(n, dim))
         columns["active"].append(full(body.active_stress))
@@ -105,7 +108,8 @@ def build_model(
         particle_x=c["x"], particle_v=c["v"], particle_volume=c["volume"],
         particle_density=c["density"], particle_material=c["material"], particle_E=c["E"],
         particle_nu=c["nu"], grid_size=grid_size, dx=dx, dt=dt, substeps=substeps,
-        particle_yield=c["yield"], particle_actuator=c["actuator"], particle_fiber=c["fiber"],
+        particle_yield=c["yield"], particle_friction_angle=c["friction"],
+        particle_actuator=c["actuator"], particle_fiber=c["fiber"],
         particle_active_stress=c["active"], gravity=gravity,
         ground=Ground() if ground is None else ground, tool=tool,
     )

@@ -24,6 +24,19 @@ Poisson ratio ``nu``:
   elastic left Cauchy-Green tensor ``b_e`` in place of ``F`` (updated ``b <- f b f^T``);
   a radial return scales the deviator of ``b`` so that ``||dev tau|| <= sqrt(2/3) yield``,
   keeping its trace. No SVD: the return map stays differentiable at the rest state.
+* ``SAND``: Drucker-Prager elastoplasticity (Klar et al. 2016), cohesionless, no hardening:
+  St. Venant-Kirchhoff in Hencky strain, ``tau = 2 mu eps + lam tr(eps) I`` with
+  ``eps = log(b_e) / 2``; the particle stores ``b_e`` as ``PLASTIC`` does. The return mapping
+  is Klar's on the principal log strains (the singular values of ``F_e`` are the square roots
+  of ``b_e``'s eigenvalues, and ``V`` drops out of ``b_e = U S^2 U^T``): in tension
+  (``tr eps > 0``) ``b_e <- I``; otherwise the deviator of ``eps`` is scaled down onto the cone
+  ``||dev eps|| <= -alpha (d lam + 2 mu) / (2 mu) tr eps``, with
+  ``alpha = sqrt(2/3) 2 sin(phi) / (3 - sin(phi))`` from the friction angle ``phi``.
+  In 2D the matrix logarithm and exponential have closed forms in the invariants of ``b_e``
+  (``f(b) = (f(l1) + f(l2)) / 2 I + (f(l1) - f(l2)) / (l1 - l2) dev b``) whose divided
+  differences are power series near repeated eigenvalues: no eigenvectors, so the derivative
+  stays finite at the rest state where an SVD's is singular. 3D (forward only) uses a
+  Jacobi eigen decomposition of ``b_e``.
 * Actuation: elastic particles with ``actuator >= 0`` add an active Kirchhoff stress
   ``s u (F f)(F f)^T`` along their fiber ``f``, with ``u`` that actuator's action and ``s`` the
   particle's ``active_stress`` (a muscle: positive ``u`` pulls along the fiber).
@@ -43,11 +56,13 @@ from simdiff.sims.base import ValidationError
 
 __all__ = [
     "BOUNDARY_CELLS",
+    "FRICTION_ANGLE_RANGE",
     "Ground",
     "Material",
     "Model",
     "Tool",
     "ToolShape",
+    "drucker_prager_alpha",
     "lame",
     "max_stable_dt",
 ]
@@ -55,6 +70,11 @@ __all__ = [
 BOUNDARY_CELLS = 3
 """Cells along each domain edge where the walls act; particles must stay inside this margin
 (the quadratic stencil reaches one cell beyond a particle's own, the wall layer two more)."""
+
+FRICTION_ANGLE_RANGE = (0.0, 60.0)
+"""Allowed friction angles of sand [degrees], ``(low, high]``: the Drucker-Prager cone fits
+Mohr-Coulomb for soils (dry sands and gravels: 25-45 degrees); at 0 the material is a liquid.
+"""
 
 CFL = 0.5
 """Largest fraction of a cell a wave or a particle may cross in one substep."""
@@ -64,6 +84,7 @@ class Material(IntEnum):
     ELASTIC = 0
     LIQUID = 1
     PLASTIC = 2
+    SAND = 3
 
 
 class ToolShape(IntEnum):
@@ -132,6 +153,8 @@ class Model:
     """Substeps per control step (``Simulator.step``)."""
     particle_yield: torch.Tensor | None = None
     """Von Mises yield stress of plastic particles [Pa], shape [n] (None: no plastic)."""
+    particle_friction_angle: torch.Tensor | None = None
+    """Drucker-Prager friction angle of sand particles [degrees], shape [n] (None: no sand)."""
     particle_actuator: torch.Tensor | None = None
     """Index into the action of each particle's muscle, -1 passive, int64, shape [n]."""
     particle_fiber: torch.Tensor | None = None
@@ -150,6 +173,8 @@ class Model:
         dtype = self.particle_x.dtype
         if self.particle_yield is None:
             self.particle_yield = torch.full((n,), math.inf, dtype=dtype)
+        if self.particle_friction_angle is None:
+            self.particle_friction_angle = torch.full((n,), math.nan, dtype=dtype)
         if self.particle_actuator is None:
             self.particle_actuator = torch.full((n,), -1, dtype=torch.int64)
         if self.particle_fiber is None:
@@ -204,7 +229,8 @@ class Model:
         for name, shape in (("particle_v", (n, dim)), ("particle_volume", (n,)),
                             ("particle_density", (n,)), ("particle_material", (n,)),
                             ("particle_E", (n,)), ("particle_nu", (n,)),
-                            ("particle_yield", (n,)), ("particle_actuator", (n,)),
+                            ("particle_yield", (n,)), ("particle_friction_angle", (n,)),
+                            ("particle_actuator", (n,)),
                             ("particle_fiber", (n, dim)), ("particle_active_stress", (n,))):
             t = getattr(self, name)
             if tuple(t.shape) != shape:
@@ -244,6 +270,17 @@ class Model:
             y = self.particle_yield.detach()[plastic]
             if not bool(((y > 0) & torch.isfinite(y)).all()):
                 raise ValidationError("particle_yield of plastic particles must be finite and > 0")
+        sand = self.particle_material == Material.SAND
+        if bool(sand.any()):
+            phi = self.particle_friction_angle.detach()
+            low, high = FRICTION_ANGLE_RANGE
+            bad = sand & ~((phi > low) & (phi <= high))
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad)[0, 0])
+                raise ValidationError(
+                    f"particle_friction_angle[{i}]={float(phi[i]):.4g} degrees (sand) must lie in "
+                    f"({low:g}, {high:g}] (dry sands: 25-45)"
+                )
         self._validate_actuators()
         self._validate_domain()
         self._validate_sampling()
@@ -339,6 +376,13 @@ class Model:
 def lame(E: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lamé parameters ``(mu, lambda)`` from Young's modulus and Poisson ratio."""
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
+
+
+def drucker_prager_alpha(friction_angle: torch.Tensor) -> torch.Tensor:
+    """Klar et al.'s cone coefficient ``alpha = sqrt(2/3) 2 sin(phi) / (3 - sin(phi))`` from
+    the friction angle ``phi`` [degrees] (differentiable)."""
+    s = torch.sin(torch.deg2rad(friction_angle))
+    return math.sqrt(2.0 / 3.0) * 2.0 * s / (3.0 - s)
 
 
 def max_stable_dt(model: Model) -> float:

@@ -15,7 +15,7 @@ from simdiff.autodiff import KernelStep, apply_step
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import Simulator, ValidationError
 from simdiff.sims.base import State as BaseState
-from simdiff.sims.mpm.model import Material, Model
+from simdiff.sims.mpm.model import Material, Model, drucker_prager_alpha
 
 __all__ = ["MPM", "State"]
 
@@ -31,7 +31,7 @@ class State(BaseState):
     particle_C: torch.Tensor
     """APIC affine velocity (velocity gradient) [1/s], shape [particle_count, dim, dim]."""
     particle_F: torch.Tensor
-    """Deformation gradient (elastic left Cauchy-Green tensor for plastic particles),
+    """Deformation gradient (elastic left Cauchy-Green tensor for plastic and sand particles),
     shape [particle_count, dim, dim]."""
     tool_x: torch.Tensor
     """Center of the tool [m], shape [dim] (unused without a tool)."""
@@ -90,6 +90,13 @@ class MPM(Simulator):
         (``taichi.PARAM_COLUMNS``, then the fiber); differentiable in the model's tensors."""
         m = self.model
         plastic = m.particle_material == Material.PLASTIC
+        sand = m.particle_material == Material.SAND
+        # The yield column holds the von Mises yield stress of plastic particles and the
+        # Drucker-Prager coefficient alpha (from the friction angle) of sand particles.
+        friction = torch.where(sand, m.particle_friction_angle, torch.full_like(
+            m.particle_friction_angle, 30.0))
+        strength = torch.where(sand, drucker_prager_alpha(friction),
+                               torch.zeros_like(m.particle_yield))
         columns = [
             m.particle_mass,
             m.particle_volume,
@@ -97,7 +104,7 @@ class MPM(Simulator):
             m.particle_actuator.to(m.particle_x.dtype),
             m.particle_E,
             m.particle_nu,
-            torch.where(plastic, m.particle_yield, torch.zeros_like(m.particle_yield)),
+            torch.where(plastic, m.particle_yield, strength),
             m.particle_active_stress,
         ]
         params = torch.cat([torch.stack([self._tensor(c) for c in columns], 1),

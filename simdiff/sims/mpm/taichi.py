@@ -9,7 +9,8 @@ particle state: the grid is rebuilt inside every substep and recomputed in backw
 Layouts (one tensor each, because every tensor argument costs a launch ~60 us):
 
 * particle state ``[n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major).
-* particle parameters ``[n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction.
+* particle parameters ``[n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction; ``yield``
+  holds the Drucker-Prager ``alpha`` of sand particles.
 * grid ``[G]*d + [d + 1]``: momentum then mass after ``p2g``; velocity then mass after
   ``grid_update``.
 * tool ``[2 d]``: center at the control step's start, then its velocity.
@@ -30,6 +31,9 @@ __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 PARAM_COLUMNS = ("mass", "volume", "material", "actuator", "E", "nu", "yield", "active_stress")
 
 _LIQUID, _PLASTIC = 1, 2
+_SAND = 3
+_SERIES_BELOW = 1e-3  # squared ratio below which divided differences use their power series
+_JACOBI_SWEEPS = 6  # cyclic Jacobi sweeps of a 3x3 eigen decomposition (float64 round-off)
 _STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
 
 
@@ -77,6 +81,105 @@ def _kernels(dim: int, double: bool):
         return ti.Matrix([[c, -s], [s, c]])
 
     @ti.func
+    def log_spd_2d(b):
+        # log(b) = log(det b) / 2 I + atanh(x) / (x m) dev b, with m = tr b / 2 and x the half
+        # eigenvalue gap over m; atanh(x) / x is a series in x^2 near repeated eigenvalues, and
+        # the unused branch gets a harmless argument so that its derivative is never 0 * inf.
+        m = 0.5 * b.trace()
+        dev = b - m * identity()
+        x2 = 0.5 * (dev * dev).sum() / (m * m)
+        small = x2 < _SERIES_BELOW
+        x = ti.sqrt(ti.select(small, 0.25, x2))
+        direct = 0.5 * ti.log((1.0 + x) / (1.0 - x)) / x
+        series = 1.0 + x2 * (1.0 / 3.0 + x2 * (1.0 / 5.0 + x2 * (1.0 / 7.0 + x2 / 9.0)))
+        ratio = ti.select(small, series, direct)
+        return 0.5 * ti.log(b.determinant()) * identity() + ratio / m * dev
+
+    @ti.func
+    def exp_sym_2d(a):
+        # exp(a) = e^m (cosh(r) I + sinh(r) / r dev a), r the half eigenvalue gap (as above).
+        m = 0.5 * a.trace()
+        dev = a - m * identity()
+        r2 = 0.5 * (dev * dev).sum()
+        small = r2 < _SERIES_BELOW
+        r = ti.sqrt(ti.select(small, 0.25, r2))
+        cosh = ti.select(small, 1.0 + r2 * (0.5 + r2 * (1.0 / 24 + r2 * (1.0 / 720 + r2 / 40320))),
+                         0.5 * (ti.exp(r) + ti.exp(-r)))
+        sinhc = ti.select(small,
+                          1.0 + r2 * (1.0 / 6 + r2 * (1.0 / 120 + r2 * (1.0 / 5040 + r2 / 362880))),
+                          0.5 * (ti.exp(r) - ti.exp(-r)) / r)
+        return ti.exp(m) * (cosh * identity() + sinhc * dev)
+
+    @ti.func
+    def eigen_sym_3d(A):
+        # Cyclic Jacobi (forward only): accurate at repeated eigenvalues, where Cardano's
+        # formulas lose their eigenvectors; A = V diag(values) V^T.
+        # A dynamic loop over sweeps: unrolled, the kernels took minutes to compile.
+        V = identity()
+        for _ in range(_JACOBI_SWEEPS):
+            for p, q in ti.static(((0, 1), (0, 2), (1, 2))):
+                apq = A[p, q]
+                rotate = ti.abs(apq) > 1e-300
+                theta = (A[q, q] - A[p, p]) / (2.0 * ti.select(rotate, apq, 1.0))
+                t = ti.select(theta >= 0.0, 1.0, -1.0) / (
+                    ti.abs(theta) + ti.sqrt(theta * theta + 1.0))
+                t = ti.select(rotate, t, 0.0)
+                c = 1.0 / ti.sqrt(t * t + 1.0)
+                R = identity()
+                R[p, p], R[q, q], R[p, q], R[q, p] = c, c, t * c, -t * c
+                A = R.transpose() @ A @ R
+                V = V @ R
+        return vec([A[k, k] for k in ti.static(range(dim))]), V
+
+    @ti.func
+    def spectral(V, values):
+        # V diag(values) V^T
+        out = mat(0.0)
+        for k in ti.static(range(dim)):
+            column = vec([V[r, k] for r in ti.static(range(dim))])
+            out += values[k] * column.outer_product(column)
+        return out
+
+    @ti.func
+    def drucker_prager(trace, norm, mu, lam, alpha):
+        # Klar et al.'s return onto the cone: (trace, deviator scale) of the new log strain.
+        radius = -alpha * (dim * lam + 2.0 * mu) / (2.0 * mu) * trace
+        tension = trace > 0.0
+        return ti.select(tension, 0.0, trace), ti.select(tension, 0.0, ti.min(1.0, radius / norm))
+
+    @ti.func
+    def sand_stress(b, mu, lam):
+        # St. Venant-Kirchhoff in Hencky strain eps = log(b) / 2: tau = 2 mu eps + lam tr(eps) I.
+        tau = mat(0.0)
+        if ti.static(dim == 2):
+            eps = 0.5 * log_spd_2d(b)
+            tau = 2.0 * mu * eps + lam * eps.trace() * identity()
+        else:
+            values, V = eigen_sym_3d(b)
+            eps = 0.5 * ti.log(values)
+            tau = spectral(V, 2.0 * mu * eps + lam * eps.sum()) 
+        return tau
+
+    @ti.func
+    def sand_return(b, mu, lam, alpha):
+        # Drucker-Prager return mapping of the trial b_e = f b_e f^T (see model.py).
+        new_b = mat(0.0)
+        if ti.static(dim == 2):
+            eps = 0.5 * log_spd_2d(b)
+            trace = eps.trace()
+            dev = eps - 0.5 * trace * identity()
+            trace, scale = drucker_prager(trace, ti.sqrt((dev * dev).sum() + 1e-30), mu, lam, alpha)
+            new_b = exp_sym_2d(trace * identity() + 2.0 * scale * dev)
+        else:
+            values, V = eigen_sym_3d(b)
+            eps = 0.5 * ti.log(values)
+            trace = eps.sum()
+            dev = eps - trace / 3.0
+            trace, scale = drucker_prager(trace, ti.sqrt(dev.dot(dev) + 1e-30), mu, lam, alpha)
+            new_b = spectral(V, ti.exp(2.0 * trace / 3.0 + 2.0 * scale * dev))
+        return new_b
+
+    @ti.func
     def kirchhoff(F, material, E, nu, active):
         mu = E / (2.0 * (1.0 + nu))
         lam = E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
@@ -87,6 +190,8 @@ def _kernels(dim: int, double: bool):
         elif material == _PLASTIC:
             J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
             tau = mu * (F - identity()) + lam * ti.log(J) * identity()
+        elif material == _SAND:
+            tau = sand_stress(F, mu, lam)  # F holds b_e
         else:
             J = F.determinant()
             if ti.static(dim == 2):
@@ -227,6 +332,10 @@ def _kernels(dim: int, double: bool):
                 norm = ti.sqrt((dev * dev).sum() + 1e-30)
                 radius = ti.sqrt(2.0 / 3.0) * params[i, 6] / mu
                 new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
+            elif material == _SAND:
+                E, nu = params[i, 4], params[i, 5]
+                mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+                new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[i, 6])
             new_x = x + dt * new_v
             for k in ti.static(range(dim)):
                 p_out[i, k] = new_x[k]

@@ -15,9 +15,71 @@ import torch
 
 from simdiff.sims.mpm.model import BOUNDARY_CELLS, Material, Model, ToolShape
 
-__all__ = ["torch_substep"]
+__all__ = ["sand_hencky", "sand_return", "torch_substep"]
 
 _STICKY = 1e20
+_SERIES_BELOW = 1e-3
+
+
+def _log_spd_2d(b: torch.Tensor) -> torch.Tensor:
+    """Matrix logarithm of SPD 2x2 matrices [n, 2, 2] in closed form (see ``model.py``)."""
+    eye = torch.eye(2, dtype=b.dtype)
+    m = b.diagonal(dim1=1, dim2=2).sum(1) / 2
+    dev = b - m[:, None, None] * eye
+    x2 = (dev * dev).sum((1, 2)) / 2 / (m * m)
+    small = x2 < _SERIES_BELOW
+    x = torch.where(small, torch.full_like(x2, 0.25), x2).sqrt()
+    series = 1 + x2 * (1 / 3 + x2 * (1 / 5 + x2 * (1 / 7 + x2 / 9)))
+    ratio = torch.where(small, series, torch.atanh(x) / x)
+    return (torch.linalg.det(b).log() / 2)[:, None, None] * eye + (ratio / m)[:, None, None] * dev
+
+
+def _exp_sym_2d(a: torch.Tensor) -> torch.Tensor:
+    """Matrix exponential of symmetric 2x2 matrices [n, 2, 2] in closed form."""
+    eye = torch.eye(2, dtype=a.dtype)
+    m = a.diagonal(dim1=1, dim2=2).sum(1) / 2
+    dev = a - m[:, None, None] * eye
+    r2 = (dev * dev).sum((1, 2)) / 2
+    small = r2 < _SERIES_BELOW
+    r = torch.where(small, torch.full_like(r2, 0.25), r2).sqrt()
+    cosh = torch.where(small, 1 + r2 * (1 / 2 + r2 * (1 / 24 + r2 * (1 / 720 + r2 / 40320))),
+                       torch.cosh(r))
+    sinhc = torch.where(small, 1 + r2 * (1 / 6 + r2 * (1 / 120 + r2 * (1 / 5040 + r2 / 362880))),
+                        torch.sinh(r) / r)
+    return m.exp()[:, None, None] * (cosh[:, None, None] * eye + sinhc[:, None, None] * dev)
+
+
+def sand_hencky(b: torch.Tensor) -> torch.Tensor:
+    """Hencky strain ``log(b) / 2`` of elastic left Cauchy-Green tensors [n, d, d]: closed form
+    in 2D (differentiable at repeated eigenvalues), ``eigh`` in 3D (forward only)."""
+    if b.shape[-1] == 2:
+        return _log_spd_2d(b) / 2
+    values, V = torch.linalg.eigh(b)
+    return V @ torch.diag_embed(values.log() / 2) @ V.transpose(1, 2)
+
+
+def sand_return(b: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor,
+                alpha: torch.Tensor) -> torch.Tensor:
+    """Drucker-Prager return mapping (Klar et al. 2016) of trial ``b_e`` [n, d, d]."""
+    d = b.shape[-1]
+    eye = torch.eye(d, dtype=b.dtype)
+    if d == 2:
+        eps = sand_hencky(b)
+        V = None
+    else:
+        values, V = torch.linalg.eigh(b)
+        eps = torch.diag_embed(values.log() / 2)  # in the eigenbasis
+    trace = eps.diagonal(dim1=1, dim2=2).sum(1)
+    dev = eps - (trace / d)[:, None, None] * eye
+    norm = (dev * dev).sum((1, 2)).add(1e-30).sqrt()
+    radius = -alpha * (d * lam + 2 * mu) / (2 * mu) * trace
+    tension = trace > 0
+    scale = torch.where(tension, 0.0, (radius / norm).clamp(max=1))
+    trace = torch.where(tension, 0.0, trace)
+    new = 2 * ((trace / d)[:, None, None] * eye + scale[:, None, None] * dev)
+    if d == 2:
+        return _exp_sym_2d(new)
+    return V @ torch.diag_embed(new.diagonal(dim1=1, dim2=2).exp()) @ V.transpose(1, 2)
 
 
 def _stress(model: Model, F: torch.Tensor, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -39,12 +101,18 @@ def _stress(model: Model, F: torch.Tensor, params: torch.Tensor, u: torch.Tensor
     else:
         elastic = mu[:, None, None] * (F @ F.transpose(1, 2) - eye) + (
             lam * J.clamp(min=1e-30).log())[:, None, None] * eye
+    sand = params[:, 2].round().long() == Material.SAND
+    # Only sand particles hold b_e: elastic ones may hold an F whose F F^T is not SPD-safe.
+    b = torch.where(sand[:, None, None], F, eye.expand_as(F))
+    eps = sand_hencky(b)
+    sand_tau = 2 * mu[:, None, None] * eps + (
+        lam * eps.diagonal(dim1=1, dim2=2).sum(1))[:, None, None] * eye
     stretched = (F @ params[:, 8:8 + d, None])[..., 0]
     elastic = elastic + (params[:, 7] * u)[:, None, None] * (
         stretched[:, :, None] * stretched[:, None, :])
     m = material[:, None, None]
-    return torch.where(m == Material.LIQUID, liquid, torch.where(m == Material.PLASTIC, plastic,
-                                                                  elastic))
+    return torch.where(m == Material.LIQUID, liquid, torch.where(
+        m == Material.PLASTIC, plastic, torch.where(m == Material.SAND, sand_tau, elastic)))
 
 
 def _stencil(model: Model, x: torch.Tensor):
@@ -155,6 +223,10 @@ def torch_substep(
     mu = params[:, 4] / (2 * (1 + params[:, 5]))
     radius = math.sqrt(2.0 / 3.0) * params[:, 6] / mu
     plastic = (radius / norm).clamp(max=1)[:, None, None] * dev + mean * eye
+    is_sand = material == Material.SAND
+    lam = params[:, 4] * params[:, 5] / ((1 + params[:, 5]) * (1 - 2 * params[:, 5]))
+    sand = sand_return(torch.where(is_sand, b, eye.expand_as(b)), mu, lam, params[:, 6])
     new_F = torch.where(material == Material.LIQUID, liquid,
-                        torch.where(material == Material.PLASTIC, plastic, elastic))
+                        torch.where(material == Material.PLASTIC, plastic,
+                                    torch.where(is_sand, sand, elastic)))
     return torch.cat([x + dt * new_v, new_v, new_C.reshape(n, -1), new_F.reshape(n, -1)], 1)
