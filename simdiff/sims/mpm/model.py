@@ -30,13 +30,21 @@ Poisson ratio ``nu``:
   is Klar's on the principal log strains (the singular values of ``F_e`` are the square roots
   of ``b_e``'s eigenvalues, and ``V`` drops out of ``b_e = U S^2 U^T``): in tension
   (``tr eps > 0``) ``b_e <- I``; otherwise the deviator of ``eps`` is scaled down onto the cone
-  ``||dev eps|| <= -alpha (d lam + 2 mu) / (2 mu) tr eps``, with
-  ``alpha = sqrt(2/3) 2 sin(phi) / (3 - sin(phi))`` from the friction angle ``phi``.
+  ``||dev eps|| <= -alpha (d lam + 2 mu) / (2 mu) tr eps`` (that is
+  ``||dev tau|| <= -alpha tr tau``), with ``alpha`` from the friction angle ``phi``
+  (:func:`drucker_prager_alpha`: Klar's in 3D, exact Mohr-Coulomb in 2D).
   In 2D the matrix logarithm and exponential have closed forms in the invariants of ``b_e``
   (``f(b) = (f(l1) + f(l2)) / 2 I + (f(l1) - f(l2)) / (l1 - l2) dev b``) whose divided
   differences are power series near repeated eigenvalues: no eigenvectors, so the derivative
   stays finite at the rest state where an SVD's is singular. 3D (forward only) uses a
-  Jacobi eigen decomposition of ``b_e``.
+  Jacobi eigen decomposition of ``b_e``. The cone's tip (``eps = 0``, where every particle
+  starts and where flying particles return) has no derivative at all, and there the strain is
+  round-off: the tip is blunted at a log strain of 1e-5 (the deviator's norm is regularized by
+  it, and tension keeps up to 1e-5 of volumetric strain instead of 0, which also makes the
+  tension cut-off continuous), so gradients do not depend on round-off. No hardening and no
+  volume correction (Tampubolon et al. 2017). A column collapse ends with flanks at about
+  0.7 times the friction angle (the flow overshoots); a heap steeper than it slumps, one less
+  steep stands (``tests/test_mpm_sand.py``).
 * Actuation: elastic particles with ``actuator >= 0`` add an active Kirchhoff stress
   ``s u (F f)(F f)^T`` along their fiber ``f``, with ``u`` that actuator's action and ``s`` the
   particle's ``active_stress`` (a muscle: positive ``u`` pulls along the fiber).
@@ -378,10 +386,18 @@ def lame(E: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
 
 
-def drucker_prager_alpha(friction_angle: torch.Tensor) -> torch.Tensor:
-    """Klar et al.'s cone coefficient ``alpha = sqrt(2/3) 2 sin(phi) / (3 - sin(phi))`` from
-    the friction angle ``phi`` [degrees] (differentiable)."""
+def drucker_prager_alpha(friction_angle: torch.Tensor, dim: int) -> torch.Tensor:
+    """The cone coefficient ``alpha`` (``||dev tau|| <= -alpha tr tau``) of a friction angle
+    ``phi`` [degrees] (differentiable).
+
+    3D: Klar et al.'s ``sqrt(2/3) 2 sin(phi) / (3 - sin(phi))``, the cone through Mohr-Coulomb's
+    compression corners. 2D: ``sin(phi) / sqrt(2)``, with which the 2D cone is Mohr-Coulomb
+    exactly (``|s1 - s2| / 2 <= -sin(phi) (s1 + s2) / 2``); Klar's 3D value there would
+    give an angle about 2 degrees lower (33 for 35).
+    """
     s = torch.sin(torch.deg2rad(friction_angle))
+    if dim == 2:
+        return s / math.sqrt(2.0)
     return math.sqrt(2.0 / 3.0) * 2.0 * s / (3.0 - s)
 
 

@@ -95,7 +95,7 @@ class MPM(Simulator):
         # Drucker-Prager coefficient alpha (from the friction angle) of sand particles.
         friction = torch.where(sand, m.particle_friction_angle, torch.full_like(
             m.particle_friction_angle, 30.0))
-        strength = torch.where(sand, drucker_prager_alpha(friction),
+        strength = torch.where(sand, drucker_prager_alpha(friction, m.dim),
                                torch.zeros_like(m.particle_yield))
         columns = [
             m.particle_mass,

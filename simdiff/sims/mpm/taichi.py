@@ -33,6 +33,9 @@ PARAM_COLUMNS = ("mass", "volume", "material", "actuator", "E", "nu", "yield", "
 _LIQUID, _PLASTIC = 1, 2
 _SAND = 3
 _SERIES_BELOW = 1e-3  # squared ratio below which divided differences use their power series
+_TIP_STRAIN = 1e-5
+"""Log strains below this are the Drucker-Prager cone's tip: sand keeps a volumetric tension
+up to it (Klar's return sets it to 0), and the deviator's norm is regularized by it."""
 _JACOBI_SWEEPS = 6  # cyclic Jacobi sweeps of a 3x3 eigen decomposition (float64 round-off)
 _STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
 
@@ -141,11 +144,15 @@ def _kernels(dim: int, double: bool):
         return out
 
     @ti.func
-    def drucker_prager(trace, norm, mu, lam, alpha):
+    def drucker_prager(trace, dev_squared, mu, lam, alpha):
         # Klar et al.'s return onto the cone: (trace, deviator scale) of the new log strain.
+        # In tension (radius < 0) the deviator goes and the trace is capped: continuous, so
+        # central differences across the switch stay right. The cone's tip, where a particle
+        # at rest sits (b_e = I), has no derivative; there the trace and the deviator are
+        # round-off, so the tip is blunted (see _TIP_STRAIN) to make gradients independent of it.
         radius = -alpha * (dim * lam + 2.0 * mu) / (2.0 * mu) * trace
-        tension = trace > 0.0
-        return ti.select(tension, 0.0, trace), ti.select(tension, 0.0, ti.min(1.0, radius / norm))
+        norm = ti.sqrt(dev_squared + _TIP_STRAIN * _TIP_STRAIN)
+        return ti.min(trace, _TIP_STRAIN), ti.max(0.0, ti.min(1.0, radius / norm))
 
     @ti.func
     def sand_stress(b, mu, lam):
@@ -168,14 +175,14 @@ def _kernels(dim: int, double: bool):
             eps = 0.5 * log_spd_2d(b)
             trace = eps.trace()
             dev = eps - 0.5 * trace * identity()
-            trace, scale = drucker_prager(trace, ti.sqrt((dev * dev).sum() + 1e-30), mu, lam, alpha)
+            trace, scale = drucker_prager(trace, (dev * dev).sum(), mu, lam, alpha)
             new_b = exp_sym_2d(trace * identity() + 2.0 * scale * dev)
         else:
             values, V = eigen_sym_3d(b)
             eps = 0.5 * ti.log(values)
             trace = eps.sum()
             dev = eps - trace / 3.0
-            trace, scale = drucker_prager(trace, ti.sqrt(dev.dot(dev) + 1e-30), mu, lam, alpha)
+            trace, scale = drucker_prager(trace, dev.dot(dev), mu, lam, alpha)
             new_b = spectral(V, ti.exp(2.0 * trace / 3.0 + 2.0 * scale * dev))
         return new_b
 

@@ -19,6 +19,7 @@ __all__ = ["sand_hencky", "sand_return", "torch_substep"]
 
 _STICKY = 1e20
 _SERIES_BELOW = 1e-3
+_TIP_STRAIN = 1e-5  # the blunted tip of the cone, as in taichi.py
 
 
 def _log_spd_2d(b: torch.Tensor) -> torch.Tensor:
@@ -71,11 +72,10 @@ def sand_return(b: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor,
         eps = torch.diag_embed(values.log() / 2)  # in the eigenbasis
     trace = eps.diagonal(dim1=1, dim2=2).sum(1)
     dev = eps - (trace / d)[:, None, None] * eye
-    norm = (dev * dev).sum((1, 2)).add(1e-30).sqrt()
+    norm = (dev * dev).sum((1, 2)).add(_TIP_STRAIN**2).sqrt()
     radius = -alpha * (d * lam + 2 * mu) / (2 * mu) * trace
-    tension = trace > 0
-    scale = torch.where(tension, 0.0, (radius / norm).clamp(max=1))
-    trace = torch.where(tension, 0.0, trace)
+    scale = (radius / norm).clamp(min=0, max=1)
+    trace = trace.clamp(max=_TIP_STRAIN)
     new = 2 * ((trace / d)[:, None, None] * eye + scale[:, None, None] * dev)
     if d == 2:
         return _exp_sym_2d(new)
