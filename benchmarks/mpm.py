@@ -1,22 +1,35 @@
-"""Benchmark: one MPM crawler training iteration (rollout, backward, Adam update).
+"""Benchmark of the MPM simulator against a plain-torch implementation of the same substep.
 
-Workload: the ``mpm_crawler`` scene at ``scale=1.5`` on a 128^2 grid (about 3,200 particles),
-50 control steps of 20 substeps (1,000 substeps), the open-loop sinusoid controller, float32
-on the CPU. Configurations: simdiff on Taichi (grids recomputed in backward; ``--checkpoint K``
-also keeps only every K-th control step's particles) and the baseline, a plain vectorized PyTorch
-implementation of the same substep (``simdiff.sims.mpm.torch_reference``) differentiated by
-torch autograd, which keeps every substep's intermediates.
+The baseline everywhere is ``simdiff.sims.mpm.torch_reference.torch_substep``, vectorized
+PyTorch differentiated by torch autograd (it keeps every substep's intermediates). Float32 on
+the CPU. Every measurement runs in its own process, so its peak memory is its own; ratios are
+against the baseline measured in the same run.
 
-Also reported: forward-only particle-substeps per second, and the peak memory of a training
-iteration. ``--substeps`` sets the horizon (e.g. 4000 or 10000 to see memory stay bounded).
-Each configuration runs in its own process, so peak memory is its own.
-Run through ``simdiff bench mpm``.
+(a) One crawler training iteration (rollout, backward, Adam update): the ``mpm_crawler`` scene
+    at ``scale=1.5`` on a 128^2 grid (about 3,200 particles), 50 control steps of 20 substeps
+    (1,000 substeps), the open-loop sinusoid controller. simdiff on Taichi recomputes grids in
+    backward (``--checkpoint K`` also keeps only every K-th control step's particles). Also
+    reported: forward-only particle-substeps per second and peak memory.
+(b) 3D forward: an elastic cube of 29,791 particles (2 per cell and axis) falling on a 64^3
+    grid, seconds per substep and particle-substeps per second (no gradient).
+(c) Peak memory of the gradient (forward and backward of the crawler's loss, as in (a)) at
+    1,000, 4,000 and 10,000 substeps; simdiff with rollout checkpoints every 10 control steps
+    (200 substeps), the torch baseline without (plain autograd) at the sizes that fit in
+    memory (estimated from a 100-substep probe; the rest reported as an estimate).
+
+``--part a|b|c`` runs one part (default: all); ``--quick`` is a smoke test at toy sizes (the
+whole benchmark in under a minute once kernels are cached). Run through ``simdiff bench mpm``.
+
+Figures (shared 2-core CPU, loaded by other jobs; `simdiff bench mpm --iters 1`): see
+FIGURES below the imports, filled in from the run of this revision.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -25,8 +38,12 @@ from simdiff.bench import peak_rss_mb
 
 CONFIGS = ["taichi"]
 BASELINE = "torch"
-KEYS: tuple[str, ...] = ("substeps",)
+KEYS: tuple[str, ...] = ("part", "substeps")
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
+
+MEMORY_SUBSTEPS = (1000, 4000, 10000)
+MEMORY_CHECKPOINT = 10  # control steps (200 substeps) between kept states in part (c)
+PROBE_SUBSTEPS = 100  # the torch baseline's memory per substep is measured at this size
 
 
 def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str = "cpu",
@@ -92,6 +109,7 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
     total = steps * model.substeps
     return {
         "config": config,
+        "part": "a",
         "seconds_per_iter": times[len(times) // 2],
         "first_iter_seconds": first,
         "forward_seconds": forward,
@@ -106,20 +124,188 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
     }
 
 
+def measure_3d(config: str, *, quick: bool, device: str = "cpu") -> dict:
+    """Part (b): forward seconds per substep of a falling elastic cube in 3D."""
+    from simdiff.backend import resolve_backend
+    from simdiff.sims.mpm import MPM, Body, build_model
+    from simdiff.sims.mpm.torch_reference import torch_substep
+
+    grid, edge, substeps, steps = (16, 0.25, 2, 2) if quick else (64, 0.24, 5, 4)
+    backend = resolve_backend("taichi", device, precision="float32")
+    model = build_model([Body((0.38, 0.25, 0.38), (edge,) * 3, E=1e3, nu=0.2)], grid_size=grid,
+                        dt=2e-4, substeps=substeps, dtype=torch.float32)
+    sim = MPM(model, backend)
+    state = sim.initial_state()
+    if config == "torch":
+        params, p = sim.particle_params(), sim.pack(state)
+        zeros = torch.zeros(1), torch.zeros(6)
+
+        def step(p):
+            for _ in range(substeps):
+                p = torch_substep(model, p, params, *zeros)
+            return p
+    else:
+
+        def step(p):
+            return sim.pack(sim.step(sim.unpack(p, state.tool_x)))
+
+    with torch.no_grad():
+        p = sim.pack(state)
+        started = time.perf_counter()
+        p = step(p)  # compiles kernels (or loads them from the cache)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(steps):
+            p = step(p)
+        elapsed = time.perf_counter() - started
+    total = steps * substeps
+    return {"config": config, "part": "b", "seconds_per_iter": None,
+            "seconds_per_substep": elapsed / total,
+            "particle_substeps_per_s": model.particle_count * total / elapsed,
+            "first_step_seconds": first, "peak_rss_mb": peak_rss_mb(),
+            "particles": model.particle_count, "grid": grid, "dim": 3, "substeps": total}
+
+
+def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cpu") -> dict:
+    """Part (c): one forward and backward of the crawler's loss; peak memory."""
+    from simdiff.autodiff import rollout
+    from simdiff.backend import resolve_backend
+    from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.sims.mpm.torch_reference import torch_substep
+
+    options = ({"grid_size": 64, "dt": 1e-3, "substeps": 10, "scale": 1.0} if quick else
+               {"grid_size": 128, "dt": 5e-4, "substeps": 20, "scale": 1.5})
+    steps = max(1, substeps // options["substeps"])
+    scene = load_scene("mpm_crawler", steps=steps, **options)
+    backend = resolve_backend("taichi", device)
+    sim = make_simulator(scene, backend)
+    model = scene.model
+    torch.manual_seed(0)
+    controller = load_controller("sinusoid", sim, scene).to(backend.torch_dtype)
+    checkpoint = None if config == "torch" else min(MEMORY_CHECKPOINT, steps)
+    base_rss = peak_rss_mb()
+    started = time.perf_counter()
+    if config == "torch":
+        params, state = sim.particle_params(), sim.initial_state()
+        p, tool = sim.pack(state), torch.zeros(2 * model.dim, dtype=backend.torch_dtype)
+        for t in range(steps):
+            action = controller(t, None)
+            for _ in range(model.substeps):
+                p = torch_substep(model, p, params, action, tool)
+        loss = -(p[:, 0].mean() - state.particle_x[:, 0].mean())
+    else:
+        loss = scene.loss(rollout(sim, sim.initial_state(), controller, steps,
+                                  checkpoint_every=checkpoint, check_every=10))
+    loss.backward()
+    # One iteration, including loading the kernels: not a speed figure, so not the metric.
+    return {"config": config, "part": "c", "seconds_per_iter": None,
+            "seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - base_rss,
+            "particles": model.particle_count, "grid": model.grid_size,
+            "substeps": steps * model.substeps, "checkpoint": checkpoint}
+
+
+def _available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return float(info["MemAvailable"].split()[0]) / 1024.0
+
+
+def _child(args: argparse.Namespace, case: str) -> list[dict]:
+    """Run one measurement in its own process (its peak memory is its own)."""
+    cmd = [sys.executable, __file__, "--config", args.config, "--case", case,
+           "--device", args.device, "--iters", str(args.iters), "--substeps", str(args.substeps),
+           *(["--quick"] if args.quick else []),
+           *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"mpm benchmark case {case} of {args.config} failed")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_rows(args: argparse.Namespace, sizes: tuple[int, ...]) -> list[dict]:
+    if args.config != BASELINE or args.quick:
+        return [row for n in sizes for row in _child(args, f"c{n}")]
+    # The baseline keeps every substep: measure its growth per substep on a probe, run the
+    # sizes whose estimate fits in 60 % of the memory available now, estimate the others.
+    (first,) = _child(args, f"c{PROBE_SUBSTEPS}")
+    per_substep = first["rss_growth_mb"] / first["substeps"]
+    rows = [first]
+    for n in sizes:
+        estimate = first["peak_rss_mb"] + per_substep * (n - first["substeps"])
+        if estimate < 0.6 * _available_mb():
+            rows += _child(args, f"c{n}")
+        else:
+            rows.append({"config": args.config, "part": "c", "substeps": n,
+                         "seconds_per_iter": None, "estimated_peak_rss_mb": estimate,
+                         "skipped": "does not fit in memory"})
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Parts (b) and (c) as ratios against the torch baseline of the same run."""
+    def find(config, part, **keys):
+        return next((r for r in rows if r["config"] == config and r.get("part") == part
+                     and all(r.get(k) == v for k, v in keys.items())), None)
+
+    lines = []
+    ours, base = find("taichi", "b"), find(BASELINE, "b")
+    if ours and base:
+        lines.append(
+            f"(b) 3D forward, {ours['particles']} particles, {ours['grid']}^3 grid: taichi "
+            f"{ours['seconds_per_substep']:.4g} s/substep ({ours['particle_substeps_per_s']:.3g} "
+            f"particle-substeps/s), torch {base['seconds_per_substep']:.4g} s/substep: "
+            f"{base['seconds_per_substep'] / ours['seconds_per_substep']:.3g}x faster")
+    for row in rows:
+        if row["config"] != "taichi" or row.get("part") != "c":
+            continue
+        n = row["substeps"]
+        base = find(BASELINE, "c", substeps=n)
+        text = (f"(c) gradient at {n} substeps: taichi peak {row['peak_rss_mb']:.0f} MB "
+                f"(+{row['rss_growth_mb']:.0f} MB, {row['seconds']:.3g} s, checkpoint "
+                f"every {row['checkpoint']} steps)")
+        if base and base.get("peak_rss_mb"):
+            text += (f"; torch peak {base['peak_rss_mb']:.0f} MB (+{base['rss_growth_mb']:.0f} "
+                     f"MB): {base['peak_rss_mb'] / row['peak_rss_mb']:.3g}x less memory")
+        elif base:
+            text += (f"; torch would need about {base['estimated_peak_rss_mb']:.0f} MB "
+                     f"(estimated; {base['skipped']}): "
+                     f"{base['estimated_peak_rss_mb'] / row['peak_rss_mb']:.3g}x")
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, choices=[*CONFIGS, BASELINE])
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--substeps", type=int, default=1000)
+    parser.add_argument("--substeps", type=int, default=1000, help="part (a)'s horizon")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="toy size, for tests")
     parser.add_argument("--checkpoint", type=int, default=None,
-                        help="simdiff: keep one state every this many control steps")
+                        help="part (a), simdiff: keep one state every this many control steps")
+    parser.add_argument("--part", choices=["a", "b", "c", "all"], default="all")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args()
-    substeps, iters = (20, 1) if args.quick else (args.substeps, args.iters)
-    row = measure(args.config, iters=iters, substeps=substeps, quick=args.quick,
-                  device=args.device, checkpoint=args.checkpoint)
-    print(json.dumps([row]))
+    if args.case == "a":
+        substeps, iters = (20, 1) if args.quick else (args.substeps, args.iters)
+        rows = [measure(args.config, iters=iters, substeps=substeps, quick=args.quick,
+                        device=args.device, checkpoint=args.checkpoint)]
+    elif args.case == "b":
+        rows = [measure_3d(args.config, quick=args.quick, device=args.device)]
+    elif args.case:
+        rows = [measure_memory(args.config, substeps=int(args.case[1:]), quick=args.quick,
+                               device=args.device)]
+    else:
+        rows = []
+        if args.part in ("a", "all"):
+            rows += _child(args, "a")
+        if args.part in ("b", "all"):
+            rows += _child(args, "b")
+        if args.part in ("c", "all"):
+            rows += _memory_rows(args, (20,) if args.quick else MEMORY_SUBSTEPS)
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":
