@@ -221,7 +221,9 @@ def _child(args: argparse.Namespace, case: str) -> list[dict]:
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-3000:])
         raise SystemExit(f"mpm benchmark case {case} of {args.config} failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"measured {args.config} {case}: {json.dumps(rows)}", file=sys.stderr, flush=True)
+    return rows
 
 
 def _memory_rows(args: argparse.Namespace, sizes: tuple[int, ...]) -> list[dict]:
@@ -298,13 +300,13 @@ def main() -> None:
         rows = [measure_memory(args.config, substeps=int(args.case[1:]), quick=args.quick,
                                device=args.device)]
     else:
-        rows = []
-        if args.part in ("a", "all"):
-            rows += _child(args, "a")
+        rows = []  # the quick parts first: the baseline's part (a) takes longest
         if args.part in ("b", "all"):
             rows += _child(args, "b")
         if args.part in ("c", "all"):
             rows += _memory_rows(args, (20,) if args.quick else MEMORY_SUBSTEPS)
+        if args.part in ("a", "all"):
+            rows += _child(args, "a")
     print(json.dumps(rows))
 
 

@@ -6,6 +6,7 @@ conservation, and validation of the friction angle."""
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
 from simdiff.sims.base import ValidationError
 from simdiff.sims.mpm import MPM, Body, Ground, Material, Model, build_model
+from simdiff.sims.mpm.tasks import pile_angle
 from simdiff.sims.mpm.torch_reference import sand_hencky, sand_return, torch_substep
 
 
@@ -30,26 +32,6 @@ def thrown_block(dim=2, *, friction_angle=30.0, substeps=10, grid_size=None):
                 friction_angle=friction_angle, velocity=velocity)
     return build_model([body], grid_size=grid_size, dt=1e-3,
                        substeps=substeps)
-
-
-def slope_angle(x: torch.Tensor, dx: float, ground: float) -> float:
-    """Mean flank angle of a pile [degrees]: its surface height in columns of width ``dx``, a
-    line fitted to each flank where the height lies between 20 % and 80 % of the pile's."""
-    cols = torch.floor(x[:, 0] / dx).long()
-    first = int(cols.min())
-    height = torch.full((int(cols.max()) - first + 1,), ground, dtype=x.dtype)
-    height = height.scatter_reduce(0, cols - first, x[:, 1], "amax") - ground
-    centers = (torch.arange(height.shape[0], dtype=x.dtype) + first + 0.5) * dx
-    top, angles = int(height.argmax()), []
-    for side in (slice(0, top + 1), slice(top, None)):
-        h, c = height[side], centers[side]
-        keep = (h > 0.2 * height.max()) & (h < 0.8 * height.max())
-        if int(keep.sum()) < 2:  # a vertical wall: no column between 20 % and 80 %
-            angles.append(90.0)
-            continue
-        c, h = c[keep] - c[keep].mean(), h[keep] - h[keep].mean()
-        angles.append(math.degrees(math.atan(abs(float((c * h).sum() / (c * c).sum())))))
-    return sum(angles) / len(angles)
 
 
 def test_closed_form_hencky_strain_and_return_match_eigh():
@@ -127,15 +109,15 @@ def test_sand_gradients_match_central_differences(backend):
     leaves = {k: t.clone().requires_grad_() for k, t in base.items()}
     _sand_loss(sim, steps, **leaves).backward()
     gen = torch.Generator().manual_seed(0)
-    for key in base:
-        d = torch.randn(base[key].shape, generator=gen, dtype=torch.float64)
+    for key, value in base.items():
+        d = torch.randn(value.shape, generator=gen, dtype=torch.float64)
         # Smaller than the other MPM tests' 1e-6: the return mapping's kinks (particles
         # reaching or leaving the cone) put an error linear in eps on central differences
         # (measured: 4e-5 relative at 1e-6, 4e-6 at 1e-7).
-        eps = 1e-7 * float(base[key].abs().max())
+        eps = 1e-7 * float(value.abs().max())
         with torch.no_grad():
-            plus = _sand_loss(sim, steps, **{**base, key: base[key] + eps * d})
-            minus = _sand_loss(sim, steps, **{**base, key: base[key] - eps * d})
+            plus = _sand_loss(sim, steps, **{**base, key: value + eps * d})
+            minus = _sand_loss(sim, steps, **{**base, key: value - eps * d})
         fd = float(plus - minus) / (2 * eps)
         ad = float((leaves[key].grad * d).sum())
         assert abs(fd) > 1e-4, f"{key}: the loss must depend on it"
@@ -162,13 +144,13 @@ def test_sand_column_collapses_into_a_pile_below_its_friction_angle(backend):
     The grid holds all the mass after the collapse (to 1e-12)."""
     sim, final = _collapse(backend, Material.SAND, 35.0)
     model = sim.model
-    angle = slope_angle(final.particle_x, model.dx, model.ground_height)
+    angle = pile_angle(final.particle_x, model.dx, model.ground_height)
     assert 0.6 * 35 < angle <= 35 + 3
     assert float(final.particle_v.abs().max()) < 0.05
     grid = sim.grid(final)
     assert float(grid[..., -1].sum()) == pytest.approx(float(model.particle_mass.sum()), rel=1e-12)
     _, elastic = _collapse(backend, Material.ELASTIC, 35.0, seconds=0.4)
-    assert slope_angle(elastic.particle_x, model.dx, model.ground_height) > 80
+    assert pile_angle(elastic.particle_x, model.dx, model.ground_height) > 80
 
 
 def _heap(backend, friction_angle, slope=30.0):
@@ -185,7 +167,7 @@ def _heap(backend, friction_angle, slope=30.0):
     sim = MPM(Model(**fields), backend)
     with torch.no_grad():
         final = rollout(sim, sim.initial_state(), None, 30).final
-    return slope_angle(final.particle_x, model.dx, model.ground_height)
+    return pile_angle(final.particle_x, model.dx, model.ground_height)
 
 
 def test_heap_stands_above_and_slumps_below_its_friction_angle(backend):
@@ -206,3 +188,20 @@ def test_bad_friction_angle_is_refused(angle):
 
 def test_friction_angle_of_other_materials_is_not_checked():
     build_model([Body((0.3, 0.2), (0.1, 0.1), E=100.0, friction_angle=math.nan)], grid_size=32)
+
+
+def test_sand_pile_scene_runs_and_renders(tmp_path, capsys):
+    """``simdiff run mpm_sand_pile`` at toy size writes a video with sand-colored particles."""
+    import imageio.v3 as iio
+
+    from simdiff.cli import main
+    from simdiff.render.mpm import MATERIAL_RGB
+
+    path = tmp_path / "pile.gif"
+    assert main(["run", "mpm_sand_pile", "--steps", "3", "--set", "grid_size=32",
+                 "--set", "dt=8e-4", "--set", "substeps=10", "--out", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    frames = iio.imread(path)
+    assert frames.shape[0] == 4
+    sand = np.array(MATERIAL_RGB[int(Material.SAND)])
+    assert (np.abs(frames[-1].astype(int) - sand).sum(-1) < 30).any()

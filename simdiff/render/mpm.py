@@ -19,8 +19,8 @@ from simdiff.render.mass_spring import GROUND_RGB, SKY_RGB, spring_colors
 
 __all__ = ["MATERIAL_RGB", "render_mpm"]
 
-MATERIAL_RGB = {0: (70, 160, 90), 1: (50, 120, 230), 2: (200, 150, 60)}
-"""Particle color by material (elastic, liquid, plastic)."""
+MATERIAL_RGB = {0: (70, 160, 90), 1: (50, 120, 230), 2: (200, 150, 60), 3: (225, 190, 120)}
+"""Particle color by material (elastic, liquid, plastic, sand)."""
 
 _TOOL_RGB = (40, 40, 40)
 _TARGET_RGB = (220, 30, 30)

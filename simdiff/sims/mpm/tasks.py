@@ -3,6 +3,7 @@
 * Locomotion: move the center of mass to the right.
 * Throw to target: the launch velocity of a water blob whose center of mass reaches a target.
 * Material identification: Young's modulus from an observed trajectory.
+* Piles: the flank angle of a granular pile (a measurement, not differentiable).
 * Shaping: tool velocities that press a plasticine block into a target shape (soft occupancy
   loss, scored by the intersection over union of the occupied cells).
 
@@ -29,6 +30,7 @@ __all__ = [
     "locomotion_metrics",
     "observe_positions",
     "occupancy",
+    "pile_angle",
     "shape_objective",
     "throw_objective",
 ]
@@ -146,3 +148,33 @@ def shape_objective(target: torch.Tensor, steps: int, box: tuple, cells: int, si
         return loss, result, {"iou": iou}
 
     return objective
+
+
+def pile_angle(x: torch.Tensor, dx: float, ground: float) -> float:
+    """Mean flank angle of a pile [degrees] (90 for a vertical wall).
+
+    The pile's surface height in columns of width ``dx`` (the highest particle in each), and a
+    line fitted by least squares to each flank where the height lies between 20 % and 80 % of
+    the pile's; the mean of the two flanks' angles.
+
+    Args:
+        x: Particle positions [m], shape [n, 2] (x horizontal, y up).
+        dx: Column width [m] (the grid spacing).
+        ground: Height of the ground [m].
+    """
+    x = x.detach()
+    cols = torch.floor(x[:, 0] / dx).long()
+    first = int(cols.min())
+    height = torch.full((int(cols.max()) - first + 1,), ground, dtype=x.dtype)
+    height = height.scatter_reduce(0, cols - first, x[:, 1], "amax") - ground
+    centers = (torch.arange(height.shape[0], dtype=x.dtype) + first + 0.5) * dx
+    top, angles = int(height.argmax()), []
+    for side in (slice(0, top + 1), slice(top, None)):
+        h, c = height[side], centers[side]
+        keep = (h > 0.2 * height.max()) & (h < 0.8 * height.max())
+        if int(keep.sum()) < 2:  # a vertical wall: no column between 20 % and 80 %
+            angles.append(90.0)
+            continue
+        c, h = c[keep] - c[keep].mean(), h[keep] - h[keep].mean()
+        angles.append(math.degrees(math.atan(abs(float((c * h).sum() / (c * c).sum())))))
+    return sum(angles) / len(angles)
