@@ -218,9 +218,13 @@ def _child(args: argparse.Namespace, case: str) -> list[dict]:
            *(["--quick"] if args.quick else []),
            *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    if done.returncode != 0:  # e.g. killed for memory or time: reported, the others still run
         sys.stderr.write(done.stderr[-3000:])
-        raise SystemExit(f"mpm benchmark case {case} of {args.config} failed")
+        part, substeps = (case, None) if case in ("a", "b") else ("c", int(case[1:]))
+        if case == "a":
+            substeps = 20 if args.quick else args.substeps
+        return [{"config": args.config, "part": part, "substeps": substeps,
+                 "seconds_per_iter": None, "failed": f"exit status {done.returncode}"}]
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"measured {args.config} {case}: {json.dumps(rows)}", file=sys.stderr, flush=True)
     return rows
@@ -232,6 +236,8 @@ def _memory_rows(args: argparse.Namespace, sizes: tuple[int, ...]) -> list[dict]
     # The baseline keeps every substep: measure its growth per substep on a probe, run the
     # sizes whose estimate fits in 60 % of the memory available now, estimate the others.
     (first,) = _child(args, f"c{PROBE_SUBSTEPS}")
+    if "failed" in first:
+        return [first]
     per_substep = first["rss_growth_mb"] / first["substeps"]
     rows = [first]
     for n in sizes:
@@ -270,7 +276,7 @@ def summarize(rows: list[dict]) -> str:
         if base and base.get("peak_rss_mb"):
             text += (f"; torch peak {base['peak_rss_mb']:.0f} MB (+{base['rss_growth_mb']:.0f} "
                      f"MB): {base['peak_rss_mb'] / row['peak_rss_mb']:.3g}x less memory")
-        elif base:
+        elif base and "estimated_peak_rss_mb" in base:
             text += (f"; torch would need about {base['estimated_peak_rss_mb']:.0f} MB "
                      f"(estimated; {base['skipped']}): "
                      f"{base['estimated_peak_rss_mb'] / row['peak_rss_mb']:.3g}x")
