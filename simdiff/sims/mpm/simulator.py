@@ -13,7 +13,7 @@ import torch
 
 from simdiff.autodiff import KernelStep, apply_step
 from simdiff.backend import Backend, BackendName
-from simdiff.sims.base import Simulator, ValidationError
+from simdiff.sims.base import Simulator
 from simdiff.sims.base import State as BaseState
 from simdiff.sims.mpm.model import Material, Model
 
