@@ -276,8 +276,10 @@ def _kernels(dim: int, double: bool):
                     momentum = weight * (mass * v + affine @ dpos)
                     wp.atomic_add(grid, flat(base + o, size), to_node(momentum, weight * mass))
 
-    @wp.kernel(enable_backward=True, module="unique")
-    def grid_update(
+    @wp.func(**unique)
+    def node_velocity(
+        g: node,
+        I: ivec,
         dt: scalar,
         dx: scalar,
         elapsed: scalar,
@@ -289,20 +291,13 @@ def _kernels(dim: int, double: bool):
         tool_friction: scalar,
         boundary: int,
         size: int,
-        mass_floor: scalar,
-        grid: wp.array(dtype=node),
         tool: wp.array(dtype=scalar),
-        grid_out: wp.array(dtype=node),
     ):
-        t = wp.tid()
+        """Velocity of a node with mass: gravity, then ground, tool and walls."""
         zero = scalar(0.0)
-        g = grid[t]
-        m = g[dim]
-        has_mass = m > mass_floor
         up = vec()
         up[1] = scalar(1.0)
-        v = velocity_of(g) / wp.where(has_mass, m, scalar(1.0)) + dt * gravity * up
-        I = unflat(t, size)
+        v = velocity_of(g) / g[dim] + dt * gravity * up
         xi = to_float(I) * dx
         # Ground: a node at or below it cannot move down; friction slows its sliding.
         if xi[1] <= ground_height and v[1] < zero:
@@ -337,8 +332,35 @@ def _kernels(dim: int, double: bool):
         for k in range(dim):
             if (I[k] < boundary and v[k] < zero) or (I[k] > size - boundary and v[k] > zero):
                 v[k] = zero
-        v = wp.where(has_mass, v, vec())
-        grid_out[t] = to_node(v, m)
+        return v
+
+    @wp.kernel(enable_backward=True, module="unique")
+    def grid_update(
+        dt: scalar,
+        dx: scalar,
+        elapsed: scalar,
+        gravity: scalar,
+        ground_height: scalar,
+        ground_friction: scalar,
+        tool_shape: int,
+        tool_size: vec,
+        tool_friction: scalar,
+        boundary: int,
+        size: int,
+        mass_floor: scalar,
+        grid: wp.array(dtype=node),
+        tool: wp.array(dtype=scalar),
+        grid_out: wp.array(dtype=node),
+    ):
+        t = wp.tid()
+        g = grid[t]
+        v = vec()
+        # Most nodes are empty: they skip the work (forward and adjoint) and keep v = 0.
+        if g[dim] > mass_floor:
+            v = node_velocity(g, unflat(t, size), dt, dx, elapsed, gravity, ground_height,
+                              ground_friction, tool_shape, tool_size, tool_friction, boundary,
+                              size, tool)
+        grid_out[t] = to_node(v, g[dim])
 
     @wp.kernel(enable_backward=True, module="unique")
     def g2p(
