@@ -2,8 +2,8 @@
 
 Workload: the ``mpm_crawler`` scene at ``scale=1.5`` on a 128^2 grid (about 3,200 particles),
 50 control steps of 20 substeps (1,000 substeps), the open-loop sinusoid controller, float32
-on the CPU. Configurations: simdiff on Taichi (grids recomputed in backward; ``--checkpoint K``
-also keeps only every K-th control step's particles) and the baseline, a plain vectorized PyTorch
+on the CPU. Configurations: simdiff on Taichi and on Warp (grids recomputed in backward;
+``--checkpoint K`` also keeps only every K-th control step's particles) and the baseline, a plain vectorized PyTorch
 implementation of the same substep (``simdiff.sims.mpm.torch_reference``) differentiated by
 torch autograd, which keeps every substep's intermediates.
 
@@ -23,7 +23,7 @@ import torch
 
 from simdiff.bench import peak_rss_mb
 
-CONFIGS = ["taichi"]
+CONFIGS = ["taichi", "warp"]
 BASELINE = "torch"
 KEYS: tuple[str, ...] = ("substeps",)
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
@@ -41,7 +41,8 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
                {"grid_size": 128, "dt": 5e-4, "substeps": per_step, "scale": 1.5})
     steps = max(1, substeps // options["substeps"])
     scene = load_scene("mpm_crawler", steps=steps, **options)
-    backend = resolve_backend("taichi", device)
+    # The torch baseline uses a Taichi simulator only for its model, parameters and state.
+    backend = resolve_backend("taichi" if config == BASELINE else config, device)
     sim = make_simulator(scene, backend)
     model = scene.model
     torch.manual_seed(0)

@@ -70,6 +70,7 @@ def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "mpm", "--quick", "--out", str(out)]) == 0
     rows = {r["config"]: r for r in json.loads(out.read_text())}
-    assert set(rows) == {"taichi", "torch"}
-    assert rows["taichi"]["vs_baseline"] > 0 and rows["taichi"]["particle_substeps_per_s"] > 0
+    assert set(rows) == {"taichi", "warp", "torch"}
+    for config in ("taichi", "warp"):
+        assert rows[config]["vs_baseline"] > 0 and rows[config]["particle_substeps_per_s"] > 0
     assert "vs_baseline" in capsys.readouterr().out
