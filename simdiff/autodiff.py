@@ -250,14 +250,21 @@ def _run_adjoint(
     inputs: Sequence[torch.Tensor],
     outputs: Sequence[torch.Tensor],
     grad_outputs: Sequence[torch.Tensor],
+    accumulate: Sequence[torch.Tensor | None] = (),
 ) -> list[torch.Tensor]:
-    """Gradients of one launch's inputs given its primal inputs, outputs and output gradients."""
-    grads_in = [_zeros(t.shape, t) for t in inputs]
+    """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
+
+    On Warp, a tensor in ``accumulate`` (one entry per input, or none) receives that input's
+    gradient in place (Warp's adjoints add into their arrays) and is returned; Taichi ignores it.
+    """
     if launch.backend.name is BackendName.WARP:
+        into = list(accumulate) or [None] * len(inputs)
+        grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
         # Warp's adjoint of a store reads the output adjoint without changing it (our kernels
         # only write fresh outputs), so the incoming gradients are passed without copies.
         _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
         return grads_in
+    grads_in = [_zeros(t.shape, t) for t in inputs]
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``.
     leaves = []
     for value, grad in [*zip(inputs, grads_in), *zip(outputs, grad_outputs)]:
@@ -288,6 +295,10 @@ class _StepFunction(torch.autograd.Function):
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
+        # Adjoint buffers this backward made (not torch's incoming gradients): Warp adds into
+        # them in place, sparing a torch addition per input and launch (a parallel op that
+        # stalled for milliseconds on shared cores, most of a 2D MPM backward).
+        owned: set[str] = set()
         for launch in reversed(step.launches):
             outs = [buffers[name] for name, _ in launch.outputs]
             grads = _run_adjoint(
@@ -296,9 +307,13 @@ class _StepFunction(torch.autograd.Function):
                 outs,
                 [adjoints[name] if name in adjoints else _zeros(o.shape, o)
                  for (name, _), o in zip(launch.outputs, outs)],
+                [adjoints[name] if name in owned else None for name, _ in launch.inputs],
             )
             for (name, _), g in zip(launch.inputs, grads):
+                if name in owned and g is adjoints[name]:
+                    continue  # accumulated in place
                 adjoints[name] = adjoints[name] + g if name in adjoints else g
+                owned.add(name)
         grads_in = [adjoints.get(name) for name in step.inputs]
         return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
 

@@ -16,7 +16,16 @@ which Warp unrolls. The material laws are two functions, :func:`kirchhoff` (stre
 code: a new material is one more branch in each.
 
 In 3D the elastic law is neo-Hookean (``model.py``), so no SVD is needed in either dimension:
-the 2D fixed-corotated rotation has a closed form.
+the 2D fixed-corotated rotation has a closed form. Empty grid nodes skip the node update, in
+forward and in the adjoint (most of a 3D grid is empty; this made a 3D backward ~5x faster).
+
+Measured on 2 shared CPU cores (warp-lang 1.19), cold kernel cache: the three kernels with
+their adjoints compile in 4 s (2D, float32), 10 s (2D, float64), 15 s (3D, float32) and 18 s
+(3D, float64); Taichi's 2D kernels took 3 s forward plus 17 s for the first backward, and its
+3D reverse mode ~12 minutes. Gradients match the torch oracle's autograd to ~1e-14 relative,
+Taichi's to 1e-9 over 30 substeps, and central differences in 3D to 1e-6
+(``tests/test_mpm_warp.py``). Warp runs a kernel on one thread: it wins on small, launch-bound
+scenes (every MPM scene; see their docstrings), Taichi's multi-threaded forward on large ones.
 """
 
 import functools
