@@ -10,7 +10,8 @@ torch autograd, which keeps every substep's intermediates.
 Also reported: forward-only particle-substeps per second, and the peak memory of a training
 iteration. ``--substeps`` sets the horizon (e.g. 4000 or 10000 to see memory stay bounded).
 Each configuration runs in its own process, so peak memory is its own.
-Run through ``simdiff bench mpm``.
+Run through ``simdiff bench mpm``. Measured on 2 shared cores (one run): a training iteration
+takes 4.3 s on Warp and 9.8 s on Taichi; forward 0.83 s and 1.0 s.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Task: move the center of mass to the right within the horizon. ``scale`` multipl
 robot's size (``scale=1.5`` on a 128-node grid is the benchmark's 3,000-particle crawler).
 
 Default backend Warp, measured at this size (376 particles, 64^2 grid, 1,000 substeps, float32,
-2 shared CPU cores): a rollout takes 0.33 s on Warp against 0.57 s on Taichi (1.7x), forward and
-backward 1.31 s against 3.44 s (2.6x). Small MPM scenes are launch-bound, where Warp's launches
+2 shared CPU cores): a rollout takes 0.45 s on Warp against 0.99 s on Taichi (2.2x), forward and
+backward 1.34 s against 3.14 s (2.3x). Small MPM scenes are launch-bound, where Warp's launches
 win.
 """
 

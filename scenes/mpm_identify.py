@@ -4,8 +4,8 @@ An elastic block is thrown onto the ground; its particle positions at a few time
 with a hidden modulus, are the observations. The optimization starts from a third of it.
 
 Default backend Warp, measured at this size (40 particles, 32^2 grid, 240 substeps, float32, 2
-shared CPU cores): a rollout takes 0.10 s on Warp against 0.29 s on Taichi (3.0x), forward and
-backward 0.23 s against 0.86 s (3.7x). Small MPM scenes are launch-bound, where Warp's launches
+shared CPU cores): a rollout takes 0.10 s on Warp against 0.20 s on Taichi (2.1x), forward and
+backward 0.20 s against 0.81 s (4.0x). Small MPM scenes are launch-bound, where Warp's launches
 win.
 """
 

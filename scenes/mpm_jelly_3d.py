@@ -2,8 +2,8 @@
 
 Trains on Warp, the default (``simdiff train mpm_jelly_3d``): 3D MPM gradients exist only
 there (see ``simdiff.sims.mpm.simulator``). Warp is also the faster backend at this size (524
-particles, 32^3 grid, 600 substeps, float32, 2 shared CPU cores): a rollout takes 0.54 s on
-Warp against 0.80 s on Taichi (1.5x); forward and backward take 2.40 s on Warp.
+particles, 32^3 grid, 600 substeps, float32, 2 shared CPU cores): a rollout takes 0.57 s on
+Warp against 1.15 s on Taichi (2.0x); forward and backward take 1.88 s on Warp.
 """
 
 from simdiff.scene import Scene

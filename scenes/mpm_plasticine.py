@@ -5,8 +5,8 @@ optimization starts with a tool that sinks slowly (a tool that never
 touches the block gets no gradient). Scored by the IoU of occupied cells.
 
 Default backend Warp, measured at this size (95 particles, 32^2 grid, 300 substeps, float32, 2
-shared CPU cores): a rollout takes 0.12 s on Warp against 0.27 s on Taichi (2.3x), forward and
-backward 0.32 s against 1.05 s (3.3x). Small MPM scenes are launch-bound, where Warp's launches
+shared CPU cores): a rollout takes 0.11 s on Warp against 0.41 s on Taichi (3.8x), forward and
+backward 0.24 s against 1.33 s (5.6x). Small MPM scenes are launch-bound, where Warp's launches
 win.
 """
 

@@ -4,8 +4,8 @@ The target is where the blob's center of mass is at the final time when launched
 velocity (it has landed and spread by then); the optimization starts from a slower launch.
 
 Default backend Warp, measured at this size (36 particles, 48^2 grid, 400 substeps, float32, 2
-shared CPU cores): a rollout takes 0.22 s on Warp against 0.71 s on Taichi (3.3x), forward and
-backward 0.40 s against 1.38 s (3.5x). Small MPM scenes are launch-bound, where Warp's launches
+shared CPU cores): a rollout takes 0.14 s on Warp against 0.49 s on Taichi (3.6x), forward and
+backward 0.24 s against 1.54 s (6.4x). Small MPM scenes are launch-bound, where Warp's launches
 win.
 """
 
