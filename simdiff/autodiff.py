@@ -28,7 +28,15 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator, State
 
-__all__ = ["KernelLaunch", "KernelStep", "OutputSpec", "Rollout", "apply_step", "rollout"]
+__all__ = [
+    "KernelLaunch",
+    "KernelStep",
+    "OutputSpec",
+    "Rollout",
+    "apply_step",
+    "rollout",
+    "run_forward",
+]
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,13 @@ class _StepFunction(torch.autograd.Function):
 def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Run ``step`` on torch tensors as one differentiable torch operation."""
     return _StepFunction.apply(step, *inputs)
+
+
+def run_forward(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run ``step`` outside autograd, for operators with no derivative of their own (the
+    Warp Laplacian inside a pressure solve, whose derivative is the adjoint solve)."""
+    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs])
+    return tuple(buffers[name] for name in step.outputs)
 
 
 Controller = Callable[[int, State], torch.Tensor | None]
