@@ -292,8 +292,12 @@ class Fluid(Simulator):
         else:
             inflow_v = torch.zeros(max(len(m.inflows), 1), m.dim, dtype=dtype, device=device)
         blended, w, div = apply_step(
-            k.constrain, as_grid(velocity, m.dim), as_grid(obstacle, m.dim), paddle_x,
-            paddle_v if impose else torch.zeros_like(paddle_v), inflow_v,
+            k.constrain,
+            as_grid(velocity, m.dim),
+            as_grid(obstacle, m.dim),
+            paddle_x,
+            paddle_v if impose else torch.zeros_like(paddle_v),
+            inflow_v,
         )
         weights = g.split(from_grid(w, m.dim))
         pressure = self._pressure(weights, from_grid(div, m.dim), where=where)

@@ -31,7 +31,6 @@ dye channels and inflows is data (inflows enter as per-cell and per-face index m
 per model), so it does not recompile.
 """
 
-
 import functools
 from types import SimpleNamespace
 
@@ -45,7 +44,7 @@ __all__ = ["Laplacian", "StepKernels"]
 
 
 @functools.cache
-def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one closure of kernels
+def _kernels(dim: int, double: bool) -> SimpleNamespace:
     scalar = wp.float64 if double else wp.float32
     vec3 = wp.types.vector(3, scalar)
     module = f"simdiff_fluid_{dim}d_{'f64' if double else 'f32'}"
@@ -102,7 +101,9 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         w = scalar(0.0)
         if wp.static(three):
             w = h * (u[2, i, j, k] + u[2, i, j, k + 1])
-        return vec3(h * (u[0, i, j, k] + u[0, i + 1, j, k]), h * (u[1, i, j, k] + u[1, i, j + 1, k]), w)
+        return vec3(
+            h * (u[0, i, j, k] + u[0, i + 1, j, k]), h * (u[1, i, j, k] + u[1, i, j + 1, k]), w
+        )
 
     @wp.func(module=module)
     def extreme(q: wp.array4d(dtype=scalar), c: int, i: int, j: int, k: int, hi: int) -> scalar:
@@ -117,11 +118,27 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         jb = wp.clamp(j, 0, n1 - 1)
         ka = wp.clamp(k - 1, 0, n2 - 1)
         kb = wp.clamp(k, 0, n2 - 1)
-        lo = wp.min(wp.min(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.min(q[c, ia, jb, ka], q[c, ib, jb, ka]))
-        up = wp.max(wp.max(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.max(q[c, ia, jb, ka], q[c, ib, jb, ka]))
+        lo = wp.min(
+            wp.min(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.min(q[c, ia, jb, ka], q[c, ib, jb, ka])
+        )
+        up = wp.max(
+            wp.max(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.max(q[c, ia, jb, ka], q[c, ib, jb, ka])
+        )
         if wp.static(three):
-            lo = wp.min(lo, wp.min(wp.min(q[c, ia, ja, kb], q[c, ib, ja, kb]), wp.min(q[c, ia, jb, kb], q[c, ib, jb, kb])))
-            up = wp.max(up, wp.max(wp.max(q[c, ia, ja, kb], q[c, ib, ja, kb]), wp.max(q[c, ia, jb, kb], q[c, ib, jb, kb])))
+            lo = wp.min(
+                lo,
+                wp.min(
+                    wp.min(q[c, ia, ja, kb], q[c, ib, ja, kb]),
+                    wp.min(q[c, ia, jb, kb], q[c, ib, jb, kb]),
+                ),
+            )
+            up = wp.max(
+                up,
+                wp.max(
+                    wp.max(q[c, ia, ja, kb], q[c, ib, ja, kb]),
+                    wp.max(q[c, ia, jb, kb], q[c, ib, jb, kb]),
+                ),
+            )
         return wp.where(hi == 1, up, lo)
 
     @wp.kernel(enable_backward=True, module=module)
@@ -169,7 +186,7 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         # The block (of the extrema grid, entry b at position b) nearest the back-traced point.
         bi = wp.int32(wp.rint(border(scalar(i) + h - cells_per_step * v[0], scalar(n0))))
         bj = wp.int32(wp.rint(border(scalar(j) + h - cells_per_step * v[1], scalar(n1))))
-        bk = 0
+        bk = wp.int32(0)
         if wp.static(three):
             bk = wp.int32(wp.rint(border(scalar(k) + h - cells_per_step * v[2], scalar(n2))))
         low = extreme(q, c, bi, bj, bk, 0)
@@ -292,7 +309,14 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         one = scalar(1.0)
         zero = scalar(0.0)
         # The union of the two cells beside the face; beyond the box: wall or open side.
-        left = one - obstacle[wp.clamp(i - e0, 0, n0 - 1), wp.clamp(j - e1, 0, n1 - 1), wp.clamp(k - e2, 0, n2 - 1)]
+        left = (
+            one
+            - obstacle[
+                wp.clamp(i - e0, 0, n0 - 1),
+                wp.clamp(j - e1, 0, n1 - 1),
+                wp.clamp(k - e2, 0, n2 - 1),
+            ]
+        )
         right = one - obstacle[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
         fluid = wp.where(index >= 1, left, one) * wp.where(index < count, right, one)
         end = wp.where(index == 0, lo_open[a], wp.where(index == count, hi_open[a], 1))
@@ -360,7 +384,9 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         index = i * e0 + j * e1 + k * e2
         count = n0 * e0 + n1 * e1 + n2 * e2
         zero = scalar(0.0)
-        left = p[wp.clamp(i - e0, 0, n0 - 1), wp.clamp(j - e1, 0, n1 - 1), wp.clamp(k - e2, 0, n2 - 1)]
+        left = p[
+            wp.clamp(i - e0, 0, n0 - 1), wp.clamp(j - e1, 0, n1 - 1), wp.clamp(k - e2, 0, n2 - 1)
+        ]
         right = p[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
         grad = wp.where(index < count, right, zero) - wp.where(index >= 1, left, zero)
         value = u[a, i, j, k] - w[a, i, j, k] * grad
@@ -418,8 +444,9 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:  # noqa: C901 - one clo
         i, j, k = wp.tid()
         out[i, j, k] = r[i, j, k] - apply_operator(w, fixed, x, i, j, k)
 
-    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, wp.Kernel)},
-                           scalar=scalar, vec3=vec3)
+    return SimpleNamespace(
+        **{k: v for k, v in locals().items() if isinstance(v, wp.Kernel)}, scalar=scalar, vec3=vec3
+    )
 
 
 def as_grid(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -492,7 +519,10 @@ class StepKernels:
 
         def launch(kernel, threads, static, inputs, outputs):
             return KernelLaunch(
-                backend, kernel, threads, static,
+                backend,
+                kernel,
+                threads,
+                static,
                 tuple((name, None) for name in inputs),
                 tuple((name, out(shape)) for name, shape in outputs),
             )
@@ -508,19 +538,18 @@ class StepKernels:
         if self._source is not None:
             launches.append(
                 launch(
-                    k.hold_sources, cells, (wp.from_torch(self._source),),
-                    (dye, "concentration"), (("q_src", cells),),
+                    k.hold_sources,
+                    cells,
+                    (wp.from_torch(self._source),),
+                    (dye, "concentration"),
+                    (("q_src", cells),),
                 )
             )
             dye = "q_src"
-        launches.append(
-            launch(k.advect_velocity, faces, (c, *n), ("u",), (("u_adv", faces),))
-        )
+        launches.append(launch(k.advect_velocity, faces, (c, *n), ("u",), (("u_adv", faces),)))
         velocity = "u_adv"
         if buoyancy:
-            launches.append(
-                launch(k.buoyancy_lift, n, (), (dye, "buoyancy"), (("lift", n),))
-            )
+            launches.append(launch(k.buoyancy_lift, n, (), (dye, "buoyancy"), (("lift", n),)))
             launches.append(
                 launch(k.add_buoyancy, faces, (s(0.5 * dt),), ("u_adv", "lift"), (("u_f", faces),))
             )
@@ -533,9 +562,16 @@ class StepKernels:
         hi = wp.vec3i(*[int((a, 1) in open_sides) for a in range(3)])
         half = k.vec3(*(list(paddle_half_size or ()) + [0.0] * 3)[:3])
         solids = launch(
-            k.solid_faces, faces,
-            (lo, hi, half, s(dx), int(paddle_half_size is not None),
-             wp.from_torch(self._inflow_face)),
+            k.solid_faces,
+            faces,
+            (
+                lo,
+                hi,
+                half,
+                s(dx),
+                int(paddle_half_size is not None),
+                wp.from_torch(self._inflow_face),
+            ),
             ("obstacle", "paddle_x", "paddle_v", "inflow_v"),
             (("w", faces), ("imposed", faces)),
         )
@@ -570,12 +606,20 @@ class Laplacian:
             k = _kernels(dim, self.backend.torch_dtype == torch.float64)
             out = OutputSpec(shape, None, accumulates=False)
             apply = KernelLaunch(
-                self.backend, k.laplacian, shape, (),
-                (("w", None), ("fixed", None), ("x", None)), (("out", out),),
+                self.backend,
+                k.laplacian,
+                shape,
+                (),
+                (("w", None), ("fixed", None), ("x", None)),
+                (("out", out),),
             )
             residual = KernelLaunch(
-                self.backend, k.residual, shape, (),
-                (("w", None), ("fixed", None), ("x", None), ("r", None)), (("out", out),),
+                self.backend,
+                k.residual,
+                shape,
+                (),
+                (("w", None), ("fixed", None), ("x", None), ("r", None)),
+                (("out", out),),
             )
             self._steps[key] = (
                 KernelStep(("w", "fixed", "x"), (apply,), ("out",)),
