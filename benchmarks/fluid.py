@@ -5,8 +5,10 @@ Workload: a buoyant smoke plume rising from an inflow at the bottom of a box ope
 float32, the projection solved to a relative residual of 1e-6. Forward+backward
 differentiates the final smoke with respect to the initial velocity.
 
-Configurations: ``simdiff`` (multigrid-preconditioned CG, adjoint gradient of the solve) and
-the baseline ``torch``: the same discretization as a user would write it in plain PyTorch,
+Configurations: ``simdiff`` (the step in vectorized torch, multigrid-preconditioned CG, adjoint
+gradient of the solve; ``--backend taichi``), ``warp`` (the same step with Warp kernels for
+advection, sources, solids, divergence, gradient and the solver's Laplacian, differentiated by
+Warp's adjoints; ``--backend warp``) and the baseline ``torch``: the same discretization as a user would write it in plain PyTorch,
 Jacobi-preconditioned CG to the same tolerance, differentiated by autograd through every
 iteration. The baseline needs hundreds of iterations per solve from 128^2 on, so there it runs
 a tenth of the steps (``steps`` column; rates are per step either way), and its
@@ -26,7 +28,7 @@ import torch
 
 from simdiff.bench import peak_rss_mb
 
-CONFIGS = ["simdiff"]
+CONFIGS = ["simdiff", "warp"]
 BASELINE = "torch"
 KEYS = ("resolution", "mode")
 METRIC, HIGHER_IS_BETTER = "steps_per_second", True
@@ -58,8 +60,8 @@ def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> 
     from simdiff.sims.fluid import Fluid
 
     model = plume(resolution)
-    backend = resolve_backend("taichi", precision="float32")
-    if config == "simdiff":
+    backend = resolve_backend("warp" if config == "warp" else "taichi", precision="float32")
+    if config in CONFIGS:
         sim = Fluid(model, backend)
     else:
         sim = Fluid(model, backend, adjoint=False, preconditioner="jacobi")
@@ -96,6 +98,17 @@ def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> 
     }
 
 
+def summarize(rows: list[dict]) -> str:
+    """Warp against the torch step, per size and mode (above 1: Warp is faster)."""
+    rate = {(r["config"], r["resolution"], r["mode"]): r["steps_per_second"] for r in rows}
+    lines = ["warp / simdiff (torch step), steps per second:"]
+    for (config, resolution, mode), value in rate.items():
+        torch_rate = rate.get(("simdiff", resolution, mode))
+        if config == "warp" and torch_rate:
+            lines.append(f"  {resolution:>9} {mode:<17} {value / torch_rate:.2f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, choices=[*CONFIGS, BASELINE])
@@ -113,6 +126,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     steps = 10 if args.quick else args.iters
     sizes = [(32, 32)] if args.quick else [(64, 64), (128, 128), (256, 256), (64, 64, 64)]
+    if args.config == "warp" and not args.quick:
+        warm = plume((16, 16)), plume((16, 16, 16))  # compile before timing
+        for model in warm:
+            measure(args.config, model.resolution, 1, "forward+backward")
     rows = []
     for n in sizes:
         cells = n[0] ** len(n)

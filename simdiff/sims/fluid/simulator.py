@@ -35,6 +35,10 @@ class Fluid(Simulator):
             False differentiates through the unrolled iterations (a reference for tests and
             the plain-PyTorch baseline of the benchmark).
         preconditioner: ``multigrid`` or ``jacobi``.
+        solver_kernels: With Warp, also apply the pressure operator inside the solve (``A x``
+            and the smoother's residual on every multigrid level) by Warp kernels. Off by
+            default: on the CPU these single-threaded kernels are slower than torch's
+            vectorized operator (see the package docstring).
         blowup: A speed beyond this [m/s] stops the rollout.
 
     Attributes:
@@ -51,9 +55,12 @@ class Fluid(Simulator):
         *,
         adjoint: bool = True,
         preconditioner: str = "multigrid",
+        solver_kernels: bool = False,
         blowup: float = 1e6,
     ) -> None:
         super().__init__(model, backend)
+        if solver_kernels and backend.name is not BackendName.WARP:
+            raise ValueError("solver_kernels=True needs the warp backend")
         if preconditioner not in ("multigrid", "jacobi"):
             raise ValueError(f"preconditioner={preconditioner!r}; allowed: multigrid, jacobi")
         self.adjoint = adjoint
@@ -71,9 +78,9 @@ class Fluid(Simulator):
         """The Warp launches (:class:`~simdiff.sims.fluid.warp.StepKernels`), or None (torch)."""
         self._operator = None
         if backend.name is BackendName.WARP:
-            self._build_kernels()
+            self._build_kernels(solver_kernels)
 
-    def _build_kernels(self) -> None:
+    def _build_kernels(self, solver_kernels: bool) -> None:
         from simdiff.sims.fluid.warp import Laplacian, StepKernels
 
         m, g = self.model, self.grid
@@ -102,7 +109,7 @@ class Fluid(Simulator):
             buoyancy=as_tensor(m.buoyancy).numel() > 0,
             paddle_half_size=None if m.paddle is None else tuple(m.paddle.half_size),
         )
-        self._operator = Laplacian(self.backend)
+        self._operator = Laplacian(self.backend) if solver_kernels else None
 
     @property
     def action_dim(self) -> int:
