@@ -8,19 +8,49 @@ tolerance (iterations are counted in ``Fluid.stats``; a solve that misses the to
 :class:`~simdiff.sims.base.SimulationError` with the residual and the step). Conventions are in
 :mod:`~simdiff.sims.fluid.model`, the solver and its adjoint in :mod:`~simdiff.sims.fluid.solver`.
 
-Why the step is vectorized torch and not Taichi or Warp kernels (unlike the other simulators):
-a projection is 10-25 preconditioned CG iterations, each a V-cycle over 4-6 grid levels, so
-a step is several hundred small array operations with a scalar reduction (a host sync) in every
-iteration. On the CPU, Taichi pays ~75 us per launch plus ~60 us per tensor argument, which
-alone would exceed the whole torch step at 64^2. Advection is the one part that maps to a
-single kernel; measured on 2 CPU cores (float32, one semi-Lagrangian scalar advection): Warp
-kernel 309 / 694 / 4875 us against torch ``grid_sample`` 358 / 987 / 4448 us at 64^2 / 128^2 /
-256^2, no consistent gain for a few percent of the step, while torch gives its backward for
-free. The one hand-written derivative is the pressure solve's adjoint (one more CG solve with
-the same symmetric operator), which avoids storing CG iterates. The backend argument therefore
-only chooses the precision and device.
+Two implementations of the step, chosen by the backend name:
 
-Measured speed: see ``simdiff bench fluid`` (benchmarks/fluid.py) and the README.
+* ``--backend taichi`` (every fluid scene's default): the step in vectorized torch
+  (:mod:`~simdiff.sims.fluid.grid`), differentiated by torch autograd. There are no Taichi
+  kernels for the fluid: a projection is 10-25 preconditioned CG iterations, each a V-cycle
+  over 4-6 grid levels, so a step is several hundred small array operations with a host sync
+  in every iteration, and Taichi's launch cost on the CPU (~75 us per launch plus ~60 us per
+  tensor argument) alone exceeds the whole torch step at 64^2. The name only chooses precision
+  and device; :attr:`Fluid.engine` and the training progress bar report ``torch``.
+* ``--backend warp``: the step's local operators are Warp kernels (:mod:`~simdiff.sims.fluid.warp`:
+  advection of dye and velocity, MacCormack, inflow sources, buoyancy, the solids' face
+  weights and imposed velocities, divergence, pressure-gradient subtraction), differentiated
+  by Warp's adjoints through :func:`~simdiff.autodiff.apply_step`. The pressure solve is shared
+  (the same multigrid-preconditioned CG and adjoint); ``Fluid(..., solver_kernels=True)`` also
+  applies its operator on every level by Warp kernels. States agree with the torch path to
+  2e-15 and gradients to 1e-14 (relative) in float64 (tests/test_fluid_warp.py): two
+  independent implementations of one discretization.
+
+Measured on 2 shared CPU cores (load average ~9 from other jobs; float32, torch on 1 thread,
+Warp's CPU kernels are single-threaded; the plume of benchmarks/fluid.py, best of 3, both in
+one process; milliseconds per step, torch / Warp time in brackets, above 1 means Warp is
+faster):
+
+==========  =================  =======  =============  ========================
+grid        mode               torch    warp           warp + solver_kernels
+==========  =================  =======  =============  ========================
+64^2        forward             40.3     42.0 (0.96)    60.1 (0.67)
+64^2        forward+backward    68.6     66.1 (1.04)    80.9 (0.85)
+128^2       forward             61.8     91.9 (0.67)   141.7 (0.44)
+128^2       forward+backward   115.6    144.4 (0.80)   265.9 (0.43)
+32^3        forward             71.4    116.9 (0.61)   178.2 (0.40)
+32^3        forward+backward   232.7    337.7 (0.69)   430.2 (0.54)
+==========  =================  =======  =============  ========================
+
+Warp is at best even (64^2) and 1.2-1.6 times slower from 128^2 and in 3D, and its Laplacian
+inside the solve is slower than torch's vectorized one at every size (a V-cycle launches it
+~3 times per level, and the single-threaded CPU kernel does not beat torch's array
+operations), so the torch path stays the default and ``solver_kernels`` is off. GPU speeds
+were not measured. The one hand-written derivative in either path is the pressure solve's
+adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
+
+Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``simdiff`` and
+``warp`` against a plain-PyTorch baseline) and the README.
 """
 
 from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sdf, solid_from_sdf

@@ -112,6 +112,14 @@ class Fluid(Simulator):
         self._operator = Laplacian(self.backend) if solver_kernels else None
 
     @property
+    def engine(self) -> str:
+        """What runs the step, e.g. ``warp:cpu:float32`` or ``torch:cpu:float32`` (the
+        ``taichi`` backend name runs the torch step: the fluid has no Taichi kernels)."""
+        b = self.backend
+        name = "warp" if self.kernels is not None else "torch"
+        return f"{name}:{b.device}:{b.precision.value}"
+
+    @property
     def action_dim(self) -> int:
         return self.model.dim if self.model.paddle is not None else 0
 
