@@ -26,26 +26,29 @@ Two implementations of the step, chosen by the backend name:
   2e-15 and gradients to 1e-14 (relative) in float64 (tests/test_fluid_warp.py): two
   independent implementations of one discretization.
 
-Measured on 2 shared CPU cores (load average ~9 from other jobs; float32, torch on 1 thread,
-Warp's CPU kernels are single-threaded; the plume of benchmarks/fluid.py, best of 3, both in
-one process; milliseconds per step, torch / Warp time in brackets, above 1 means Warp is
-faster):
+Measured on 2 shared CPU cores (load average ~9 from other jobs, so single figures vary by
+up to 2x between runs; ratios from alternating runs in one process are steadier): float32,
+torch on 1 thread (Warp's CPU kernels are single-threaded), the plume of benchmarks/fluid.py,
+best of 3; milliseconds per step, torch time / Warp time in brackets (above 1: Warp faster):
 
 ==========  =================  =======  =============  ========================
 grid        mode               torch    warp           warp + solver_kernels
 ==========  =================  =======  =============  ========================
-64^2        forward             40.3     42.0 (0.96)    60.1 (0.67)
-64^2        forward+backward    68.6     66.1 (1.04)    80.9 (0.85)
-128^2       forward             61.8     91.9 (0.67)   141.7 (0.44)
-128^2       forward+backward   115.6    144.4 (0.80)   265.9 (0.43)
-32^3        forward             71.4    116.9 (0.61)   178.2 (0.40)
-32^3        forward+backward   232.7    337.7 (0.69)   430.2 (0.54)
+64^2        forward             38.2     39.9 (0.96)    53.6 (0.71)
+64^2        forward+backward    65.4     78.5 (0.83)    88.9 (0.74)
+128^2       forward             74.0     68.2 (1.09)   103.6 (0.71)
+128^2       forward+backward   137.3    162.3 (0.85)   255.5 (0.54)
+32^3        forward            153.7    130.7 (1.18)   213.2 (0.72)
+32^3        forward+backward   225.9    296.0 (0.76)   417.3 (0.54)
 ==========  =================  =======  =============  ========================
 
-Warp is at best even (64^2) and 1.2-1.6 times slower from 128^2 and in 3D, and its Laplacian
-inside the solve is slower than torch's vectorized one at every size (a V-cycle launches it
-~3 times per level, and the single-threaded CPU kernel does not beat torch's array
-operations), so the torch path stays the default and ``solver_kernels`` is off. GPU speeds
+The pressure solve, shared by both, is most of every step, so the paths differ by the local
+operators only: Warp's forward kernels are as fast as torch's (0.96-1.18, within the noise),
+their adjoints slower (forward+backward 0.76-0.85: each adjoint replays its kernel, and the
+trivial kernels cost 0.1-1 ms per launch at 128^2 on one thread where torch's vectorized ops
+cost tens of microseconds). Warp's Laplacian inside the solve is slower than torch's
+vectorized operator at every size (a V-cycle launches it three times per level). So the torch
+path stays the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
 were not measured. The one hand-written derivative in either path is the pressure solve's
 adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
 

@@ -314,7 +314,9 @@ class Fluid(Simulator):
             paddle_v if impose else torch.zeros_like(paddle_v),
             inflow_v,
         )
-        weights = g.split(from_grid(w, m.dim))
+        # Contiguous copies: the solve's many array operations on strided views of the padded
+        # tensor measured twice as slow.
+        weights = [c.contiguous() for c in g.split(from_grid(w, m.dim))]
         pressure = self._pressure(weights, from_grid(div, m.dim), where=where)
         (out,) = apply_step(k.subtract, blended, w, as_grid(pressure, m.dim))
         return from_grid(out, m.dim)
