@@ -55,7 +55,8 @@ class KernelLaunch:
     Attributes:
         backend: The backend the kernel belongs to.
         kernel: A ``@ti.kernel`` or ``@wp.kernel`` function.
-        dim: Number of Warp threads (ignored by Taichi, whose kernels loop themselves).
+        dim: Number of Warp threads, or their shape (ignored by Taichi, whose kernels loop
+            themselves).
         static_args: Resident, non-differentiable arguments passed first (Warp arrays or
             scalars; torch tensors or scalars for Taichi).
         inputs: Names of the step buffers the kernel reads, with the Warp element type of each.
@@ -64,7 +65,7 @@ class KernelLaunch:
 
     backend: Backend
     kernel: Any
-    dim: int
+    dim: int | tuple[int, ...]
     static_args: tuple
     inputs: tuple[tuple[str, Any], ...]
     outputs: tuple[tuple[str, OutputSpec], ...]
