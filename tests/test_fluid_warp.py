@@ -223,3 +223,29 @@ def test_warp_laplacian_equals_torch_operator_on_every_level(dim):
     ]:
         assert float((got - expected).abs().max()) <= 1e-12 * float(expected.abs().max())
     assert kernels.coarse() is not None and kernels.coarse().operator is kernels.operator
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=() if name == "fluid_smoke_to_image" else pytest.mark.slow)
+        for name in SCENES
+    ],
+)
+def test_scenes_run_and_train_with_warp_from_the_cli(tmp_path, capsys, name):
+    """``simdiff train/run SCENE --backend warp`` at toy size (float32 kernels): training
+    writes its log and the progress names the Warp engine; the video has every frame. One
+    scene by default, all with ``-m slow`` (each dimension compiles its float32 kernels)."""
+    import imageio.v3 as iio
+
+    from simdiff.cli import main
+
+    size = ["--steps", "4", "--set", f"resolution={SCENES[name]['resolution']}"]
+    out = tmp_path / name
+    args = ["train", name, *size, "--backend", "warp", "--iters", "2", "--out", str(out)]
+    assert main([*args, "--no-video"]) == 0
+    captured = capsys.readouterr()
+    assert "warp:cpu:float32" in captured.err and (out / "metrics.jsonl").is_file()
+    video = tmp_path / f"{name}.gif"
+    assert main(["run", name, *size, "--backend", "warp", "--out", str(video)]) == 0
+    assert iio.imread(video).shape[0] == 5
