@@ -213,6 +213,36 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
             and k < n2 + wp.where(a == 2, 1, 0)
         )
 
+    dim_count = dim
+
+    @wp.func(module=module)
+    def sample_component(
+        u: wp.array4d(dtype=scalar),
+        b: int,
+        px: scalar,
+        py: scalar,
+        pz: scalar,
+        n0: int,
+        n1: int,
+        n2: int,
+    ) -> scalar:
+        # Velocity component b at position p (cell units): its faces sit at p - 1/2 along
+        # the other axes; it is valid on n + e_b faces.
+        h = scalar(0.5)
+        e0 = wp.where(b == 0, 1, 0)
+        e1 = wp.where(b == 1, 1, 0)
+        e2 = wp.where(b == 2, 1, 0)
+        return sample(
+            u,
+            b,
+            px - h * scalar(1 - e0),
+            py - h * scalar(1 - e1),
+            pz - h * scalar(1 - e2),
+            n0 + e0,
+            n1 + e1,
+            n2 + e2,
+        )
+
     @wp.kernel(enable_backward=True, module=module)
     def advect_velocity(
         cells_per_step: scalar,
@@ -233,11 +263,18 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         py = scalar(j) + h * scalar(1 - e1)
         pz = scalar(k) + h * scalar(1 - e2)
         own = u[a, i, j, k]
-        v0 = wp.where(a == 0, own, sample(u, 0, px, py - h, pz - h, n0 + 1, n1, n2))
-        v1 = wp.where(a == 1, own, sample(u, 1, px - h, py, pz - h, n0, n1 + 1, n2))
+        # Only the other components are interpolated (b, and c in 3D).
+        b = (a + 1) % dim_count
+        other_b = sample_component(u, b, px, py, pz, n0, n1, n2)
+        v0 = wp.where(a == 0, own, other_b)
+        v1 = wp.where(a == 1, own, other_b)
         v2 = scalar(0.0)
         if wp.static(three):
-            v2 = wp.where(a == 2, own, sample(u, 2, px - h, py - h, pz, n0, n1, n2 + 1))
+            c = (a + 2) % 3
+            other_c = sample_component(u, c, px, py, pz, n0, n1, n2)
+            v0 = wp.where(c == 0, other_c, v0)
+            v1 = wp.where(c == 1, other_c, v1)
+            v2 = wp.where(a == 2, own, wp.where(b == 2, other_b, other_c))
         bx = px - cells_per_step * v0 - h * scalar(1 - e0)
         by = py - cells_per_step * v1 - h * scalar(1 - e1)
         bz = pz - cells_per_step * v2 - h * scalar(1 - e2)
