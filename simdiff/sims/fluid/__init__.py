@@ -34,21 +34,22 @@ best of 3; milliseconds per step, torch time / Warp time in brackets (above 1: W
 ==========  =================  =======  =============  ========================
 grid        mode               torch    warp           warp + solver_kernels
 ==========  =================  =======  =============  ========================
-64^2        forward             38.2     39.9 (0.96)    53.6 (0.71)
-64^2        forward+backward    65.4     78.5 (0.83)    88.9 (0.74)
-128^2       forward             74.0     68.2 (1.09)   103.6 (0.71)
-128^2       forward+backward   137.3    162.3 (0.85)   255.5 (0.54)
-32^3        forward            153.7    130.7 (1.18)   213.2 (0.72)
-32^3        forward+backward   225.9    296.0 (0.76)   417.3 (0.54)
+64^2        forward             28.5     30.5 (0.94)    39.8 (0.72)
+64^2        forward+backward    53.5     57.0 (0.94)    77.6 (0.69)
+128^2       forward             53.1     67.8 (0.78)   104.7 (0.51)
+128^2       forward+backward    86.9    114.6 (0.76)   146.5 (0.59)
+32^3        forward            108.3    113.9 (0.95)   168.9 (0.64)
+32^3        forward+backward   116.4    115.8 (1.01)   167.3 (0.70)
 ==========  =================  =======  =============  ========================
 
-The pressure solve, shared by both, is most of every step, so the paths differ by the local
-operators only: Warp's forward kernels are as fast as torch's (0.96-1.18, within the noise),
-their adjoints slower (forward+backward 0.76-0.85: each adjoint replays its kernel, and the
-trivial kernels cost 0.1-1 ms per launch at 128^2 on one thread where torch's vectorized ops
-cost tens of microseconds). Warp's Laplacian inside the solve is slower than torch's
-vectorized operator at every size (a V-cycle launches it three times per level). So the torch
-path stays the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
+An earlier run of the same script gave torch / warp 0.96, 0.83, 1.09, 0.85, 1.18, 0.76 in the
+same order: the spread is the host's load. The pressure solve, shared by both, is most of
+every step, so the paths differ by the local operators only, and there Warp is at best even
+with torch and usually 5-25% slower: single-threaded CPU kernels cost 0.1-1 ms per launch at
+128^2 even when trivial (torch's vectorized ops: tens of microseconds), and each adjoint
+replays its kernel. Warp's Laplacian inside the solve is slower than torch's vectorized
+operator at every size (a V-cycle launches it three times per level). So the torch path stays
+the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
 were not measured. The one hand-written derivative in either path is the pressure solve's
 adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
 
