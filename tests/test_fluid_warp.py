@@ -133,7 +133,7 @@ def test_gradients_agree_with_torch(dim, advection):
 SCENES = {
     "fluid_smoke_to_image": {"resolution": 16, "steps": 6},
     "fluid_stir_to_target": {"resolution": 16, "steps": 6},
-    "fluid_obstacle_design": {"resolution": 16, "steps": 6},
+    "fluid_obstacle_design": {"resolution": 16, "steps": 30},  # the jet reaches the outlets
     "fluid_plume_3d": {"resolution": 8, "steps": 4},
 }
 
@@ -164,7 +164,7 @@ def test_scene_loss_gradients_agree_with_torch(name):
     assert abs(loss_w - loss_t) <= 1e-12 * max(abs(loss_t), 1.0)
     for expected, got in zip(grads_t, grads_w):
         scale = float(expected.abs().max())
-        assert scale > 0
+        assert scale > 1e-3  # the gradient goes through the flow (enough steps to matter)
         assert float((got - expected).abs().max()) <= 1e-9 * scale
 
 
