@@ -137,6 +137,8 @@ class PressureSystem:
     ) -> None:
         self.level = level
         self.operator = operator
+        self.operator_cache = None
+        """What ``operator`` keeps for this level (e.g. its weights in the kernels' layout)."""
         self.weights = weights
         self.n = tuple(fixed.shape)
         self.dim = len(self.n)

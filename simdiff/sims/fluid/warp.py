@@ -666,7 +666,7 @@ class Laplacian:
 
     @staticmethod
     def _padded(system) -> tuple[torch.Tensor, torch.Tensor]:
-        cached = getattr(system, "_warp_operator", None)
+        cached = system.operator_cache
         if cached is None:
             n, dim = system.n, system.dim
             full = torch.zeros(
@@ -675,7 +675,7 @@ class Laplacian:
             for a, w in enumerate(system.weights):
                 full[a][tuple(slice(0, k) for k in w.shape)] = w.detach()
             cached = (as_grid(full, dim).contiguous(), as_grid(system.fixed, dim).contiguous())
-            system._warp_operator = cached
+            system.operator_cache = cached
         return cached
 
     def apply(self, system, x: torch.Tensor) -> torch.Tensor:
