@@ -7,7 +7,9 @@ same gradients in float64 to round-off: the tolerances below (1e-12 on states, 1
 on gradients) are a thousand times the differences measured (2e-15 and 1e-14), and far below
 what any discretization mismatch (a half-cell offset, a wrong clamp, a missed inflow face)
 produces (order 1e-3 or more). Pressure solves run to a relative residual of 1e-12, so the
-solver's tolerance does not limit the comparison.
+solver's tolerance does not limit the comparison. Checked by breaking the kernels on purpose: a
+half-cell offset in velocity advection, Warp's ``clamp`` in place of the border rule, and a
+kernel overwriting an input its adjoint reads each fail at least one test here.
 """
 
 import pytest
