@@ -12,6 +12,7 @@ and directional derivatives: the cross-backend agreement of ``tests/test_cross_b
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,10 +215,13 @@ def compare_backends(
     runs = []
     for name in backends:
         be = resolve_backend(name, device, Precision.FLOAT64)
-        probe = _probe(scene, be, steps, seed)
+        # A copy per backend: an inverse problem's objective may write its design into the
+        # model (the fluid's obstacle or inflow speed), which must not reach the next run.
+        run = copy.deepcopy(scene)
+        probe = _probe(run, be, steps, seed)
         loss, result, derivatives = probe.gradient()
         final = {n: getattr(result.final, n).detach().cpu() for n in probe.simulator.initial_fields}
-        design = _design_derivative(scene, probe.simulator, seed) if scene.design else {}
+        design = _design_derivative(run, probe.simulator, seed) if run.design else {}
         runs.append((float(loss), final, derivatives, design))
     (loss_a, final_a, der_a, des_a), (loss_b, final_b, der_b, des_b) = runs
     out = [Agreement("loss", loss_a, loss_b, max(abs(loss_a), abs(loss_b)), rtol)]

@@ -27,6 +27,10 @@ TOY = {
     "nbody_pythagorean": ({"steps": 40}, 40),
     "nbody_solar_system": ({"planets": 3, "steps": 30}, 30),
     "nbody_targeting": ({"steps": 40}, 40),
+    "fluid_smoke_to_image": ({"resolution": 16, "steps": 6}, 6),
+    "fluid_stir_to_target": ({"resolution": 16, "steps": 6}, 6),
+    "fluid_obstacle_design": ({"resolution": 16, "steps": 12}, 12),
+    "fluid_plume_3d": ({"resolution": 8, "steps": 4}, 4),
 }
 
 RTOL = {"mass_spring": 1e-9, "nbody": 1e-9, "mpm": 1e-7, "fluid": 1e-7}
