@@ -53,8 +53,9 @@ the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
 were not measured. The one hand-written derivative in either path is the pressure solve's
 adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
 
-Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``simdiff`` and
-``warp`` against a plain-PyTorch baseline) and the README.
+Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``taichi``, the
+torch step, and ``warp``, against a plain-PyTorch baseline, side by side with ``warp/taichi``)
+and the README.
 """
 
 from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sdf, solid_from_sdf
