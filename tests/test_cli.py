@@ -104,3 +104,9 @@ def test_nbody_inverse_problem_trains_from_the_cli(tmp_path, capsys):
 def test_gradcheck_on_an_nbody_scene(capsys):
     assert main(["gradcheck", "nbody_pythagorean", "--horizon", "40"]) == 0
     assert "gradcheck passed" in capsys.readouterr().out
+
+
+def test_gradcheck_on_a_fluid_scene(capsys):
+    # The check starts the flow off its kinks (at rest, advection samples on grid nodes).
+    assert main(["gradcheck", "fluid_smoke_to_image", "--horizon", "6", "--backend", "warp"]) == 0
+    assert "gradcheck passed" in capsys.readouterr().out
