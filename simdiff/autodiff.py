@@ -28,7 +28,15 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator, State
 
-__all__ = ["KernelLaunch", "KernelStep", "OutputSpec", "Rollout", "apply_step", "rollout"]
+__all__ = [
+    "KernelLaunch",
+    "KernelStep",
+    "OutputSpec",
+    "Rollout",
+    "apply_step",
+    "rollout",
+    "run_forward",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,8 @@ class KernelLaunch:
     Attributes:
         backend: The backend the kernel belongs to.
         kernel: A ``@ti.kernel`` or ``@wp.kernel`` function.
-        dim: Number of Warp threads (ignored by Taichi, whose kernels loop themselves).
+        dim: Number of Warp threads, or their shape (ignored by Taichi, whose kernels loop
+            themselves).
         static_args: Resident, non-differentiable arguments passed first (Warp arrays or
             scalars; torch tensors or scalars for Taichi).
         inputs: Names of the step buffers the kernel reads, with the Warp element type of each.
@@ -56,7 +65,7 @@ class KernelLaunch:
 
     backend: Backend
     kernel: Any
-    dim: int
+    dim: int | tuple[int, ...]
     static_args: tuple
     inputs: tuple[tuple[str, Any], ...]
     outputs: tuple[tuple[str, OutputSpec], ...]
@@ -323,6 +332,13 @@ def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, .
     return _StepFunction.apply(step, *inputs)
 
 
+def run_forward(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run ``step`` outside autograd, for operators with no derivative of their own (the
+    Warp Laplacian inside a pressure solve, whose derivative is the adjoint solve)."""
+    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs])
+    return tuple(buffers[name] for name in step.outputs)
+
+
 Controller = Callable[[int, State], torch.Tensor | None]
 
 
@@ -350,6 +366,47 @@ class Rollout:
         return [self.frames[k] for k in sorted(self.frames)]
 
 
+def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
+                      record_every, check_every) -> Rollout:
+    from simdiff.capture import apply_segment
+
+    like = getattr(state, spec.state_fields[0])
+    width = max(sim.action_dim, 1)
+    if controller is None or sim.action_dim == 0:
+        actions = like.new_zeros(steps, width)
+    else:
+        actions = controller.actions(steps).to(like.dtype)
+        if actions.shape != (steps, sim.action_dim):
+            raise ValueError(f"controller.actions({steps}) has shape {tuple(actions.shape)}; "
+                             f"expected ({steps}, {sim.action_dim})")
+    current = state
+    for t0 in range(0, steps, segment):
+        t1 = min(t0 + segment, steps)
+        trajectories = apply_segment(spec, [getattr(current, f) for f in spec.state_fields],
+                                     [actions[t0:t1]], [shared[n] for n in spec.shared])
+
+        def state_at(t: int, detach: bool = True, _tr=trajectories, _t0=t0) -> State:
+            return sim.state_from(**{f: (tr[t - _t0].detach() if detach else tr[t - _t0]).clone()
+                                     for f, tr in zip(spec.state_fields, _tr)})
+
+        for t in range(t0, t1):
+            if record_every > 0 and t % record_every == 0:
+                result.frames[t] = state_at(t)
+                if controller is not None:
+                    result.actions[t] = actions[t].detach().clone()
+        # A clone of the last slot, so that the trajectory itself is not kept alive.
+        current = state_at(t1, detach=False)
+        if check_every and sim.check_state(current) is not None:
+            for t in range(t0 + 1, t1 + 1):
+                problem = sim.check_state(state_at(t))
+                if problem is not None:
+                    raise SimulationError(f"step {t} of {steps}: {problem}")
+    if record_every > 0:
+        result.frames[steps] = current.detach()
+    result.final = current
+    return result
+
+
 def rollout(
     sim: Simulator,
     state: State,
@@ -360,6 +417,7 @@ def rollout(
     record_every: int = 0,
     check_every: int = 1,
     step_options: dict[str, Any] | None = None,
+    capture: bool | None = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -376,6 +434,13 @@ def rollout(
         check_every: Check for NaN or blow-up every this many steps (0 disables).
         step_options: Extra keyword arguments of every ``sim.step`` (e.g. a time step ``dt``
             that is a tensor being optimized).
+        capture: Run open-loop segments as captured graphs (:mod:`simdiff.capture`): each
+            segment (``checkpoint_every`` steps, or all) is one graph replay and one autograd
+            node that saves only its inputs. ``None`` (default) captures where possible: a
+            Warp simulator with a segment spec and a controller that is ``None`` or open-loop
+            (it has ``actions(steps)``, the whole action sequence as one tensor). ``True``
+            refuses to run otherwise. States are checked for blow-up at segment ends (a NaN
+            persists, so the first bad step is then found in the segment's trajectory).
 
     Raises:
         SimulationError: naming the step and quantity if the state stops being finite or
@@ -394,6 +459,22 @@ def rollout(
                 result.actions[t] = action.detach().clone()
 
     shared = {**sim.rollout_inputs(), **(step_options or {})}
+    spec = None
+    if capture is not False:
+        from simdiff.capture import capturable
+
+        open_loop = controller is None or callable(getattr(controller, "actions", None))
+        spec = capturable(sim) if open_loop else None
+        if spec is not None and set(shared) != set(spec.shared):
+            spec = None  # step options the captured step does not take
+        if capture and spec is None:
+            raise ValueError(
+                "capture=True needs a simulator on warp that offers a segment spec "
+                "(mass_spring) and a controller that is None or open-loop (has actions(steps))"
+            )
+    if spec is not None:
+        return _captured_rollout(sim, spec, state, controller, steps, result, shared,
+                                 checkpoint_every or steps, record_every, check_every)
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
