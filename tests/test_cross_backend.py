@@ -31,7 +31,15 @@ TOY = {
     "fluid_stir_to_target": ({"resolution": 16, "steps": 6}, 6),
     "fluid_obstacle_design": ({"resolution": 16, "steps": 12}, 12),
     "fluid_plume_3d": ({"resolution": 8, "steps": 4}, 4),
+    "mpm_crawler": ({"steps": 6, "grid_size": 32}, 6),
+    "mpm_identify": ({"observations": 3, "every": 4}, 12),  # long enough to land: E matters
+    "mpm_plasticine": ({"steps": 6}, 6),
+    "mpm_throw": ({"steps": 8}, 8),
+    "mpm_jelly_3d": ({"steps": 2, "grid_size": 16, "substeps": 4}, 2),
 }
+# Taichi has no 3D MPM gradients (simdiff.sims.mpm.simulator); its 3D forward agrees with Warp's
+# in tests/test_mpm_warp.py.
+FORWARD_ONLY_ON_TAICHI = {"mpm_jelly_3d"}
 
 RTOL = {"mass_spring": 1e-9, "nbody": 1e-9, "mpm": 1e-7, "fluid": 1e-7}
 
@@ -42,6 +50,8 @@ def test_every_shipped_scene_has_a_toy_size():
 
 @pytest.mark.parametrize("name", sorted(TOY))
 def test_taichi_and_warp_agree(name):
+    if name in FORWARD_ONLY_ON_TAICHI:
+        pytest.skip("no gradients on taichi for this scene; forward compared elsewhere")
     options, horizon = TOY[name]
     scene = load_scene(name, **options)
     rtol = RTOL[scene.simulator]

@@ -59,7 +59,14 @@ def _kernels(dim: int, double: bool):
     von_mises = math.sqrt(2.0 / 3.0)
     unique = {"module": "unique"}
 
-    # Dimension-specific helpers (element-wise construction keeps every adjoint plain).
+    @wp.func(**unique)
+    def wall(c: scalar, i: int, boundary: int, size: int):
+        """A velocity component with the slip walls applied: none out of the domain."""
+        out = (i < boundary and c < scalar(0.0)) or (i > size - boundary and c > scalar(0.0))
+        return wp.where(out, scalar(0.0), c)
+
+    # Dimension-specific helpers (element-wise construction keeps every adjoint plain; Warp's
+    # adjoint of a component assigned inside a branch, ``v[k] = 0``, dropped gradients).
     if dim == 2:
         @wp.func(**unique)
         def load_vec(a: wp.array2d(dtype=scalar), i: int, s: int):
@@ -109,6 +116,18 @@ def _kernels(dim: int, double: bool):
         @wp.func(**unique)
         def velocity_of(g: node):
             return vec(g[0], g[1])
+
+        @wp.func(**unique)
+        def walls(v: vec, I: ivec, boundary: int, size: int):
+            return vec(wall(v[0], I[0], boundary, size), wall(v[1], I[1], boundary, size))
+
+        @wp.func(**unique)
+        def up():
+            return vec(scalar(0.0), scalar(1.0))
+
+        @wp.func(**unique)
+        def axis_vector(axis: int, sign: scalar):
+            return vec(wp.where(axis == 0, sign, scalar(0.0)), wp.where(axis == 1, sign, scalar(0.0)))
 
         @wp.func(**unique)
         def weights(fx: vec):
@@ -180,6 +199,20 @@ def _kernels(dim: int, double: bool):
         @wp.func(**unique)
         def velocity_of(g: node):
             return vec(g[0], g[1], g[2])
+
+        @wp.func(**unique)
+        def walls(v: vec, I: ivec, boundary: int, size: int):
+            return vec(wall(v[0], I[0], boundary, size), wall(v[1], I[1], boundary, size),
+                       wall(v[2], I[2], boundary, size))
+
+        @wp.func(**unique)
+        def up():
+            return vec(scalar(0.0), scalar(1.0), scalar(0.0))
+
+        @wp.func(**unique)
+        def axis_vector(axis: int, sign: scalar):
+            return vec(wp.where(axis == 0, sign, scalar(0.0)), wp.where(axis == 1, sign, scalar(0.0)),
+                       wp.where(axis == 2, sign, scalar(0.0)))
 
         @wp.func(**unique)
         def weights(fx: vec):
@@ -304,14 +337,12 @@ def _kernels(dim: int, double: bool):
     ):
         """Velocity of a node with mass: gravity, then ground, tool and walls."""
         zero = scalar(0.0)
-        up = vec()
-        up[1] = scalar(1.0)
-        v = velocity_of(g) / g[dim] + dt * gravity * up
+        v = velocity_of(g) / g[dim] + dt * gravity * up()
         xi = to_float(I) * dx
         # Ground: a node at or below it cannot move down; friction slows its sliding.
         if xi[1] <= ground_height and v[1] < zero:
             vn = v[1]
-            v = coulomb(v - vn * up, vn, ground_friction)
+            v = coulomb(v - vn * up(), vn, ground_friction)
         # Tool: material inside it moves with it, or slides along its surface.
         if tool_shape >= 0:
             v_tool = head(tool, dim)
@@ -330,7 +361,7 @@ def _kernels(dim: int, double: bool):
                     if q[k] > q[axis]:
                         axis = k
                 inside = q[axis] < zero
-                normal[axis] = wp.where(d[axis] < zero, scalar(-1.0), scalar(1.0))
+                normal = axis_vector(axis, wp.where(d[axis] < zero, scalar(-1.0), scalar(1.0)))
             if inside:
                 rel = v - v_tool
                 vn = wp.dot(rel, normal)
@@ -338,10 +369,7 @@ def _kernels(dim: int, double: bool):
                     rel = coulomb(rel - vn * normal, vn, tool_friction)
                 v = v_tool + rel
         # Domain walls: slip, no velocity out of the domain.
-        for k in range(dim):
-            if (I[k] < boundary and v[k] < zero) or (I[k] > size - boundary and v[k] > zero):
-                v[k] = zero
-        return v
+        return walls(v, I, boundary, size)
 
     @wp.kernel(enable_backward=True, module="unique")
     def grid_update(
