@@ -19,13 +19,18 @@ In 3D the elastic law is neo-Hookean (``model.py``), so no SVD is needed in eith
 the 2D fixed-corotated rotation has a closed form. Empty grid nodes skip the node update, in
 forward and in the adjoint (most of a 3D grid is empty; this made a 3D backward ~5x faster).
 
+Warp's adjoint also lost the gradient of a vector component assigned inside a branch
+(``if ...: v[k] = 0`` in the walls), so vectors that carry gradients are built element-wise
+(``wall``, ``axis_vector``); ``test_warp_gradients_at_the_walls_match_taichi`` guards it.
+
 Measured on 2 shared CPU cores (warp-lang 1.19), cold kernel cache: the three kernels with
-their adjoints compile in 4 s (2D, float32), 10 s (2D, float64), 15 s (3D, float32) and 18 s
-(3D, float64); Taichi's 2D kernels took 3 s forward plus 17 s for the first backward, and its
-3D reverse mode ~12 minutes. Gradients match the torch oracle's autograd to ~1e-14 relative,
-Taichi's to 1e-9 over 30 substeps, and central differences in 3D to 1e-6
-(``tests/test_mpm_warp.py``). Warp runs a kernel on one thread: it wins on small, launch-bound
-scenes (every MPM scene; see their docstrings), Taichi's multi-threaded forward on large ones.
+their adjoints compile in 4-10 s in 2D and 13-18 s in 3D (either precision; the spread is
+between runs); Taichi's 2D kernels took 3 s forward plus 17 s for the first backward, its 3D
+forward 11 s, and its 3D reverse mode ~12 minutes. Gradients match the torch oracle's autograd
+to ~1e-14 relative, Taichi's to 1e-9 over 30 substeps, and central differences in 3D to 1e-6
+(``tests/test_mpm_warp.py``). Warp runs a kernel on one thread, Taichi on every core; still
+Warp led at every shipped scene's size (see their docstrings) and at the 3,220-particle
+benchmark (``benchmarks/mpm.py``): launches and the bridge dominate at these sizes.
 """
 
 import functools
