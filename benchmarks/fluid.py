@@ -5,8 +5,10 @@ Workload: a buoyant smoke plume rising from an inflow at the bottom of a box ope
 float32, the projection solved to a relative residual of 1e-6. Forward+backward
 differentiates the final smoke with respect to the initial velocity.
 
-Configurations: ``simdiff`` (multigrid-preconditioned CG, adjoint gradient of the solve) and
-the baseline ``torch``: the same discretization as a user would write it in plain PyTorch,
+Configurations: ``taichi`` (what ``--backend taichi`` runs for the fluid: the step in vectorized
+torch, no Taichi kernels; multigrid-preconditioned CG, adjoint gradient of the solve), ``warp`` (the same step with Warp kernels for
+advection, sources, solids, divergence, gradient and the solver's Laplacian, differentiated by
+Warp's adjoints; ``--backend warp``) and the baseline ``torch``: the same discretization as a user would write it in plain PyTorch,
 Jacobi-preconditioned CG to the same tolerance, differentiated by autograd through every
 iteration. The baseline needs hundreds of iterations per solve from 128^2 on, so there it runs
 a tenth of the steps (``steps`` column; rates are per step either way), and its
@@ -26,7 +28,7 @@ import torch
 
 from simdiff.bench import peak_rss_mb
 
-CONFIGS = ["simdiff"]
+CONFIGS = ["taichi", "warp"]
 BASELINE = "torch"
 KEYS = ("resolution", "mode")
 METRIC, HIGHER_IS_BETTER = "steps_per_second", True
@@ -58,8 +60,8 @@ def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> 
     from simdiff.sims.fluid import Fluid
 
     model = plume(resolution)
-    backend = resolve_backend("taichi", precision="float32")
-    if config == "simdiff":
+    backend = resolve_backend("warp" if config == "warp" else "taichi", precision="float32")
+    if config in CONFIGS:
         sim = Fluid(model, backend)
     else:
         sim = Fluid(model, backend, adjoint=False, preconditioner="jacobi")
@@ -113,6 +115,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     steps = 10 if args.quick else args.iters
     sizes = [(32, 32)] if args.quick else [(64, 64), (128, 128), (256, 256), (64, 64, 64)]
+    if args.config == "warp":  # compile (or load) the kernels before timing
+        for n in [(16, 16)] + ([] if args.quick else [(16, 16, 16)]):
+            measure(args.config, n, 1, "forward+backward")
     rows = []
     for n in sizes:
         cells = n[0] ** len(n)

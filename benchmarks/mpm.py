@@ -7,9 +7,9 @@ against the baseline measured in the same run.
 
 (a) One crawler training iteration (rollout, backward, Adam update): the ``mpm_crawler`` scene
     at ``scale=1.5`` on a 128^2 grid (about 3,200 particles), 50 control steps of 20 substeps
-    (1,000 substeps), the open-loop sinusoid controller. simdiff on Taichi recomputes grids in
-    backward (``--checkpoint K`` also keeps only every K-th control step's particles). Also
-    reported: forward-only particle-substeps per second and peak memory.
+    (1,000 substeps), the open-loop sinusoid controller. simdiff on Taichi and on Warp
+    recompute grids in backward (``--checkpoint K`` also keeps only every K-th control step's
+    particles). Also reported: forward-only particle-substeps per second and peak memory.
 (b) 3D forward: an elastic cube of 29,791 particles (2 per cell and axis) falling on a 64^3
     grid, seconds per substep and particle-substeps per second (no gradient).
 (c) Peak memory of the gradient (forward and backward of the crawler's loss, as in (a)) at
@@ -20,9 +20,13 @@ against the baseline measured in the same run.
 ``--part a|b|c`` runs one part (default: all); ``--quick`` is a smoke test at toy sizes (the
 whole benchmark in under a minute once kernels are cached). Run through ``simdiff bench mpm``.
 
-Figures of ``simdiff bench mpm --iters 1`` (2026-11-29, float32, shared 2-core CPU; the
-simdiff parts ran at a load average near 9 from other jobs, the baseline's mostly at 2-5, so
-the ratios understate simdiff):
+Earlier run of part (a) with Warp (one run, 2 shared cores): a training iteration takes 4.3 s
+on Warp and 9.8 s on Taichi; forward 0.83 s and 1.0 s.
+
+Figures of ``simdiff bench mpm --iters 1`` for Taichi and torch (2026-11-29, before the Warp
+configuration joined this benchmark; float32, shared 2-core CPU; the simdiff parts ran at a
+load average near 9 from other jobs, the baseline's mostly at 2-5, so the ratios understate
+simdiff):
 
 * (a) training iteration: taichi 23.4 s, torch 149 s: 6.4x; forward 3.4e6 against 3.1e4
   particle-substeps/s (110x); peak memory 450 MB against 6.8 GB (15x).
@@ -55,7 +59,7 @@ import torch
 
 from simdiff.bench import peak_rss_mb
 
-CONFIGS = ["taichi"]
+CONFIGS = ["taichi", "warp"]
 BASELINE = "torch"
 KEYS: tuple[str, ...] = ("part", "substeps")
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
@@ -77,7 +81,8 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
                {"grid_size": 128, "dt": 5e-4, "substeps": per_step, "scale": 1.5})
     steps = max(1, substeps // options["substeps"])
     scene = load_scene("mpm_crawler", steps=steps, **options)
-    backend = resolve_backend("taichi", device)
+    # The torch baseline uses a Taichi simulator only for its model, parameters and state.
+    backend = resolve_backend("taichi" if config == BASELINE else config, device)
     sim = make_simulator(scene, backend)
     model = scene.model
     torch.manual_seed(0)
@@ -150,7 +155,8 @@ def measure_3d(config: str, *, quick: bool, device: str = "cpu") -> dict:
     from simdiff.sims.mpm.torch_reference import torch_substep
 
     grid, edge, substeps, steps = (16, 0.25, 2, 2) if quick else (64, 0.24, 5, 4)
-    backend = resolve_backend("taichi", device, precision="float32")
+    backend = resolve_backend("taichi" if config == BASELINE else config, device,
+                              precision="float32")
     model = build_model([Body((0.38, 0.25, 0.38), (edge,) * 3, E=1e3, nu=0.2)], grid_size=grid,
                         dt=2e-4, substeps=substeps, dtype=torch.float32)
     sim = MPM(model, backend)
@@ -196,7 +202,7 @@ def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cp
                {"grid_size": 128, "dt": 5e-4, "substeps": 20, "scale": 1.5})
     steps = max(1, substeps // options["substeps"])
     scene = load_scene("mpm_crawler", steps=steps, **options)
-    backend = resolve_backend("taichi", device)
+    backend = resolve_backend("taichi" if config == BASELINE else config, device)
     sim = make_simulator(scene, backend)
     model = scene.model
     torch.manual_seed(0)
@@ -277,19 +283,23 @@ def summarize(rows: list[dict]) -> str:
                      and all(r.get(k) == v for k, v in keys.items())), None)
 
     lines = []
-    ours, base = find("taichi", "b"), find(BASELINE, "b")
-    if ours and base:
+    base = find(BASELINE, "b")
+    for ours in (find(config, "b") for config in CONFIGS):
+        if not (ours and base and ours.get("seconds_per_substep")
+                and base.get("seconds_per_substep")):
+            continue
         lines.append(
-            f"(b) 3D forward, {ours['particles']} particles, {ours['grid']}^3 grid: taichi "
+            f"(b) 3D forward, {ours['particles']} particles, {ours['grid']}^3 grid: "
+            f"{ours['config']} "
             f"{ours['seconds_per_substep']:.4g} s/substep ({ours['particle_substeps_per_s']:.3g} "
             f"particle-substeps/s), torch {base['seconds_per_substep']:.4g} s/substep: "
             f"{base['seconds_per_substep'] / ours['seconds_per_substep']:.3g}x faster")
     for row in rows:
-        if row["config"] != "taichi" or row.get("part") != "c":
+        if row["config"] not in CONFIGS or row.get("part") != "c" or "failed" in row:
             continue
         n = row["substeps"]
         base = find(BASELINE, "c", substeps=n)
-        text = (f"(c) gradient at {n} substeps: taichi peak {row['peak_rss_mb']:.0f} MB "
+        text = (f"(c) gradient at {n} substeps: {row['config']} peak {row['peak_rss_mb']:.0f} MB "
                 f"(+{row['rss_growth_mb']:.0f} MB, {row['seconds']:.3g} s, checkpoint "
                 f"every {row['checkpoint']} steps)")
         if base and base.get("peak_rss_mb"):

@@ -33,6 +33,13 @@ class SinusoidController(nn.Module):
         clocks = torch.sin(self.omega * step * self.dt + self.phases)
         return torch.tanh(self.weight @ clocks + self.bias)
 
+    def actions(self, steps: int) -> torch.Tensor:
+        """The actions of steps ``0 .. steps - 1`` at once, ``[steps, action_dim]``: being
+        open-loop, the whole sequence is known before the rollout (so it can be captured)."""
+        t = torch.arange(steps, dtype=self.weight.dtype, device=self.weight.device)[:, None]
+        clocks = torch.sin(self.omega * t * self.dt + self.phases)
+        return torch.tanh(clocks @ self.weight.T + self.bias)
+
 
 def controller(sim, scene, **options) -> nn.Module:
     # MPM models step several substeps per control step: the clock runs on control steps.

@@ -2,6 +2,11 @@
 
 Task: move the center of mass to the right within the horizon. ``scale`` multiplies the
 robot's size (``scale=1.5`` on a 128-node grid is the benchmark's 3,000-particle crawler).
+
+Default backend Warp, measured at this size (376 particles, 64^2 grid, 1,000 substeps, float32,
+2 shared CPU cores): a rollout takes 0.45 s on Warp against 0.99 s on Taichi (2.2x), forward and
+backward 1.34 s against 3.14 s (2.3x). Small MPM scenes are launch-bound, where Warp's launches
+win.
 """
 
 from simdiff.scene import Scene
@@ -35,7 +40,7 @@ def scene(*, steps: int = 100, grid_size: int = 64, substeps: int = 10, dt: floa
         loss=locomotion_loss,
         metrics=locomotion_metrics,
         description=f"2D MPM soft crawler, {model.particle_count} particles, 4 muscles; crawl right",
-        default_backend="taichi",
+        default_backend="warp",
         render_every=2,
         train={"controller": "sinusoid", "lr": 0.1, "iters": 30},
     )

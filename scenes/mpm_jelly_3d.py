@@ -1,7 +1,9 @@
 """A 3D quadruped jelly (MPM): a soft slab on four legs, each leg one vertical muscle.
 
-Forward only for now (``simdiff run mpm_jelly_3d --controller sinusoid``): gradients of 3D
-MPM are not available yet (see ``simdiff.sims.mpm.simulator``).
+Trains on Warp, the default (``simdiff train mpm_jelly_3d``): 3D MPM gradients exist only
+there (see ``simdiff.sims.mpm.simulator``). Warp is also the faster backend at this size (524
+particles, 32^3 grid, 600 substeps, float32, 2 shared CPU cores): a rollout takes 0.57 s on
+Warp against 1.15 s on Taichi (2.0x); forward and backward take 1.88 s on Warp.
 """
 
 from simdiff.scene import Scene
@@ -27,7 +29,7 @@ def scene(*, steps: int = 60, grid_size: int = 32, substeps: int = 10, dt: float
         loss=locomotion_loss,
         metrics=locomotion_metrics,
         description=f"3D MPM quadruped jelly, {model.particle_count} particles, 4 muscles",
-        default_backend="taichi",
+        default_backend="warp",
         render_every=2,
         train={"controller": "sinusoid"},
     )

@@ -3,6 +3,11 @@
 The target is the block's occupancy after a hidden path (press down, then drag right); the
 optimization starts with a tool that sinks slowly (a tool that never
 touches the block gets no gradient). Scored by the IoU of occupied cells.
+
+Default backend Warp, measured at this size (95 particles, 32^2 grid, 300 substeps, float32, 2
+shared CPU cores): a rollout takes 0.11 s on Warp against 0.41 s on Taichi (3.8x), forward and
+backward 0.24 s against 1.33 s (5.6x). Small MPM scenes are launch-bound, where Warp's launches
+win.
 """
 
 import torch
@@ -31,7 +36,7 @@ def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float
     tool = Tool(ToolShape.SPHERE, (0.04,), (0.5, 0.23))
     model = build_model([block], grid_size=grid_size, dt=dt, substeps=substeps, tool=tool)
     sigma = model.dx / 2
-    truth = MPM(model, resolve_backend("taichi", precision="float64"))
+    truth = MPM(model, resolve_backend("warp", precision="float64"))
     path = hidden_path(steps)
     with torch.no_grad():
         final = rollout(truth, truth.initial_state(), lambda k, s: path[k], steps).final
@@ -43,7 +48,7 @@ def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float
         steps=steps,
         loss=lambda r: r.final.particle_x.new_zeros(()),
         description="press a plasticine block into a target shape with a spherical tool",
-        default_backend="taichi",
+        default_backend="warp",
         render_every=1,
         train={"precision": "float64", "lr": 0.05, "iters": 40},
         design=lambda sim: ToolPath(torch.tensor([0.0, -0.3], dtype=torch.float64).repeat(steps, 1)),

@@ -2,6 +2,11 @@
 
 The target is where the blob's center of mass is at the final time when launched with a hidden
 velocity (it has landed and spread by then); the optimization starts from a slower launch.
+
+Default backend Warp, measured at this size (36 particles, 48^2 grid, 400 substeps, float32, 2
+shared CPU cores): a rollout takes 0.14 s on Warp against 0.49 s on Taichi (3.6x), forward and
+backward 0.24 s against 1.54 s (6.4x). Small MPM scenes are launch-bound, where Warp's launches
+win.
 """
 
 import torch
@@ -19,7 +24,7 @@ def scene(*, steps: int = 40, grid_size: int = 48, substeps: int = 10, dt: float
           start: tuple = (0.6, 0.8)) -> Scene:
     blob = Body((0.1, 0.1), (0.06, 0.06), material=Material.LIQUID, E=50.0, nu=0.3)
     model = build_model([blob], grid_size=grid_size, dt=dt, substeps=substeps)
-    truth = MPM(model, resolve_backend("taichi", precision="float64"))
+    truth = MPM(model, resolve_backend("warp", precision="float64"))
     x0 = truth.initial_state().particle_x
     hidden = torch.tensor(HIDDEN, dtype=torch.float64)
     with torch.no_grad():
@@ -32,7 +37,7 @@ def scene(*, steps: int = 40, grid_size: int = 48, substeps: int = 10, dt: float
         steps=steps,
         loss=lambda r: r.final.particle_x.new_zeros(()),
         description=f"throw a water blob ({model.particle_count} particles) onto a target",
-        default_backend="taichi",
+        default_backend="warp",
         render_every=2,
         train={"precision": "float64", "lr": 0.1, "iters": 40},
         design=lambda sim: LaunchVelocity(torch.tensor(start, dtype=torch.float64)),

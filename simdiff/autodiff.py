@@ -28,7 +28,15 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator, State
 
-__all__ = ["KernelLaunch", "KernelStep", "OutputSpec", "Rollout", "apply_step", "rollout"]
+__all__ = [
+    "KernelLaunch",
+    "KernelStep",
+    "OutputSpec",
+    "Rollout",
+    "apply_step",
+    "rollout",
+    "run_forward",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,8 @@ class KernelLaunch:
     Attributes:
         backend: The backend the kernel belongs to.
         kernel: A ``@ti.kernel`` or ``@wp.kernel`` function.
-        dim: Number of Warp threads (ignored by Taichi, whose kernels loop themselves).
+        dim: Number of Warp threads, or their shape (ignored by Taichi, whose kernels loop
+            themselves).
         static_args: Resident, non-differentiable arguments passed first (Warp arrays or
             scalars; torch tensors or scalars for Taichi).
         inputs: Names of the step buffers the kernel reads, with the Warp element type of each.
@@ -56,7 +65,7 @@ class KernelLaunch:
 
     backend: Backend
     kernel: Any
-    dim: int
+    dim: int | tuple[int, ...]
     static_args: tuple
     inputs: tuple[tuple[str, Any], ...]
     outputs: tuple[tuple[str, OutputSpec], ...]
@@ -82,6 +91,23 @@ class KernelStep:
     launches: tuple[KernelLaunch, ...]
     outputs: tuple[str, ...]
     recompute: bool = False
+
+
+_NUMPY_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``like``'s type; on the CPU from calloc (numpy), single-threaded.
+
+    Torch fills a large buffer on its thread pool, which waited milliseconds per call when the
+    cores were shared (a 512 kB MPM grid: 12 ms against 0.6 ms from calloc, on 2 busy cores);
+    those fills were 95% of a 3D MPM backward on Warp.
+    """
+    if like.device.type == "cpu" and like.dtype in _NUMPY_DTYPES:
+        import numpy as np
+
+        return torch.from_numpy(np.zeros(tuple(shape), dtype=_NUMPY_DTYPES[like.dtype]))
+    return torch.zeros(tuple(shape), dtype=like.dtype, device=like.device)
 
 
 def _warp_ndim(tensor: torch.Tensor, dtype: Any) -> int:
@@ -216,7 +242,8 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
         launch.backend.ensure_initialized()
         args = [buffers[name] for name, _ in launch.inputs]
         outs = [
-            (torch.zeros if o.accumulates else torch.empty)(o.shape, dtype=like.dtype, device=like.device)
+            _zeros(o.shape, like) if o.accumulates
+            else torch.empty(o.shape, dtype=like.dtype, device=like.device)
             for _, o in launch.outputs
         ]
         if launch.backend.name is BackendName.WARP:
@@ -232,14 +259,21 @@ def _run_adjoint(
     inputs: Sequence[torch.Tensor],
     outputs: Sequence[torch.Tensor],
     grad_outputs: Sequence[torch.Tensor],
+    accumulate: Sequence[torch.Tensor | None] = (),
 ) -> list[torch.Tensor]:
-    """Gradients of one launch's inputs given its primal inputs, outputs and output gradients."""
-    grads_in = [torch.zeros_like(t) for t in inputs]
+    """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
+
+    On Warp, a tensor in ``accumulate`` (one entry per input, or none) receives that input's
+    gradient in place (Warp's adjoints add into their arrays) and is returned; Taichi ignores it.
+    """
     if launch.backend.name is BackendName.WARP:
+        into = list(accumulate) or [None] * len(inputs)
+        grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
         # Warp's adjoint of a store reads the output adjoint without changing it (our kernels
         # only write fresh outputs), so the incoming gradients are passed without copies.
         _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
         return grads_in
+    grads_in = [_zeros(t.shape, t) for t in inputs]
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``.
     leaves = []
     for value, grad in [*zip(inputs, grads_in), *zip(outputs, grad_outputs)]:
@@ -270,16 +304,25 @@ class _StepFunction(torch.autograd.Function):
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
+        # Adjoint buffers this backward made (not torch's incoming gradients): Warp adds into
+        # them in place, sparing a torch addition per input and launch (a parallel op that
+        # stalled for milliseconds on shared cores, most of a 2D MPM backward).
+        owned: set[str] = set()
         for launch in reversed(step.launches):
             outs = [buffers[name] for name, _ in launch.outputs]
             grads = _run_adjoint(
                 launch,
                 [buffers[name] for name, _ in launch.inputs],
                 outs,
-                [adjoints.get(name, torch.zeros_like(o)) for (name, _), o in zip(launch.outputs, outs)],
+                [adjoints[name] if name in adjoints else _zeros(o.shape, o)
+                 for (name, _), o in zip(launch.outputs, outs)],
+                [adjoints[name] if name in owned else None for name, _ in launch.inputs],
             )
             for (name, _), g in zip(launch.inputs, grads):
+                if name in owned and g is adjoints[name]:
+                    continue  # accumulated in place
                 adjoints[name] = adjoints[name] + g if name in adjoints else g
+                owned.add(name)
         grads_in = [adjoints.get(name) for name in step.inputs]
         return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
 
@@ -287,6 +330,13 @@ class _StepFunction(torch.autograd.Function):
 def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Run ``step`` on torch tensors as one differentiable torch operation."""
     return _StepFunction.apply(step, *inputs)
+
+
+def run_forward(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run ``step`` outside autograd, for operators with no derivative of their own (the
+    Warp Laplacian inside a pressure solve, whose derivative is the adjoint solve)."""
+    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs])
+    return tuple(buffers[name] for name in step.outputs)
 
 
 Controller = Callable[[int, State], torch.Tensor | None]
@@ -316,6 +366,47 @@ class Rollout:
         return [self.frames[k] for k in sorted(self.frames)]
 
 
+def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
+                      record_every, check_every) -> Rollout:
+    from simdiff.capture import apply_segment
+
+    like = getattr(state, spec.state_fields[0])
+    width = max(sim.action_dim, 1)
+    if controller is None or sim.action_dim == 0:
+        actions = like.new_zeros(steps, width)
+    else:
+        actions = controller.actions(steps).to(like.dtype)
+        if actions.shape != (steps, sim.action_dim):
+            raise ValueError(f"controller.actions({steps}) has shape {tuple(actions.shape)}; "
+                             f"expected ({steps}, {sim.action_dim})")
+    current = state
+    for t0 in range(0, steps, segment):
+        t1 = min(t0 + segment, steps)
+        trajectories = apply_segment(spec, [getattr(current, f) for f in spec.state_fields],
+                                     [actions[t0:t1]], [shared[n] for n in spec.shared])
+
+        def state_at(t: int, detach: bool = True, _tr=trajectories, _t0=t0) -> State:
+            return sim.state_from(**{f: (tr[t - _t0].detach() if detach else tr[t - _t0]).clone()
+                                     for f, tr in zip(spec.state_fields, _tr)})
+
+        for t in range(t0, t1):
+            if record_every > 0 and t % record_every == 0:
+                result.frames[t] = state_at(t)
+                if controller is not None:
+                    result.actions[t] = actions[t].detach().clone()
+        # A clone of the last slot, so that the trajectory itself is not kept alive.
+        current = state_at(t1, detach=False)
+        if check_every and sim.check_state(current) is not None:
+            for t in range(t0 + 1, t1 + 1):
+                problem = sim.check_state(state_at(t))
+                if problem is not None:
+                    raise SimulationError(f"step {t} of {steps}: {problem}")
+    if record_every > 0:
+        result.frames[steps] = current.detach()
+    result.final = current
+    return result
+
+
 def rollout(
     sim: Simulator,
     state: State,
@@ -326,6 +417,7 @@ def rollout(
     record_every: int = 0,
     check_every: int = 1,
     step_options: dict[str, Any] | None = None,
+    capture: bool | None = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -342,6 +434,13 @@ def rollout(
         check_every: Check for NaN or blow-up every this many steps (0 disables).
         step_options: Extra keyword arguments of every ``sim.step`` (e.g. a time step ``dt``
             that is a tensor being optimized).
+        capture: Run open-loop segments as captured graphs (:mod:`simdiff.capture`): each
+            segment (``checkpoint_every`` steps, or all) is one graph replay and one autograd
+            node that saves only its inputs. ``None`` (default) captures where possible: a
+            Warp simulator with a segment spec and a controller that is ``None`` or open-loop
+            (it has ``actions(steps)``, the whole action sequence as one tensor). ``True``
+            refuses to run otherwise. States are checked for blow-up at segment ends (a NaN
+            persists, so the first bad step is then found in the segment's trajectory).
 
     Raises:
         SimulationError: naming the step and quantity if the state stops being finite or
@@ -360,6 +459,22 @@ def rollout(
                 result.actions[t] = action.detach().clone()
 
     shared = {**sim.rollout_inputs(), **(step_options or {})}
+    spec = None
+    if capture is not False:
+        from simdiff.capture import capturable
+
+        open_loop = controller is None or callable(getattr(controller, "actions", None))
+        spec = capturable(sim) if open_loop else None
+        if spec is not None and set(shared) != set(spec.shared):
+            spec = None  # step options the captured step does not take
+        if capture and spec is None:
+            raise ValueError(
+                "capture=True needs a simulator on warp that offers a segment spec "
+                "(mass_spring) and a controller that is None or open-loop (has actions(steps))"
+            )
+    if spec is not None:
+        return _captured_rollout(sim, spec, state, controller, steps, result, shared,
+                                 checkpoint_every or steps, record_every, check_every)
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):

@@ -7,6 +7,10 @@ A benchmark module defines ``CONFIGS`` (the simdiff configurations), ``BASELINE`
 (the columns that identify a row, e.g. body count), ``METRIC`` and ``HIGHER_IS_BETTER``, and a
 command line ``--config NAME [--quick] [--device D]`` that prints its rows as a JSON list, and
 optionally ``summarize(rows)``, a text printed after the table.
+
+Where a benchmark measures both kernel backends (``taichi`` and ``warp`` configurations), a
+second table puts them side by side per row key with the ratio ``warp / taichi`` of the metric;
+``simdiff bench`` without a name runs every simulator's benchmark (:data:`SIMULATOR_BENCHMARKS`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["list_benchmarks", "peak_rss_mb", "run_benchmark"]
+__all__ = ["SIMULATOR_BENCHMARKS", "list_benchmarks", "peak_rss_mb", "run_all", "run_benchmark"]
+
+SIMULATOR_BENCHMARKS = ("mass_spring", "mpm", "fluid", "nbody")
+"""The benchmarks of the four simulators, run by ``simdiff bench`` without a name."""
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +90,7 @@ def run_benchmark(
     print("  ".join(f"{c:>14}" for c in columns))
     for row in rows:
         print("  ".join(f"{_fmt(row.get(c)):>14}" for c in columns))
+    print(_side_by_side(rows, bench.KEYS, metric, higher))
     if hasattr(bench, "summarize"):  # a benchmark's own conclusion, e.g. a crossover size
         print(bench.summarize(rows))
     if out:
@@ -90,6 +98,37 @@ def run_benchmark(
         Path(out).write_text(json.dumps(rows, indent=2))
         print(f"wrote {out}")
     return 0
+
+
+def run_all(*, backend: str = "all", device: str = "cpu", quick: bool = False,
+            extra_args: list[str] | None = None, out: str | Path | None = None) -> int:
+    """Every simulator's benchmark in turn (``out`` gets one JSON file per benchmark)."""
+    failed = 0
+    for what in SIMULATOR_BENCHMARKS:
+        print(f"\n=== {what} ===", flush=True)
+        path = None if out is None else Path(out).with_name(f"{Path(out).stem}_{what}.json")
+        failed += run_benchmark(what, backend=backend, device=device, quick=quick,
+                                extra_args=extra_args, out=path) != 0
+    return 1 if failed else 0
+
+
+def _side_by_side(rows: list[dict], keys, metric: str, higher: bool) -> str:
+    """Taichi and Warp rows of the same key in one line, with ``warp / taichi``; '' if the
+    benchmark did not measure both."""
+    by_backend: dict[str, dict[tuple, float]] = {"taichi": {}, "warp": {}}
+    for row in rows:
+        if row["config"] in by_backend and row.get(metric):
+            by_backend[row["config"]][tuple(row.get(k) for k in keys)] = row[metric]
+    shared = [k for k in by_backend["taichi"] if k in by_backend["warp"]]
+    if not shared:
+        return ""
+    better = "higher" if higher else "lower"
+    lines = [f"\ntaichi and warp side by side ({metric}, {better} is better)",
+             "  ".join(f"{c:>14}" for c in [*keys, "taichi", "warp", "warp/taichi"])]
+    for key in shared:
+        t, w = by_backend["taichi"][key], by_backend["warp"][key]
+        lines.append("  ".join(f"{_fmt(v):>14}" for v in [*key, t, w, w / t]))
+    return "\n".join(lines)
 
 
 def _fmt(value) -> str:

@@ -161,11 +161,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from simdiff.bench import run_benchmark
+    from simdiff.bench import run_all, run_benchmark
 
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
+    if args.what is None:
+        return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
+                       extra_args=extra, out=args.out)
     return run_benchmark(args.what, backend=args.backend or "all", device=args.device,
                          quick=args.quick, extra_args=extra, out=args.out)
 
@@ -217,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")
     from simdiff.bench import list_benchmarks
 
-    p.add_argument("what", nargs="?", default="mass_spring", choices=list_benchmarks())
+    p.add_argument("what", nargs="?", default=None, choices=list_benchmarks(),
+                   help="benchmark name (default: every simulator's benchmark)")
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")

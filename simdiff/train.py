@@ -232,7 +232,7 @@ def train(
         )
 
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
-               desc=f"train {scene.name} [{backend}]", disable=not progress, dynamic_ncols=True)
+               desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()

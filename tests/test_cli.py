@@ -62,14 +62,23 @@ def test_bad_inputs_exit_with_a_message(tmp_path, capsys):
     assert "unreadable or corrupt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("what", ["mass_spring", "nbody"])
-def test_bench_runs_at_toy_size(tmp_path, capsys, what):
+@pytest.mark.parametrize("what, backend", [("mass_spring", "warp"), ("nbody", "all")])
+def test_bench_runs_at_toy_size(tmp_path, capsys, what, backend):
     out = tmp_path / "bench.json"
-    assert main(["bench", what, "--backend", "warp", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", what, "--backend", backend, "--quick", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert {r["config"] for r in rows} >= {"warp"} and len({r["config"] for r in rows}) >= 2
     assert all(r.get("vs_baseline", 1) > 0 for r in rows)
-    assert "vs_baseline" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "vs_baseline" in printed
+    assert ("taichi and warp side by side" in printed) == (backend == "all")
+    if backend == "all":  # the ratio column is warp / taichi of the same row
+        table = printed.split("side by side")[1].splitlines()[2:]
+        by = {(r["config"], r["n"], r["mode"]): r.get("pairs_per_second") for r in rows}
+        first = table[0].split()
+        n, mode = int(first[0]), first[1]
+        expected = by[("warp", n, mode)] / by[("taichi", n, mode)]
+        assert float(first[-1]) == pytest.approx(expected, rel=1e-3)
 
 
 def test_nbody_run_writes_video_and_energy_plot(tmp_path, capsys):
@@ -94,4 +103,10 @@ def test_nbody_inverse_problem_trains_from_the_cli(tmp_path, capsys):
 
 def test_gradcheck_on_an_nbody_scene(capsys):
     assert main(["gradcheck", "nbody_pythagorean", "--horizon", "40"]) == 0
+    assert "gradcheck passed" in capsys.readouterr().out
+
+
+def test_gradcheck_on_a_fluid_scene(capsys):
+    # The check starts the flow off its kinks (at rest, advection samples on grid nodes).
+    assert main(["gradcheck", "fluid_smoke_to_image", "--horizon", "6", "--backend", "warp"]) == 0
     assert "gradcheck passed" in capsys.readouterr().out

@@ -70,11 +70,13 @@ def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "mpm", "--quick", "--out", str(out)]) == 0
     rows = {(r["config"], r["part"]): r for r in json.loads(out.read_text())}
-    assert set(rows) == {(c, p) for c in ("taichi", "torch") for p in "abc"}
-    a, b = rows["taichi", "a"], rows["taichi", "b"]
-    assert a["vs_baseline"] > 0 and a["particle_substeps_per_s"] > 0
-    assert b["dim"] == 3 and b["particle_substeps_per_s"] > 0
-    assert rows["torch", "c"]["peak_rss_mb"] > 0 and rows["taichi", "c"]["checkpoint"] >= 1
+    assert set(rows) == {(c, p) for c in ("taichi", "warp", "torch") for p in "abc"}
+    for config in ("taichi", "warp"):
+        a, b = rows[config, "a"], rows[config, "b"]
+        assert a["vs_baseline"] > 0 and a["particle_substeps_per_s"] > 0
+        assert b["dim"] == 3 and b["particle_substeps_per_s"] > 0
+        assert rows[config, "c"]["checkpoint"] >= 1
+    assert rows["torch", "c"]["peak_rss_mb"] > 0
     printed = capsys.readouterr().out
     assert "vs_baseline" in printed and "(b) 3D forward" in printed
     assert "(c) gradient at 20 substeps" in printed

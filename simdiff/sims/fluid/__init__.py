@@ -8,19 +8,54 @@ tolerance (iterations are counted in ``Fluid.stats``; a solve that misses the to
 :class:`~simdiff.sims.base.SimulationError` with the residual and the step). Conventions are in
 :mod:`~simdiff.sims.fluid.model`, the solver and its adjoint in :mod:`~simdiff.sims.fluid.solver`.
 
-Why the step is vectorized torch and not Taichi or Warp kernels (unlike the other simulators):
-a projection is 10-25 preconditioned CG iterations, each a V-cycle over 4-6 grid levels, so
-a step is several hundred small array operations with a scalar reduction (a host sync) in every
-iteration. On the CPU, Taichi pays ~75 us per launch plus ~60 us per tensor argument, which
-alone would exceed the whole torch step at 64^2. Advection is the one part that maps to a
-single kernel; measured on 2 CPU cores (float32, one semi-Lagrangian scalar advection): Warp
-kernel 309 / 694 / 4875 us against torch ``grid_sample`` 358 / 987 / 4448 us at 64^2 / 128^2 /
-256^2, no consistent gain for a few percent of the step, while torch gives its backward for
-free. The one hand-written derivative is the pressure solve's adjoint (one more CG solve with
-the same symmetric operator), which avoids storing CG iterates. The backend argument therefore
-only chooses the precision and device.
+Two implementations of the step, chosen by the backend name:
 
-Measured speed: see ``simdiff bench fluid`` (benchmarks/fluid.py) and the README.
+* ``--backend taichi`` (every fluid scene's default): the step in vectorized torch
+  (:mod:`~simdiff.sims.fluid.grid`), differentiated by torch autograd. There are no Taichi
+  kernels for the fluid: a projection is 10-25 preconditioned CG iterations, each a V-cycle
+  over 4-6 grid levels, so a step is several hundred small array operations with a host sync
+  in every iteration, and Taichi's launch cost on the CPU (~75 us per launch plus ~60 us per
+  tensor argument) alone exceeds the whole torch step at 64^2. The name only chooses precision
+  and device; :attr:`Fluid.engine` and the training progress bar report ``torch``.
+* ``--backend warp``: the step's local operators are Warp kernels (:mod:`~simdiff.sims.fluid.warp`:
+  advection of dye and velocity, MacCormack, inflow sources, buoyancy, the solids' face
+  weights and imposed velocities, divergence, pressure-gradient subtraction), differentiated
+  by Warp's adjoints through :func:`~simdiff.autodiff.apply_step`. The pressure solve is shared
+  (the same multigrid-preconditioned CG and adjoint); ``Fluid(..., solver_kernels=True)`` also
+  applies its operator on every level by Warp kernels. States agree with the torch path to
+  2e-15 and gradients to 1e-14 (relative) in float64 (tests/test_fluid_warp.py): two
+  independent implementations of one discretization.
+
+Measured on 2 shared CPU cores (load average ~9 from other jobs, so single figures vary by
+up to 2x between runs; ratios from alternating runs in one process are steadier): float32,
+torch on 1 thread (Warp's CPU kernels are single-threaded), the plume of benchmarks/fluid.py,
+best of 3; milliseconds per step, torch time / Warp time in brackets (above 1: Warp faster):
+
+==========  =================  =======  =============  ========================
+grid        mode               torch    warp           warp + solver_kernels
+==========  =================  =======  =============  ========================
+64^2        forward             28.5     30.5 (0.94)    39.8 (0.72)
+64^2        forward+backward    53.5     57.0 (0.94)    77.6 (0.69)
+128^2       forward             53.1     67.8 (0.78)   104.7 (0.51)
+128^2       forward+backward    86.9    114.6 (0.76)   146.5 (0.59)
+32^3        forward            108.3    113.9 (0.95)   168.9 (0.64)
+32^3        forward+backward   116.4    115.8 (1.01)   167.3 (0.70)
+==========  =================  =======  =============  ========================
+
+An earlier run of the same script gave torch / warp 0.96, 0.83, 1.09, 0.85, 1.18, 0.76 in the
+same order: the spread is the host's load. The pressure solve, shared by both, is most of
+every step, so the paths differ by the local operators only, and there Warp is at best even
+with torch and usually 5-25% slower: single-threaded CPU kernels cost 0.1-1 ms per launch at
+128^2 even when trivial (torch's vectorized ops: tens of microseconds), and each adjoint
+replays its kernel. Warp's Laplacian inside the solve is slower than torch's vectorized
+operator at every size (a V-cycle launches it three times per level). So the torch path stays
+the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
+were not measured. The one hand-written derivative in either path is the pressure solve's
+adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
+
+Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``taichi``, the
+torch step, and ``warp``, against a plain-PyTorch baseline, side by side with ``warp/taichi``)
+and the README.
 """
 
 from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sdf, solid_from_sdf

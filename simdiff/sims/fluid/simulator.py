@@ -1,10 +1,19 @@
-"""The fluid simulator: one step of advection, sources, buoyancy, solids and projection."""
+"""The fluid simulator: one step of advection, sources, buoyancy, solids and projection.
+
+Two implementations of the same step: vectorized torch (:mod:`~simdiff.sims.fluid.grid`, the
+``taichi`` backend name, which for the fluid means "no kernels": see the package docstring)
+and Warp kernels (:mod:`~simdiff.sims.fluid.warp`, the ``warp`` backend), differentiated by
+Warp's adjoints through :func:`~simdiff.autodiff.apply_step`. Both share the pressure solve
+and its adjoint (:mod:`~simdiff.sims.fluid.solver`); with Warp, its Laplacian and residual
+are Warp kernels too.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from simdiff.backend import Backend
+from simdiff.autodiff import apply_step
+from simdiff.backend import Backend, BackendName
 from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor
@@ -19,11 +28,17 @@ class Fluid(Simulator):
 
     Args:
         model: The validated model.
-        backend: Its precision and device are used (the step is vectorized torch).
+        backend: ``warp``: the step's local operators are Warp kernels; ``taichi``: the step
+            is vectorized torch (no Taichi kernels). Both use the backend's precision and
+            device.
         adjoint: Differentiate the pressure solve by its adjoint (one more solve in backward);
             False differentiates through the unrolled iterations (a reference for tests and
             the plain-PyTorch baseline of the benchmark).
         preconditioner: ``multigrid`` or ``jacobi``.
+        solver_kernels: With Warp, also apply the pressure operator inside the solve (``A x``
+            and the smoother's residual on every multigrid level) by Warp kernels. Off by
+            default: on the CPU these single-threaded kernels are slower than torch's
+            vectorized operator (see the package docstring).
         blowup: A speed beyond this [m/s] stops the rollout.
 
     Attributes:
@@ -40,9 +55,12 @@ class Fluid(Simulator):
         *,
         adjoint: bool = True,
         preconditioner: str = "multigrid",
+        solver_kernels: bool = False,
         blowup: float = 1e6,
     ) -> None:
         super().__init__(model, backend)
+        if solver_kernels and backend.name is not BackendName.WARP:
+            raise ValueError("solver_kernels=True needs the warp backend")
         if preconditioner not in ("multigrid", "jacobi"):
             raise ValueError(f"preconditioner={preconditioner!r}; allowed: multigrid, jacobi")
         self.adjoint = adjoint
@@ -56,6 +74,50 @@ class Fluid(Simulator):
         open_sides = {(SIDES.index(s) // 2, SIDES.index(s) % 2) for s in model.open_sides}
         self.grid = Grid(model.resolution, open_sides, backend.torch_dtype, backend.torch_device)
         self._static: tuple | None = None
+        self.kernels = None
+        """The Warp launches (:class:`~simdiff.sims.fluid.warp.StepKernels`), or None (torch)."""
+        self._operator = None
+        if backend.name is BackendName.WARP:
+            self._build_kernels(solver_kernels)
+
+    def _build_kernels(self, solver_kernels: bool) -> None:
+        from simdiff.sims.fluid.warp import Laplacian, StepKernels
+
+        m, g = self.model, self.grid
+        source = None
+        if m.inflows:
+            source = torch.full(m.resolution, -1, dtype=torch.int32)
+            for k, inflow in enumerate(m.inflows):  # later inflows override earlier ones
+                source[tuple(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi))] = k
+        # The first inflow touching a face imposes its velocity there (the covers are 0 or 1,
+        # so this is what the torch path's sequential blending does).
+        faces = torch.full((m.dim, *(k + 1 for k in m.resolution)), -1, dtype=torch.int32)
+        for k in reversed(range(len(m.inflows))):
+            cover = g.join([c.detach().cpu().double() for c in self._inflow_faces[k]]) > 0.5
+            faces[cover] = k
+        self.kernels = StepKernels(
+            self.backend,
+            m.resolution,
+            channels=m.dye_channels,
+            maccormack=m.advection is Advection.MACCORMACK,
+            cells_per_step=m.dt / m.dx,
+            dt=m.dt,
+            dx=m.dx,
+            open_sides=g.open_sides,
+            source=None if source is None else source.to(g.device),
+            inflow_face=faces.to(g.device),
+            buoyancy=as_tensor(m.buoyancy).numel() > 0,
+            paddle_half_size=None if m.paddle is None else tuple(m.paddle.half_size),
+        )
+        self._operator = Laplacian(self.backend) if solver_kernels else None
+
+    @property
+    def engine(self) -> str:
+        """What runs the step, e.g. ``warp:cpu:float32`` or ``torch:cpu:float32`` (the
+        ``taichi`` backend name runs the torch step: the fluid has no Taichi kernels)."""
+        b = self.backend
+        name = "warp" if self.kernels is not None else "torch"
+        return f"{name}:{b.device}:{b.precision.value}"
 
     @property
     def action_dim(self) -> int:
@@ -79,11 +141,18 @@ class Fluid(Simulator):
             dye = m.dye if m.dye is not None else torch.zeros(1, *m.resolution)
         paddle = m.paddle.center if m.paddle is not None else (0.0,) * m.dim
         paddle_x = self._tensor(paddle)
-        comps = g.split(self._tensor(velocity))
-        weights, solid_velocity = self._solids(paddle_x, None, impose=False)
-        comps = self.project(comps, weights, solid_velocity, where="the initial state")
+        if self.kernels is not None:
+            still = torch.zeros_like(paddle_x)
+            velocity = self._project_kernels(
+                self._tensor(velocity), paddle_x, still, impose=False, where="the initial state"
+            )
+        else:
+            comps = g.split(self._tensor(velocity))
+            weights, solid_velocity = self._solids(paddle_x, None, impose=False)
+            comps = self.project(comps, weights, solid_velocity, where="the initial state")
+            velocity = g.join(comps)
         return State(
-            g.join(comps),
+            velocity,
             self._tensor(dye),
             paddle_x,
             torch.zeros(1, dtype=self.backend.torch_dtype, device=g.device),
@@ -165,6 +234,15 @@ class Fluid(Simulator):
         blended = [w * u for w, u in zip(weights, comps)]
         if solid_velocity is not None:
             blended = [b + s for b, s in zip(blended, solid_velocity)]
+        pressure = self._pressure(weights, g.divergence(blended), where=where)
+        return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
+
+    def _pressure(
+        self, weights: list[torch.Tensor], divergence: torch.Tensor, *, where: str
+    ) -> torch.Tensor:
+        """The pressure [cell units] solving ``div(w grad p) = divergence`` (the divergence
+        of the blended velocity), differentiable in both."""
+        g = self.grid
         detached = [w.detach() for w in weights]
         diag = torch.zeros(g.n, dtype=g.dtype, device=g.device)
         for a, w in enumerate(detached):
@@ -173,8 +251,8 @@ class Fluid(Simulator):
         sides = frozenset(g.open_sides)
         m = self.model
         if self.adjoint:
-            system = PressureSystem(detached, fixed, sides)
-            rhs = system.project(-g.divergence(blended))
+            system = PressureSystem(detached, fixed, sides, operator=self._operator)
+            rhs = system.project(-divergence)
             options = {
                 "system": system,
                 "stats": self.stats,
@@ -185,7 +263,7 @@ class Fluid(Simulator):
             pressure = SymmetricSolve.apply(options, rhs, *weights)
         else:
             system = PressureSystem(weights, fixed, sides)
-            rhs = system.project(-g.divergence(blended))
+            rhs = system.project(-divergence)
             pressure, iterations, residual = pcg(
                 system,
                 rhs,
@@ -202,13 +280,64 @@ class Fluid(Simulator):
                     f"{residual:.3g} > tolerance {self.tolerance:.3g} after {iterations} iterations"
                 )
             pressure = system.project(pressure)
-        return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
+        return pressure
+
+    def _project_kernels(
+        self,
+        velocity: torch.Tensor,
+        paddle_x: torch.Tensor,
+        paddle_v: torch.Tensor,
+        *,
+        impose: bool,
+        where: str,
+    ) -> torch.Tensor:
+        """:meth:`project` by Warp kernels, from the padded velocity in the kernels' layout
+        (solids computed by a kernel too); returns the padded velocity in the state's."""
+        from simdiff.sims.fluid.warp import as_grid, from_grid
+
+        m, g, k = self.model, self.grid, self.kernels
+        dtype, device = g.dtype, g.device
+        obstacle = (
+            torch.zeros(g.n, dtype=dtype, device=device)
+            if m.obstacle is None
+            else self._tensor(m.obstacle)
+        )
+        if m.inflows and impose:
+            inflow_v = torch.stack([self._tensor(i.velocity) for i in m.inflows])
+        else:
+            inflow_v = torch.zeros(max(len(m.inflows), 1), m.dim, dtype=dtype, device=device)
+        blended, w, div = apply_step(
+            k.constrain,
+            as_grid(velocity, m.dim),
+            as_grid(obstacle, m.dim),
+            paddle_x,
+            paddle_v if impose else torch.zeros_like(paddle_v),
+            inflow_v,
+        )
+        # Contiguous copies: the solve's many array operations on strided views of the padded
+        # tensor measured twice as slow.
+        weights = [c.contiguous() for c in g.split(from_grid(w, m.dim))]
+        pressure = self._pressure(weights, from_grid(div, m.dim), where=where)
+        (out,) = apply_step(k.subtract, blended, w, as_grid(pressure, m.dim))
+        return from_grid(out, m.dim)
 
     # Step ----------------------------------------------------------------------------------
     def step(self, state: State, action: torch.Tensor | None = None) -> State:
         """Advect dye and velocity, add sources and buoyancy, move the paddle by ``action``
         (its velocity [m/s], shape [dim]) and project."""
         m, g = self.model, self.grid
+        paddle_x = state.paddle_x
+        paddle_v = None
+        if m.paddle is not None:
+            if action is None:
+                action = torch.zeros_like(paddle_x)
+            paddle_v = action.to(paddle_x)
+            paddle_x = paddle_x + m.dt * paddle_v
+        elif action is not None and action.numel():
+            raise ValueError("this fluid model has no paddle; pass action=None")
+        step = round(float(state.time) / m.dt) + 1
+        if self.kernels is not None:
+            return self._step_kernels(state, paddle_x, paddle_v, where=f"step {step}")
         cells_per_step = m.dt / m.dx
         comps = g.split(state.velocity)
         dye = g.advect_cells(
@@ -227,19 +356,39 @@ class Fluid(Simulator):
             # Mean of the two cells beside each y-face; wall faces are blocked anyway.
             padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
             comps[1] = comps[1] + m.dt * 0.5 * (padded[:, 1:] + padded[:, :-1])
-        paddle_x = state.paddle_x
-        paddle_v = None
-        if m.paddle is not None:
-            if action is None:
-                action = torch.zeros_like(paddle_x)
-            paddle_v = action.to(paddle_x)
-            paddle_x = paddle_x + m.dt * paddle_v
-        elif action is not None and action.numel():
-            raise ValueError("this fluid model has no paddle; pass action=None")
         weights, imposed = self._solids(paddle_x, paddle_v, impose=True)
-        step = round(float(state.time) / m.dt) + 1
         comps = self.project(comps, weights, imposed, where=f"step {step}")
         return State(g.join(comps), dye, paddle_x, state.time + m.dt)
+
+    def _step_kernels(
+        self, state: State, paddle_x: torch.Tensor, paddle_v: torch.Tensor | None, *, where: str
+    ) -> State:
+        """:meth:`step` by Warp kernels."""
+        from simdiff.sims.fluid.warp import as_grid, from_grid
+
+        m, g = self.model, self.grid
+        dtype, device = g.dtype, g.device
+        channels = m.dye_channels
+        if m.inflows:
+            concentration = torch.stack([self._tensor(i.concentration) for i in m.inflows])
+        else:
+            concentration = torch.zeros(1, channels, dtype=dtype, device=device)
+        buoyancy = self._tensor(m.buoyancy)
+        if not buoyancy.numel():
+            buoyancy = torch.zeros(channels, dtype=dtype, device=device)
+        velocity, dye = apply_step(
+            self.kernels.advance,
+            as_grid(state.velocity, m.dim),
+            as_grid(state.dye, m.dim),
+            concentration,
+            buoyancy,
+        )
+        if paddle_v is None:
+            paddle_v = torch.zeros_like(paddle_x)
+        velocity = self._project_kernels(
+            from_grid(velocity, m.dim), paddle_x, paddle_v, impose=True, where=where
+        )
+        return State(velocity, from_grid(dye, m.dim), paddle_x, state.time + m.dt)
 
     # Diagnostics -----------------------------------------------------------------------------
     def divergence(self, state: State) -> torch.Tensor:

@@ -121,6 +121,9 @@ class PressureSystem:
         fixed: 1 on fully solid cells, else 0, shape ``n``.
         open_sides: The open ends ``(axis, end)`` (zero pressure beyond); with none the box is
             closed and constants are in the null space.
+        operator: Kernels computing ``A x`` and ``r - A x`` (``apply(system, x)``,
+            ``residual(system, r, x)``, e.g. :class:`simdiff.sims.fluid.warp.Laplacian`), used
+            on every level for tensors that need no autograd; None: torch.
     """
 
     def __init__(
@@ -130,8 +133,12 @@ class PressureSystem:
         open_sides: frozenset = frozenset(),
         *,
         level: int = 0,
+        operator=None,
     ) -> None:
         self.level = level
+        self.operator = operator
+        self.operator_cache = None
+        """What ``operator`` keeps for this level (e.g. its weights in the kernels' layout)."""
         self.weights = weights
         self.n = tuple(fixed.shape)
         self.dim = len(self.n)
@@ -171,8 +178,23 @@ class PressureSystem:
             self._inv_diag = _JACOBI_WEIGHT / self.diag.detach()
         return self._inv_diag
 
+    def _kernels(self, x: torch.Tensor) -> bool:
+        return (
+            self.operator is not None
+            and x.dim() == self.dim
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weights[0].requires_grad))
+        )
+
+    def residual(self, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``r - A x``."""
+        if self._kernels(x):
+            return self.operator.residual(self, r, x)
+        return r - self.apply(x)
+
     def apply(self, p: torch.Tensor) -> torch.Tensor:
         """``A p``; ``p`` may have leading batch axes."""
+        if self._kernels(p):
+            return self.operator.apply(self, p)
         padded = F.pad(p, [1, 1] * self.dim)
         out = self.diag * p
         for a in range(self.dim):
@@ -221,7 +243,9 @@ class PressureSystem:
                 # A coarse cell is fixed only if all its cells are: fixed cells are decoupled
                 # (no open face), and a partly fixed coarse cell must not pull p to zero.
                 fixed = (_mean_pool(self.fixed.detach(), every) > 1 - 1e-9).to(w.dtype)
-                coarse = PressureSystem(weights, fixed, self.open_sides, level=self.level + 1)
+                coarse = PressureSystem(
+                    weights, fixed, self.open_sides, level=self.level + 1, operator=self.operator
+                )
                 coarse.fluid = (_mean_pool(self.fluid, every) > 0).to(self.fixed.dtype)
                 coarse.fluid_count = float(coarse.fluid.sum())
                 self._coarse = coarse
@@ -244,14 +268,14 @@ class PressureSystem:
                 return (self._dense_inverse() @ r.reshape(-1)).view(self.n)
             x = torch.zeros_like(r)
             for _ in range(20):  # odd sizes that cannot coarsen: a fixed Jacobi polynomial
-                x = x + (r - self.apply(x)) * self.inv_diag
+                x = x + self.residual(r, x) * self.inv_diag
             return x
         x = r * self.inv_diag
         # Transfers skip fixed cells (P = fluid * P_linear, R = P^T), keeping the cycle
         # symmetric.
-        correction = coarse.vcycle(_restrict((r - self.apply(x)) * self.fluid, self.open_sides))
+        correction = coarse.vcycle(_restrict(self.residual(r, x) * self.fluid, self.open_sides))
         x = x + _prolong(correction, self.open_sides) * self.fluid
-        return x + (r - self.apply(x)) * self.inv_diag
+        return x + self.residual(r, x) * self.inv_diag
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -85,6 +85,18 @@ class MassSpring(Simulator):
             from simdiff.sims.mass_spring.taichi import build_step
         return build_step(backend, model.dim, self._resident, scalars)
 
+    def segment_spec(self):
+        """How steps chain into a captured segment (:mod:`simdiff.capture`); Warp only."""
+        if self.backend.name is not BackendName.WARP:
+            return None
+        if getattr(self, "_segment_spec", None) is None:
+            from simdiff.capture import SegmentSpec
+
+            self._segment_spec = SegmentSpec(self._launch, (("x", "x_out"), ("v", "v_out")),
+                                             ("particle_x", "particle_v"), ("action",),
+                                             ("spring_params",))
+        return self._segment_spec
+
     def rollout_inputs(self) -> dict[str, torch.Tensor]:
         return {"spring_params": self.spring_params()}
 

@@ -38,28 +38,41 @@ class State(BaseState):
 
 
 class MPM(Simulator):
-    """Differentiable MLS-MPM on Taichi: 2D forward and backward, 3D forward only (3D
-    backward raises ``NotImplementedError``).
+    """Differentiable MLS-MPM on Taichi or Warp, 2D and 3D. Gradients in 3D need Warp: on
+    Taichi, 3D backward raises ``NotImplementedError``.
 
     The action is the muscles' signals (``model.actuator_count`` entries) followed, when the
     model has a tool, by the tool's velocity (``dim`` entries), held for the control step.
 
     Args:
         model: The validated model.
-        backend: Where kernels run; only Taichi is implemented.
+        backend: Where kernels run (Taichi or Warp; the same states and gradients).
     """
 
     name = "mpm"
     initial_fields = ("particle_x", "particle_v")
 
     def __init__(self, model: Model, backend: Backend) -> None:
-        if backend.name is not BackendName.TAICHI:
-            raise ValidationError(f"the mpm simulator runs on taichi only; got backend={backend}")
+        if backend.name is BackendName.WARP and bool(
+                (model.particle_material == Material.SAND).any()):
+            # The Warp kernels know materials 0-2; they would treat sand as elastic.
+            raise ValidationError(
+                "sand (Material.SAND) runs on taichi only for now; use --backend taichi "
+                "(resolve_backend('taichi'))"
+            )
         super().__init__(model, backend)
         backend.ensure_initialized()
-        from simdiff.sims.mpm.taichi import build_step
+        self._kernels = self._kernel_module()
+        self._launch: KernelStep = self._kernels.build_step(backend, model, model.substeps)
 
-        self._launch: KernelStep = build_step(backend, model, model.substeps)
+    def _kernel_module(self):
+        if self.backend.name is BackendName.WARP:
+            from simdiff.sims.mpm import warp
+
+            return warp
+        from simdiff.sims.mpm import taichi
+
+        return taichi
 
     @property
     def action_dim(self) -> int:
@@ -139,13 +152,15 @@ class MPM(Simulator):
         params = self.particle_params() if particle_params is None else particle_params
         signals, tool_v = self._split_action(action, state.particle_x)
         tool = torch.cat([state.tool_x, tool_v])
-        if self.model.dim == 3 and torch.is_grad_enabled() and any(
-                t.requires_grad for t in (*state.tensors(), params, signals, tool)):
+        if (self.model.dim == 3 and self.backend.name is BackendName.TAICHI
+                and torch.is_grad_enabled()
+                and any(t.requires_grad for t in (*state.tensors(), params, signals, tool))):
             # Taichi's reverse mode of the 27-node stencil compiled for ~12 minutes here and
             # disagreed with finite differences: refuse rather than return wrong gradients.
+            # Warp's adjoint of the same substep matches central differences.
             raise NotImplementedError(
-                "MPM gradients in 3D are not available yet; roll 3D scenes out under "
-                "torch.no_grad() (simdiff run), or train in 2D"
+                "MPM gradients in 3D are not available on taichi; use --backend warp "
+                "(resolve_backend('warp')), or roll out under torch.no_grad()"
             )
         (p,) = apply_step(self._launch, self.pack(state), params, signals, tool)
         duration = self.model.substeps * self.model.dt
@@ -154,11 +169,9 @@ class MPM(Simulator):
     def grid(self, state: State, action: torch.Tensor | None = None) -> torch.Tensor:
         """Grid momentum and mass after ``p2g`` of ``state``, [G]*dim + [dim + 1]
         (diagnostics; not differentiable)."""
-        from simdiff.sims.mpm.taichi import particle_to_grid
-
         signals, _ = self._split_action(action, state.particle_x)
         with torch.no_grad():
-            return particle_to_grid(self.backend, self.model, self.pack(state).detach(),
+            return self._kernels.particle_to_grid(self.backend, self.model, self.pack(state).detach(),
                                     self.particle_params().detach(), signals.detach())
 
     def center_of_mass(self, state: State) -> torch.Tensor:

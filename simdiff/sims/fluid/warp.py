@@ -1,0 +1,691 @@
+"""Warp kernels of the fluid step's local operators, the same discretization as
+:mod:`~simdiff.sims.fluid.grid` (positions, interpolation, clamping, limiter) so that the two
+paths agree to round-off.
+
+Layout: every array is 4D (a leading component or dye-channel axis and three grid axes); a 2D
+grid carries a trailing axis of length 1, which the kernels never interpolate along. Velocity
+is the state's padded tensor ``[dim, n0+1, n1+1, n2+1]`` (``[2, n0+1, n1+1, 1]`` in 2D):
+component ``a`` is valid on ``n + e_a`` faces, every kernel writing velocities writes zeros on
+the rest.
+
+Kernels, in the order of a step (each reads its inputs and writes a fresh output, so Warp's
+adjoint of each is exact through :func:`simdiff.autodiff.apply_step`):
+
+* ``advect_cells``, ``maccormack``: semi-Lagrangian and MacCormack advection of dye.
+* ``hold_sources``: dye held at the inflows' concentrations (the last inflow covering a cell).
+* ``advect_velocity``: semi-Lagrangian self-advection of the face velocities.
+* ``buoyancy_lift``, ``add_buoyancy``: lift per cell, added to the y-faces (two kernels: the sum
+  over channels is a dynamic loop whose sum must only be stored, see ``sims/mass_spring/warp.py``).
+* ``solid_faces``: fluid fraction of every face (walls, obstacle, paddle, inflows) and the
+  velocity the solids impose, differentiable in the obstacle, the paddle and the inflows.
+* ``blend``, ``divergence``, ``subtract_gradient``: the projection's local operators.
+* ``laplacian``, ``residual``: ``A p`` and ``r - A p`` of one multigrid level, forward only
+  (the solve's derivative is its adjoint solve, :mod:`~simdiff.sims.fluid.solver`).
+
+Interpolation clamps positions with torch ``grid_sample``'s border rule (zero derivative on and
+beyond the border, not Warp's ``clamp``, which passes it on the border), so gradients agree
+where back-traced points sit exactly on the border (a fluid at rest).
+
+Kernels are compiled once per dimension and precision, all in one Warp module. The number of
+dye channels and inflows is data (inflows enter as per-cell and per-face index maps built once
+per model), so it does not recompile.
+"""
+
+import functools
+from types import SimpleNamespace
+
+import torch
+import warp as wp
+
+from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec, run_forward
+from simdiff.backend import Backend
+
+__all__ = ["Laplacian", "StepKernels"]
+
+
+@functools.cache
+def _kernels(dim: int, double: bool) -> SimpleNamespace:
+    scalar = wp.float64 if double else wp.float32
+    vec3 = wp.types.vector(3, scalar)
+    module = f"simdiff_fluid_{dim}d_{'f64' if double else 'f32'}"
+    three = dim == 3
+
+    @wp.func(module=module)
+    def border(x: scalar, hi: scalar) -> scalar:
+        # grid_sample's border padding: clamp, with no derivative on or beyond the border.
+        return wp.where(x <= scalar(0.0), scalar(0.0), wp.where(x >= hi, hi, x))
+
+    @wp.func(module=module)
+    def sample(
+        f: wp.array4d(dtype=scalar),
+        c: int,
+        x: scalar,
+        y: scalar,
+        z: scalar,
+        m0: int,
+        m1: int,
+        m2: int,
+    ) -> scalar:
+        # (Bi/tri)linear interpolation of f[c] (extent m) at index coordinates (x, y, z).
+        cx = border(x, scalar(m0 - 1))
+        cy = border(y, scalar(m1 - 1))
+        i0 = wp.int32(wp.floor(cx))
+        j0 = wp.int32(wp.floor(cy))
+        fx = cx - scalar(i0)
+        fy = cy - scalar(j0)
+        i1 = wp.min(i0 + 1, m0 - 1)
+        j1 = wp.min(j0 + 1, m1 - 1)
+        one = scalar(1.0)
+        value = scalar(0.0)
+        if wp.static(three):
+            cz = border(z, scalar(m2 - 1))
+            k0 = wp.int32(wp.floor(cz))
+            fz = cz - scalar(k0)
+            k1 = wp.min(k0 + 1, m2 - 1)
+            low = (one - fy) * ((one - fx) * f[c, i0, j0, k0] + fx * f[c, i1, j0, k0]) + fy * (
+                (one - fx) * f[c, i0, j1, k0] + fx * f[c, i1, j1, k0]
+            )
+            high = (one - fy) * ((one - fx) * f[c, i0, j0, k1] + fx * f[c, i1, j0, k1]) + fy * (
+                (one - fx) * f[c, i0, j1, k1] + fx * f[c, i1, j1, k1]
+            )
+            value = (one - fz) * low + fz * high
+        else:
+            value = (one - fy) * ((one - fx) * f[c, i0, j0, 0] + fx * f[c, i1, j0, 0]) + fy * (
+                (one - fx) * f[c, i0, j1, 0] + fx * f[c, i1, j1, 0]
+            )
+        return value
+
+    @wp.func(module=module)
+    def cell_velocity(u: wp.array4d(dtype=scalar), i: int, j: int, k: int) -> vec3:
+        h = scalar(0.5)
+        w = scalar(0.0)
+        if wp.static(three):
+            w = h * (u[2, i, j, k] + u[2, i, j, k + 1])
+        return vec3(
+            h * (u[0, i, j, k] + u[0, i + 1, j, k]), h * (u[1, i, j, k] + u[1, i, j + 1, k]), w
+        )
+
+    @wp.func(module=module)
+    def extreme(q: wp.array4d(dtype=scalar), c: int, i: int, j: int, k: int, hi: int) -> scalar:
+        # Max (hi=1) or min (hi=0) of q[c] over the 2^dim cells of block (i, j, k), whose
+        # cells are i-1 and i per axis, clamped to the grid (replicate padding).
+        n0 = q.shape[1]
+        n1 = q.shape[2]
+        n2 = q.shape[3]
+        ia = wp.clamp(i - 1, 0, n0 - 1)
+        ib = wp.clamp(i, 0, n0 - 1)
+        ja = wp.clamp(j - 1, 0, n1 - 1)
+        jb = wp.clamp(j, 0, n1 - 1)
+        ka = wp.clamp(k - 1, 0, n2 - 1)
+        kb = wp.clamp(k, 0, n2 - 1)
+        lo = wp.min(
+            wp.min(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.min(q[c, ia, jb, ka], q[c, ib, jb, ka])
+        )
+        up = wp.max(
+            wp.max(q[c, ia, ja, ka], q[c, ib, ja, ka]), wp.max(q[c, ia, jb, ka], q[c, ib, jb, ka])
+        )
+        if wp.static(three):
+            lo = wp.min(
+                lo,
+                wp.min(
+                    wp.min(q[c, ia, ja, kb], q[c, ib, ja, kb]),
+                    wp.min(q[c, ia, jb, kb], q[c, ib, jb, kb]),
+                ),
+            )
+            up = wp.max(
+                up,
+                wp.max(
+                    wp.max(q[c, ia, ja, kb], q[c, ib, ja, kb]),
+                    wp.max(q[c, ia, jb, kb], q[c, ib, jb, kb]),
+                ),
+            )
+        return wp.where(hi == 1, up, lo)
+
+    @wp.kernel(enable_backward=True, module=module)
+    def advect_cells(
+        cells_per_step: scalar,
+        u: wp.array4d(dtype=scalar),
+        q: wp.array4d(dtype=scalar),
+        q_out: wp.array4d(dtype=scalar),
+    ):
+        c, i, j, k = wp.tid()
+        v = cell_velocity(u, i, j, k)
+        h = scalar(0.5)
+        # Back-traced cell center, minus the centers' offset: index coordinates of q.
+        x = scalar(i) + h - cells_per_step * v[0] - h
+        y = scalar(j) + h - cells_per_step * v[1] - h
+        z = scalar(k) + h - cells_per_step * v[2] - h
+        q_out[c, i, j, k] = sample(q, c, x, y, z, q.shape[1], q.shape[2], q.shape[3])
+
+    @wp.kernel(enable_backward=True, module=module)
+    def maccormack(
+        cells_per_step: scalar,
+        u: wp.array4d(dtype=scalar),
+        q: wp.array4d(dtype=scalar),
+        forward: wp.array4d(dtype=scalar),
+        q_out: wp.array4d(dtype=scalar),
+    ):
+        c, i, j, k = wp.tid()
+        n0 = q.shape[1]
+        n1 = q.shape[2]
+        n2 = q.shape[3]
+        v = cell_velocity(u, i, j, k)
+        h = scalar(0.5)
+        again = sample(
+            forward,
+            c,
+            scalar(i) + h + cells_per_step * v[0] - h,
+            scalar(j) + h + cells_per_step * v[1] - h,
+            scalar(k) + h + cells_per_step * v[2] - h,
+            n0,
+            n1,
+            n2,
+        )
+        plain = forward[c, i, j, k]
+        corrected = plain + h * (q[c, i, j, k] - again)
+        # The block (of the extrema grid, entry b at position b) nearest the back-traced point.
+        bi = wp.int32(wp.rint(border(scalar(i) + h - cells_per_step * v[0], scalar(n0))))
+        bj = wp.int32(wp.rint(border(scalar(j) + h - cells_per_step * v[1], scalar(n1))))
+        bk = wp.int32(0)
+        if wp.static(three):
+            bk = wp.int32(wp.rint(border(scalar(k) + h - cells_per_step * v[2], scalar(n2))))
+        low = extreme(q, c, bi, bj, bk, 0)
+        high = extreme(q, c, bi, bj, bk, 1)
+        inside = corrected >= low and corrected <= high
+        q_out[c, i, j, k] = wp.where(inside, corrected, plain)
+
+    @wp.kernel(enable_backward=True, module=module)
+    def hold_sources(
+        source: wp.array3d(dtype=wp.int32),
+        q: wp.array4d(dtype=scalar),
+        concentration: wp.array2d(dtype=scalar),
+        q_out: wp.array4d(dtype=scalar),
+    ):
+        c, i, j, k = wp.tid()
+        s = source[i, j, k]
+        q_out[c, i, j, k] = wp.where(s >= 0, concentration[wp.max(s, 0), c], q[c, i, j, k])
+
+    @wp.func(module=module)
+    def face_valid(a: int, i: int, j: int, k: int, n0: int, n1: int, n2: int) -> bool:
+        return (
+            i < n0 + wp.where(a == 0, 1, 0)
+            and j < n1 + wp.where(a == 1, 1, 0)
+            and k < n2 + wp.where(a == 2, 1, 0)
+        )
+
+    dim_count = dim
+
+    @wp.func(module=module)
+    def sample_component(
+        u: wp.array4d(dtype=scalar),
+        b: int,
+        px: scalar,
+        py: scalar,
+        pz: scalar,
+        n0: int,
+        n1: int,
+        n2: int,
+    ) -> scalar:
+        # Velocity component b at position p (cell units): its faces sit at p - 1/2 along
+        # the other axes; it is valid on n + e_b faces.
+        h = scalar(0.5)
+        e0 = wp.where(b == 0, 1, 0)
+        e1 = wp.where(b == 1, 1, 0)
+        e2 = wp.where(b == 2, 1, 0)
+        return sample(
+            u,
+            b,
+            px - h * scalar(1 - e0),
+            py - h * scalar(1 - e1),
+            pz - h * scalar(1 - e2),
+            n0 + e0,
+            n1 + e1,
+            n2 + e2,
+        )
+
+    @wp.kernel(enable_backward=True, module=module)
+    def advect_velocity(
+        cells_per_step: scalar,
+        n0: int,
+        n1: int,
+        n2: int,
+        u: wp.array4d(dtype=scalar),
+        u_out: wp.array4d(dtype=scalar),
+    ):
+        a, i, j, k = wp.tid()
+        e0 = wp.where(a == 0, 1, 0)
+        e1 = wp.where(a == 1, 1, 0)
+        e2 = wp.where(a == 2, 1, 0)
+        h = scalar(0.5)
+        # This face's position (cell units), and the velocity there: its own component as
+        # stored, the others interpolated from their faces.
+        px = scalar(i) + h * scalar(1 - e0)
+        py = scalar(j) + h * scalar(1 - e1)
+        pz = scalar(k) + h * scalar(1 - e2)
+        own = u[a, i, j, k]
+        # Only the other components are interpolated (b, and c in 3D).
+        b = (a + 1) % dim_count
+        other_b = sample_component(u, b, px, py, pz, n0, n1, n2)
+        v0 = wp.where(a == 0, own, other_b)
+        v1 = wp.where(a == 1, own, other_b)
+        v2 = scalar(0.0)
+        if wp.static(three):
+            c = (a + 2) % 3
+            other_c = sample_component(u, c, px, py, pz, n0, n1, n2)
+            v0 = wp.where(c == 0, other_c, v0)
+            v1 = wp.where(c == 1, other_c, v1)
+            v2 = wp.where(a == 2, own, wp.where(b == 2, other_b, other_c))
+        bx = px - cells_per_step * v0 - h * scalar(1 - e0)
+        by = py - cells_per_step * v1 - h * scalar(1 - e1)
+        bz = pz - cells_per_step * v2 - h * scalar(1 - e2)
+        value = sample(u, a, bx, by, bz, n0 + e0, n1 + e1, n2 + e2)
+        u_out[a, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, scalar(0.0))
+
+    @wp.kernel(enable_backward=True, module=module)
+    def buoyancy_lift(
+        q: wp.array4d(dtype=scalar),
+        buoyancy: wp.array(dtype=scalar),
+        lift: wp.array3d(dtype=scalar),
+    ):
+        i, j, k = wp.tid()
+        total = scalar(0.0)
+        for c in range(q.shape[0]):
+            total = total + buoyancy[c] * q[c, i, j, k]
+        lift[i, j, k] = total
+
+    @wp.kernel(enable_backward=True, module=module)
+    def add_buoyancy(
+        half_dt: scalar,
+        u: wp.array4d(dtype=scalar),
+        lift: wp.array3d(dtype=scalar),
+        u_out: wp.array4d(dtype=scalar),
+    ):
+        # The mean lift of the two cells beside each y-face (zero beyond the box).
+        a, i, j, k = wp.tid()
+        n0 = lift.shape[0]
+        n1 = lift.shape[1]
+        n2 = lift.shape[2]
+        ic = wp.min(i, n0 - 1)
+        kc = wp.min(k, n2 - 1)
+        below = wp.where(j >= 1, lift[ic, wp.max(j - 1, 0), kc], scalar(0.0))
+        above = wp.where(j < n1, lift[ic, wp.min(j, n1 - 1), kc], scalar(0.0))
+        lifted = a == 1 and i < n0 and k < n2
+        u_out[a, i, j, k] = u[a, i, j, k] + wp.where(lifted, half_dt * (below + above), scalar(0.0))
+
+    @wp.func(module=module)
+    def overlap(start: scalar, lo: scalar, hi: scalar) -> scalar:
+        # Length of [start, start + 1] inside [lo, hi], in [0, 1].
+        return wp.clamp(
+            wp.min(start + scalar(1.0), hi) - wp.max(start, lo), scalar(0.0), scalar(1.0)
+        )
+
+    @wp.kernel(enable_backward=True, module=module)
+    def solid_faces(
+        lo_open: wp.vec3i,
+        hi_open: wp.vec3i,
+        half_size: vec3,
+        dx: scalar,
+        has_paddle: int,
+        inflow_face: wp.array4d(dtype=wp.int32),
+        obstacle: wp.array3d(dtype=scalar),
+        paddle_x: wp.array(dtype=scalar),
+        paddle_v: wp.array(dtype=scalar),
+        inflow_v: wp.array2d(dtype=scalar),
+        w_out: wp.array4d(dtype=scalar),
+        imposed_out: wp.array4d(dtype=scalar),
+    ):
+        a, i, j, k = wp.tid()
+        n0 = obstacle.shape[0]
+        n1 = obstacle.shape[1]
+        n2 = obstacle.shape[2]
+        e0 = wp.where(a == 0, 1, 0)
+        e1 = wp.where(a == 1, 1, 0)
+        e2 = wp.where(a == 2, 1, 0)
+        index = i * e0 + j * e1 + k * e2
+        count = n0 * e0 + n1 * e1 + n2 * e2
+        one = scalar(1.0)
+        zero = scalar(0.0)
+        # The union of the two cells beside the face; beyond the box: wall or open side.
+        left = (
+            one
+            - obstacle[
+                wp.clamp(i - e0, 0, n0 - 1),
+                wp.clamp(j - e1, 0, n1 - 1),
+                wp.clamp(k - e2, 0, n2 - 1),
+            ]
+        )
+        right = one - obstacle[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
+        fluid = wp.where(index >= 1, left, one) * wp.where(index < count, right, one)
+        end = wp.where(index == 0, lo_open[a], wp.where(index == count, hi_open[a], 1))
+        fluid = fluid * scalar(end)
+        # The paddle: exact coverage of the face's dual cell by the box.
+        h = scalar(0.5)
+        cover = overlap(
+            scalar(i) - h * scalar(e0),
+            (paddle_x[0] - half_size[0]) / dx,
+            (paddle_x[0] + half_size[0]) / dx,
+        ) * overlap(
+            scalar(j) - h * scalar(e1),
+            (paddle_x[1] - half_size[1]) / dx,
+            (paddle_x[1] + half_size[1]) / dx,
+        )
+        if wp.static(three):
+            cover = cover * overlap(
+                scalar(k) - h * scalar(e2),
+                (paddle_x[2] - half_size[2]) / dx,
+                (paddle_x[2] + half_size[2]) / dx,
+            )
+        cover = cover * scalar(has_paddle)
+        imposed = fluid * cover * paddle_v[a]
+        fluid = fluid * (one - cover)
+        # Inflows: the first inflow touching the face imposes its velocity.
+        s = inflow_face[a, i, j, k]
+        imposed = wp.where(s >= 0, imposed + fluid * inflow_v[wp.max(s, 0), a], imposed)
+        fluid = wp.where(s >= 0, zero, fluid)
+        valid = face_valid(a, i, j, k, n0, n1, n2)
+        w_out[a, i, j, k] = wp.where(valid, fluid, zero)
+        imposed_out[a, i, j, k] = wp.where(valid, imposed, zero)
+
+    @wp.kernel(enable_backward=True, module=module)
+    def blend(
+        u: wp.array4d(dtype=scalar),
+        w: wp.array4d(dtype=scalar),
+        imposed: wp.array4d(dtype=scalar),
+        u_out: wp.array4d(dtype=scalar),
+    ):
+        a, i, j, k = wp.tid()
+        u_out[a, i, j, k] = w[a, i, j, k] * u[a, i, j, k] + imposed[a, i, j, k]
+
+    @wp.kernel(enable_backward=True, module=module)
+    def divergence(u: wp.array4d(dtype=scalar), div: wp.array3d(dtype=scalar)):
+        i, j, k = wp.tid()
+        d = u[0, i + 1, j, k] - u[0, i, j, k] + u[1, i, j + 1, k] - u[1, i, j, k]
+        if wp.static(three):
+            d = d + u[2, i, j, k + 1] - u[2, i, j, k]
+        div[i, j, k] = d
+
+    @wp.kernel(enable_backward=True, module=module)
+    def subtract_gradient(
+        u: wp.array4d(dtype=scalar),
+        w: wp.array4d(dtype=scalar),
+        p: wp.array3d(dtype=scalar),
+        u_out: wp.array4d(dtype=scalar),
+    ):
+        a, i, j, k = wp.tid()
+        n0 = p.shape[0]
+        n1 = p.shape[1]
+        n2 = p.shape[2]
+        e0 = wp.where(a == 0, 1, 0)
+        e1 = wp.where(a == 1, 1, 0)
+        e2 = wp.where(a == 2, 1, 0)
+        index = i * e0 + j * e1 + k * e2
+        count = n0 * e0 + n1 * e1 + n2 * e2
+        zero = scalar(0.0)
+        left = p[
+            wp.clamp(i - e0, 0, n0 - 1), wp.clamp(j - e1, 0, n1 - 1), wp.clamp(k - e2, 0, n2 - 1)
+        ]
+        right = p[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
+        grad = wp.where(index < count, right, zero) - wp.where(index >= 1, left, zero)
+        value = u[a, i, j, k] - w[a, i, j, k] * grad
+        u_out[a, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, zero)
+
+    @wp.func(module=module)
+    def apply_operator(
+        w: wp.array4d(dtype=scalar),
+        fixed: wp.array3d(dtype=scalar),
+        x: wp.array3d(dtype=scalar),
+        i: int,
+        j: int,
+        k: int,
+    ) -> scalar:
+        # (A x)[i,j,k] = diag x - sum over faces of w * neighbor, zero pressure beyond the box.
+        n0 = x.shape[0]
+        n1 = x.shape[1]
+        n2 = x.shape[2]
+        zero = scalar(0.0)
+        wl0 = w[0, i, j, k]
+        wu0 = w[0, i + 1, j, k]
+        wl1 = w[1, i, j, k]
+        wu1 = w[1, i, j + 1, k]
+        out = (fixed[i, j, k] + wl0 + wl1 + wu0 + wu1) * x[i, j, k]
+        out = out - wl0 * wp.where(i >= 1, x[wp.max(i - 1, 0), j, k], zero)
+        out = out - wu0 * wp.where(i < n0 - 1, x[wp.min(i + 1, n0 - 1), j, k], zero)
+        out = out - wl1 * wp.where(j >= 1, x[i, wp.max(j - 1, 0), k], zero)
+        out = out - wu1 * wp.where(j < n1 - 1, x[i, wp.min(j + 1, n1 - 1), k], zero)
+        if wp.static(three):
+            wl2 = w[2, i, j, k]
+            wu2 = w[2, i, j, k + 1]
+            out = out + (wl2 + wu2) * x[i, j, k]
+            out = out - wl2 * wp.where(k >= 1, x[i, j, wp.max(k - 1, 0)], zero)
+            out = out - wu2 * wp.where(k < n2 - 1, x[i, j, wp.min(k + 1, n2 - 1)], zero)
+        return out
+
+    @wp.kernel(enable_backward=False, module=module)
+    def laplacian(
+        w: wp.array4d(dtype=scalar),
+        fixed: wp.array3d(dtype=scalar),
+        x: wp.array3d(dtype=scalar),
+        out: wp.array3d(dtype=scalar),
+    ):
+        i, j, k = wp.tid()
+        out[i, j, k] = apply_operator(w, fixed, x, i, j, k)
+
+    @wp.kernel(enable_backward=False, module=module)
+    def residual(
+        w: wp.array4d(dtype=scalar),
+        fixed: wp.array3d(dtype=scalar),
+        x: wp.array3d(dtype=scalar),
+        r: wp.array3d(dtype=scalar),
+        out: wp.array3d(dtype=scalar),
+    ):
+        i, j, k = wp.tid()
+        out[i, j, k] = r[i, j, k] - apply_operator(w, fixed, x, i, j, k)
+
+    return SimpleNamespace(
+        **{k: v for k, v in locals().items() if isinstance(v, wp.Kernel)}, scalar=scalar, vec3=vec3
+    )
+
+
+def as_grid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """A state tensor ``[C, *n]`` as the kernels' 4D layout (a trailing axis of 1 in 2D)."""
+    return t.unsqueeze(-1) if dim == 2 else t
+
+
+def from_grid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.squeeze(-1) if dim == 2 else t
+
+
+class StepKernels:
+    """The launches of one model's step, built once per simulator.
+
+    Args:
+        backend: A Warp backend.
+        resolution: Cells per axis.
+        channels: Dye channels.
+        maccormack: MacCormack dye advection (else semi-Lagrangian).
+        cells_per_step: ``dt / dx``.
+        dt, dx: Time step [s] and cell size [m].
+        open_sides: Open ends ``(axis, end)``.
+        source: Per cell, the inflow holding its dye (the last covering it), -1 for none;
+            int32, shape ``resolution``.
+        inflow_face: Per face, the inflow imposing its velocity (the first touching it), -1
+            for none; int32, padded shape ``[dim, *(resolution + 1)]``.
+        buoyancy: Whether the model has buoyancy.
+        paddle_half_size: The paddle's half size [m], or None without a paddle.
+
+    Attributes:
+        advance: ``(velocity, dye, concentration, buoyancy) -> (velocity, dye)``: advection,
+            sources, buoyancy.
+        constrain: ``(velocity, obstacle, paddle_x, paddle_v, inflow_v) -> (blended,
+            weights, imposed, divergence)``: the solids' weights, velocity blended with theirs,
+            and its divergence (the pressure equation's right-hand side, negated).
+        subtract: ``(blended, weights, pressure) -> (velocity,)``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        resolution: tuple[int, ...],
+        *,
+        channels: int,
+        maccormack: bool,
+        cells_per_step: float,
+        dt: float,
+        dx: float,
+        open_sides: set[tuple[int, int]],
+        source: torch.Tensor | None,
+        inflow_face: torch.Tensor,
+        buoyancy: bool,
+        paddle_half_size: tuple[float, ...] | None,
+    ) -> None:
+        backend.ensure_initialized()
+        dim = len(resolution)
+        k = _kernels(dim, backend.torch_dtype == torch.float64)
+        self.kernels, self.dim = k, dim
+        s = k.scalar
+        n = (*resolution, 1) if dim == 2 else tuple(resolution)
+        faces = (dim, n[0] + 1, n[1] + 1, n[2] + 1 if dim == 3 else 1)
+        cells = (channels, *n)
+        self.cell_shape, self.face_shape = n, faces
+        # Resident index maps (kept on self: the Warp views do not own them).
+        self._source = None if source is None else as_grid(source, dim).to(torch.int32).contiguous()
+        self._inflow_face = as_grid(inflow_face, dim).to(torch.int32).contiguous()
+
+        def out(shape):
+            return OutputSpec(shape, None, accumulates=False)
+
+        def launch(kernel, threads, static, inputs, outputs):
+            return KernelLaunch(
+                backend,
+                kernel,
+                threads,
+                static,
+                tuple((name, None) for name in inputs),
+                tuple((name, out(shape)) for name, shape in outputs),
+            )
+
+        c = s(cells_per_step)
+        launches = [launch(k.advect_cells, cells, (c,), ("u", "q"), (("q_sl", cells),))]
+        dye = "q_sl"
+        if maccormack:
+            launches.append(
+                launch(k.maccormack, cells, (c,), ("u", "q", "q_sl"), (("q_mc", cells),))
+            )
+            dye = "q_mc"
+        if self._source is not None:
+            launches.append(
+                launch(
+                    k.hold_sources,
+                    cells,
+                    (wp.from_torch(self._source),),
+                    (dye, "concentration"),
+                    (("q_src", cells),),
+                )
+            )
+            dye = "q_src"
+        launches.append(launch(k.advect_velocity, faces, (c, *n), ("u",), (("u_adv", faces),)))
+        velocity = "u_adv"
+        if buoyancy:
+            launches.append(launch(k.buoyancy_lift, n, (), (dye, "buoyancy"), (("lift", n),)))
+            launches.append(
+                launch(k.add_buoyancy, faces, (s(0.5 * dt),), ("u_adv", "lift"), (("u_f", faces),))
+            )
+            velocity = "u_f"
+        self.advance = KernelStep(
+            ("u", "q", "concentration", "buoyancy"), tuple(launches), (velocity, dye)
+        )
+
+        lo = wp.vec3i(*[int((a, 0) in open_sides) for a in range(3)])
+        hi = wp.vec3i(*[int((a, 1) in open_sides) for a in range(3)])
+        half = k.vec3(*(list(paddle_half_size or ()) + [0.0] * 3)[:3])
+        solids = launch(
+            k.solid_faces,
+            faces,
+            (
+                lo,
+                hi,
+                half,
+                s(dx),
+                int(paddle_half_size is not None),
+                wp.from_torch(self._inflow_face),
+            ),
+            ("obstacle", "paddle_x", "paddle_v", "inflow_v"),
+            (("w", faces), ("imposed", faces)),
+        )
+        blend = launch(k.blend, faces, (), ("u", "w", "imposed"), (("blended", faces),))
+        divergence = launch(k.divergence, n, (), ("blended",), (("div", n),))
+        self.constrain = KernelStep(
+            ("u", "obstacle", "paddle_x", "paddle_v", "inflow_v"),
+            (solids, blend, divergence),
+            ("blended", "w", "div"),
+        )
+        subtract = launch(
+            k.subtract_gradient, faces, (), ("blended", "w", "p"), (("u_out", faces),)
+        )
+        self.subtract = KernelStep(("blended", "w", "p"), (subtract,), ("u_out",))
+
+
+class Laplacian:
+    """``A x`` and ``r - A x`` of the pressure operator's levels by Warp kernels, plugged into
+    :class:`~simdiff.sims.fluid.solver.PressureSystem` (forward only, on detached tensors).
+
+    Each level's weights are padded once into the kernels' layout; launches are made once per
+    level shape and reused across steps (recorded commands).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._steps: dict[tuple, tuple[KernelStep, KernelStep]] = {}
+
+    def _launches(self, shape: tuple[int, ...], dim: int) -> tuple[KernelStep, KernelStep]:
+        key = shape
+        if key not in self._steps:
+            k = _kernels(dim, self.backend.torch_dtype == torch.float64)
+            out = OutputSpec(shape, None, accumulates=False)
+            apply = KernelLaunch(
+                self.backend,
+                k.laplacian,
+                shape,
+                (),
+                (("w", None), ("fixed", None), ("x", None)),
+                (("out", out),),
+            )
+            residual = KernelLaunch(
+                self.backend,
+                k.residual,
+                shape,
+                (),
+                (("w", None), ("fixed", None), ("x", None), ("r", None)),
+                (("out", out),),
+            )
+            self._steps[key] = (
+                KernelStep(("w", "fixed", "x"), (apply,), ("out",)),
+                KernelStep(("w", "fixed", "x", "r"), (residual,), ("out",)),
+            )
+        return self._steps[key]
+
+    @staticmethod
+    def _padded(system) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = system.operator_cache
+        if cached is None:
+            n, dim = system.n, system.dim
+            full = torch.zeros(
+                dim, *(k + 1 for k in n), dtype=system.diag.dtype, device=system.diag.device
+            )
+            for a, w in enumerate(system.weights):
+                full[a][tuple(slice(0, k) for k in w.shape)] = w.detach()
+            cached = (as_grid(full, dim).contiguous(), as_grid(system.fixed, dim).contiguous())
+            system.operator_cache = cached
+        return cached
+
+    def apply(self, system, x: torch.Tensor) -> torch.Tensor:
+        w, fixed = self._padded(system)
+        step = self._launches(tuple(fixed.shape), system.dim)[0]
+        (out,) = run_forward(step, w, fixed, as_grid(x, system.dim))
+        return from_grid(out, system.dim)
+
+    def residual(self, system, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        w, fixed = self._padded(system)
+        step = self._launches(tuple(fixed.shape), system.dim)[1]
+        (out,) = run_forward(step, w, fixed, as_grid(x, system.dim), as_grid(r, system.dim))
+        return from_grid(out, system.dim)
