@@ -44,7 +44,16 @@ simdiff):
   ========  ==================  =========================================  =====
 
   The baseline grows by 6.5 MB per substep (measured at 100 and 1,000 substeps, the same);
-  simdiff's 10,000-substep gradient took 644 s here (the segments are recomputed).
+  simdiff's 10,000-substep gradient took 644 s here (loaded; the segments are recomputed).
+
+Parts (b) and (c) after Warp joined (``--part b`` for the three configurations, then
+``--config warp --part c``, one after another on the then idle machine):
+
+* (b) seconds per substep: taichi 0.0168 (1.8e6 particle-substeps/s), warp 0.0102 (2.9e6),
+  torch 0.373 (8.0e4): taichi 22x, warp 37x faster than torch.
+* (c) warp peak memory 496 / 506 / 530 MB (+124 / +134 / +158 MB) at 1,000 / 4,000 / 10,000
+  substeps, in 3.6 / 12.1 / 25.1 s: 14x / 52x / 123x less than torch's measured 6.8 GB and
+  estimated 26 GB and 65 GB (peak memory does not depend on the load).
 """
 
 from __future__ import annotations
