@@ -13,7 +13,7 @@ import torch
 
 from simdiff.autodiff import KernelStep, apply_step
 from simdiff.backend import Backend, BackendName
-from simdiff.sims.base import Simulator, ValidationError
+from simdiff.sims.base import Simulator
 from simdiff.sims.base import State as BaseState
 from simdiff.sims.mpm.model import Material, Model, drucker_prager_alpha
 
@@ -53,13 +53,6 @@ class MPM(Simulator):
     initial_fields = ("particle_x", "particle_v")
 
     def __init__(self, model: Model, backend: Backend) -> None:
-        if backend.name is BackendName.WARP and bool(
-                (model.particle_material == Material.SAND).any()):
-            # The Warp kernels know materials 0-2; they would treat sand as elastic.
-            raise ValidationError(
-                "sand (Material.SAND) runs on taichi only for now; use --backend taichi "
-                "(resolve_backend('taichi'))"
-            )
         super().__init__(model, backend)
         backend.ensure_initialized()
         self._kernels = self._kernel_module()

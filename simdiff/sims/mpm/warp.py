@@ -46,6 +46,10 @@ from simdiff.sims.mpm.model import BOUNDARY_CELLS, Material
 __all__ = ["build_step", "particle_to_grid"]
 
 _STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
+# Sand constants: the same as (and documented in) taichi.py.
+_SERIES_BELOW = 1e-3
+_TIP_STRAIN = 1e-5
+_JACOBI_SWEEPS = 6
 
 
 @functools.cache
@@ -58,7 +62,11 @@ def _kernels(dim: int, double: bool):
     stencil_w = wp.types.matrix((3, dim), scalar)  # row j: the weights of node offset j per axis
     node = wp.types.vector(dim + 1, scalar)
     ox, oc, of = dim, 2 * dim, 2 * dim + dim * dim  # column offsets of v, C, F
-    liquid, plastic = int(Material.LIQUID), int(Material.PLASTIC)
+    liquid, plastic, sand = int(Material.LIQUID), int(Material.PLASTIC), int(Material.SAND)
+    series_below, tip, sweeps = _SERIES_BELOW, _TIP_STRAIN, _JACOBI_SWEEPS
+    # Series coefficients, computed here: Warp evaluates ``1.0 / 3.0`` in a kernel in float32.
+    inv3, inv5, inv6, inv7 = 1.0 / 3, 1.0 / 5, 1.0 / 6, 1.0 / 7
+    inv24, inv120, inv720, inv5040 = 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040
     depth = 3 if dim == 3 else 1  # length of the third stencil loop
     root = 1.0 / dim  # J^(1/d)
     von_mises = math.sqrt(2.0 / 3.0)
@@ -69,6 +77,19 @@ def _kernels(dim: int, double: bool):
         """A velocity component with the slip walls applied: none out of the domain."""
         out = (i < boundary and c < scalar(0.0)) or (i > size - boundary and c > scalar(0.0))
         return wp.where(out, scalar(0.0), c)
+
+    pair = wp.types.vector(2, scalar)
+
+    @wp.func(**unique)
+    def drucker_prager(trace: scalar, dev_squared: scalar, mu: scalar, lam: scalar,
+                       alpha: scalar):
+        """Klar et al.'s return onto the cone, with the blunted tip of ``taichi.py``:
+        (trace, deviator scale) of the new log strain."""
+        two = scalar(2.0)
+        radius = -alpha * (scalar(dim) * lam + two * mu) / (two * mu) * trace
+        norm = wp.sqrt(dev_squared + scalar(tip) * scalar(tip))
+        return pair(wp.min(trace, scalar(tip)),
+                    wp.max(scalar(0.0), wp.min(scalar(1.0), radius / norm)))
 
     # Dimension-specific helpers (element-wise construction keeps every adjoint plain; Warp's
     # adjoint of a component assigned inside a branch, ``v[k] = 0``, dropped gradients).
@@ -153,6 +174,57 @@ def _kernels(dim: int, double: bool):
             one = scalar(1.0)
             return scalar(2.0) * mu * (F - R) @ wp.transpose(F) + lam * (J - one) * J * wp.identity(
                 n=2, dtype=scalar)
+
+        @wp.func(**unique)
+        def log_spd_2d(b: mat):
+            # log(b) of a 2x2 SPD matrix in closed form (as taichi.py: atanh(x) / x as a series
+            # near repeated eigenvalues; the unused branch gets a harmless argument).
+            one = scalar(1.0)
+            eye = wp.identity(n=2, dtype=scalar)
+            m = scalar(0.5) * wp.trace(b)
+            dev = b - m * eye
+            x2 = scalar(0.5) * wp.ddot(dev, dev) / (m * m)
+            small = x2 < scalar(series_below)
+            x = wp.sqrt(wp.where(small, scalar(0.25), x2))
+            direct = scalar(0.5) * wp.log((one + x) / (one - x)) / x
+            series = one + x2 * (scalar(inv3) + x2 * (scalar(inv5) + x2 * (
+                scalar(inv7) + x2 / scalar(9.0))))
+            ratio = wp.where(small, series, direct)
+            return scalar(0.5) * wp.log(wp.determinant(b)) * eye + ratio / m * dev
+
+        @wp.func(**unique)
+        def exp_sym_2d(a: mat):
+            # exp(a) = e^m (cosh(r) I + sinh(r) / r dev a), r the half eigenvalue gap.
+            one = scalar(1.0)
+            eye = wp.identity(n=2, dtype=scalar)
+            m = scalar(0.5) * wp.trace(a)
+            dev = a - m * eye
+            r2 = scalar(0.5) * wp.ddot(dev, dev)
+            small = r2 < scalar(series_below)
+            r = wp.sqrt(wp.where(small, scalar(0.25), r2))
+            cosh = wp.where(small, one + r2 * (scalar(0.5) + r2 * (scalar(inv24) + r2 * (
+                scalar(inv720) + r2 / scalar(40320.0)))),
+                scalar(0.5) * (wp.exp(r) + wp.exp(-r)))
+            sinhc = wp.where(small, one + r2 * (scalar(inv6) + r2 * (scalar(inv120) + r2 * (
+                scalar(inv5040) + r2 / scalar(362880.0)))),
+                scalar(0.5) * (wp.exp(r) - wp.exp(-r)) / r)
+            return wp.exp(m) * (cosh * eye + sinhc * dev)
+
+        @wp.func(**unique)
+        def sand_stress(b: mat, mu: scalar, lam: scalar):
+            # St. Venant-Kirchhoff in Hencky strain eps = log(b) / 2.
+            eps = scalar(0.5) * log_spd_2d(b)
+            return scalar(2.0) * mu * eps + lam * wp.trace(eps) * wp.identity(n=2, dtype=scalar)
+
+        @wp.func(**unique)
+        def sand_return(b: mat, mu: scalar, lam: scalar, alpha: scalar):
+            # Drucker-Prager return mapping of the trial b_e (as taichi.py).
+            eye = wp.identity(n=2, dtype=scalar)
+            eps = scalar(0.5) * log_spd_2d(b)
+            trace = wp.trace(eps)
+            dev = eps - scalar(0.5) * trace * eye
+            cone = drucker_prager(trace, wp.ddot(dev, dev), mu, lam, alpha)
+            return exp_sym_2d(cone[0] * eye + scalar(2.0) * cone[1] * dev)
     else:
         @wp.func(**unique)
         def load_vec(a: wp.array2d(dtype=scalar), i: int, s: int):
@@ -234,6 +306,80 @@ def _kernels(dim: int, double: bool):
             eye = wp.identity(n=3, dtype=scalar)
             return mu * (F @ wp.transpose(F) - eye) + lam * wp.log(J) * eye
 
+        @wp.func(**unique)
+        def rotation_entry(i: int, j: int, p: int, q: int, c: scalar, s: scalar):
+            # Entry (i, j) of the Jacobi rotation in the (p, q) plane (element-wise: see above).
+            on_pair = (i == p or i == q) and (j == p or j == q)
+            diagonal = wp.where(on_pair, c, scalar(1.0))
+            off = wp.where(i == p, s, -s)
+            return wp.where(i == j, diagonal, wp.where(on_pair, off, scalar(0.0)))
+
+        @wp.func(**unique)
+        def jacobi_rotation(A: mat, p: int, q: int):
+            # The rotation that zeroes A[p, q] (as taichi.py's eigen_sym_3d).
+            one = scalar(1.0)
+            apq = A[p, q]
+            rotate = wp.abs(apq) > scalar(1e-300)
+            theta = (A[q, q] - A[p, p]) / (scalar(2.0) * wp.where(rotate, apq, one))
+            t = wp.where(theta >= scalar(0.0), one, -one) / (
+                wp.abs(theta) + wp.sqrt(theta * theta + one))
+            t = wp.where(rotate, t, scalar(0.0))
+            c = one / wp.sqrt(t * t + one)
+            s = t * c
+            return mat(rotation_entry(0, 0, p, q, c, s), rotation_entry(0, 1, p, q, c, s),
+                       rotation_entry(0, 2, p, q, c, s), rotation_entry(1, 0, p, q, c, s),
+                       rotation_entry(1, 1, p, q, c, s), rotation_entry(1, 2, p, q, c, s),
+                       rotation_entry(2, 0, p, q, c, s), rotation_entry(2, 1, p, q, c, s),
+                       rotation_entry(2, 2, p, q, c, s))
+
+        @wp.func(**unique)
+        def eigen_vectors_3d(A: mat):
+            # Cyclic Jacobi: A = V diag(values) V^T; V (the sweeps have a constant count, so
+            # Warp unrolls them) and the rotated A, whose diagonal holds the eigenvalues.
+            V = wp.identity(n=3, dtype=scalar)
+            for _ in range(sweeps):
+                R = jacobi_rotation(A, 0, 1)
+                A = wp.transpose(R) @ A @ R
+                V = V @ R
+                R = jacobi_rotation(A, 0, 2)
+                A = wp.transpose(R) @ A @ R
+                V = V @ R
+                R = jacobi_rotation(A, 1, 2)
+                A = wp.transpose(R) @ A @ R
+                V = V @ R
+            return V, A
+
+        @wp.func(**unique)
+        def spectral(V: mat, values: vec):
+            # V diag(values) V^T
+            out = mat()
+            for k in range(3):
+                column = vec(V[0, k], V[1, k], V[2, k])
+                out = out + values[k] * wp.outer(column, column)
+            return out
+
+        @wp.func(**unique)
+        def half_log_eigen(D: mat):
+            return scalar(0.5) * vec(wp.log(D[0, 0]), wp.log(D[1, 1]), wp.log(D[2, 2]))
+
+        @wp.func(**unique)
+        def sand_stress(b: mat, mu: scalar, lam: scalar):
+            # St. Venant-Kirchhoff in Hencky strain, through the eigen decomposition of b.
+            V, D = eigen_vectors_3d(b)
+            eps = half_log_eigen(D)
+            total = eps[0] + eps[1] + eps[2]
+            return spectral(V, scalar(2.0) * mu * eps + vec(lam * total))
+
+        @wp.func(**unique)
+        def sand_return(b: mat, mu: scalar, lam: scalar, alpha: scalar):
+            V, D = eigen_vectors_3d(b)
+            eps = half_log_eigen(D)
+            trace = eps[0] + eps[1] + eps[2]
+            dev = eps - vec(trace / scalar(3.0))
+            cone = drucker_prager(trace, wp.dot(dev, dev), mu, lam, alpha)
+            e = vec(scalar(2.0) * cone[0] / scalar(3.0)) + scalar(2.0) * cone[1] * dev
+            return spectral(V, vec(wp.exp(e[0]), wp.exp(e[1]), wp.exp(e[2])))
+
     @wp.func(**unique)
     def base_of(x: vec, inv_dx: scalar, size: int):
         # Clamped so that a particle that escaped (or became NaN) cannot write out of bounds;
@@ -258,6 +404,8 @@ def _kernels(dim: int, double: bool):
         elif material == plastic:
             Je = wp.sqrt(wp.determinant(F))  # F holds b_e = F_e F_e^T
             tau = mu * (F - eye) + lam * wp.log(Je) * eye
+        elif material == sand:
+            tau = sand_stress(F, mu, lam)  # F holds b_e
         else:
             tau = elastic_stress(F, mu, lam) + active
         return tau
@@ -278,6 +426,11 @@ def _kernels(dim: int, double: bool):
             norm = wp.sqrt(wp.ddot(dev, dev) + scalar(1e-30))
             radius = scalar(von_mises) * yield_stress / mu
             new_F = wp.min(scalar(1.0), radius / norm) * dev + mean * eye
+        elif material == sand:
+            mu = E / (scalar(2.0) * (scalar(1.0) + nu))
+            lam = E * nu / ((scalar(1.0) + nu) * (scalar(1.0) - scalar(2.0) * nu))
+            # yield_stress holds the Drucker-Prager alpha of sand particles.
+            new_F = sand_return(f @ F @ wp.transpose(f), mu, lam, yield_stress)
         return new_F
 
     @wp.func(**unique)
