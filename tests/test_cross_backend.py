@@ -41,8 +41,6 @@ TOY = {
 # Taichi has no 3D MPM gradients (simdiff.sims.mpm.simulator); its 3D forward agrees with Warp's
 # in tests/test_mpm_warp.py.
 FORWARD_ONLY_ON_TAICHI = {"mpm_jelly_3d"}
-# Sand (Material.SAND) has no Warp kernels yet; the simulator refuses it on Warp.
-TAICHI_ONLY = {"mpm_sand_pile"}
 
 RTOL = {"mass_spring": 1e-9, "nbody": 1e-9, "mpm": 1e-7, "fluid": 1e-7}
 
@@ -55,8 +53,6 @@ def test_every_shipped_scene_has_a_toy_size():
 def test_taichi_and_warp_agree(name):
     if name in FORWARD_ONLY_ON_TAICHI:
         pytest.skip("no gradients on taichi for this scene; forward compared elsewhere")
-    if name in TAICHI_ONLY:
-        pytest.skip("sand runs on taichi only for now (tests/test_mpm_sand.py)")
     options, horizon = TOY[name]
     scene = load_scene(name, **options)
     rtol = RTOL[scene.simulator]
