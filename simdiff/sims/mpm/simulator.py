@@ -145,15 +145,24 @@ class MPM(Simulator):
         params = self.particle_params() if particle_params is None else particle_params
         signals, tool_v = self._split_action(action, state.particle_x)
         tool = torch.cat([state.tool_x, tool_v])
-        if (self.model.dim == 3 and self.backend.name is BackendName.TAICHI
-                and torch.is_grad_enabled()
-                and any(t.requires_grad for t in (*state.tensors(), params, signals, tool))):
+        wants_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (*state.tensors(), params, signals, tool))
+        if self.model.dim == 3 and self.backend.name is BackendName.TAICHI and wants_grad:
             # Taichi's reverse mode of the 27-node stencil compiled for ~12 minutes here and
             # disagreed with finite differences: refuse rather than return wrong gradients.
             # Warp's adjoint of the same substep matches central differences.
             raise NotImplementedError(
                 "MPM gradients in 3D are not available on taichi; use --backend warp "
                 "(resolve_backend('warp')), or roll out under torch.no_grad()"
+            )
+        if self.model.dim == 3 and wants_grad and bool(
+                (self.model.particle_material == Material.SAND).any()):
+            # Warp's adjoint of the 3D sand law goes through the Jacobi eigenvectors, whose
+            # derivative is singular at repeated eigenvalues (sand at rest, b_e ~ I): measured
+            # 1e10 times central differences. Refused rather than wrong.
+            raise NotImplementedError(
+                "MPM sand (Material.SAND) gradients in 3D are not available; roll out under "
+                "torch.no_grad() (2D sand has gradients on both backends)"
             )
         (p,) = apply_step(self._launch, self.pack(state), params, signals, tool)
         duration = self.model.substeps * self.model.dt
