@@ -5,6 +5,12 @@ keyword arguments. The loss is the pile's spread (the standard deviation of the 
 horizontal positions), differentiable in the friction angle; the metrics report the flank
 angle (about 0.7 times the friction angle after the collapse: the flow overshoots the static
 angle of repose) and the runout.
+
+Default backend Warp, measured at this size (1,216 particles, 64^2 grid, 40 steps of 50
+substeps, float32, 2 shared CPU cores, kernels compiled beforehand, same script for both): a
+rollout takes 1.12 s on Warp against 1.85 s on Taichi (1.65x), forward and backward (loss in
+the initial velocities) 3.9 s against 6.0 s (1.55x). Both backends give the same states and
+gradients (``tests/test_mpm_sand.py``, ``tests/test_cross_backend.py``).
 """
 
 import math
@@ -41,6 +47,6 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
         metrics=metrics,
         description=f"a sand column ({friction_angle:g} degrees) collapses into a pile, "
                     f"{model.particle_count} particles",
-        default_backend="taichi",
+        default_backend="warp",
         render_every=1,
     )

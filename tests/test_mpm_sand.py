@@ -192,15 +192,18 @@ def test_friction_angle_of_other_materials_is_not_checked():
     build_model([Body((0.3, 0.2), (0.1, 0.1), E=100.0, friction_angle=math.nan)], grid_size=32)
 
 
-def test_sand_pile_scene_runs_and_renders(tmp_path, capsys):
-    """``simdiff run mpm_sand_pile`` at toy size writes a video with sand-colored particles."""
+@pytest.mark.parametrize("backend_name", ["taichi", "warp"])
+def test_sand_pile_scene_runs_and_renders(tmp_path, capsys, backend_name):
+    """``simdiff run mpm_sand_pile`` at toy size writes a video with sand-colored particles, on
+    each backend."""
     import imageio.v3 as iio
 
     from simdiff.cli import main
     from simdiff.render.mpm import MATERIAL_RGB
 
     path = tmp_path / "pile.gif"
-    assert main(["run", "mpm_sand_pile", "--steps", "3", "--set", "grid_size=32",
+    assert main(["run", "mpm_sand_pile", "--backend", backend_name, "--steps", "3",
+                 "--set", "grid_size=32",
                  "--set", "dt=8e-4", "--set", "substeps=10", "--out", str(path)]) == 0
     assert f"wrote {path}" in capsys.readouterr().out
     frames = iio.imread(path)

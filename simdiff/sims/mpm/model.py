@@ -36,8 +36,8 @@ Poisson ratio ``nu``:
   In 2D the matrix logarithm and exponential have closed forms in the invariants of ``b_e``
   (``f(b) = (f(l1) + f(l2)) / 2 I + (f(l1) - f(l2)) / (l1 - l2) dev b``) whose divided
   differences are power series near repeated eigenvalues: no eigenvectors, so the derivative
-  stays finite at the rest state where an SVD's is singular. 3D (forward only) uses a
-  Jacobi eigen decomposition of ``b_e``. The cone's tip (``eps = 0``, where every particle
+  stays finite at the rest state where an SVD's is singular. 3D (forward only, on both
+  backends: the simulator refuses its gradients) uses a Jacobi eigen decomposition of ``b_e``. The cone's tip (``eps = 0``, where every particle
   starts and where flying particles return) has no derivative at all, and there the strain is
   round-off: the tip is blunted at a log strain of 1e-5 (the deviator's norm is regularized by
   it, and tension keeps up to 1e-5 of volumetric strain instead of 0, which also makes the

@@ -19,6 +19,15 @@ In 3D the elastic law is neo-Hookean (``model.py``), so no SVD is needed in eith
 the 2D fixed-corotated rotation has a closed form. Empty grid nodes skip the node update, in
 forward and in the adjoint (most of a 3D grid is empty; this made a 3D backward ~5x faster).
 
+Sand (``Material.SAND``) is the Taichi law term for term (``taichi.py``: closed-form 2D matrix
+log and exp with power series near repeated eigenvalues, the blunted cone tip; in 3D a Jacobi
+eigen decomposition with a constant sweep count, so unrolled). Float64 states agree with
+Taichi's to ~1e-13 and 2D gradients to ~1e-14 relative (``tests/test_mpm_sand.py``). The 3D
+adjoint runs but goes through the eigenvectors, whose derivative is singular at the repeated
+eigenvalues of sand at rest (measured: 1e10 times central differences), so the simulator
+refuses 3D sand gradients. Fractions such as ``1.0 / 3.0`` are evaluated in float32 inside a
+Warp function (the literals are float32), so the series coefficients are computed in Python.
+
 Warp's adjoint also lost the gradient of a vector component assigned inside a branch
 (``if ...: v[k] = 0`` in the walls), so vectors that carry gradients are built element-wise
 (``wall``, ``axis_vector``); ``test_warp_gradients_at_the_walls_match_taichi`` guards it.
