@@ -1,10 +1,13 @@
 """Sand pile (MPM): a column of Drucker-Prager sand collapses into a pile on a rough ground.
 
-``simdiff run mpm_sand_pile`` renders it; ``--friction-angle`` style options are the scene's
-keyword arguments. The loss is the pile's spread (the standard deviation of the sand's
-horizontal positions), differentiable in the friction angle; the metrics report the flank
-angle (about 0.7 times the friction angle after the collapse: the flow overshoots the static
-angle of repose) and the runout.
+``simdiff run mpm_sand_pile`` renders the collapse (``--set friction_angle=25``); the loss of a
+plain rollout is the pile's spread (the standard deviation of the sand's horizontal positions)
+and the metrics report the flank angle (about 0.7 times the friction angle after the collapse:
+the flow overshoots the static angle of repose) and the runout.
+
+``simdiff train mpm_sand_pile`` is an inverse problem: recover the sand's friction angle
+(hidden, ``friction_angle``) from the positions of its grains observed at a few times of the
+collapse, starting from ``start`` degrees.
 
 Default backend Warp, measured at this size (1,216 particles, 64^2 grid, 40 steps of 50
 substeps, float32, 2 shared CPU cores, kernels compiled beforehand, same script for both): a
@@ -15,19 +18,33 @@ gradients (``tests/test_mpm_sand.py``, ``tests/test_cross_backend.py``).
 
 import math
 
+import torch
+
 from simdiff.autodiff import Rollout
+from simdiff.backend import resolve_backend
 from simdiff.scene import Scene
-from simdiff.sims.mpm import Body, Ground, Material, build_model
-from simdiff.sims.mpm.tasks import pile_angle
+from simdiff.sims.mpm import MPM, Body, Ground, Material, build_model
+from simdiff.sims.mpm.tasks import (
+    FrictionAngleFit,
+    identify_friction_objective,
+    observe_positions,
+    pile_angle,
+)
 
 
 def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float = 4e-4,
-          friction_angle: float = 35.0, width: float = 0.25, height: float = 0.3) -> Scene:
+          friction_angle: float = 35.0, width: float = 0.25, height: float = 0.3,
+          start: float = 25.0, observations: int = 4) -> Scene:
     dx = 1 / grid_size
     column = Body((0.5 - width / 2, 3 * dx), (width, height), material=Material.SAND,
                   E=200.0, nu=0.3, friction_angle=friction_angle)
     model = build_model([column], grid_size=grid_size, dt=dt, substeps=substeps,
                         ground=Ground(friction=math.inf))
+    observations = min(observations, steps)
+    every = steps // observations
+    with torch.no_grad():
+        observed, _ = observe_positions(MPM(model, resolve_backend("warp", precision="float64")),
+                                        observations, every)
 
     def spread(result: Rollout):
         return result.final.particle_x[:, 0].std()
@@ -36,7 +53,7 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
         x = result.final.particle_x.detach()
         return {"pile_angle_deg": pile_angle(x, model.dx, model.ground_height),
                 "runout": float(x[:, 0].max() - x[:, 0].min()),
-                "friction_angle_deg": friction_angle}
+                "friction_angle_deg": float(model.particle_friction_angle.detach()[0])}
 
     return Scene(
         name="mpm_sand_pile",
@@ -45,6 +62,9 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
         steps=steps,
         loss=spread,
         metrics=metrics,
+        train={"precision": "float64", "lr": 0.1, "iters": 25},
+        design=lambda sim: FrictionAngleFit(start),
+        objective=identify_friction_objective(observed, friction_angle, every),
         description=f"a sand column ({friction_angle:g} degrees) collapses into a pile, "
                     f"{model.particle_count} particles",
         default_backend="warp",

@@ -284,10 +284,24 @@ def _run_adjoint(
     return [leaf.grad for leaf in leaves[: len(inputs)]]
 
 
+def _check_dtypes(step: KernelStep, inputs: Sequence[torch.Tensor]) -> None:
+    """Kernels read raw memory: a float64 tensor given to float32 kernels would be misread
+    (Warp) or silently converted (Taichi), so a mismatch is an error naming the input."""
+    backend = step.launches[0].backend
+    expected = backend.torch_dtype
+    for name, t in zip(step.inputs, inputs):
+        if t.dtype != expected and t.is_floating_point():
+            raise TypeError(
+                f"step input {name!r} is {t.dtype} but the backend {backend} computes in "
+                f"{expected}; convert it (tensor.to({expected})) or choose that precision"
+            )
+
+
 class _StepFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, step: KernelStep, *inputs: torch.Tensor):
         inputs = tuple(t.detach().contiguous() for t in inputs)
+        _check_dtypes(step, inputs)
         buffers = _run_forward(step, inputs)
         ctx.step = step
         ctx.names = list(step.inputs) if step.recompute else list(buffers)

@@ -208,4 +208,8 @@ def apply_segment(spec: SegmentSpec, initial: list[torch.Tensor], per_step: list
     """
     if not per_step or per_step[0].shape[0] < 1:
         raise ValueError("a segment needs at least one step of per-step inputs")
+    expected = spec.step.launches[0].backend.torch_dtype
+    for t in [*initial, *per_step, *shared]:
+        if t.is_floating_point() and t.dtype != expected:
+            raise TypeError(f"segment input of {t.dtype}, but the backend computes in {expected}")
     return _SegmentFunction.apply(spec, (len(initial), len(per_step)), *initial, *per_step, *shared)

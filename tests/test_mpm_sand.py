@@ -257,3 +257,21 @@ def test_3d_sand_gradients_are_refused():
                            particle_v=sim.model.particle_v.clone().requires_grad_())
     with pytest.raises(NotImplementedError, match=r"sand .* gradients in 3D"):
         sim.step(state)
+
+
+def test_sand_pile_recovers_a_hidden_friction_angle():
+    from simdiff.scene import load_scene, make_simulator
+
+    scene = load_scene("mpm_sand_pile", grid_size=32, steps=12, friction_angle=35.0, start=25.0)
+    sim = make_simulator(scene, resolve_backend("warp", precision="float64"))
+    design = scene.design(sim)
+    optimizer = torch.optim.Adam(design.parameters(), lr=0.1)
+    errors = []
+    for _ in range(10):
+        loss, _, metrics = scene.objective(sim, design)
+        errors.append(metrics["friction_angle_error"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert errors[0] == pytest.approx(10.0)
+    assert min(errors) < 1.5

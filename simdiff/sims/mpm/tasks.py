@@ -2,7 +2,8 @@
 
 * Locomotion: move the center of mass to the right.
 * Throw to target: the launch velocity of a water blob whose center of mass reaches a target.
-* Material identification: Young's modulus from an observed trajectory.
+* Material identification: Young's modulus, or a sand's friction angle, from an observed
+  trajectory.
 * Piles: the flank angle of a granular pile (a measurement, not differentiable).
 * Shaping: tool velocities that press a plasticine block into a target shape (soft occupancy
   loss, scored by the intersection over union of the occupied cells).
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from simdiff.autodiff import Rollout, rollout
+from simdiff.sims.mpm.model import Material
 
 __all__ = [
     "LaunchVelocity",
@@ -112,6 +114,41 @@ def identify_modulus_objective(observed: torch.Tensor, hidden: float, every: int
         loss = ((predicted - observed.to(predicted)) ** 2).sum(-1).mean() * 1e4
         return loss, result, {"modulus": float(E.detach()),
                               "modulus_error": abs(float(E.detach()) / hidden - 1)}
+
+    return objective
+
+
+class FrictionAngleFit(nn.Module):
+    """One friction angle for all sand particles [degrees], as ``60 sigmoid(z)`` so that it
+    stays inside the model's allowed range (0, 60]."""
+
+    def __init__(self, angle0: float) -> None:
+        super().__init__()
+        p = angle0 / 60.0
+        self.z = nn.Parameter(torch.tensor(math.log(p / (1 - p)), dtype=torch.float64))
+
+    def angle(self) -> torch.Tensor:
+        return 60.0 * torch.sigmoid(self.z)
+
+
+def identify_friction_objective(observed: torch.Tensor, hidden: float, every: int):
+    """Mean squared distance between simulated and observed sand positions; the metric
+    ``friction_angle_error`` is the error of the recovered angle [degrees]."""
+
+    def objective(sim, design: FrictionAngleFit, record_every: int = 0):
+        phi = design.angle()
+        m = sim.model
+        sand = m.particle_material == Material.SAND
+        m.particle_friction_angle = torch.where(sand, phi.to(m.particle_friction_angle.dtype),
+                                                m.particle_friction_angle.detach())
+        predicted, result = observe_positions(sim, observed.shape[0], every,
+                                              record_every=record_every)
+        loss = ((predicted - observed.to(predicted)) ** 2).sum(-1).mean() * 1e4
+        angle = float(phi.detach())
+        return loss, result, {"friction_angle": angle,
+                              "friction_angle_error": abs(angle - hidden),
+                              "pile_angle_deg": pile_angle(result.final.particle_x.detach(),
+                                                           m.dx, m.ground_height)}
 
     return objective
 
