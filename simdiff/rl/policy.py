@@ -6,8 +6,21 @@ recipe), so that evaluation rebuilds the environment the policy was trained in.
 
 Features: the network does not see the raw observation. Velocities grow without bound in close
 encounters (|v| ~ 1/sqrt(r)) and the log energy error spans [-16, 2]; so positions and
-velocities pass through ``sign(u) log(1 + |u|)`` and the log error is divided by 16. The map is
-fixed (no running statistics to save or drift) and recorded in the JSON file.
+velocities pass through ``sign(u) log(1 + |u|)`` and the log error is divided by 16
+(``signed_log_v1``, 19 values). ``encounter_v2`` (the default, 23 values) adds what makes an
+encounter visible, for the closest pair (separation ``r``, relative velocity ``u``, pair mass
+``M = 2``, unit masses as the environment draws them):
+
+* ``log10 r``;
+* ``(r . u) / |r|^2`` times the decision interval, through the signed log: the fraction of the
+  separation closed or opened in one interval (negative: approaching);
+* ``log10`` of the pair's time scale ``min(r / |u|, sqrt(r^3 / M))``, which the adaptive step
+  follows (``dt ~ eta`` times it);
+* ``log10 q``, the two-body pericenter ``q = p / (1 + e)`` from the pair's Kepler elements
+  (``p = |r x u|^2 / M``, ``e`` from the two-body energy): how close the pair will come.
+
+Logs are clipped to [-8, 4]. The map is fixed (no running statistics to save or drift) and
+recorded in the JSON file.
 """
 
 from __future__ import annotations
@@ -23,30 +36,73 @@ import numpy as np
 from simdiff.rl.env import OBSERVATION_SIZE, ThreeBodyTimestepEnv
 from simdiff.sims.base import ValidationError
 
-__all__ = ["FEATURES", "SHIPPED_POLICY", "Policy", "features", "load_policy", "train_policy"]
+__all__ = ["FEATURES", "FEATURE_SIZES", "SHIPPED_POLICY", "Policy", "features", "load_policy",
+           "train_policy"]
 
-FEATURES = "signed_log_v1"
+FEATURES = "encounter_v2"
+"""The feature map new policies use."""
+FEATURE_SIZES = {"signed_log_v1": OBSERVATION_SIZE, "encounter_v2": OBSERVATION_SIZE + 4}
+"""Feature maps this version computes, and their sizes."""
 SHIPPED_POLICY = "hermite_ppo"
 """Name of the policy shipped in ``simdiff/rl/policies/``."""
 
 
-def features(observation: np.ndarray) -> np.ndarray:
+def _signed_log(u: np.ndarray) -> np.ndarray:
+    return np.sign(u) * np.log1p(np.abs(u))
+
+
+def _closest_pair(phase: np.ndarray, interval: float) -> np.ndarray:
+    """The four encounter features (module docstring) from phase space ``[..., 18]``."""
+    bodies = phase.reshape(*phase.shape[:-1], 3, 6)
+    x, v = bodies[..., :3], bodies[..., 3:]
+    pairs = ((0, 1), (0, 2), (1, 2))
+    dx = np.stack([x[..., j, :] - x[..., i, :] for i, j in pairs], -2)
+    du = np.stack([v[..., j, :] - v[..., i, :] for i, j in pairs], -2)
+    r = np.linalg.norm(dx, axis=-1)
+    k = np.argmin(r, axis=-1)[..., None]
+    r = np.maximum(np.take_along_axis(r, k, -1)[..., 0], 1e-300)
+    dx = np.take_along_axis(dx, k[..., None], -2)[..., 0, :]
+    du = np.take_along_axis(du, k[..., None], -2)[..., 0, :]
+    mass = 2.0
+    speed = np.linalg.norm(du, axis=-1)
+    with np.errstate(all="ignore"):
+        closing = _signed_log((dx * du).sum(-1) / r**2 * interval)
+    timescale = np.minimum(r / np.maximum(speed, 1e-300), np.sqrt(r**3 / mass))
+    h2 = (np.cross(dx, du) ** 2).sum(-1)
+    energy = 0.5 * speed**2 - mass / r
+    ecc = np.sqrt(np.maximum(1 + 2 * energy * h2 / mass**2, 0.0))
+    pericenter = (h2 / mass) / (1 + ecc)
+
+    def log(u):
+        return np.clip(np.log10(np.maximum(u, 1e-300)), -8, 4)
+
+    return np.stack([log(r), closing, log(timescale), log(pericenter)], -1)
+
+
+def features(observation: np.ndarray, kind: str = FEATURES, interval: float = 0.2) -> np.ndarray:
     """The network's input from observations ``[..., 19]`` (see the module docstring)."""
     obs = np.asarray(observation, dtype=np.float64)
-    phase = np.sign(obs[..., :-1]) * np.log1p(np.abs(obs[..., :-1]))
-    return np.concatenate([phase, obs[..., -1:] / 16], -1).astype(np.float32)
+    parts = [_signed_log(obs[..., :-1]), obs[..., -1:] / 16]
+    if kind == "encounter_v2":
+        parts.append(_closest_pair(obs[..., :-1], interval))
+    elif kind != "signed_log_v1":
+        raise ValidationError(f"features={kind!r} is unknown; allowed: {', '.join(FEATURE_SIZES)}")
+    # A system stopped by a near-collision can leave non-finite values; the network gets bounded ones.
+    return np.nan_to_num(np.concatenate(parts, -1), nan=0.0, posinf=50.0,
+                         neginf=-50.0).astype(np.float32)
 
 
 class FeatureWrapper(gym.ObservationWrapper):
     """Feeds :func:`features` of the environment's observation to the agent."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, kind: str = FEATURES) -> None:
         super().__init__(env)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,),
+        self.kind, self.interval = kind, float(env.unwrapped.interval)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(FEATURE_SIZES[kind],),
                                                 dtype=np.float32)
 
     def observation(self, observation):
-        return features(observation)
+        return features(observation, self.kind, self.interval)
 
 
 class Policy:
@@ -56,7 +112,9 @@ class Policy:
         self.model, self.settings, self.meta = model, settings, meta
 
     def act(self, observations: np.ndarray) -> np.ndarray:
-        actions, _ = self.model.predict(features(observations), deterministic=True)
+        kind = self.meta.get("features", "signed_log_v1")
+        inputs = features(observations, kind, self.settings.get("interval", 0.2))
+        actions, _ = self.model.predict(inputs, deterministic=True)
         return np.asarray(actions, dtype=np.int64).reshape(-1)
 
 
@@ -91,24 +149,26 @@ def load_policy(path: str | Path | None = None) -> Policy:
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same to a user
         raise ValidationError(f"policy file {zip_path} does not load: {err}") from None
     env = ThreeBodyTimestepEnv(**meta.get("settings", {}))
-    if model.observation_space.shape != env.observation_space.shape:
+    kind = meta.setdefault("features", "signed_log_v1")
+    if kind not in FEATURE_SIZES:
+        raise ValidationError(f"policy {zip_path} uses features {kind!r}; this version computes "
+                              f"{', '.join(FEATURE_SIZES)}")
+    if model.observation_space.shape != (FEATURE_SIZES[kind],):
         raise ValidationError(
             f"policy {zip_path} was trained for observations of shape "
-            f"{model.observation_space.shape}; this environment gives "
-            f"{env.observation_space.shape}")
+            f"{model.observation_space.shape}; its features {kind!r} give "
+            f"({FEATURE_SIZES[kind]},)")
     if getattr(model.action_space, "n", None) != env.action_space.n:
         raise ValidationError(f"policy {zip_path} was trained for action space "
                               f"{model.action_space}; this environment has {env.action_space}")
-    if meta.get("features", FEATURES) != FEATURES:
-        raise ValidationError(f"policy {zip_path} uses features {meta['features']!r}; this "
-                              f"version computes {FEATURES!r}")
     return Policy(model, env.settings, meta)
 
 
 def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
                  settings: dict | None = None, resume: bool = False,
                  checkpoint_every: int = 10_000, rollout_steps: int = 256,
-                 processes: bool = False, progress: bool = True) -> Path:
+                 processes: bool = False, progress: bool = True, gamma: float = 0.999,
+                 feature_kind: str = FEATURES) -> Path:
     """Train PPO on the time-step environment and save it to ``out`` (``.zip`` and ``.json``).
 
     Args:
@@ -122,6 +182,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         rollout_steps: Steps each environment samples between PPO updates.
         processes: Step the environments in worker processes (uses every core).
         progress: Show a progress bar.
+        gamma: Discount; near 1 so that the telescoping reward's return is the final score.
+        feature_kind: Feature map (:data:`FEATURE_SIZES`).
 
     Returns:
         The path of the saved ``.zip``.
@@ -135,6 +197,11 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         raise ValidationError(f"steps={steps} must be >= 1")
     if envs < 1:
         raise ValidationError(f"envs={envs} must be >= 1")
+    if not 0 < gamma <= 1:
+        raise ValidationError(f"gamma={gamma} must be in (0, 1]")
+    if feature_kind not in FEATURE_SIZES:
+        raise ValidationError(f"features={feature_kind!r} is unknown; allowed: "
+                              f"{', '.join(FEATURE_SIZES)}")
     settings = dict(settings or {})
     ThreeBodyTimestepEnv(**settings)  # validates before anything is built
     zip_path, json_path = _paths(out)
@@ -145,16 +212,17 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
 
     vec = make_vec_env(ThreeBodyTimestepEnv, n_envs=envs, seed=seed, env_kwargs=settings,
                        wrapper_class=FeatureWrapper,
+                       wrapper_kwargs={"kind": feature_kind},
                        vec_env_cls=SubprocVecEnv if processes else DummyVecEnv)
     # Returns span tens of units and vary more between initial conditions than between actions;
     # scaling rewards by a running estimate of the return's spread keeps the value function's
     # loss from drowning the policy's. Training only: acting needs no reward statistics.
-    vec = VecNormalize(vec, norm_obs=False, norm_reward=True, gamma=0.99)
+    vec = VecNormalize(vec, norm_obs=False, norm_reward=True, gamma=gamma)
     if resume and checkpoint.is_file():
         model = PPO.load(checkpoint, env=vec, device="cpu")
     else:
         model = PPO("MlpPolicy", vec, n_steps=rollout_steps,
-                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=3e-4, gamma=0.99, ent_coef=0.01, seed=seed, device="cpu",
+                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=3e-4, gamma=gamma, ent_coef=0.01, seed=seed, device="cpu",
                     policy_kwargs={"net_arch": [64, 64]}, verbose=0)
     remaining = max(steps - model.num_timesteps, 0)
 
@@ -187,7 +255,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         checkpoint.unlink()
     meta = {
         "settings": ThreeBodyTimestepEnv(**settings).settings,
-        "features": FEATURES,
+        "features": feature_kind,
+        "gamma": gamma,
         "algorithm": "PPO",
         "steps": int(model.num_timesteps),
         "seed": seed,
@@ -195,6 +264,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "rollout_steps": rollout_steps,
         "train_seconds": round(time.perf_counter() - start, 1),
         "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}"
+                  f" --gamma {gamma} --features {feature_kind}"
+                  + "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
                   + (" --processes" if processes else ""),
     }
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
