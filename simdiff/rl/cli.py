@@ -20,7 +20,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path = train_policy(args.out, steps=args.steps, seed=args.seed, envs=args.envs,
                         settings=_settings(args), resume=args.resume,
                         processes=args.processes, progress=not args.quiet, gamma=args.gamma,
-                        feature_kind=args.features)
+                        feature_kind=args.features, init=args.init,
+                        learning_rate=args.learning_rate)
     print(f"policy: {path} (and {path.with_suffix('.json').name})")
     return 0
 
@@ -80,6 +81,10 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--gamma", type=float, default=0.999, help="discount (default 0.999)")
     p.add_argument("--features", choices=["encounter_v2", "signed_log_v1"],
                    default="encounter_v2", help="the network's input map")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=3e-4)
+    p.add_argument("--init", choices=["none", "rule", "fixed"], default="none",
+                   help="start PPO from behaviour cloning of the error-feedback rule or of the "
+                        "fixed eta 1e-2 (default: a fresh network)")
     p.add_argument("--processes", action="store_true",
                    help="step the environments in worker processes (every core)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -94,7 +99,7 @@ def add_rl_parser(sub) -> None:
                    help="run the policy on another integrator (transfer)")
     p.add_argument("--max-actions", dest="max_actions", type=int,
                    help="decisions an episode (default: the policy's)")
-    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=5e-5,
+    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=2e-4,
                    help="Hermite eta of the reference run for trajectory errors (0: none)")
     p.add_argument("--trajectory-time", dest="trajectory_time", type=float, default=2.0,
                    help="time at which trajectories are compared with the reference (default 2)")

@@ -164,11 +164,62 @@ def load_policy(path: str | Path | None = None) -> Policy:
     return Policy(model, env.settings, meta)
 
 
+def clone_rule(model, settings: dict, feature_kind: str, seed: int, *, systems: int = 128,
+               explore: float = 0.3, epochs: int = 600, constant: bool = False) -> float:
+    """Fit ``model``'s policy network to :func:`~simdiff.rl.evaluate.error_feedback_rule`
+    (or, if ``constant``, to the rule's fine action everywhere: the fixed eta 1e-2).
+
+    States come from running the rule on ``systems`` training initial conditions (seeds from
+    numpy's generator seeded by ``seed``, as training's), where with probability ``explore``
+    an interval is run with a random one of the coarser half of the actions instead (the finer
+    ones cost much and the rule never takes them), so that states off the rule's own path are
+    seen too; every state is labeled with the rule's action. Returns the final accuracy.
+    """
+    import torch
+
+    from simdiff.rl.env import ETAS, initial_conditions, observations
+    from simdiff.rl.evaluate import RULE_FINE, error_feedback_rule
+    from simdiff.sims.nbody.fewbody import FewBody
+
+    env = ThreeBodyTimestepEnv(**settings)
+    rng = np.random.default_rng(seed)
+    ics = initial_conditions(rng.integers(2**31, size=systems))
+    system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
+    inputs, labels = [], []
+    alive = np.ones(systems, dtype=bool)
+    for k in range(env.max_actions):
+        obs = observations(system)
+        rule = error_feedback_rule(obs)
+        if constant:
+            rule = np.full_like(rule, RULE_FINE)
+        inputs.append(features(obs[alive], feature_kind, env.interval))
+        labels.append(rule[alive])
+        random = rng.integers(len(ETAS) // 2, len(ETAS), size=systems)
+        taken = np.where(rng.random(systems) < explore, random, rule)
+        t_end = np.where(alive, (k + 1) * env.interval, system.time)
+        status = system.advance(t_end, ETAS[taken], max_steps=env.max_interval_steps)
+        alive &= (status == 0) & (system.energy_error() <= env.energy_limit)
+    x = torch.as_tensor(np.concatenate(inputs))
+    y = torch.as_tensor(np.concatenate(labels))
+    policy = model.policy
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        loss = -policy.get_distribution(x).log_prob(y).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = float((policy.get_distribution(x).distribution.probs.argmax(-1) == y)
+                         .float().mean())
+    return accuracy
+
+
 def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
                  settings: dict | None = None, resume: bool = False,
                  checkpoint_every: int = 10_000, rollout_steps: int = 256,
                  processes: bool = False, progress: bool = True, gamma: float = 0.999,
-                 feature_kind: str = FEATURES) -> Path:
+                 feature_kind: str = FEATURES, init: str = "none",
+                 learning_rate: float = 3e-4) -> Path:
     """Train PPO on the time-step environment and save it to ``out`` (``.zip`` and ``.json``).
 
     Args:
@@ -184,6 +235,11 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         progress: Show a progress bar.
         gamma: Discount; near 1 so that the telescoping reward's return is the final score.
         feature_kind: Feature map (:data:`FEATURE_SIZES`).
+        init: ``none`` (a fresh network), ``rule`` or ``fixed``: before PPO, fit the policy
+            network by behaviour cloning (:func:`clone_rule`) to the hand-written error-feedback
+            rule (:func:`~simdiff.rl.evaluate.error_feedback_rule`), or to the constant best
+            fixed eta (1e-2); PPO then fine-tunes it. Recorded in the JSON file.
+        learning_rate: PPO's learning rate.
 
     Returns:
         The path of the saved ``.zip``.
@@ -202,6 +258,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
     if feature_kind not in FEATURE_SIZES:
         raise ValidationError(f"features={feature_kind!r} is unknown; allowed: "
                               f"{', '.join(FEATURE_SIZES)}")
+    if init not in ("none", "rule", "fixed"):
+        raise ValidationError(f"init={init!r} is unknown; allowed: none, rule, fixed")
     settings = dict(settings or {})
     ThreeBodyTimestepEnv(**settings)  # validates before anything is built
     zip_path, json_path = _paths(out)
@@ -222,8 +280,11 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         model = PPO.load(checkpoint, env=vec, device="cpu")
     else:
         model = PPO("MlpPolicy", vec, n_steps=rollout_steps,
-                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=3e-4, gamma=gamma, ent_coef=0.01, seed=seed, device="cpu",
+                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=learning_rate,
+                    gamma=gamma, ent_coef=0.01, seed=seed, device="cpu",
                     policy_kwargs={"net_arch": [64, 64]}, verbose=0)
+        if init != "none":
+            clone_rule(model, settings, feature_kind, seed, constant=init == "fixed")
     remaining = max(steps - model.num_timesteps, 0)
 
     class Progress(BaseCallback):
@@ -257,6 +318,10 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "settings": ThreeBodyTimestepEnv(**settings).settings,
         "features": feature_kind,
         "gamma": gamma,
+        "learning_rate": learning_rate,
+        "init": {"none": "PPO from a fresh network",
+                 "rule": "behaviour cloning of the error-feedback rule, then PPO",
+                 "fixed": "behaviour cloning of the constant eta=1e-2, then PPO"}[init],
         "algorithm": "PPO",
         "steps": int(model.num_timesteps),
         "seed": seed,
@@ -264,7 +329,8 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "rollout_steps": rollout_steps,
         "train_seconds": round(time.perf_counter() - start, 1),
         "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}"
-                  f" --gamma {gamma} --features {feature_kind}"
+                  f" --gamma {gamma} --features {feature_kind} --learning-rate {learning_rate}"
+                  + (f" --init {init}" if init != "none" else "")
                   + "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
                   + (" --processes" if processes else ""),
     }
