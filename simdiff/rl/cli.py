@@ -9,7 +9,8 @@ __all__ = ["add_rl_parser"]
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    names = ("integrator", "interval", "max_actions", "w_energy", "w_cost", "w_trajectory")
+    names = ("integrator", "interval", "max_actions", "w_energy", "w_cost", "w_trajectory",
+             "reward")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -18,7 +19,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     path = train_policy(args.out, steps=args.steps, seed=args.seed, envs=args.envs,
                         settings=_settings(args), resume=args.resume,
-                        processes=args.processes, progress=not args.quiet)
+                        processes=args.processes, progress=not args.quiet, gamma=args.gamma,
+                        feature_kind=args.features, init=args.init,
+                        learning_rate=args.learning_rate)
     print(f"policy: {path} (and {path.with_suffix('.json').name})")
     return 0
 
@@ -41,8 +44,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     policy.settings = settings
     out = Path(args.out)
     results, trusted = evaluate(policy, systems=args.systems, settings=settings,
-                                reference_eta=args.reference_eta)
-    paths = write_table(results, trusted, out / "evaluation")
+                                reference_eta=args.reference_eta,
+                                trajectory_time=args.trajectory_time, rule=not args.no_rule)
+    paths = write_table(results, trusted, out / "evaluation",
+                        trajectory_time=min(args.trajectory_time,
+                                            settings["max_actions"] * settings["interval"]))
     paths.append(write_pareto_plot(results, out / "pareto.png",
                                    title=f"{settings['integrator']}: energy error against cost"))
     if not args.no_video:
@@ -70,6 +76,15 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--w-cost", dest="w_cost", type=float)
     p.add_argument("--w-trajectory", dest="w_trajectory", type=float,
                    help="weight of the trajectory error against a reference run (default 0)")
+    p.add_argument("--reward", choices=["telescoping", "cumulative"],
+                   help="reward form (default telescoping; cumulative is the paper's)")
+    p.add_argument("--gamma", type=float, default=0.999, help="discount (default 0.999)")
+    p.add_argument("--features", choices=["encounter_v2", "signed_log_v1"],
+                   default="encounter_v2", help="the network's input map")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=3e-4)
+    p.add_argument("--init", choices=["none", "rule", "fixed"], default="none",
+                   help="start PPO from behaviour cloning of the error-feedback rule or of the "
+                        "fixed eta 1e-2 (default: a fresh network)")
     p.add_argument("--processes", action="store_true",
                    help="step the environments in worker processes (every core)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -84,8 +99,12 @@ def add_rl_parser(sub) -> None:
                    help="run the policy on another integrator (transfer)")
     p.add_argument("--max-actions", dest="max_actions", type=int,
                    help="decisions an episode (default: the policy's)")
-    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=5e-5,
+    p.add_argument("--reference-eta", dest="reference_eta", type=float, default=2e-4,
                    help="Hermite eta of the reference run for trajectory errors (0: none)")
+    p.add_argument("--trajectory-time", dest="trajectory_time", type=float, default=2.0,
+                   help="time at which trajectories are compared with the reference (default 2)")
+    p.add_argument("--no-rule", dest="no_rule", action="store_true",
+                   help="leave out the hand-written error-feedback baseline")
     p.add_argument("--out", default="renders/rl/eval", help="output folder")
     p.add_argument("--no-video", action="store_true")
     p.set_defaults(func=_cmd_eval)

@@ -17,28 +17,55 @@ Observation (float32, 19 values): positions and velocities of the three bodies i
 center-of-mass frame (18), and ``log10`` of the relative energy error ``|E/E0 - 1|`` (clipped
 to [-16, 2]).
 
-Reward of one action::
+Reward of one action, two forms (``reward``):
 
-    r = -w_energy     * (log10(max(err_E, 1e-16)) + 16) / 16
-        -w_cost       * log10(1 + evaluations)
-        -w_trajectory * (log10(max(err_x, 1e-16)) + 16) / 16        (optional, off by default)
+``telescoping`` (the default): the per-interval *increase* of the scores, so that the episode's
+undiscounted return is the score of the final state::
 
-``err_E`` is the relative energy error at the interval's end, ``evaluations`` the force
-evaluations the interval cost, and ``err_x`` the RMS distance of the bodies from a reference run
-with ``reference_eta`` (1e-5 by default, 625 times more accurate than the smallest action for a
-fourth-order scheme). The episode terminates when ``err_E`` exceeds ``energy_limit``, when the
-step falls below ``dt_min`` or an interval needs more than ``max_interval_steps`` steps (a
-near-collision the integrator cannot afford to resolve); it is truncated after ``max_actions``
-actions. Since every reward is negative, ending early would pay; so a terminated episode is
-charged the worst reward of each action it did not take (error 1, ``max_interval_steps``
-evaluations of the integrator).
+    r_k = -w_energy     * (s(err_E[k]) - s(err_E[k-1]))
+          -w_cost       * (log10(1 + n[k]) - log10(1 + n[k-1]))
+          -w_trajectory * (s(err_x[k]) - s(err_x[k-1]))               (optional, off by default)
+
+    sum_k r_k = -w_energy * s(err_E[K]) - w_cost * log10(1 + n[K]) - w_trajectory * s(err_x[K])
+
+with ``s(e) = (log10(max(e, 1e-16)) + 16) / 16`` (0 at 1e-16, 1 at 1), ``n[k]`` the force
+evaluations paid up to the end of interval ``k`` and ``s(err[0]) = 0, n[0] = 0``. The return is
+then a straight line in the plane of the evaluation's Pareto plot (log error against log
+evaluations): ``w_cost / (w_energy / 16)`` decades of error are worth one decade of cost (1.6
+with the defaults; the fixed-eta front trades 3.5 to 5 decades of error per decade of cost above
+eta = 1e-2 and none below, where float64 round-off sets the error), and each action is charged
+exactly what it adds to the final error and cost. Train with ``gamma`` near 1, so that the
+discounted return is this sum.
+
+``cumulative`` (the paper's form of the energy term)::
+
+    r_k = -w_energy     * s(err_E[k])
+          -w_cost       * log10(1 + (n[k] - n[k-1]))
+          -w_trajectory * s(err_x[k])
+
+It charges the error reached so far at every interval, so an error made early is charged once
+per remaining interval, and the cost term is the log of each interval's own evaluations, which
+makes an evaluation in a cheap interval dearer than one in an encounter; neither sums to the
+final error or the total cost the evaluation measures.
+
+``err_E`` is the cumulative relative energy error ``|E/E0 - 1|`` at the interval's end, and
+``err_x`` the RMS distance of the bodies from a reference run with ``reference_eta`` (1e-5 by
+default, 625 times more accurate than the smallest action for a fourth-order scheme). The
+episode terminates when ``err_E`` exceeds ``energy_limit``, when the step falls below
+``dt_min`` or an interval needs more than ``max_interval_steps`` steps (a near-collision the
+integrator cannot afford to resolve); it is truncated after ``max_actions`` actions. Ending
+early must not pay, so a terminated episode is charged what the worst run would: in the
+cumulative form the worst reward of each action it did not take (error 1,
+``max_interval_steps`` evaluations of the integrator); in the telescoping form the rise of the
+energy (and trajectory) score to 1 and the evaluations of ``max_interval_steps`` steps for each
+action not taken.
 
 The three-body problem from rest has near-collisions so close that float64 positions limit
 the energy error: there a smaller eta takes millions of steps and ends with a *larger* error,
 which is one reason a fixed eta is not the best choice.
 
-Where it departs from the paper: the paper's reward rewards large steps through the step size
-itself; we charge the cost a run actually pays, force evaluations, so that one reward serves
+Where it departs from the paper: the telescoping reward above (the paper's form is
+``reward="cumulative"``); the paper's reward rewards large steps through the step size itself; we charge the cost a run actually pays, force evaluations, so that one reward serves
 integrators of different cost per step (RK4 evaluates forces four times a step). The trajectory
 term is ours: in a chaotic system a small energy error does not make a trajectory right. The
 integrator is an argument (Hermite as in the paper, or leapfrog and RK4), to ask whether one
@@ -62,13 +89,16 @@ from simdiff.sims.nbody import Integrator
 from simdiff.sims.nbody.fewbody import FewBody, Status
 from simdiff.sims.nbody.initial import random_three_body
 
-__all__ = ["ETAS", "OBSERVATION_SIZE", "ThreeBodyTimestepEnv", "initial_conditions",
+__all__ = ["ETAS", "OBSERVATION_SIZE", "REWARDS", "ThreeBodyTimestepEnv", "initial_conditions",
            "log_error_score", "observations"]
 
 ETAS = np.logspace(-4, -1, 10)
 """The accuracy parameters the agent chooses from."""
 
 OBSERVATION_SIZE = 19
+
+REWARDS = ("telescoping", "cumulative")
+"""The reward forms (module docstring)."""
 
 
 def log_error_score(error) -> np.ndarray:
@@ -117,6 +147,7 @@ class ThreeBodyTimestepEnv(gym.Env):
         reference_eta: Accuracy parameter of the reference run (Hermite).
         dt_min: Smallest step; a smaller one ends the episode.
         max_interval_steps: Most steps one interval may take; more end the episode.
+        reward: ``telescoping`` (default) or ``cumulative`` (the paper's; module docstring).
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
@@ -124,8 +155,12 @@ class ThreeBodyTimestepEnv(gym.Env):
     def __init__(self, *, integrator: str = "hermite", interval: float = 0.2,
                  max_actions: int = 50, energy_limit: float = 1e-1, w_energy: float = 1.0,
                  w_cost: float = 0.1, w_trajectory: float = 0.0, reference_eta: float = 1e-5,
-                 dt_min: float = 1e-14, max_interval_steps: int = 50_000) -> None:
+                 dt_min: float = 1e-14, max_interval_steps: int = 50_000,
+                 reward: str = "telescoping") -> None:
         super().__init__()
+        if reward not in REWARDS:
+            raise ValidationError(f"reward={reward!r} is unknown; allowed: {', '.join(REWARDS)}")
+        self.reward = reward
         self.integrator = check_integrator(integrator)
         for name, value in (("w_energy", w_energy), ("w_cost", w_cost),
                             ("w_trajectory", w_trajectory)):
@@ -156,14 +191,19 @@ class ThreeBodyTimestepEnv(gym.Env):
                 "max_actions": self.max_actions, "energy_limit": self.energy_limit,
                 "w_energy": self.w_energy, "w_cost": self.w_cost,
                 "w_trajectory": self.w_trajectory, "reference_eta": self.reference_eta,
-                "dt_min": self.dt_min, "max_interval_steps": self.max_interval_steps}
+                "dt_min": self.dt_min, "max_interval_steps": self.max_interval_steps,
+                "reward": self.reward}
+
+    @property
+    def worst_interval_evaluations(self) -> int:
+        """Force evaluations of an interval that takes ``max_interval_steps`` steps."""
+        return {Integrator.RK4: 4}.get(self.integrator, 1) * self.max_interval_steps
 
     @property
     def worst_reward(self) -> float:
-        """The magnitude of the worst reward one action can get."""
-        per_step = {Integrator.RK4: 4}.get(self.integrator, 1)
+        """The magnitude of the worst reward one action can get (cumulative form)."""
         return (self.w_energy + self.w_trajectory
-                + self.w_cost * math.log10(1 + per_step * self.max_interval_steps))
+                + self.w_cost * math.log10(1 + self.worst_interval_evaluations))
 
     def _observation(self) -> np.ndarray:
         return observations(self.system)[0]
@@ -177,6 +217,7 @@ class ThreeBodyTimestepEnv(gym.Env):
         if self.w_trajectory > 0:
             self.reference = FewBody(mass, x, v, integrator="hermite", dt_min=self.dt_min)
         self.energy_error, self.trajectory_error, self.actions_taken = 0.0, 0.0, 0
+        self.evaluations = 0
         return self._observation(), {"time": 0.0, "seed": self.episode_seed}
 
     def step(self, action):
@@ -190,18 +231,32 @@ class ThreeBodyTimestepEnv(gym.Env):
         before = int(self.system.evaluations[0])
         status = int(self.system.advance(t_end, eta, max_steps=self.max_interval_steps)[0])
         self.actions_taken += 1
+        previous_energy, previous_trajectory = self.energy_error, self.trajectory_error
         self.energy_error = float(self.system.energy_error()[0])
-        evaluations = int(self.system.evaluations[0]) - before
-        reward = (-self.w_energy * log_error_score(self.energy_error)
-                  - self.w_cost * math.log10(1 + evaluations))
+        self.evaluations = int(self.system.evaluations[0])
+        evaluations = self.evaluations - before
         if self.reference is not None:
             self.reference.advance(t_end, self.reference_eta, max_steps=100 * self.max_interval_steps)
             self.trajectory_error = float(rms_distance(self.system.x, self.reference.x)[0])
-            reward -= self.w_trajectory * log_error_score(self.trajectory_error)
         terminated = not self.energy_error <= self.energy_limit or status != Status.OK
         truncated = self.actions_taken >= self.max_actions
-        if terminated:
-            reward -= (self.max_actions - self.actions_taken) * self.worst_reward
+        w_x = self.w_trajectory if self.reference is not None else 0.0
+        if self.reward == "cumulative":
+            reward = (-self.w_energy * log_error_score(self.energy_error)
+                      - self.w_cost * math.log10(1 + evaluations)
+                      - w_x * log_error_score(self.trajectory_error))
+            if terminated:
+                reward -= (self.max_actions - self.actions_taken) * self.worst_reward
+        else:
+            energy_score = log_error_score(self.energy_error)
+            trajectory_score = log_error_score(self.trajectory_error)
+            total = self.evaluations
+            if terminated:  # as if the error reached 1 and every action left cost the most
+                energy_score = trajectory_score = 1.0
+                total += (self.max_actions - self.actions_taken) * self.worst_interval_evaluations
+            reward = (-self.w_energy * (energy_score - log_error_score(previous_energy))
+                      - self.w_cost * (math.log10(1 + total) - math.log10(1 + before))
+                      - w_x * (trajectory_score - log_error_score(previous_trajectory)))
         info = {"time": float(self.system.time[0]), "eta": eta, "evaluations": evaluations,
                 "energy_error": self.energy_error, "status": status}
         if self.reference is not None:

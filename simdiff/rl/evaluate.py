@@ -8,11 +8,24 @@ than ``max_interval_steps`` steps (2e5 by default, four times training's budget)
 falls below ``dt_min``, stops there and counts as failed; its error is then that of the state
 it reached.
 
-Trajectory error: the RMS distance of the bodies at the end from a reference run with Hermite
-at ``reference_eta``. The reference is trusted for a system only when a second run at twice its
+Trajectory error: the RMS distance of the bodies at ``trajectory_time`` (the end of the interval
+nearest it; 2 time units by default) from a reference run with Hermite at ``reference_eta``.
+Not at the end of the horizon: at t = 10 the reference runs of most systems do not converge in
+float64 (the systems are chaotic, and two references a factor 2 apart in eta end far apart
+after a few close encounters), so a trajectory error there would measure the reference. The
+reference eta is 2e-4 by default: finer references stop at the near-collisions of these
+systems (steps below ``dt_min`` or past the step budget; on the first 50 held-out systems at
+t = 2, references at 5e-5 converged on 1, at 2e-4 on 30, at 1e-3 on 39), and 2e-4 is still 50
+times finer than the best fixed eta (~6e6 times more accurate for a fourth-order scheme). The
+reference is trusted for a system only when a second run at twice its
 eta ends within ``reference_tolerance`` of it (for a fourth-order scheme the error of the finer
 run is then ~16 times smaller); in chaotic systems some references do not converge in float64,
 and those systems are left out of trajectory statistics, with their count reported.
+
+Baseline (``rule=True``): :func:`error_feedback_rule`, a hand-written controller that uses the
+observation's energy error only: eta = 1e-2 while the relative energy error is below 1e-6,
+4.64e-2 after. Once the error is large, finer steps buy little of the (log) final error; the
+learned policy should at least match it.
 
 Held-out seeds start at :data:`HELD_OUT_SEED` (training draws its seeds from numpy's generator
 seeded by the training seed, so they are almost surely different).
@@ -35,7 +48,8 @@ from simdiff.rl.env import (
 )
 from simdiff.sims.nbody.fewbody import FewBody, Status
 
-__all__ = ["HELD_OUT_SEED", "MethodResult", "evaluate", "write_pareto_plot", "write_table"]
+__all__ = ["HELD_OUT_SEED", "MethodResult", "error_feedback_rule", "evaluate", "front_gap",
+           "write_pareto_plot", "write_table"]
 
 HELD_OUT_SEED = 1_000_000
 
@@ -63,31 +77,49 @@ class MethodResult:
         }
 
 
+RULE_NAME = "rule: eta 1e-2 while dE/E < 1e-6, else 4.6e-2"
+RULE_FINE, RULE_COARSE = 6, 8
+"""The rule's actions: ETAS[6] = 1e-2 (the best fixed eta), ETAS[8] = 4.64e-2."""
+
+
+def error_feedback_rule(observations: np.ndarray, threshold: float = 1e-6,
+                        fine: int = RULE_FINE, coarse: int = RULE_COARSE) -> np.ndarray:
+    """Action ``fine`` (eta = ETAS[6] = 1e-2) while the observed relative energy error is below
+    ``threshold``, else ``coarse`` (ETAS[8] = 4.64e-2); for a batch of observations."""
+    return np.where(observations[:, -1] < np.log10(threshold), fine, coarse)
+
+
 def _run(env: ThreeBodyTimestepEnv, ics, choose, reference_x: np.ndarray | None,
-         max_interval_steps: int) -> dict:
+         max_interval_steps: int, trajectory_interval: int) -> dict:
     system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
     alive = np.ones(system.systems, dtype=bool)
     actions = np.zeros((system.systems, env.max_actions), dtype=np.int64)
+    x_compared = system.x
     for k in range(env.max_actions):
         actions[:, k] = choose(observations(system))
         # Stopped systems are asked to advance to where they are, which takes no step.
         t_end = np.where(alive, (k + 1) * env.interval, system.time)
         status = system.advance(t_end, ETAS[actions[:, k]], max_steps=max_interval_steps)
         alive &= status == Status.OK
-    trajectory = (rms_distance(system.x, reference_x) if reference_x is not None
+        if k + 1 == trajectory_interval:
+            x_compared = system.x
+    trajectory = (rms_distance(x_compared, reference_x) if reference_x is not None
                   else np.full(system.systems, np.nan))
     return {"energy_error": system.energy_error(), "evaluations": system.evaluations,
             "finished": alive, "trajectory_error": trajectory, "actions": actions}
 
 
 def reference_runs(env: ThreeBodyTimestepEnv, ics, reference_eta: float, tolerance: float,
-                   max_interval_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Final reference positions ``[S, 3, 3]`` and whether each converged ``[S]``."""
-    t_end = env.max_actions * env.interval
+                   max_interval_steps: int, intervals: int | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Reference positions ``[S, 3, 3]`` after ``intervals`` intervals (all by default) and
+    whether each converged ``[S]``."""
+    t_end = (env.max_actions if intervals is None else intervals) * env.interval
     finals = []
     for eta in (reference_eta, 2 * reference_eta):
         system = FewBody(*ics, integrator="hermite", dt_min=env.dt_min)
-        status = system.advance(t_end, eta, max_steps=env.max_actions * max_interval_steps)
+        status = system.advance(t_end, eta, max_steps=int(t_end / env.interval + 1)
+                                * max_interval_steps)
         finals.append((system.x, status == Status.OK))
     (fine, ok_fine), (coarse, ok_coarse) = finals
     converged = ok_fine & ok_coarse & (rms_distance(fine, coarse) < tolerance)
@@ -95,8 +127,9 @@ def reference_runs(env: ThreeBodyTimestepEnv, ics, reference_eta: float, toleran
 
 
 def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
-             reference_eta: float = 5e-5, reference_tolerance: float = 1e-3,
+             reference_eta: float = 2e-4, reference_tolerance: float = 1e-3,
              fixed: bool = True, max_interval_steps: int = 200_000,
+             trajectory_time: float = 2.0, rule: bool = False,
              ) -> tuple[list[MethodResult], np.ndarray]:
     """Run every fixed eta (if ``fixed``) and ``policy`` (a :class:`~simdiff.rl.policy.Policy`,
     optional) on ``systems`` held-out initial conditions.
@@ -106,6 +139,9 @@ def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
         reference_eta: Accuracy parameter of the reference run; ``0`` skips references.
         max_interval_steps: Step budget of one interval (the reference gets 5 times more);
             larger than training's, so that small fixed etas are not cut off early.
+        trajectory_time: When trajectories are compared (module docstring); the end of the
+            interval nearest it, at most the horizon.
+        rule: Also run :func:`error_feedback_rule`.
 
     Returns:
         The methods' results and the mask of systems whose reference converged.
@@ -114,24 +150,52 @@ def evaluate(policy=None, *, systems: int = 50, settings: dict | None = None,
         settings = policy.settings if policy is not None else {}
     env = ThreeBodyTimestepEnv(**settings)
     ics = initial_conditions(range(HELD_OUT_SEED, HELD_OUT_SEED + systems))
+    compared = int(min(max(round(trajectory_time / env.interval), 1), env.max_actions))
     if reference_eta > 0:
         reference_x, trusted = reference_runs(env, ics, reference_eta, reference_tolerance,
-                                              5 * max_interval_steps)
+                                              5 * max_interval_steps, compared)
     else:
         reference_x, trusted = None, np.zeros(systems, dtype=bool)
     results = []
     if fixed:
         for index, eta in enumerate(ETAS):
             run = _run(env, ics, lambda obs, i=index: np.full(len(obs), i), reference_x,
-                       max_interval_steps)
+                       max_interval_steps, compared)
             results.append(MethodResult(f"fixed eta={eta:.2e}", **run))
+    if rule:
+        run = _run(env, ics, error_feedback_rule, reference_x, max_interval_steps, compared)
+        results.append(MethodResult(RULE_NAME, **run))
     if policy is not None:
-        run = _run(env, ics, policy.act, reference_x, max_interval_steps)
+        run = _run(env, ics, policy.act, reference_x, max_interval_steps, compared)
         results.append(MethodResult("policy", **run))
     return results, trusted
 
 
-def write_table(results: list[MethodResult], trusted: np.ndarray, stem: str | Path) -> list[Path]:
+def front_gap(results: list[MethodResult], name: str) -> float:
+    """How far method ``name``'s median lies above the fixed-eta front, in decades of energy
+    error (negative: below it).
+
+    The front is the lower envelope of the fixed etas' medians (energy error against force
+    evaluations): neighbors joined by straight lines in log-log, and never above the error of
+    any fixed eta that is cheaper (more evaluations cannot excuse a larger error). Left of the
+    cheapest fixed eta the gap is -inf if the method's error is below that eta's, else +inf."""
+    fixed = sorted((float(np.median(r.evaluations)), float(np.median(r.energy_error)))
+                   for r in results if r.name.startswith("fixed"))
+    (method,) = [r for r in results if r.name == name]
+    n, e = float(np.median(method.evaluations)), float(np.median(method.energy_error))
+    best = np.inf
+    for (n0, e0), (n1, e1) in zip(fixed, fixed[1:], strict=False):
+        if n0 <= n <= n1:
+            w = np.log(n / n0) / np.log(n1 / n0) if n1 > n0 else 0.0
+            best = min(best, np.exp((1 - w) * np.log(e0) + w * np.log(e1)))
+    best = min([best] + [e0 for n0, e0 in fixed if n0 <= n])  # flat envelope: any cheaper point
+    if not np.isfinite(best):
+        return -np.inf if e < fixed[0][1] else np.inf
+    return float(np.log10(e) - np.log10(best))
+
+
+def write_table(results: list[MethodResult], trusted: np.ndarray, stem: str | Path,
+                trajectory_time: float | None = None) -> list[Path]:
     """``STEM.csv`` and ``STEM.md``: one row a method, medians over systems."""
     rows = [r.summary(trusted) for r in results]
     stem = Path(stem)
@@ -147,8 +211,16 @@ def write_table(results: list[MethodResult], trusted: np.ndarray, stem: str | Pa
     lines += [f"| {r['method']} | {r['median_energy_error']:.2e} | "
               f"{r['median_evaluations']:.0f} | {r['median_trajectory_error']:.2e} | "
               f"{r['finished']} |" for r in rows]
-    lines.append(f"\nTrajectory errors over the {int(trusted.sum())} of {trusted.size} systems "
-                 "whose reference run converged.")
+    when = f" at t = {trajectory_time:g}" if trajectory_time is not None else ""
+    lines.append(f"\nEnergy errors and evaluations at the end of the horizon, over {trusted.size} "
+                 f"held-out systems; trajectory errors{when} over the {int(trusted.sum())} of "
+                 f"{trusted.size} systems whose reference run converged.")
+    for name in [r.name for r in results if not r.name.startswith("fixed")]:
+        if any(r.name.startswith("fixed") for r in results):
+            gap = front_gap(results, name)
+            where = "on or below" if gap <= 0 else "above"
+            lines.append(f"\n{name}: {where} the fixed-eta front, {gap:+.2f} decades of energy "
+                         "error from it at the same median force evaluations.")
     md_path.write_text("\n".join(lines) + "\n")
     return [csv_path, md_path]
 
@@ -163,7 +235,7 @@ def write_pareto_plot(results: list[MethodResult], path: str | Path,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    fixed = [r for r in results if r.name != "policy"]
+    fixed = [r for r in results if r.name.startswith("fixed")]
     colors = plt.cm.viridis(np.linspace(0, 1, max(len(fixed), 1)))
     for r, color in zip(fixed, colors):
         ax.scatter(r.evaluations, r.energy_error, s=6, color=color, alpha=0.25)
@@ -174,6 +246,10 @@ def write_pareto_plot(results: list[MethodResult], path: str | Path,
             ax.annotate(r.name.split("=")[1], (x, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     for r in results:
+        if r.name == RULE_NAME:
+            ax.scatter([np.median(r.evaluations)], [np.median(r.energy_error)], marker="D",
+                       s=80, color="tab:orange", edgecolor="k", label="error-feedback rule (median)",
+                       zorder=4)
         if r.name == "policy":
             ax.scatter(r.evaluations, r.energy_error, s=10, color="crimson", alpha=0.4)
             ax.scatter([np.median(r.evaluations)], [np.median(r.energy_error)], marker="*",
