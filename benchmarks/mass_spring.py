@@ -7,10 +7,11 @@ simdiff on Warp without capture (``warp-uncaptured``, open loop only), simdiff o
 the baseline, a plain vectorized PyTorch implementation of the same physics
 (``simdiff.sims.mass_spring.torch_reference``) differentiated by torch autograd.
 
-Measured in one run on a loaded 2-core host (other jobs used the cores; ratios only): open-loop,
-one iteration of 680 steps, Warp captured 0.104 s, Warp per step 0.46 s (capture 4.4x faster),
-Taichi 2.2 s, torch 1.78 s (captured Warp 17x torch); the first captured iteration, which
-captures both graphs, took 2.4 s.
+Measured in one run on an idle 2-core host (5 iterations each, median): open-loop sinusoid,
+680 steps, one iteration (rollout, backward, Adam): Warp captured 0.0059 s, Warp step by step
+0.171 s (capture 29x), Taichi 1.12 s, torch 0.61 s (captured Warp 103x torch); the first captured
+iteration, which captures both graphs, 0.53 s. Closed-loop MLP: Warp 0.32 s, Taichi 0.92 s,
+torch 0.73 s.
 
 Each configuration runs in its own process (``--config``), so that peak memory is its own.
 Run through ``simdiff bench mass_spring``.

@@ -9,7 +9,8 @@ output of step ``k`` *is* the input slot of step ``k + 1``, so in backward Warp'
 adjoints chain the steps exactly as a tape would, and a shared input (spring parameters) sums
 its adjoint over all steps.
 
-Measured (``benchmarks/mass_spring.py``, config ``warp-captured``): see that module's docstring.
+Measured (``benchmarks/mass_spring.py``, idle 2-core host): an open-loop 680-step training
+iteration of the small walker takes 0.0059 s captured against 0.171 s step by step (29x).
 
 Only Warp captures; :func:`capturable` says whether a simulator offers a :class:`SegmentSpec`.
 """
