@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from simdiff.autodiff import rollout
 from simdiff.backend import Backend, resolve_backend
-from simdiff.scene import Scene, load_controller, load_scene, make_simulator
+from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
 from simdiff.sims.base import Simulator
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
@@ -141,6 +141,15 @@ def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
             )
 
 
+def _has_actuators(scene: Scene) -> bool:
+    """Whether the scene's model has something a controller can act on (muscles, a tool, a
+    paddle); checked on the model, before any kernel is compiled."""
+    model = scene.model
+    if getattr(model, "actuator_count", 0) > 0:
+        return True
+    return any(getattr(model, name, None) is not None for name in ("tool", "paddle"))
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -157,6 +166,11 @@ def train(
     """
     out = Path(out)
     scene = load_scene(config.scene, **config.scene_options)
+    if scene.design is None and not _has_actuators(scene):
+        raise SceneError(
+            f"scene {scene.name!r} has nothing to train: no actuators for a controller and no "
+            f"design (inverse problem); roll it out with `simdiff run {scene.name}`"
+        )
     config.controller = config.controller or scene.train.get("controller", "mlp")
     if scene.design is not None:
         config.controller = "design"

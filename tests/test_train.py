@@ -65,3 +65,11 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
 def test_unknown_optimizer_is_named(tmp_path):
     with pytest.raises(ValueError, match="optimizer='adamm' is unknown; allowed: .*adam"):
         train(_config(optimizer="adamm"), tmp_path / "run", progress=False)
+
+
+def test_a_scene_with_nothing_to_train_is_refused_before_compiling(tmp_path):
+    from simdiff.scene import SceneError
+
+    with pytest.raises(SceneError, match="nothing to train.*simdiff run nbody_pythagorean"):
+        train(TrainConfig(scene="nbody_pythagorean", iters=1), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ seeded by the training seed, so they are almost surely different).
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def front_gap(results: list[MethodResult], name: str) -> float:
     (method,) = [r for r in results if r.name == name]
     n, e = float(np.median(method.evaluations)), float(np.median(method.energy_error))
     best = np.inf
-    for (n0, e0), (n1, e1) in zip(fixed, fixed[1:], strict=False):
+    for (n0, e0), (n1, e1) in itertools.pairwise(fixed):
         if n0 <= n <= n1:
             w = np.log(n / n0) / np.log(n1 / n0) if n1 > n0 else 0.0
             best = min(best, np.exp((1 - w) * np.log(e0) + w * np.log(e1)))
