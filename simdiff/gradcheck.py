@@ -218,6 +218,7 @@ def compare_backends(
     rtol: float = 1e-7,
     seed: int = 0,
     device: str = "cpu",
+    gradients: bool = True,
 ) -> list[Agreement]:
     """Roll the scene out on two backends in float64 and compare the final states, the loss of
     :func:`check_gradients` and its directional derivatives along the same random directions;
@@ -235,6 +236,8 @@ def compare_backends(
         rtol: Largest difference allowed, relative to the compared values' magnitude.
         seed: Seed of the random directions and actions (the same on both).
         device: Device of both backends.
+        gradients: False compares the forward only (final states and loss), for scenes that
+            one backend cannot differentiate (3D MPM on Taichi).
     """
     steps = steps or scene.steps
     runs = []
@@ -244,9 +247,15 @@ def compare_backends(
         # model (the fluid's obstacle or inflow speed), which must not reach the next run.
         run = copy.deepcopy(scene)
         probe = _probe(run, be, steps, seed)
-        loss, result, derivatives = probe.gradient()
+        if gradients:
+            loss, result, derivatives = probe.gradient()
+        else:
+            with torch.no_grad():
+                loss, result = probe.loss_of(probe.base)
+            derivatives = {}
         final = {n: getattr(result.final, n).detach().cpu() for n in probe.simulator.initial_fields}
-        design = _design_derivative(run, probe.simulator, seed) if run.design else {}
+        design = (_design_derivative(run, probe.simulator, seed)
+                  if run.design and gradients else {})
         runs.append((float(loss), final, derivatives, design))
     (loss_a, final_a, der_a, des_a), (loss_b, final_b, der_b, des_b) = runs
     out = [Agreement("loss", loss_a, loss_b, max(abs(loss_a), abs(loss_b)), rtol)]
