@@ -381,6 +381,49 @@ class Model:
             )
 
 
+STICKY = 1e20
+"""A friction coefficient that stops any sliding; kernels get it for an infinite one (finite,
+so that ``0 * friction`` stays 0)."""
+
+
+@dataclass(frozen=True)
+class BoundaryConstants:
+    """What ``grid_update`` needs of the ground and the tool, the same for both backends."""
+
+    ground_height: float
+    """[m]; -inf without ground."""
+    ground_friction: float
+    tool_shape: int
+    """A :class:`ToolShape` code, -1 without tool."""
+    tool_size: tuple[float, ...]
+    """Half sizes [m] per axis (a sphere's radius repeated)."""
+    tool_friction: float
+    mass_floor: float
+    """Nodes with less mass [kg] count as empty. In float32, nodes at a stencil's far edge
+    can hold ~1e-19 kg and the derivative of momentum / mass there (~v / m) overflowed to inf
+    and NaN in training; float64 keeps every node (exact momentum conservation)."""
+
+
+def boundary_constants(model: Model, *, single_precision: bool) -> BoundaryConstants:
+    """The grid update's constants of ``model``, infinite frictions replaced by ``STICKY``."""
+    ground, tool, dim = model.ground, model.tool, model.dim
+
+    def finite(friction: float) -> float:
+        return STICKY if math.isinf(friction) else friction
+
+    tool_size = (0.0,) * dim
+    if tool is not None:
+        tool_size = tuple([tool.size[0]] * dim if len(tool.size) == 1 else tool.size)
+    return BoundaryConstants(
+        ground_height=model.ground_height if ground is not None else -math.inf,
+        ground_friction=finite(ground.friction) if ground is not None else 0.0,
+        tool_shape=-1 if tool is None else int(tool.shape),
+        tool_size=tuple(float(v) for v in tool_size),
+        tool_friction=finite(tool.friction) if tool is not None else 0.0,
+        mass_floor=1e-6 * float(model.particle_mass.detach().min()) if single_precision else 0.0,
+    )
+
+
 def lame(E: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lamé parameters ``(mu, lambda)`` from Young's modulus and Poisson ratio."""
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))

@@ -17,14 +17,13 @@ Layouts (one tensor each, because every tensor argument costs a launch ~60 us):
 """
 
 import functools
-import math
 
 import taichi as ti
 import torch
 
 from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
-from simdiff.sims.mpm.model import BOUNDARY_CELLS
+from simdiff.sims.mpm.model import BOUNDARY_CELLS, boundary_constants
 
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 
@@ -37,7 +36,6 @@ _TIP_STRAIN = 1e-5
 """Log strains below this are the Drucker-Prager cone's tip: sand keeps a volumetric tension
 up to it (Klar's return sets it to 0), and the deviator's norm is regularized by it."""
 _JACOBI_SWEEPS = 6  # cyclic Jacobi sweeps of a 3x3 eigen decomposition (float64 round-off)
-_STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
 
 
 @functools.cache
@@ -361,18 +359,7 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
     dim, size = model.dim, model.grid_size
     p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64)
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
-    ground = model.ground
-    friction = ground.friction if ground is not None else 0.0
-    tool = model.tool
-    tool_size = [0.0] * dim
-    if tool is not None:
-        tool_size = [tool.size[0]] * dim if len(tool.size) == 1 else list(tool.size)
-    tool_friction = tool.friction if tool is not None else 0.0
-    # In float32, nodes at a stencil's far edge can hold ~1e-19 kg; the derivative of
-    # momentum / mass there (~v / m) overflowed to inf and NaN in training, so such nodes count
-    # as empty. Float64 keeps every node (exact momentum conservation).
-    single = backend.torch_dtype == torch.float32
-    mass_floor = 1e-6 * float(model.particle_mass.detach().min()) if single else 0.0
+    c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
     grid_spec = OutputSpec((size,) * dim + (dim + 1,))
     velocity_spec = OutputSpec((size,) * dim + (dim + 1,), accumulates=False)
     particle_spec = OutputSpec((n, width), accumulates=False)
@@ -386,12 +373,9 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
         ))
         launches.append(KernelLaunch(
             backend, grid_update, size**dim,
-            (model.dt, model.dx, s * model.dt, model.gravity,
-             model.ground_height if ground is not None else -math.inf,
-             _STICKY if math.isinf(friction) else friction,
-             -1 if tool is None else int(tool.shape), vec(tool_size),
-             _STICKY if math.isinf(tool_friction) else tool_friction, BOUNDARY_CELLS, size,
-             mass_floor),
+            (model.dt, model.dx, s * model.dt, model.gravity, c.ground_height,
+             c.ground_friction, c.tool_shape, vec(c.tool_size), c.tool_friction,
+             BOUNDARY_CELLS, size, c.mass_floor),
             ((f"grid{s}", None), ("tool", None)),
             ((f"velocity{s}", velocity_spec),),
         ))

@@ -50,11 +50,10 @@ import warp as wp
 
 from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
-from simdiff.sims.mpm.model import BOUNDARY_CELLS, Material
+from simdiff.sims.mpm.model import BOUNDARY_CELLS, Material, boundary_constants
 
 __all__ = ["build_step", "particle_to_grid"]
 
-_STICKY = 1e20  # a friction coefficient that stops any sliding, finite so 0 * it stays 0
 # Sand constants: the same as (and documented in) taichi.py.
 _SERIES_BELOW = 1e-3
 _TIP_STRAIN = 1e-5
@@ -611,17 +610,7 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
     dim, size = model.dim, model.grid_size
     p2g, grid_update, g2p, vec, scalar, node = _kernels(dim, backend.torch_dtype == torch.float64)
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
-    ground = model.ground
-    friction = ground.friction if ground is not None else 0.0
-    tool = model.tool
-    tool_size = [0.0] * dim
-    if tool is not None:
-        tool_size = [tool.size[0]] * dim if len(tool.size) == 1 else list(tool.size)
-    tool_friction = tool.friction if tool is not None else 0.0
-    # As on Taichi: in float32, nearly empty nodes count as empty (their v / m derivative
-    # overflows); float64 keeps every node.
-    single = backend.torch_dtype == torch.float32
-    mass_floor = 1e-6 * float(model.particle_mass.detach().min()) if single else 0.0
+    c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
     nodes = size**dim
     grid_spec = OutputSpec((nodes, dim + 1), node)
     velocity_spec = OutputSpec((nodes, dim + 1), node, accumulates=False)
@@ -638,11 +627,9 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
         launches.append(KernelLaunch(
             backend, grid_update, nodes,
             (dt, scalar(model.dx), scalar(s * model.dt), scalar(model.gravity),
-             scalar(model.ground_height if ground is not None else -math.inf),
-             scalar(_STICKY if math.isinf(friction) else friction),
-             -1 if tool is None else int(tool.shape), vec(*tool_size),
-             scalar(_STICKY if math.isinf(tool_friction) else tool_friction), BOUNDARY_CELLS,
-             size, scalar(mass_floor)),
+             scalar(c.ground_height), scalar(c.ground_friction), c.tool_shape,
+             vec(*c.tool_size), scalar(c.tool_friction), BOUNDARY_CELLS, size,
+             scalar(c.mass_floor)),
             ((f"grid{s}", node), ("tool", scalar)),
             ((f"velocity{s}", velocity_spec),),
         ))
