@@ -4,7 +4,7 @@ tiny grids)."""
 
 import pytest
 import torch
-from test_mpm import _loss_and_inputs, actions_for, mixed_model
+from test_mpm import _loss_and_inputs, actions_for, assert_central_differences, mixed_model
 
 from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
@@ -112,24 +112,7 @@ def test_warp_3d_gradients_match_central_differences(warp64):
     base = _rollout_values(sim, steps)
     leaves = {k: t.clone().requires_grad_() for k, t in base.items()}
     _loss_and_inputs(sim, steps, leaves).backward()
-    gen = torch.Generator().manual_seed(0)
-    muscle = torch.zeros_like(base["actions"])
-    muscle[:, :2] = torch.randn(steps, 2, generator=gen, dtype=torch.float64)
-    tool = torch.zeros_like(base["actions"])
-    tool[:, 2:] = torch.randn(steps, 3, generator=gen, dtype=torch.float64)
-    checks = [("muscles", "actions", muscle), ("tool trajectory", "actions", tool),
-              ("modulus", "E", torch.randn(base["E"].shape, generator=gen, dtype=torch.float64)),
-              ("initial velocity", "v0",
-               torch.randn(base["v0"].shape, generator=gen, dtype=torch.float64))]
-    for label, key, d in checks:
-        eps = 1e-6 * float(base[key].abs().max())
-        with torch.no_grad():
-            plus = _loss_and_inputs(sim, steps, {**base, key: base[key] + eps * d})
-            minus = _loss_and_inputs(sim, steps, {**base, key: base[key] - eps * d})
-        fd = float(plus - minus) / (2 * eps)
-        ad = float((leaves[key].grad * d).sum())
-        assert abs(fd) > 1e-4, f"{label}: the loss must depend on it"
-        assert ad == pytest.approx(fd, rel=1e-6), label
+    assert_central_differences(sim, steps, base, leaves, rel=1e-6)
 
 
 def test_warp_p2g_conserves_mass_and_momentum(warp64):
