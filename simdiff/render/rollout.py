@@ -12,20 +12,27 @@ from simdiff.scene import Scene
 __all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]
 
 
+def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray) -> list[np.ndarray]:
+    """Per element (spring or particle) and recorded step, the signal of its actuator (NaN
+    where it has none, or where no action was recorded); ``actuator`` is -1 for none."""
+    driven = actuator >= 0
+    frames = []
+    for t in steps:
+        values = np.full(actuator.shape, np.nan)
+        action = rollout.actions.get(t)
+        if action is not None and driven.any():
+            values[driven] = action.cpu().numpy()[actuator[driven]]
+        frames.append(values)
+    return frames
+
+
 def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     from simdiff.render.mass_spring import render_mass_spring
 
     model = scene.model
     steps = sorted(rollout.frames)
     positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuator = model.spring_actuator.cpu().numpy()
-    actuation = []
-    for t in steps:
-        per_spring = np.full(actuator.shape, np.nan)
-        action = rollout.actions.get(t)
-        if action is not None:
-            per_spring[actuator >= 0] = action.cpu().numpy()[actuator[actuator >= 0]]
-        actuation.append(per_spring)
+    actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy())
     ground = model.ground.height if model.ground is not None else None
     return render_mass_spring(positions, model.spring_indices.cpu().numpy(), actuation=actuation,
                               ground_height=ground, follow=True, title=scene.name)
@@ -54,14 +61,7 @@ def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     model = scene.model
     steps = sorted(rollout.frames)
     positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    muscle = model.particle_actuator.cpu().numpy()
-    actuation = []
-    for t in steps:
-        per_particle = np.full(muscle.shape, np.nan)
-        action = rollout.actions.get(t)
-        if action is not None and model.actuator_count:
-            per_particle[muscle >= 0] = action.cpu().numpy()[muscle[muscle >= 0]]
-        actuation.append(per_particle)
+    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy())
     tool = None
     if model.tool is not None:
         centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
