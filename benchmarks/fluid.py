@@ -55,8 +55,8 @@ def plume(resolution: tuple[int, ...]):
 
 
 def measure(config: str, resolution: tuple[int, ...], steps: int, mode: str) -> dict:
-    from simdiff.autodiff import rollout
     from simdiff.backend import resolve_backend
+    from simdiff.rollout import rollout
     from simdiff.sims.fluid import Fluid
 
     model = plume(resolution)

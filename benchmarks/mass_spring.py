@@ -2,7 +2,7 @@
 
 Workload: the ``walker_small`` scene (20 masses, 49 springs), 680 steps, float32 on the CPU,
 with the closed-loop 32-unit MLP controller and with the open-loop sinusoid controller.
-Configurations: simdiff on Warp (open-loop rollouts captured as one graph, ``simdiff.capture``),
+Configurations: simdiff on Warp (open-loop rollouts captured as one graph, ``simdiff.bridge``),
 simdiff on Warp without capture (``warp-uncaptured``, open loop only), simdiff on Taichi, and
 the baseline, a plain vectorized PyTorch implementation of the same physics
 (``simdiff.sims.mass_spring.torch_reference``) differentiated by torch autograd.
@@ -35,8 +35,8 @@ METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
 
 def measure(config: str, controller_name: str, *, iters: int, steps: int,
             device: str = "cpu") -> dict:
-    from simdiff.autodiff import rollout
     from simdiff.backend import resolve_backend
+    from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.sims.mass_spring.simulator import State
     from simdiff.sims.mass_spring.torch_reference import torch_step

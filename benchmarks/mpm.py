@@ -80,8 +80,8 @@ PROBE_SUBSTEPS = 100  # the torch baseline's memory per substep is measured at t
 
 def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str = "cpu",
             checkpoint: int | None = None) -> dict:
-    from simdiff.autodiff import rollout
     from simdiff.backend import resolve_backend
+    from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.sims.mpm.torch_reference import torch_substep
 
@@ -202,8 +202,8 @@ def measure_3d(config: str, *, quick: bool, device: str = "cpu") -> dict:
 
 def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cpu") -> dict:
     """Part (c): one forward and backward of the crawler's loss; peak memory."""
-    from simdiff.autodiff import rollout
     from simdiff.backend import resolve_backend
+    from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.sims.mpm.torch_reference import torch_substep
 

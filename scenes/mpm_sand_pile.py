@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from simdiff.autodiff import Rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import Rollout
 from simdiff.scene import Scene
 from simdiff.sims.mpm import MPM, Body, Ground, Material, build_model
 from simdiff.sims.mpm.tasks import (

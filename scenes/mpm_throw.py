@@ -11,8 +11,8 @@ win.
 
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import Scene
 from simdiff.sims.mpm import MPM, Body, Material, build_model
 from simdiff.sims.mpm.tasks import LaunchVelocity, throw_objective

@@ -2,8 +2,8 @@
 
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import Scene
 from simdiff.sims.nbody import Model, NBody
 from simdiff.sims.nbody.initial import figure_eight

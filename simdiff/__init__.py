@@ -1,7 +1,8 @@
 """simdiff: differentiable simulation and inverse design on Taichi and Warp kernels, in PyTorch."""
 
-from simdiff.autodiff import Rollout, apply_step, rollout
 from simdiff.backend import Backend, BackendError, resolve_backend
+from simdiff.bridge import apply_step
+from simdiff.rollout import Rollout, rollout
 from simdiff.sims.base import SimulationError, Simulator, State, ValidationError
 
 __all__ = [

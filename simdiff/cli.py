@@ -60,7 +60,7 @@ def _evaluate(scene, sim, controller) -> tuple[dict, object]:
     figures."""
     import torch
 
-    from simdiff.autodiff import rollout
+    from simdiff.rollout import rollout
 
     with torch.no_grad():
         if scene.objective is not None:

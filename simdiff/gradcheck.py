@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import Precision, resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
 
 __all__ = ["Agreement", "GradCheck", "check_gradients", "compare_backends"]

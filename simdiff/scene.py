@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from simdiff.autodiff import Rollout
 from simdiff.backend import Backend
+from simdiff.rollout import Rollout
 from simdiff.sims.base import Simulator
 
 __all__ = [

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from simdiff.autodiff import rollout
 from simdiff.backend import Backend, resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
 from simdiff.sims.base import Simulator
 

@@ -48,7 +48,7 @@ def test_taichi_simulators_of_both_precisions_alternate():
     simulator built before the switch still runs (and gives the same result) afterwards."""
     from conftest import tiny_robot
 
-    from simdiff.autodiff import rollout
+    from simdiff.rollout import rollout
     from simdiff.sims.mass_spring import MassSpring
 
     sim64 = MassSpring(tiny_robot(), resolve_backend("taichi", precision="float64"))

@@ -4,8 +4,8 @@ and gradients, keep only their inputs for backward, and still report blow-ups by
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import load_controller, load_scene, make_simulator
 from simdiff.sims.base import SimulationError
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import load_scene
 from simdiff.sims.base import SimulationError, ValidationError
 from simdiff.sims.fluid import Fluid, Inflow, Model, Paddle

@@ -15,8 +15,8 @@ kernel overwriting an input its adjoint reads each fail at least one test here.
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.scene import load_scene
 from simdiff.sims.fluid import Fluid, Inflow, Model, Paddle
 from simdiff.sims.fluid.solver import PressureSystem

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import sine_actions, tiny_robot, tiny_robot_3d
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
 from simdiff.gradcheck import check_gradients
+from simdiff.rollout import rollout
 from simdiff.scene import Scene
 from simdiff.sims.mass_spring import MassSpring
 from simdiff.sims.mass_spring.simulator import State

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import sine_actions, tiny_robot
 
-from simdiff.autodiff import rollout
+from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError
 from simdiff.sims.mass_spring import Ground, MassSpring, Model
 from simdiff.sims.mass_spring.simulator import State

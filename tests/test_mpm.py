@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError, ValidationError
 from simdiff.sims.mpm import MPM, Body, Ground, Material, Tool, ToolShape, build_model
 from simdiff.sims.mpm.torch_reference import torch_substep

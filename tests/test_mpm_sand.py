@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.sims.base import ValidationError
 from simdiff.sims.mpm import MPM, Body, Ground, Material, Model, build_model
 from simdiff.sims.mpm.tasks import pile_angle

@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_mpm import _loss_and_inputs, actions_for, assert_central_differences, mixed_model
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
 from simdiff.sims.mpm import MPM, Body, Material, ToolShape, build_model
 from simdiff.sims.mpm.torch_reference import torch_substep
 

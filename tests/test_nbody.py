@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from simdiff.autodiff import rollout
 from simdiff.backend import resolve_backend
 from simdiff.gradcheck import check_gradients
+from simdiff.rollout import rollout
 from simdiff.scene import Scene
 from simdiff.sims.base import SimulationError, ValidationError
 from simdiff.sims.nbody import Model, NBody

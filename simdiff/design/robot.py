@@ -83,8 +83,8 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
                   backend: str = "warp", progress=print) -> BridgeDesign:
     """Optimize the deck's stiffness layout with the CNN and Adam; write the design image, a
     GIF of the loaded structure settling and the loss curve into ``out`` when given."""
-    from simdiff.autodiff import rollout
     from simdiff.backend import resolve_backend
+    from simdiff.rollout import rollout
     from simdiff.sims.mass_spring import MassSpring
 
     start = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdiff.autodiff import Rollout
+from simdiff.rollout import Rollout
 from simdiff.scene import Scene
 
 __all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]

@@ -54,7 +54,7 @@ class Simulator(abc.ABC):
     """A differentiable simulator: ``Simulator(model, backend)``; ``step(state, action)``.
 
     Subclasses set ``name`` and implement the abstract methods. ``step`` is a torch autograd
-    operation (through :mod:`simdiff.autodiff`), so losses on its outputs backpropagate to the
+    operation (through :mod:`simdiff.bridge`), so losses on its outputs backpropagate to the
     state, the action and every model parameter that is a tensor requiring grad.
     """
 

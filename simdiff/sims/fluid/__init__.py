@@ -20,7 +20,7 @@ Two implementations of the step, chosen by the backend name:
 * ``--backend warp``: the step's local operators are Warp kernels (:mod:`~simdiff.sims.fluid.warp`:
   advection of dye and velocity, MacCormack, inflow sources, buoyancy, the solids' face
   weights and imposed velocities, divergence, pressure-gradient subtraction), differentiated
-  by Warp's adjoints through :func:`~simdiff.autodiff.apply_step`. The pressure solve is shared
+  by Warp's adjoints through :func:`~simdiff.bridge.apply_step`. The pressure solve is shared
   (the same multigrid-preconditioned CG and adjoint); ``Fluid(..., solver_kernels=True)`` also
   applies its operator on every level by Warp kernels. States agree with the torch path to
   2e-15 and gradients to 1e-14 (relative) in float64 (tests/test_fluid_warp.py): two

@@ -3,7 +3,7 @@
 Two implementations of the same step: vectorized torch (:mod:`~simdiff.sims.fluid.grid`, the
 ``taichi`` backend name, which for the fluid means "no kernels": see the package docstring)
 and Warp kernels (:mod:`~simdiff.sims.fluid.warp`, the ``warp`` backend), differentiated by
-Warp's adjoints through :func:`~simdiff.autodiff.apply_step`. Both share the pressure solve
+Warp's adjoints through :func:`~simdiff.bridge.apply_step`. Both share the pressure solve
 and its adjoint (:mod:`~simdiff.sims.fluid.solver`); with Warp, its Laplacian and residual
 are Warp kernels too.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from simdiff.autodiff import apply_step
 from simdiff.backend import Backend, BackendName
+from simdiff.bridge import apply_step
 from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simdiff.autodiff import rollout
+from simdiff.rollout import rollout
 from simdiff.sims.base import ValidationError
 from simdiff.sims.fluid.simulator import Fluid
 

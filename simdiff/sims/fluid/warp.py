@@ -9,7 +9,7 @@ component ``a`` is valid on ``n + e_a`` faces, every kernel writing velocities w
 the rest.
 
 Kernels, in the order of a step (each reads its inputs and writes a fresh output, so Warp's
-adjoint of each is exact through :func:`simdiff.autodiff.apply_step`):
+adjoint of each is exact through :func:`simdiff.bridge.apply_step`):
 
 * ``advect_cells``, ``maccormack``: semi-Lagrangian and MacCormack advection of dye.
 * ``hold_sources``: dye held at the inflows' concentrations (the last inflow covering a cell).
@@ -37,8 +37,8 @@ from types import SimpleNamespace
 import torch
 import warp as wp
 
-from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec, run_forward
 from simdiff.backend import Backend
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec, run_forward
 
 __all__ = ["Laplacian", "StepKernels"]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from simdiff.autodiff import KernelStep, apply_step
 from simdiff.backend import Backend, BackendName
+from simdiff.bridge import KernelStep, apply_step
 from simdiff.sims.base import Simulator, State
 from simdiff.sims.mass_spring.model import Model
 
@@ -86,11 +86,11 @@ class MassSpring(Simulator):
         return build_step(backend, model.dim, self._resident, scalars)
 
     def segment_spec(self):
-        """How steps chain into a captured segment (:mod:`simdiff.capture`); Warp only."""
+        """How steps chain into a captured segment (:mod:`simdiff.bridge`); Warp only."""
         if self.backend.name is not BackendName.WARP:
             return None
         if getattr(self, "_segment_spec", None) is None:
-            from simdiff.capture import SegmentSpec
+            from simdiff.bridge import SegmentSpec
 
             self._segment_spec = SegmentSpec(self._launch, (("x", "x_out"), ("v", "v_out")),
                                              ("particle_x", "particle_v"), ("action",),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from simdiff.autodiff import Rollout
+from simdiff.rollout import Rollout
 
 __all__ = ["distance_travelled", "locomotion_loss", "locomotion_metrics"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from simdiff.autodiff import KernelStep, apply_step
 from simdiff.backend import Backend, BackendName
+from simdiff.bridge import KernelStep, apply_step
 from simdiff.sims.base import Simulator
 from simdiff.sims.base import State as BaseState
 from simdiff.sims.mpm.model import Material, Model, drucker_prager_alpha

@@ -21,8 +21,8 @@ import functools
 import taichi as ti
 import torch
 
-from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 from simdiff.sims.mpm.model import BOUNDARY_CELLS, boundary_constants
 
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]

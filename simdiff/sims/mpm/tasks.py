@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from simdiff.autodiff import Rollout, rollout
+from simdiff.rollout import Rollout, rollout
 from simdiff.sims.mpm.model import Material
 
 __all__ = [

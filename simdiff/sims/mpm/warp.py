@@ -48,8 +48,8 @@ import math
 import torch
 import warp as wp
 
-from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 from simdiff.sims.mpm.model import BOUNDARY_CELLS, Material, boundary_constants
 
 __all__ = ["build_step", "particle_to_grid"]

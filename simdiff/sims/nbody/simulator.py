@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from simdiff.autodiff import apply_step
 from simdiff.backend import Backend, BackendName
+from simdiff.bridge import apply_step
 from simdiff.sims.base import SimulationError, Simulator
 from simdiff.sims.nbody.integrators import INTEGRATORS
 from simdiff.sims.nbody.model import Integrator, Model, StepCriterion, as_float

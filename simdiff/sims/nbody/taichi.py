@@ -13,8 +13,8 @@ import functools
 import taichi as ti
 import torch
 
-from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 
 __all__ = ["build_forces"]
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from simdiff.autodiff import Rollout, rollout
+from simdiff.rollout import Rollout, rollout
 from simdiff.sims.nbody.simulator import NBody
 from simdiff.sims.nbody.state import State
 

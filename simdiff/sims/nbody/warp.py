@@ -10,8 +10,8 @@ import functools
 import torch
 import warp as wp
 
-from simdiff.autodiff import KernelLaunch, KernelStep, OutputSpec
 from simdiff.backend import Backend
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 
 __all__ = ["build_forces"]
 
