@@ -15,8 +15,7 @@ from simdiff.backend import resolve_backend
 from simdiff.gradcheck import check_gradients
 from simdiff.rollout import rollout
 from simdiff.scene import Scene
-from simdiff.sims.mass_spring import MassSpring
-from simdiff.sims.mass_spring import Params, State
+from simdiff.sims.mass_spring import MassSpring, Params, State
 from simdiff.sims.mass_spring.tasks import locomotion_loss
 from simdiff.sims.mass_spring.torch_reference import torch_step
 

@@ -8,8 +8,7 @@ from conftest import sine_actions, tiny_robot
 
 from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError
-from simdiff.sims.mass_spring import Ground, MassSpring, Model
-from simdiff.sims.mass_spring import State
+from simdiff.sims.mass_spring import Ground, MassSpring, Model, State
 
 
 def _free(model: Model, **changes) -> Model:
