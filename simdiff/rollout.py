@@ -161,7 +161,12 @@ def rollout(
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r}; allowed: 'stop', 'mask'")
-    params = sim.params() if params is None else params
+    legacy = None  # a simulator not yet on the batched contract: the old keyword plumbing
+    if params is None:
+        try:
+            params = sim.params()
+        except NotImplementedError:
+            legacy = sim.rollout_inputs()
     alive = torch.ones(sim.batch_size, dtype=torch.bool)
     result = Rollout(initial=state, final=state, steps=steps, params=params, alive=alive,
                      simulator=sim)
@@ -173,7 +178,7 @@ def rollout(
                 result.actions[t] = action.detach().clone()
 
     spec = None
-    if capture is not False and health == "stop":
+    if capture is not False and health == "stop" and legacy is None:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop else None
     if capture and spec is None:
@@ -190,9 +195,14 @@ def rollout(
         for t in range(t0, t1):
             action = controller(t, s) if controller is not None else None
             record(t, s, action)
-            new = sim.step(s, action, params)
+            new = sim.step(s, action, params) if legacy is None else sim.step(s, action, **legacy)
             if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
-                failures = {w: d for w, d in sim.check_state(new).items() if bool(alive[w])}
+                found = sim.check_state(new)
+                if legacy is not None:
+                    if found is not None:
+                        raise SimulationError(f"step {t + 1} of {steps}: {found}")
+                    found = {}
+                failures = {w: d for w, d in found.items() if bool(alive[w])}
                 if failures and health == "stop":
                     raise _fail(failures, t + 1, steps)
                 for w, d in failures.items():
