@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.bridge import apply_segment, capturable
 from simdiff.sims.base import SimulationError, Simulator, State
 
-__all__ = ["Controller", "Rollout", "rollout"]
+__all__ = ["Controller", "Rollout", "rollout", "world_metrics"]
 
 
 Controller = Callable[[int, State], torch.Tensor | None]
@@ -43,9 +43,44 @@ class Rollout:
     actions: dict[int, torch.Tensor] = field(default_factory=dict)
     simulator: Simulator | None = None
     """The simulator that ran it (for diagnostics; rendering reads only the frames)."""
+    params: Any = None
+    """The params every step read (batched simulators), or None."""
+    alive: torch.Tensor | None = None
+    """[B] bool: worlds that did not fail (all of them under ``health="stop"``)."""
 
     def recorded(self) -> list[State]:
         return [self.frames[k] for k in sorted(self.frames)]
+
+    def mean(self, per_world: torch.Tensor) -> torch.Tensor:
+        """The mean over alive worlds of a per-world ``[B]`` tensor (a scalar)."""
+        if per_world.dim() != 1:
+            raise ValueError(f"rollout.mean expects a per-world [B] tensor; got shape "
+                             f"{list(per_world.shape)}")
+        if self.alive is None:
+            return per_world.mean()
+        return per_world[self.alive.to(per_world.device)].mean()
+
+
+def world_metrics(name: str, values) -> dict[str, Any]:
+    """Per-world values as ``{name: mean, name_min, name_max, name_per_world}``; for one world
+    only ``{name: value}``."""
+    values = [float(v) for v in torch.as_tensor(values).detach().reshape(-1).cpu()]
+    if len(values) == 1:
+        return {name: values[0]}
+    return {name: sum(values) / len(values), f"{name}_min": min(values),
+            f"{name}_max": max(values), f"{name}_per_world": values}
+
+
+def _problem(sim, state, step: int, steps: int) -> str | None:
+    """The first failure of ``sim.check_state`` as one line naming world (per-world dicts),
+    step and quantity, or None."""
+    found = sim.check_state(state)
+    if isinstance(found, dict):
+        if not found:
+            return None
+        world = min(found)
+        return f"world {world}, step {step} of {steps}: {found[world]}"
+    return None if found is None else f"step {step} of {steps}: {found}"
 
 
 def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
@@ -98,6 +133,7 @@ def rollout(
     check_every: int = 1,
     step_options: dict[str, Any] | None = None,
     capture: bool | None = None,
+    params: Any = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -114,6 +150,8 @@ def rollout(
         check_every: Check for NaN or blow-up every this many steps (0 disables).
         step_options: Extra keyword arguments of every ``sim.step`` (e.g. a time step ``dt``
             that is a tensor being optimized).
+        params: For simulators with typed params (``sim.params()``), what every step reads
+            (default ``sim.params()``).
         capture: Run open-loop segments as captured graphs (:mod:`simdiff.bridge`): each
             segment (``checkpoint_every`` steps, or all) is one graph replay and one autograd
             node that saves only its inputs. ``None`` (default) captures where possible: a
@@ -138,9 +176,17 @@ def rollout(
             if action is not None:
                 result.actions[t] = action.detach().clone()
 
-    shared = {**sim.rollout_inputs(), **(step_options or {})}
+    typed = not hasattr(sim, "rollout_inputs")
+    if typed:
+        # Transitional (until the lead's batched rollout lands): typed params, per-world health.
+        params = sim.params() if params is None else params
+        result.params = params
+        result.alive = torch.ones(sim.batch_size, dtype=torch.bool)
+        shared = {}
+    else:
+        shared = {**sim.rollout_inputs(), **(step_options or {})}
     spec = None
-    if capture is not False:
+    if capture is not False and not typed:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop else None
         if spec is not None and set(shared) != set(spec.shared):
@@ -157,12 +203,15 @@ def rollout(
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
             action = controller(t, s) if controller is not None else None
+            if typed and action is not None and action.dim() == 1 and sim.batch_size == 1:
+                # Transitional: controllers that still return [action_dim] for one world.
+                action = action[None]
             record(t, s, action)
-            s = sim.step(s, action, **shared)
+            s = sim.step(s, action, params) if typed else sim.step(s, action, **shared)
             if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
-                problem = sim.check_state(s)
+                problem = _problem(sim, s, t + 1, steps)
                 if problem is not None:
-                    raise SimulationError(f"step {t + 1} of {steps}: {problem}")
+                    raise SimulationError(problem)
         return s
 
     if checkpoint_every is None or not torch.is_grad_enabled():

@@ -12,7 +12,8 @@ from simdiff.scene import Scene
 __all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]
 
 
-def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray) -> list[np.ndarray]:
+def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray,
+               world: int = 0) -> list[np.ndarray]:
     """Per element (spring or particle) and recorded step, the signal of its actuator (NaN
     where it has none, or where no action was recorded); ``actuator`` is -1 for none."""
     driven = actuator >= 0
@@ -21,7 +22,10 @@ def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray) -> list
         values = np.full(actuator.shape, np.nan)
         action = rollout.actions.get(t)
         if action is not None and driven.any():
-            values[driven] = action.cpu().numpy()[actuator[driven]]
+            action = action.cpu().numpy()
+            if action.ndim == 2:  # batched [B, action_dim]: the drawn world's
+                action = action[world]
+            values[driven] = action[actuator[driven]]
         frames.append(values)
     return frames
 
@@ -55,16 +59,17 @@ def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     return fluid_frames(scene, rollout)
 
 
-def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
+    """Frames of world ``world`` of a batched MPM rollout."""
     from simdiff.render.mpm import render_mpm
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy())
+    positions = [rollout.frames[t].particle_x[world].cpu().numpy() for t in steps]
+    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy(), world)
     tool = None
     if model.tool is not None:
-        centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
+        centers = np.stack([rollout.frames[t].tool_x[world].cpu().numpy() for t in steps])
         tool = (int(model.tool.shape), model.tool.size, centers)
     return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
                       actuation=actuation, ground_height=model.ground_height
