@@ -2,7 +2,7 @@
 (Young's modulus; the friction angle of sand) equal B separate single-world rollouts, in
 states, per-world losses and the gradients of every per-world quantity, to round-off; a
 shared parameter's gradient (Poisson's ratio) is the sum over worlds; bad shapes are refused
-with one clear line (float64, both backends, 2D toy sizes)."""
+with one clear line (float64, both backends, 2D toy sizes; 3D on Warp)."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from test_mpm_sand import thrown_block
 
 from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
-from simdiff.sims.mpm import MPM
+from simdiff.sims.mpm import MPM, ToolShape
 
 BACKENDS = ["warp", "taichi"]
 
@@ -110,6 +110,22 @@ def test_batched_worlds_equal_single_world_rollouts(backend_name):
               "params": {"particle_E": E, "particle_nu": model.particle_nu.clone()}}
     assert E.shape == (batch, n)
     _worlds_equal_single_runs(model, backend, values, steps, per_world={"particle_E"},
+                              shared={"particle_nu"})
+
+
+def test_batched_3d_worlds_equal_single_world_rollouts_on_warp():
+    """3D (every material, muscles, the box tool; 2 control steps of 2 substeps), Warp (the
+    backend with 3D gradients): two worlds with their own velocities, actions and moduli."""
+    backend = resolve_backend("warp", precision="float64")
+    model = mixed_model(3, tool_shape=ToolShape.BOX, substeps=2)
+    gen = torch.Generator().manual_seed(9)
+    v0 = model.particle_v + 0.2 * torch.randn((2, *model.particle_v.shape), generator=gen,
+                                              dtype=torch.float64)
+    base = actions_for(MPM(model, backend), 2)
+    E = model.particle_E * torch.tensor([1.0, 1.5], dtype=torch.float64)[:, None]
+    values = {"v0": v0, "actions": torch.stack([base, -0.5 * base], 1),
+              "params": {"particle_E": E, "particle_nu": model.particle_nu.clone()}}
+    _worlds_equal_single_runs(model, backend, values, 2, per_world={"particle_E"},
                               shared={"particle_nu"})
 
 
