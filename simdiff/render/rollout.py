@@ -59,16 +59,17 @@ def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     return fluid_frames(scene, rollout)
 
 
-def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
+    """Frames of world ``world`` of a batched MPM rollout."""
     from simdiff.render.mpm import render_mpm
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy())
+    positions = [rollout.frames[t].particle_x[world].cpu().numpy() for t in steps]
+    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy(), world)
     tool = None
     if model.tool is not None:
-        centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
+        centers = np.stack([rollout.frames[t].tool_x[world].cpu().numpy() for t in steps])
         tool = (int(model.tool.shape), model.tool.size, centers)
     return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
                       actuation=actuation, ground_height=model.ground_height
