@@ -95,4 +95,4 @@ def test_a_blow_up_inside_a_captured_segment_names_its_step():
             rollout(sim, sim.initial_state(), controller, 200, capture=capture)
         messages[capture] = str(err.value)
     assert messages[True] == messages[False]
-    assert messages[True].startswith("step ")
+    assert messages[True].startswith("world 0, step ")
