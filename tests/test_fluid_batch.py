@@ -218,3 +218,25 @@ def test_bad_inputs_name_the_shape_given_and_expected():
     with pytest.raises(ValueError, match=r"state.velocity has shape \[1, 2, 13, 13\]; expected "
                                          r"\[3, 2, 13, 13\]"):
         sim.step(state.world(0))
+
+
+def test_batch_benchmark_runs_at_toy_size():
+    """``benchmarks/batch_fluid.py`` at toy size: one row per backend, mode and B, with the
+    fields the batch benchmark reports (figures are not judged here: speed is benchmarked,
+    not tested)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "batch_fluid.py"
+    spec = importlib.util.spec_from_file_location("batch_fluid", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    rows = bench.fluid_batch(batches=(1, 2), backends=("torch",), quick=True, steps=2)
+    assert torch.get_num_threads() == threads  # restored
+    assert [(r["mode"], r["batch"]) for r in rows] == [
+        ("forward", 1), ("forward+backward", 1), ("forward", 2), ("forward+backward", 2)]
+    for r in rows:
+        assert r["world_steps_per_s"] > 0 and r["loop_world_steps_per_s"] > 0
+        assert r["peak_rss_mb"] > 0 and r["iterations_per_solve"] > 0
+    assert [r["speedup_vs_b1"] for r in rows[:2]] == [1.0, 1.0]
