@@ -11,7 +11,8 @@ __all__ = ["main"]
 
 
 def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    choices = ["taichi", "warp", "all"] if allow_all else ["taichi", "warp"]
+    # torch: the fluid's step in vectorized torch (the other simulators refuse it).
+    choices = ["taichi", "warp", "torch", "all"] if allow_all else ["taichi", "warp", "torch"]
     p.add_argument("--backend", choices=choices, default=None,
                    help="kernel backend (default: the scene's, measured fastest for its size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
@@ -162,11 +163,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    from simdiff.gradcheck import check_gradients
+    from simdiff.gradcheck import backends_for, check_gradients
     from simdiff.scene import load_scene
 
     scene = load_scene(args.scene, **_scene_options(args))
-    backends = ["taichi", "warp"] if args.backend in (None, "all") else [args.backend]
+    backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
     failed = 0
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
