@@ -98,6 +98,7 @@ def rollout(
     check_every: int = 1,
     step_options: dict[str, Any] | None = None,
     capture: bool | None = None,
+    params: Any = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -138,12 +139,17 @@ def rollout(
             if action is not None:
                 result.actions[t] = action.detach().clone()
 
-    shared = {**sim.rollout_inputs(), **(step_options or {})}
+    # Transitional (nbody branch): simulators on the typed contract take ``params``; the
+    # lead's batched rollout replaces this whole function.
+    typed = not hasattr(sim, "rollout_inputs")
+    shared = {} if typed else {**sim.rollout_inputs(), **(step_options or {})}
+    if typed:
+        shared["params"] = params
     spec = None
     if capture is not False:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop else None
-        if spec is not None and set(shared) != set(spec.shared):
+        if spec is not None and (typed or set(shared) != set(spec.shared)):
             spec = None  # step options the captured step does not take
         if capture and spec is None:
             raise ValueError(
@@ -161,7 +167,11 @@ def rollout(
             s = sim.step(s, action, **shared)
             if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
                 problem = sim.check_state(s)
-                if problem is not None:
+                if isinstance(problem, dict) and problem:
+                    w, what = next(iter(problem.items()))
+                    raise SimulationError(f"world {w}, step {t + 1} of {steps}: {what}",
+                                          {k: (t + 1, d) for k, d in problem.items()})
+                if problem and not isinstance(problem, dict):
                     raise SimulationError(f"step {t + 1} of {steps}: {problem}")
         return s
 
