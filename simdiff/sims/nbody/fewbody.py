@@ -361,14 +361,32 @@ def _advance_kernel():
                     break
                 for i in range(n):
                     p = base + i
-                    dx = a[p] / F64(2.0)
-                    dv = a[p]
-                    for k in range(7):
-                        bk = wb[(s * 7 + k) * n + i]
-                        dx = dx + bk / F64(float((k + 2) * (k + 3)))
-                        dv = dv + bk / F64(float(k + 2))
-                    x1, cx1 = _kahan(x[p], cx[p], dt * (v[p] + dt * dx))
-                    v1, cv1 = _kahan(v[p], cv[p], dt * dv)
+                    # Term by term into the compensated sums, smallest first (each term's
+                    # rounding is then kept, not only the sum's).
+                    x1 = x[p]
+                    cx1 = cx[p]
+                    v1 = v[p]
+                    cv1 = cv[p]
+                    for term in range(9):
+                        # Increments from b_6 down to a0 and v0 (term = 7, 8).
+                        ix = v[p] * dt
+                        iv = a[p] * dt
+                        if term < 7:
+                            kb = 6 - term
+                            bk = wb[(s * 7 + kb) * n + i]
+                            ix = bk / F64(float((kb + 2) * (kb + 3))) * dt * dt
+                            iv = bk / F64(float(kb + 2)) * dt
+                        if term == 7:
+                            ix = a[p] / F64(2.0) * dt * dt
+                        y = ix - cx1
+                        tx = x1 + y
+                        cx1 = (tx - x1) - y
+                        x1 = tx
+                        if term != 7:
+                            y = iv - cv1
+                            tv = v1 + y
+                            cv1 = (tv - v1) - y
+                            v1 = tv
                     x[p] = x1
                     cx[p] = cx1
                     v[p] = v1

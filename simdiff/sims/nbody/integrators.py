@@ -218,12 +218,15 @@ def ias15(forces: Forces, s: State, dt: torch.Tensor, tolerance: float) -> State
     bs = torch.stack(b, 1)
     with torch.no_grad():
         proposal = _prs23(a0.detach(), bs.detach(), dt.detach(), tolerance)
-    dx = big * (v0 + big * (a0 / 2 + b[0] / 6 + b[1] / 12 + b[2] / 20 + b[3] / 30 + b[4] / 42
-                            + b[5] / 56 + b[6] / 72))
-    dv = big * (a0 + b[0] / 2 + b[1] / 3 + b[2] / 4 + b[3] / 5 + b[4] / 6 + b[5] / 7
-                + b[6] / 8)
-    x, cx = add_compensated(x0, cx, dx)
-    v, cv = add_compensated(v0, s.body_v_err, dv)
+    # Term by term into the compensated sums, smallest first (each term's rounding is then
+    # kept, not only the sum's): what brings the energy error to REBOUND's.
+    x, v, cv = x0, v0, s.body_v_err
+    for k in range(6, -1, -1):
+        x, cx = add_compensated(x, cx, b[k] / ((k + 2) * (k + 3)) * big * big)
+        v, cv = add_compensated(v, cv, b[k] / (k + 2) * big)
+    x, cx = add_compensated(x, cx, a0 / 2 * big * big)
+    x, cx = add_compensated(x, cx, v0 * big)
+    v, cv = add_compensated(v, cv, a0 * big)
     a, jerk = forces(x, v)
     return State(x, v, a, jerk, s.body_snap, s.body_crackle, s.time + dt, cx, cv,
                  bs.detach(), e_pred, dt.detach(), proposal, s.force_evaluations + count + 1)

@@ -93,13 +93,14 @@ class MassFit(nn.Module):
 
 
 def infer_masses_objective(observed: torch.Tensor, hidden: torch.Tensor, every: int):
-    """Mean squared distance between simulated and observed positions at the observation
-    times; the metric ``mass_error`` is the largest relative error of the recovered masses."""
+    """Mean squared distance between simulated and observed positions ``[B or 1, T, N, 3]``
+    at the observation times; the metric ``mass_error`` is the largest relative error of the
+    recovered masses."""
 
     def objective(sim: NBody, design: MassFit, record_every: int = 0):
         masses = design.masses()
         params = dataclasses.replace(sim.params(), body_mass=masses)
-        states, result = observe(sim, sim.initial_state(params=params), observed.shape[0],
+        states, result = observe(sim, sim.initial_state(params=params), observed.shape[1],
                                  every, params=params, record_every=record_every)
         predicted = torch.stack([s.body_x for s in states], 1)  # [B, T, N, 3]
         observed_ = observed.to(predicted)
