@@ -128,18 +128,8 @@ class _ZeroFailedRows(torch.autograd.Function):
         return None, torch.where(keep, grad, torch.zeros_like(grad))
 
 
-def _is_legacy(sim: Simulator) -> bool:
-    """A simulator not yet on the batched contract (no Params of its own)."""
-    return type(sim).Params is Params
-
-
 def _failures(sim: Simulator, state: State) -> dict[int, str]:
-    found = sim.check_state(state)
-    if found is None:
-        return {}
-    if isinstance(found, str):  # a simulator not yet on the batched contract: one world
-        return {0: found}
-    return found
+    return sim.check_state(state) or {}
 
 
 def _raise_failures(found: dict[int, str], step: int, steps: int) -> None:
@@ -162,14 +152,12 @@ def _batched_actions(actions: torch.Tensor, steps: int, sim: Simulator) -> torch
 
 
 def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
-                      record_every, check_every, legacy) -> Rollout:
+                      record_every, check_every) -> Rollout:
     like = getattr(state, spec.state_fields[0])
-    world = () if legacy else (sim.batch_size,)
     if controller is None or sim.action_dim == 0:
-        actions = like.new_zeros(steps, *world, max(sim.action_dim, 1))
+        actions = like.new_zeros(steps, sim.batch_size, max(sim.action_dim, 1))
     else:
-        actions = controller.actions(steps).to(like.dtype)
-        actions = actions if legacy else _batched_actions(actions, steps, sim)
+        actions = _batched_actions(controller.actions(steps).to(like.dtype), steps, sim)
     current = state
     for t0 in range(0, steps, segment):
         t1 = min(t0 + segment, steps)
@@ -212,7 +200,6 @@ def rollout(
     record_every: int = 0,
     check_every: int = 1,
     capture: bool | None = None,
-    step_options: dict[str, Any] | None = None,
 ) -> Rollout:
     """Advance the B worlds of ``state`` by ``steps`` steps, asking the controller for actions.
 
@@ -251,17 +238,13 @@ def rollout(
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
-    legacy = _is_legacy(sim)
-    batch = 1 if legacy else sim.batch_size
-    if not legacy and state.batch_size != batch:
+    batch = sim.batch_size
+    if state.batch_size != batch:
         raise ValueError(f"state has {state.batch_size} worlds; the simulator has "
                          f"batch_size={batch}")
-    if legacy:
-        shared = {**getattr(sim, "rollout_inputs", dict)(), **(step_options or {})}  # until Params
-    else:
-        params = (sim.params() if params is None else params).per_world(batch)
-        params = params.map(torch.Tensor.contiguous)
-    result = Rollout(initial=state, final=state, steps=steps, params=None if legacy else params,
+    params = (sim.params() if params is None else params).per_world(batch)
+    params = params.map(torch.Tensor.contiguous)
+    result = Rollout(initial=state, final=state, steps=steps, params=params,
                      alive=torch.ones(batch, dtype=torch.bool), simulator=sim)
 
     def record(t: int, s: State, action: torch.Tensor | None, goal: torch.Tensor | None) -> None:
@@ -276,8 +259,7 @@ def rollout(
     if capture is not False:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop and goals is None and health == "stop" else None
-        names = set(shared) if legacy else set(params.field_names())
-        if spec is not None and not set(spec.shared) <= names:
+        if spec is not None and not set(spec.shared) <= set(params.field_names()):
             spec = None
         if capture and spec is None:
             raise ValueError(
@@ -286,9 +268,9 @@ def rollout(
                 "no goals and health='stop'"
             )
     if spec is not None:
-        values = [shared[n] if legacy else getattr(params, n) for n in spec.shared]
+        values = [getattr(params, n) for n in spec.shared]
         return _captured_rollout(sim, spec, state, controller, steps, result, values,
-                                 checkpoint_every or steps, record_every, check_every, legacy)
+                                 checkpoint_every or steps, record_every, check_every)
 
     # Step at which each world failed (steps + 1: not failed); decided in forward and read
     # again when checkpointed segments are recomputed, so both passes freeze alike.
@@ -308,16 +290,11 @@ def rollout(
             else:
                 action = controller(t, s)
             record(t, s, action, goal)
-            if legacy:
-                if action is not None and action.dim() == 2 and action.shape[0] == 1:
-                    action = action[0]  # a batched controller on a one-world simulator
-                nxt = sim.step(s, action, **shared)
-            else:
-                step_params = params if health == "stop" else params.map(masked)
-                if health == "mask":
-                    s = type(s).from_tensors(s.field_names(), tuple(map(masked, s.tensors())))
-                    action = masked(action) if action is not None else None
-                nxt = sim.step(s, action, step_params)
+            step_params = params if health == "stop" else params.map(masked)
+            if health == "mask":
+                s = type(s).from_tensors(s.field_names(), tuple(map(masked, s.tensors())))
+                action = masked(action) if action is not None else None
+            nxt = sim.step(s, action, step_params)
             checked = check_every and ((t + 1) % check_every == 0 or t + 1 == steps)
             if health == "mask":
                 frozen = failed_at <= t + 1

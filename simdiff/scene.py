@@ -21,7 +21,7 @@ import torch
 
 from simdiff.backend import Backend
 from simdiff.rollout import Rollout
-from simdiff.sims.base import Params, Simulator, check_batch_size
+from simdiff.sims.base import Simulator, check_batch_size
 
 __all__ = [
     "Scene",
@@ -131,17 +131,15 @@ SIMULATORS: dict[str, Callable[..., Simulator]] = {
 
 def make_simulator(scene: Scene, backend: Backend, *, batch_size: int = 1) -> Simulator:
     """The scene's simulator of ``batch_size`` worlds on ``backend``."""
-    check_batch_size(batch_size)
-    if batch_size == 1:
-        return SIMULATORS[scene.simulator](scene.model, backend)
-    return SIMULATORS[scene.simulator](scene.model, backend, batch_size=batch_size)
+    return SIMULATORS[scene.simulator](scene.model, backend,
+                                       batch_size=check_batch_size(batch_size))
 
 
 def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any, Any]:
     """The initial state and params of the simulator's worlds, varied by the scene's
     ``worlds`` hook (seeded: the same ``seed`` gives the same worlds)."""
     state = sim.initial_state()
-    params = None if type(sim).Params is Params else sim.params()  # None: not yet batched
+    params = sim.params()
     if scene.worlds is not None:
         generator = torch.Generator().manual_seed(seed)
         state, params = scene.worlds(sim, state, params, generator)

@@ -103,9 +103,8 @@ def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     if not rollout.frames:
         raise ValueError("the rollout recorded no frames; roll out with record_every > 0")
     painter = _PAINTERS[scene.simulator]
-    batched = rollout.params is not None  # a simulator on the batched contract
-    if not batched or rollout.batch_size == 1:
-        return painter(scene, rollout.world(0) if batched else rollout)
+    if rollout.batch_size == 1:
+        return painter(scene, rollout)
     worlds = [painter(scene, rollout.world(b))
               for b in range(min(rollout.batch_size, MAX_TILED_WORLDS))]
     return [tile([frames[k] for frames in worlds]) for k in range(len(worlds[0]))]
