@@ -32,7 +32,7 @@ SCENE = "mpm_crawler"
 def _options(quick: bool, steps: int | None) -> dict:
     # Quick: a toy size for the test suite; full: the scene's own size (376 particles, 64^2
     # grid, 100 control steps of 10 substeps), with ``steps`` control steps if given.
-    options = {"steps": 8, "grid_size": 32} if quick else {}
+    options = {"steps": 4, "grid_size": 32} if quick else {}
     return {**options, **({"steps": steps} if steps else {})}
 
 
@@ -114,11 +114,11 @@ def mpm_batch(batches=(1, 2, 4, 8), backends=("warp", "taichi"), quick: bool = F
     Args:
         batches: The numbers of worlds B (1 is the reference of ``speedup_vs_b1``).
         backends: ``warp`` and/or ``taichi``.
-        quick: Toy size (8 control steps on a 32^2 grid), for tests.
+        quick: Toy size (4 control steps on a 32^2 grid), for tests.
         repeats: Measured runs per figure (the best is kept); default 1 quick, 3 full.
         isolate: One process per (backend, B) so that peak memory is per row (default: not
             when quick).
-        steps: Control steps per rollout (default: the scene's 100, 8 when quick).
+        steps: Control steps per rollout (default: the scene's 100, 4 when quick).
     """
     repeats = repeats or (1 if quick else 3)
     isolate = (not quick) if isolate is None else isolate
