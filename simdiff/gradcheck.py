@@ -3,8 +3,19 @@
 For each differentiable quantity (spring stiffness, rest lengths, damping, the actuation
 sequence, initial positions and velocities) a random direction ``d`` is drawn and the
 autodiff directional derivative ``<grad L, d>`` is compared with
-``(L(p + eps d) - L(p - eps d)) / (2 eps)``. Directional checks cost two rollouts per quantity
+``(L(p + h d) - L(p - h d)) / (2 h)``. Directional checks cost two rollouts per quantity
 whatever its size, and a wrong entry anywhere shows up in the projection.
+
+A difference at one step cannot tell a wrong gradient from a loss that is not smooth at that
+scale (contact switching, a limiter, a grid cell crossed within the step).
+:func:`directional_check` therefore refines the step when the first one disagrees: central
+differences at ``h, h/4, h/16, h/64`` (and their Richardson extrapolations). It reports
+
+* ``ok`` when autodiff agrees with any of them;
+* ``mismatch`` only when they converge (successive values agree within the tolerance, or
+  contract as ``h^2`` does) to something else, with no kink at the point;
+* ``non-smooth here`` when they do not converge, or when the one-sided differences keep
+  different limits (a kink at the point itself), with those values as the evidence.
 
 :func:`compare_backends` runs the same probe on Taichi and Warp and compares final states, loss
 and directional derivatives: the cross-backend agreement of ``tests/test_cross_backend.py``.
@@ -15,7 +26,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -24,7 +36,8 @@ from simdiff.backend import Precision, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
 
-__all__ = ["Agreement", "GradCheck", "check_gradients", "compare_backends"]
+__all__ = ["Agreement", "GradCheck", "Verdict", "check_gradients", "compare_backends",
+           "directional_check"]
 
 # Initial fields whose typical values sit on kinks of the step: a flow at rest samples exactly
 # on grid nodes, where interpolation is not differentiable, and piecewise-constant dye puts the
@@ -52,6 +65,17 @@ _FIELDS = {
 }
 
 
+class Verdict(str, Enum):
+    """What a directional check concluded."""
+
+    OK = "ok"
+    MISMATCH = "mismatch"
+    """The finite differences converge, to a value autodiff does not match: a wrong gradient."""
+    NON_SMOOTH = "non-smooth here"
+    """The finite differences do not converge (or the point is a kink): the loss is not
+    differentiable at the resolution of the steps, and the check cannot decide."""
+
+
 @dataclass
 class GradCheck:
     """One directional-derivative comparison."""
@@ -59,8 +83,17 @@ class GradCheck:
     quantity: str
     autodiff: float
     finite_difference: float
+    """The finite-difference estimate compared: the one that agreed, or the converged limit."""
     rtol: float
     atol: float
+    verdict: Verdict | None = None
+    """None: judged from the tolerances alone (a single-step comparison)."""
+    steps: list[float] = field(default_factory=list)
+    """Finite-difference steps used, largest first."""
+    central: list[float] = field(default_factory=list)
+    """Central differences at ``steps``."""
+    evidence: str = ""
+    """Why, in words, for anything but an agreement at the first step."""
 
     @property
     def error(self) -> float:
@@ -68,9 +101,94 @@ class GradCheck:
 
     @property
     def ok(self) -> bool:
+        if self.verdict is not None:
+            return self.verdict is Verdict.OK
         return math.isfinite(self.autodiff) and self.error <= self.atol + self.rtol * abs(
             self.finite_difference
         )
+
+
+def directional_check(quantity: str, loss_at: Callable[[float], float], autodiff: float,
+                      step: float, *, rtol: float, atol: float, levels: int = 4,
+                      ratio: float = 4.0) -> GradCheck:
+    """Compare ``autodiff`` with finite differences of ``loss_at`` (the loss at ``t`` along the
+    direction, ``loss_at(0)`` the base point), refining the step when the first disagrees.
+
+    Args:
+        quantity: Name of what is checked.
+        loss_at: The loss, as a float, at signed distance ``t`` along the direction.
+        autodiff: The autodiff directional derivative at ``t = 0``.
+        step: The first (largest) step.
+        rtol, atol: Tolerance of an agreement, relative to the finite difference.
+        levels: Steps tried in all: ``step / ratio**j`` for ``j < levels`` (at least 3).
+        ratio: Factor between successive steps.
+
+    Returns:
+        The comparison; its ``verdict`` is OK, MISMATCH or NON_SMOOTH (module docstring).
+    """
+    if levels < 3:
+        raise ValueError(f"levels={levels} must be >= 3 (a convergence test needs three steps)")
+
+    def tol(value: float) -> float:
+        return atol + rtol * abs(value)
+
+    steps, central, sides = [], [], []
+
+    def refine(h: float) -> None:
+        plus, minus = loss_at(h), loss_at(-h)
+        steps.append(h)
+        central.append((plus - minus) / (2 * h))
+        sides.append((plus, minus))
+
+    def result(verdict: Verdict, fd: float, evidence: str = "") -> GradCheck:
+        return GradCheck(quantity, autodiff, fd, rtol, atol, verdict, list(steps), list(central),
+                         evidence)
+
+    refine(step)
+    finite = math.isfinite(autodiff)
+    if finite and abs(autodiff - central[0]) <= tol(central[0]):
+        return result(Verdict.OK, central[0])
+    for j in range(1, levels):
+        refine(step / ratio**j)
+    table = ", ".join(f"{c:.6e} at h={h:.1e}" for h, c in zip(steps, central))
+    # Richardson: the h^2 term of a central difference cancelled between successive steps.
+    extrapolated = [central[j + 1] + (central[j + 1] - central[j]) / (ratio**2 - 1)
+                    for j in range(levels - 1)]
+    if finite:
+        for j, value in [*enumerate(central), *enumerate(extrapolated, start=1)]:
+            if abs(autodiff - value) <= tol(value):
+                return result(Verdict.OK, value,
+                              f"agrees at h={steps[j]:.1e} (not at h={steps[0]:.1e}: curvature "
+                              f"or a kink within the larger step); differences: {table}")
+    base = loss_at(0.0)
+    forward = [(plus - base) / h for h, (plus, _) in zip(steps, sides)]
+    backward = [(base - minus) / h for h, (_, minus) in zip(steps, sides)]
+    gap = [abs(f - b) for f, b in zip(forward, backward)]
+    limit = extrapolated[-1]
+    moves = [abs(central[j + 1] - central[j]) for j in range(levels - 1)]
+    if not finite:
+        return result(Verdict.MISMATCH, limit, f"autodiff is {autodiff}; differences: {table}")
+    # Converged: contracting as h^2 does (16x a level; 8x allowed) over the last two
+    # refinements, or settled within the round-off of the loss values (a float64 rollout's is
+    # far above one ulp: 1e-12 of the loss is allowed). Agreement within the tolerance alone
+    # is no evidence: kinks denser than every step make the differences settle on the
+    # average slope around the point, which is not the derivative at it.
+    size = max(abs(base), *(abs(v) for pair in sides for v in pair))
+    noise = 1e-12 * size / steps[-1]
+    contracting = all(moves[j] >= 8 * moves[j + 1]
+                      for j in range(max(0, len(moves) - 3), len(moves) - 1))
+    if not (moves[-1] <= noise or contracting):
+        return result(Verdict.NON_SMOOTH, limit,
+                      f"the differences do not converge as the step shrinks: {table}")
+    if gap[-1] > tol(limit) and 0.5 * gap[-2] <= gap[-1] <= 2 * gap[-2]:
+        # Central differences converge to the mean of two one-sided slopes: a kink at the
+        # point, where autodiff takes one side (or a subgradient) by convention.
+        return result(Verdict.NON_SMOOTH, limit,
+                      f"a kink at this point: one-sided slopes {forward[-1]:.6e} (forward) and "
+                      f"{backward[-1]:.6e} (backward) stay apart as h shrinks; central "
+                      f"differences: {table}")
+    return result(Verdict.MISMATCH, limit,
+                  f"the differences converge to {limit:.6e}, not to autodiff: {table}")
 
 
 @dataclass
@@ -165,12 +283,15 @@ def check_gradients(
         scene: The scene (its model is not modified).
         backend: ``taichi`` or ``warp``.
         steps: Horizon; defaults to the scene's.
-        eps: Finite-difference step, relative to each quantity's scale (default 1e-6; 1e-7
-            for the fluid, whose advection limiter switches within larger steps).
+        eps: First finite-difference step, relative to each quantity's scale (default 1e-6;
+            1e-7 for the fluid, whose advection limiter switches within larger steps); refined
+            by :func:`directional_check` where it disagrees.
         rtol, atol: Tolerances of each comparison.
         seed: Seed of the random directions and actions.
         device: Device of the backend.
     """
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1 (None: the scene's horizon)")
     be = resolve_backend(backend, device, Precision.FLOAT64)
     eps = eps if eps is not None else _EPS.get(scene.simulator, 1e-6)
     probe = _probe(scene, be, steps or scene.steps, seed)
@@ -180,10 +301,12 @@ def check_gradients(
         for name, value in probe.base.items():
             d = probe.directions[name]
             scale = eps * max(float(value.abs().max()), 1e-3)
-            plus, _ = probe.loss_of({**probe.base, name: value + scale * d})
-            minus, _ = probe.loss_of({**probe.base, name: value - scale * d})
-            fd = float((plus - minus) / (2 * scale))
-            results.append(GradCheck(name, derivatives[name], fd, rtol, atol))
+
+            def loss_at(t: float, name=name, value=value, d=d) -> float:
+                return float(probe.loss_of({**probe.base, name: value + t * d})[0])
+
+            results.append(directional_check(name, loss_at, derivatives[name], scale,
+                                             rtol=rtol, atol=atol))
     return results
 
 

@@ -25,7 +25,9 @@ class NBody(Simulator):
         blowup: A position or velocity component beyond this magnitude stops the rollout.
 
     Attributes:
-        force_evaluations: Gravity evaluations (each all pairs) since construction.
+        force_evaluations: Gravity evaluations (each all pairs) since the last
+            ``initial_state`` (that of the rollout started from it; the metrics report it per
+            rollout, not accumulated over training iterations).
     """
 
     name = "nbody"
@@ -74,6 +76,7 @@ class NBody(Simulator):
         """The state at time 0 from the model's (or the given) positions and velocities."""
         x = self._tensor(self.model.body_x if x is None else x)
         v = self._tensor(self.model.body_v if v is None else v)
+        self.force_evaluations = 0  # counted per rollout, like initial_energy
         a, jerk = self.forces(x, v)
         zero = torch.zeros_like(x)
         state = State(x, v, a, jerk, zero, zero, x.new_zeros(1))
