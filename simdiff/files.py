@@ -154,8 +154,8 @@ def hold_lock(folder: str | Path, what: str = "output folder", *,
         holder = handle.read().strip() or "unknown"
         handle.close()
         raise FolderBusyError(
-            f"{folder} is in use by another simdiff process ({holder}); wait for it to finish "
-            "or choose another output folder"
+            f"cannot write the {what} into {folder}: it is in use by another simdiff process "
+            f"({holder}); wait for it to finish or choose another output folder"
         ) from None
     handle.seek(0)
     handle.truncate()
@@ -168,4 +168,5 @@ def hold_lock(folder: str | Path, what: str = "output folder", *,
         _HELD[key][1] -= 1
         if _HELD[key][1] == 0:
             del _HELD[key]
-            handle.close()  # releases the lock; the file stays, harmless
+            handle.truncate(0)  # the pid is for a refused process's message only
+            handle.close()  # releases the lock; the empty file stays, harmless

@@ -60,3 +60,33 @@ def test_dense_kinks_that_never_settle_are_non_smooth_not_a_mismatch():
     r = _check(f, local)
     assert r.verdict is Verdict.NON_SMOOTH, r.evidence
     assert "do not converge" in r.evidence
+
+
+def _scenes():
+    from simdiff.scene import list_scenes
+
+    return list_scenes()
+
+
+@pytest.mark.slow  # every shipped scene at its defaults, both backends: long on 2 shared cores
+@pytest.mark.parametrize("backend", ["taichi", "warp"])
+@pytest.mark.parametrize("scene", _scenes())
+def test_every_shipped_scene_passes_gradcheck_at_its_defaults(scene, backend, capsys):
+    """No mismatch at the command's defaults; a scene that cannot be checked on a backend
+    says why in its docstring (a line starting "Gradient check:"), and is skipped here."""
+    import importlib.util
+
+    from simdiff.cli import main
+    from simdiff.scene import scene_dir
+
+    spec = importlib.util.spec_from_file_location("scene_doc", scene_dir() / f"{scene}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reason = [line for line in (module.__doc__ or "").splitlines()
+              if line.startswith("Gradient check:") and backend in line]
+    if reason:
+        pytest.skip(reason[0])
+    code = main(["gradcheck", scene, "--backend", backend])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "MISMATCH" not in out

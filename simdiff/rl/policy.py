@@ -404,7 +404,7 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
            "init": init, "learning_rate": learning_rate, "checkpoint_every": checkpoint_every,
            "given_settings": settings}
     weights, json_path = _paths(out)
-    with hold_lock(weights.parent, "policy training", lock_name=weights.stem + ".lock"):
+    with hold_lock(weights.parent, "policy", lock_name=weights.stem + ".lock"):
         return _train_locked(weights, json_path, run, steps, resume, processes, progress)
 
 
