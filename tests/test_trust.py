@@ -367,3 +367,28 @@ def test_force_evaluations_are_counted_per_rollout():
         result = rollout(sim, sim.initial_state(), None, scene.steps)
         counts.append(scene.metrics(result)["force_evaluations"])
     assert counts[0] == counts[1] == counts[2] > 20
+
+
+def test_a_trusted_stable_baselines3_zip_converts_to_the_same_policy(tmp_path, capsys):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from simdiff.rl.policy import FEATURE_SIZES, load_policy
+
+    class Space(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(FEATURE_SIZES["encounter_v2"],))
+        action_space = gym.spaces.Discrete(10)
+
+    model = PPO("MlpPolicy", Space(), n_steps=8, batch_size=8, device="cpu", seed=3,
+                policy_kwargs={"net_arch": [64, 64]})
+    model.save(tmp_path / "old")
+    (tmp_path / "old.json").write_text(json.dumps({"features": "encounter_v2"}))
+    assert main(["rl", "convert", str(tmp_path / "old.zip")]) == 0
+    policy = load_policy(tmp_path / "old")
+    obs = np.random.default_rng(0).normal(size=(16, 19))
+    from simdiff.rl.policy import features
+
+    expected, _ = model.predict(features(obs, "encounter_v2"), deterministic=True)
+    assert policy.act(obs).tolist() == expected.tolist()
+    assert main(["rl", "convert", str(tmp_path / "old.zip")]) == 2  # never overwrites
+    assert "not overwritten" in capsys.readouterr().err
