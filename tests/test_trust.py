@@ -392,3 +392,17 @@ def test_a_trusted_stable_baselines3_zip_converts_to_the_same_policy(tmp_path, c
     assert policy.act(obs).tolist() == expected.tolist()
     assert main(["rl", "convert", str(tmp_path / "old.zip")]) == 2  # never overwrites
     assert "not overwritten" in capsys.readouterr().err
+
+
+def test_a_controller_of_the_wrong_action_shape_is_one_line(tmp_path, capsys):
+    path = tmp_path / "wrong.py"
+    path.write_text("import torch\n\n"
+                    "class Wrong(torch.nn.Module):\n"
+                    "    def forward(self, step, state):\n"
+                    "        return torch.zeros(7, 5)\n\n"
+                    "def controller(sim, scene):\n"
+                    "    return Wrong()\n")
+    assert main(["run", "walker_small", "--backend", "warp", "--controller", str(path),
+                 "--steps", "3", "--out", str(tmp_path / "v.gif")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "action" in err and "7, 5" in err
