@@ -36,7 +36,7 @@ def test_a_wrong_gradient_is_a_mismatch_with_the_converged_value(wrong):
     r = _check(f, wrong * truth if wrong else 0.0)
     assert r.verdict is Verdict.MISMATCH and not r.ok
     assert r.finite_difference == pytest.approx(truth, rel=1e-9)
-    assert "converge to" in r.evidence
+    assert "settle on" in r.evidence
 
 
 def test_a_kink_at_the_point_is_non_smooth_with_the_one_sided_slopes():
@@ -59,7 +59,7 @@ def test_dense_kinks_that_never_settle_are_non_smooth_not_a_mismatch():
     local = 1 + 1e-7 * 1.1e6 * math.cos(1.1e6 * x0) * math.copysign(1, math.sin(1.1e6 * x0))
     r = _check(f, local)
     assert r.verdict is Verdict.NON_SMOOTH, r.evidence
-    assert "do not converge" in r.evidence
+    assert "do not settle" in r.evidence
 
 
 def _scenes():
@@ -90,3 +90,15 @@ def test_every_shipped_scene_passes_gradcheck_at_its_defaults(scene, backend, ca
     out = capsys.readouterr().out
     assert code == 0, out
     assert "MISMATCH" not in out
+
+
+def test_round_off_at_a_tiny_first_step_is_not_a_mismatch():
+    """Noise of 1e-12 in the loss (a long rollout's round-off) swamps a 1e-9 step; the larger
+    steps of the ladder see through it."""
+    import random
+
+    def f(t):
+        return math.sin(0.3 + t) + 1e-12 * random.Random(t).uniform(-1, 1)
+
+    r = directional_check("x", f, math.cos(0.3), 1e-9, rtol=1e-4, atol=1e-9)
+    assert r.verdict is Verdict.OK and "agrees at h=1.6e-08" in r.evidence, r.evidence
