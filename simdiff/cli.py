@@ -11,10 +11,19 @@ __all__ = ["main"]
 
 
 def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    choices = ["taichi", "warp", "all"] if allow_all else ["taichi", "warp"]
+    # torch: the fluid's step in vectorized torch (the other simulators refuse it).
+    choices = ["taichi", "warp", "torch", "all"] if allow_all else ["taichi", "warp", "torch"]
     p.add_argument("--backend", choices=choices, default=None,
                    help="kernel backend (default: the scene's, measured fastest for its size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds simulated at once; the scene says how they differ (default: 1)")
+    p.add_argument("--health", choices=["stop", "mask"], default="stop",
+                   help="a failed world stops the run, or is frozen and left out of the loss "
+                        "(default: stop)")
 
 
 def _scene_args(p: argparse.ArgumentParser) -> None:
@@ -55,21 +64,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(scene, sim, controller) -> tuple[dict, object]:
+def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
+              ) -> tuple[dict, object]:
     """One recorded rollout of the scene (with the design of an inverse problem) and its
     figures."""
     import torch
 
     from simdiff.rollout import rollout
+    from simdiff.scene import initial_worlds
 
     with torch.no_grad():
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
-            result = rollout(sim, sim.initial_state(), controller, scene.steps,
+            state, params = initial_worlds(scene, sim, seed=seed)
+            result = rollout(sim, state, controller, scene.steps, params=params, health=health,
                              record_every=scene.render_every)
             loss, extra = scene.loss(result), {}
     return {"loss": float(loss), **scene.metrics(result), **extra}, result
+
+
+def _figures(metrics: dict) -> str:
+    """``name=value`` pairs of a rollout's scalar figures (per-world lists are left to the
+    metrics log)."""
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -87,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
-    sim = make_simulator(scene, backend)
+    sim = make_simulator(scene, backend, batch_size=args.batch)
     check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
                        force=args.force)
     controller = None
@@ -103,8 +121,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             first = str(err).strip().splitlines()[0]
             raise ValueError(f"--weights {args.weights} do not fit this controller ({first})") \
                 from None
-    metrics, result = _evaluate(scene, sim, controller)
-    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
+    print(_figures(metrics))
     out = Path(args.out or f"renders/{scene.name}.mp4")
     write_rollout_video(scene, result, out)
     print(f"wrote {out}")
@@ -132,6 +150,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         clip=args.clip,
         seed=args.seed,
+        batch=args.batch,
+        health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
@@ -146,8 +166,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
-        figures, final = _evaluate(result.scene, result.simulator, result.best_controller())
-        print("best iteration: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+        figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
+                                   seed=config.seed, health=config.health)
+        print("best iteration: " + _figures(figures))
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
@@ -156,15 +177,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    from simdiff.gradcheck import check_gradients
+    from simdiff.gradcheck import Verdict, backends_for, check_gradients
     from simdiff.scene import load_scene
 
     if args.horizon < 1:
         raise ValueError(f"horizon={args.horizon} must be >= 1 (steps rolled out)")
     scene = load_scene(args.scene, **_scene_options(args))
-    backends = ["taichi", "warp"] if args.backend in (None, "all") else [args.backend]
-    from simdiff.gradcheck import Verdict
-
+    backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
     counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
@@ -216,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
     p.add_argument("--force", action="store_true",
                    help="run even if the recorded frames' estimated memory exceeds this machine's")
+    _batch_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train a controller through the physics")
@@ -240,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep one state every K steps and recompute in backward (bounded memory)")
     p.add_argument("--no-video", action="store_true", help="skip the final video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _batch_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
-    p.add_argument("--out", help="also write the results as JSON to this path")
+    p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
 
     from simdiff.rl.cli import add_rl_parser

@@ -35,9 +35,10 @@ import torch
 from simdiff.backend import Precision, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
+from simdiff.sims.base import Params
 
-__all__ = ["Agreement", "GradCheck", "Verdict", "check_gradients", "compare_backends",
-           "directional_check"]
+__all__ = ["Agreement", "GradCheck", "Verdict", "backends_for", "check_gradients",
+           "compare_backends", "directional_check"]
 
 # Initial fields whose typical values sit on kinks of the step: a flow at rest samples exactly
 # on grid nodes, where interpolation is not differentiable, and piecewise-constant dye puts the
@@ -47,6 +48,14 @@ __all__ = ["Agreement", "GradCheck", "Verdict", "check_gradients", "compare_back
 # white noise would put a limiter switch within any finite-difference step.
 _KINKED = {"fluid": ("initial_velocity", "initial_dye")}
 _EPS = {"fluid": 1e-7}
+# The two implementations of each simulator (the fluid has no Taichi kernels: its step in
+# vectorized torch is the second implementation).
+_BACKENDS = {"fluid": ("torch", "warp")}
+
+
+def backends_for(scene: Scene) -> tuple[str, str]:
+    """The two backends a scene's simulator runs on (compared by :func:`compare_backends`)."""
+    return _BACKENDS.get(scene.simulator, ("taichi", "warp"))
 
 
 def _smooth_noise(shape: torch.Size, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -238,12 +247,15 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
             for name in fields}
     state0 = sim.initial_state()
     base.update({f"initial_{n}": getattr(state0, n).detach() for n in sim.initial_fields})
+    batched = type(sim).Params is not Params  # on the batched contract: fields [B, ...]
     for name in _KINKED.get(scene.simulator, ()):
-        base[name] = base[name] + 1e-2 * _smooth_noise(base[name].shape, gen, dtype).to(dev)
+        shape = base[name].shape[1:] if batched else base[name].shape  # one world's field
+        base[name] = base[name] + 1e-2 * _smooth_noise(shape, gen, dtype).to(dev)
     if sim.action_dim:
         t = torch.arange(steps, dtype=dtype)[:, None]
         phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
-        base["actions"] = (0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)).to(dev)
+        actions = 0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)
+        base["actions"] = actions[:, None].repeat(1, sim.batch_size, 1).to(dev)  # [T, B, A]
     # Drawn on the CPU generator, then moved: identical on every backend and device.
     directions = {n: torch.randn(t.shape, generator=gen, dtype=dtype).to(dev)
                   for n, t in base.items()}
@@ -259,7 +271,11 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
                 setattr(model, n, values[n])
             state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
-            controller = (lambda k, s: actions[k]) if actions is not None else None
+            controller = None
+            if actions is not None and batched:  # one sequence drives every world
+                controller = lambda k, s: actions[k].expand(s.batch_size, -1)
+            elif actions is not None:
+                controller = lambda k, s: actions[k]
             result = rollout(sim, state, controller, steps)
             projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection, result
@@ -292,7 +308,7 @@ def check_gradients(
 
     Args:
         scene: The scene (its model is not modified).
-        backend: ``taichi`` or ``warp``.
+        backend: ``taichi`` or ``warp`` (``torch`` or ``warp`` for the fluid).
         steps: Horizon; defaults to the scene's.
         eps: First finite-difference step, relative to each quantity's scale (default 1e-6;
             1e-7 for the fluid, whose advection limiter switches within larger steps); refined
@@ -346,7 +362,7 @@ class Agreement:
 
 def compare_backends(
     scene: Scene,
-    backends: tuple[str, str] = ("taichi", "warp"),
+    backends: tuple[str, str] | None = None,
     *,
     steps: int | None = None,
     rtol: float = 1e-7,
@@ -365,7 +381,7 @@ def compare_backends(
 
     Args:
         scene: The scene (its model is not modified).
-        backends: The two backends compared.
+        backends: The two backends compared (default :func:`backends_for` the scene).
         steps: Horizon; defaults to the scene's.
         rtol: Largest difference allowed, relative to the compared values' magnitude.
         seed: Seed of the random directions and actions (the same on both).
@@ -375,7 +391,7 @@ def compare_backends(
     """
     steps = steps or scene.steps
     runs = []
-    for name in backends:
+    for name in backends or backends_for(scene):
         be = resolve_backend(name, device, Precision.FLOAT64)
         # A copy per backend: an inverse problem's objective may write its design into the
         # model (the fluid's obstacle or inflow speed), which must not reach the next run.

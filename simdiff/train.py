@@ -38,8 +38,15 @@ from tqdm import tqdm
 from simdiff.backend import Backend, resolve_backend
 from simdiff.files import DataFileError, hold_lock, load_data, save_data
 from simdiff.rollout import rollout
-from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
-from simdiff.sims.base import Simulator
+from simdiff.scene import (
+    Scene,
+    SceneError,
+    initial_worlds,
+    load_controller,
+    load_scene,
+    make_simulator,
+)
+from simdiff.sims.base import Simulator, check_batch_size
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainResult", "check_rollout_size",
            "make_optimizer", "train"]
@@ -67,8 +74,12 @@ class TrainConfig:
         optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
         lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
-        seed: Seed of the controller's initial weights; None takes 0 (on resume, the
-            checkpoint's).
+        seed: Seed of the controller's initial weights and of the worlds' variation; None
+            takes 0 (on resume, the checkpoint's).
+        batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
+            drawn anew every iteration from ``seed`` and the iteration).
+        health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
+            frozen, left out of the loss and counted in ``failed_worlds``).
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
         scene_options: Keyword arguments of the scene function (e.g. ``steps``).
@@ -85,6 +96,8 @@ class TrainConfig:
     lr: float | None = None
     clip: float = 1.0
     seed: int | None = None
+    batch: int = 1
+    health: str = "stop"
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
     scene_options: dict[str, Any] = field(default_factory=dict)
@@ -182,11 +195,12 @@ def _continued(config: TrainConfig, saved: dict, path: Path) -> None:
 
 
 def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
+    defaults = {"batch": 1, "health": "stop"}  # checkpoints from before batches
     for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
-                "controller_options"):
-        if saved.get(key) != getattr(config, key):
+                "controller_options", "batch", "health"):
+        if saved.get(key, defaults.get(key)) != getattr(config, key):
             raise CheckpointError(
-                f"checkpoint {path} belongs to another run: {key}={saved.get(key)!r} there, "
+                f"checkpoint {path} belongs to another run: {key}={saved.get(key, defaults.get(key))!r} there, "
                 f"{getattr(config, key)!r} here"
             )
 
@@ -288,6 +302,9 @@ def train(
     config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
     _check_settings(config)
+    check_batch_size(config.batch)
+    if config.health not in ("stop", "mask"):
+        raise ValueError(f"health={config.health!r} is unknown; allowed: stop, mask")
     if saved is not None:
         _check_same_run(saved["config"], config, Path(resume))
     with hold_lock(out, "training run"):
@@ -319,7 +336,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
         )
     backend: Backend = resolve_backend(config.backend, config.device, config.precision)
     config.device = backend.device
-    sim = make_simulator(scene, backend)
+    sim = make_simulator(scene, backend, batch_size=config.batch)
     check_rollout_size(sim, scene.steps, backward=True,
                        rollout_checkpoint=config.rollout_checkpoint, force=force)
     torch.manual_seed(config.seed)
@@ -377,13 +394,16 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
             first: dict[str, Any] = {}
 
-            def closure(first: dict[str, Any] = first) -> torch.Tensor:
+            def closure(first: dict[str, Any] = first, iteration: int = iteration) -> torch.Tensor:
                 # Optimizers that evaluate several times per step (L-BFGS) call this again;
                 # the row logged is the first evaluation, at the parameters before the step.
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
                 else:
-                    result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                    state, params = initial_worlds(
+                        scene, sim, seed=config.seed * 1_000_003 + iteration)
+                    result = rollout(sim, state, controller, scene.steps, params=params,
+                                     health=config.health,
                                      checkpoint_every=config.rollout_checkpoint)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
@@ -406,6 +426,8 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                 **scene.metrics(result),
                 **extra,
             }
+            if config.health == "mask":
+                row["failed_worlds"] = len(result.failures)
             metrics.append(row)
             flat = flat + 1 if row["grad_norm"] == 0 else 0
             if flat == SATURATED_ITERATIONS:
