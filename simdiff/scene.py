@@ -9,7 +9,9 @@ the action for that step. Both are loaded by name or by path.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,12 +243,47 @@ def load_scene(name_or_path: str | Path, **options: Any) -> Scene:
     build = getattr(module, "scene", None)
     if not callable(build):
         raise SceneError(f"scene file {module.__file__} defines no function `scene(**options)`")
-    result = build(**options)
+    _check_options(module, build, options)
+    try:
+        result = build(**options)
+    except TypeError as err:
+        # A scene passing **options on to a builder: name the builder's options too.
+        found = re.search(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if not found or found.group(2) not in options:
+            raise
+        inner = getattr(module, found.group(1), None)
+        _check_options(module, build, options, inner if callable(inner) else None, force=True)
+        raise
     if not isinstance(result, Scene):
         raise SceneError(
             f"scene() in {module.__file__} returned {type(result).__name__}, not a Scene"
         )
     return result
+
+
+def _named_options(function: Callable) -> tuple[list[str], bool]:
+    """Keyword options of ``function`` (those with defaults) and whether it takes **options."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in parameters if p.default is not inspect.Parameter.empty
+             and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _check_options(module: ModuleType, build: Callable, options: dict[str, Any],
+                   inner: Callable | None = None, *, force: bool = False) -> None:
+    """Refuse an option the scene does not take, listing the ones it does."""
+    names, open_ended = _named_options(build)
+    if inner is not None:
+        names += [n for n in _named_options(inner)[0] if n not in names]
+        open_ended = False
+    unknown = [k for k in options if k not in names]
+    if unknown and (force or not open_ended):
+        name = Path(module.__file__).stem
+        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}; its options: "
+                         f"{', '.join(sorted(names)) or '(none)'}")
 
 
 def load_controller(
