@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from simdiff.render.video import LazyFrames
+
 __all__ = [
     "CONTRACT_RGB",
     "EXTEND_RGB",
@@ -63,7 +65,7 @@ def render_mass_spring(
     bounds: tuple[float, float, float, float] | None = None,
     follow: bool = True,
     title: str | None = None,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     """Render a mass-spring trajectory, one RGB frame per time step.
 
     The dimension of the positions picks the view. In 2D the vertical extent and the scale are
@@ -88,7 +90,9 @@ def render_mass_spring(
         title: Text drawn in the top-left corner of every frame, e.g. ``"step 120"``.
 
     Returns:
-        T frames, each an [H, W, 3] ``uint8`` array.
+        T frames, each an [H, W, 3] ``uint8`` array, as a sequence that paints a frame when it
+        is read (a 680-step walker's frames held at once were 118 MB; a video writer streams
+        them).
 
     Raises:
         ValueError: If an argument has the wrong shape, holds non-finite positions or
@@ -151,7 +155,7 @@ def _render_2d(
     bounds: tuple[float, float, float, float] | None,
     follow: bool,
     title: str | None,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     width, height = size
     scale, center_y, center_x = _view_2d(traj, ground_height, size, bounds, follow)
     line_width, radius = _stroke(size)
@@ -167,8 +171,7 @@ def _render_2d(
     spacing = _tick_spacing(scale)
     half_view = width / 2 / scale
 
-    frames = []
-    for t in range(len(traj)):
+    def paint(t: int) -> np.ndarray:
         image = background.copy()
         draw = ImageDraw.Draw(image)
         cx = center_x[t]
@@ -193,8 +196,9 @@ def _render_2d(
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_PARTICLE_RGB)
         if title:
             _draw_title(draw, title, height)
-        frames.append(np.array(image))
-    return frames
+        return np.array(image)
+
+    return LazyFrames(len(traj), paint)
 
 
 def _view_2d(
@@ -250,7 +254,7 @@ def _render_3d(
     bounds: tuple[float, float, float, float] | None,
     follow: bool,
     title: str | None,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     width, height = size
     targets, distance = _camera_3d(traj, bounds, follow)
     forward = -np.array(
@@ -290,8 +294,7 @@ def _render_3d(
         )
         return uv, depth
 
-    frames = []
-    for t in range(len(traj)):
+    def paint(t: int) -> np.ndarray:
         image = background.copy()
         draw = ImageDraw.Draw(image)
         eye = targets[t] - distance * forward
@@ -323,8 +326,9 @@ def _render_3d(
                 draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_PARTICLE_RGB)
         if title:
             _draw_title(draw, title, height)
-        frames.append(np.array(image))
-    return frames
+        return np.array(image)
+
+    return LazyFrames(len(traj), paint)
 
 
 def _camera_3d(
