@@ -61,8 +61,9 @@ def _evaluate(scene, sim, controller) -> tuple[dict, object]:
     import torch
 
     from simdiff.rollout import rollout
+    from simdiff.threads import intra_op_threads, threads_for
 
-    with torch.no_grad():
+    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:

@@ -30,6 +30,7 @@ from simdiff.backend import Backend, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
 from simdiff.sims.base import Simulator
+from simdiff.threads import intra_op_threads, threads_for
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
 
@@ -250,6 +251,7 @@ def train(
             out / "checkpoint.pt",
         )
 
+    threads = threads_for(sim.initial_state())
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
     with open(log_path, "a") as log:
@@ -276,7 +278,8 @@ def train(
                     first.update(loss=loss, result=result, extra=extra, grad_norm=grad_norm)
                 return loss
 
-            optimizer.step(closure)
+            with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
+                optimizer.step(closure)
             loss, result, extra, grad_norm = (first[k] for k in ("loss", "result", "extra",
                                                                   "grad_norm"))
             row = {
