@@ -35,8 +35,10 @@ METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
 
 
 def start_load(count: int) -> list[subprocess.Popen]:
-    """``count`` busy processes, each in its own session (another job, to the scheduler)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    """``count`` busy processes, each in its own session (another job, to the scheduler); each
+    ends by itself when this process does, even if it is killed."""
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", spin], start_new_session=True)
             for _ in range(count)]
 
 

@@ -128,9 +128,15 @@ def load_example(path: str | Path, argv: list[str] | None = None) -> ModuleType:
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"DiffTaichi example {path} not found")
-    code = compile(patch_source(path.read_text()), str(path), "exec")
+    # Taichi reads a kernel's source back from its file (inspect), so the patched text is
+    # written to a file of its own; the original's folder stays importable for its imports.
+    patched = Path(tempfile.mkdtemp(prefix="simdiff_difftaichi_")) / path.name
+    patched.write_text(patch_source(path.read_text()))
+    # dont_inherit: this module's ``from __future__ import annotations`` would turn the
+    # script's kernel annotations (``t: ti.i32``) into strings, which Taichi refuses.
+    code = compile(patched.read_text(), str(patched), "exec", dont_inherit=True)
     module = ModuleType(f"difftaichi_{path.stem}")
-    module.__file__ = str(path)
+    module.__file__ = str(patched)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(path), *(argv or [])]
     sys.path.insert(0, str(path.parent))
@@ -284,7 +290,10 @@ _SIMDIFF = {"mass_spring": _simdiff_mass_spring, "mpm": _simdiff_mpm, "smoke": _
 
 def _worker(workload: str, config: str, folder: str) -> None:
     """Set up, warm up, then answer ``run K`` lines with K iteration times as JSON lines."""
-    from simdiff.bench import peak_rss_mb
+    import resource
+
+    def peak_rss_mb() -> float:  # as simdiff.bench's, without importing simdiff (and torch)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     channel = sys.stdout
     sys.stdout = sys.stderr  # the scripts print every iteration; the channel stays clean
@@ -313,9 +322,12 @@ class _Worker:
     def __init__(self, workload: str, config: str, folder: Path) -> None:
         self.config = config
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+        # This file run by path, not ``-m simdiff.difftaichi``: a DiffTaichi worker then
+        # imports neither simdiff's package nor torch, so its peak memory is the script's own.
+        run = (f"import runpy, sys; sys.argv = {[__file__, '--worker', workload, config, str(folder)]!r}; "
+               f"runpy.run_path({__file__!r}, run_name='__main__')")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simdiff.difftaichi", "--worker", workload, config,
-             str(folder)],
+            [sys.executable, "-c", run],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def read(self) -> dict:

@@ -1,6 +1,7 @@
 """The DiffTaichi baseline's patching: a tiny synthetic example script, patched and run against
 a recording stand-in for taichi (no DiffTaichi files, no kernels, no timings)."""
 
+import inspect
 import sys
 import types
 
@@ -23,6 +24,10 @@ options = parser.parse_args()
 steps = 3
 
 
+def kernel(t: ti.i32):
+    return t
+
+
 def forward(visualize=True):
     if visualize:
         gui.circle((0.5, 0.5), 0xFF0000, 7)
@@ -42,7 +47,7 @@ if __name__ == "__main__":
 def fake_taichi(monkeypatch):
     calls = []
     ti = types.ModuleType("taichi")
-    ti.cpu, ti.gpu, ti.f32 = "cpu", "gpu", "f32"
+    ti.cpu, ti.gpu, ti.f32, ti.i32 = "cpu", "gpu", "f32", "i32"
     ti.init = lambda **kwargs: calls.append(("init", kwargs))
 
     def gui(*args, **kwargs):
@@ -61,6 +66,9 @@ def test_patched_example_runs_on_the_cpu_headless_without_its_main(tmp_path, fak
     assert fake_taichi == [("init", {"arch": "cpu", "default_fp": "f32", "flatten_if": True})]
     assert module.forward(visualize=True) == 6  # GUI, plots and images are inert
     assert sys.argv[0] != str(script)  # argv restored after the top level ran
+    # Taichi reads kernels' annotations as objects and their source through inspect.
+    assert module.kernel.__annotations__["t"] == "i32"
+    assert inspect.getsource(module.kernel).startswith("def kernel(t: ti.i32)")
 
 
 def test_patch_rewrites_arch_and_stubs_libraries_in_the_text():
