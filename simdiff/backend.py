@@ -17,6 +17,7 @@ Warp kernels are compiled per precision and coexist.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -96,7 +97,7 @@ class Backend:
                 default_fp=ti.f64 if self.precision is Precision.FLOAT64 else ti.f32,
                 default_ip=ti.i32,
                 log_level=ti.ERROR,
-                offline_cache=True,
+                **_taichi_cache_option(),
             )
             _taichi_config = (self.device, self.precision)
         elif not _warp_initialized:
@@ -108,6 +109,12 @@ class Backend:
 
     def __str__(self) -> str:
         return f"{self.name.value}:{self.device}:{self.precision.value}"
+
+
+def _taichi_cache_option() -> dict[str, bool]:
+    """Taichi's offline kernel cache on (cold compiles of tens of seconds become loads), unless
+    the user chose with ``TI_OFFLINE_CACHE``: an argument of ``ti.init`` would override it."""
+    return {} if "TI_OFFLINE_CACHE" in os.environ else {"offline_cache": True}
 
 
 def _cuda_available(name: BackendName) -> bool:

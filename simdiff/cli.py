@@ -72,8 +72,9 @@ def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
 
     from simdiff.rollout import rollout
     from simdiff.scene import initial_worlds
+    from simdiff.threads import intra_op_threads, threads_for
 
-    with torch.no_grad():
+    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
@@ -204,17 +205,36 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+_DIFFTAICHI_WORKLOADS = {"mass_spring": "mass_spring", "mpm": "mpm", "fluid": "smoke"}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simdiff.bench import run_all, run_benchmark
 
+    out = args.out
+    if args.difftaichi is not None:
+        from simdiff.difftaichi import compare, format_rows
+
+        if args.what is not None and args.what not in _DIFFTAICHI_WORKLOADS:
+            raise SystemExit(f"--difftaichi compares {', '.join(_DIFFTAICHI_WORKLOADS)}; "
+                             f"got {args.what!r}")
+        workloads = None if args.what is None else [_DIFFTAICHI_WORKLOADS[args.what]]
+        rows = compare(args.difftaichi, workloads, rounds=args.rounds, iters=args.iters or 1,
+                       backend=args.backend or "all")
+        print(format_rows(rows))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(rows, indent=2))
+            print(f"wrote {out}")
+        return 0
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
-                       extra_args=extra, out=args.out)
+                       extra_args=extra, out=out)
     return run_benchmark(args.what, backend=args.backend or "all", device=args.device,
-                         quick=args.quick, extra_args=extra, out=args.out)
+                         quick=args.quick, extra_args=extra, out=out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
+    p.add_argument("--difftaichi", metavar="DIR",
+                   help="DiffTaichi's examples/ folder: time its mass_spring.py, diffmpm.py and "
+                        "smoke_taichi.py (patched to run on the CPU, headless) interleaved with "
+                        "simdiff's mass_spring, mpm and fluid, and report the ratios")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --difftaichi: interleaved rounds of --iters iterations each")
     p.set_defaults(func=_cmd_bench)
 
     from simdiff.rl.cli import add_rl_parser

@@ -47,6 +47,7 @@ from simdiff.scene import (
     make_simulator,
 )
 from simdiff.sims.base import Simulator, check_batch_size
+from simdiff.threads import intra_op_threads, threads_for
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainResult", "check_rollout_size",
            "make_optimizer", "train"]
@@ -385,6 +386,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
 
     if saved is None:
         save_checkpoint(0)  # a run that fails in its first iteration can still be resumed
+    threads = threads_for(sim.initial_state())
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
     flat = 0  # consecutive iterations with a gradient of exactly zero
@@ -415,7 +417,8 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                     first.update(loss=loss, result=result, extra=extra, grad_norm=grad_norm)
                 return loss
 
-            optimizer.step(closure)
+            with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
+                optimizer.step(closure)
             loss, result, extra, grad_norm = (first[k] for k in ("loss", "result", "extra",
                                                                   "grad_norm"))
             row = {
