@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from simdiff.backend import Backend
+from simdiff.catalog import DEFAULT_BACKEND, controller_dir, scene_dir
 from simdiff.rollout import Rollout
 from simdiff.sims.base import Simulator, check_batch_size
 
@@ -38,11 +39,6 @@ __all__ = [
     "scene_dir",
     "vary_worlds",
 ]
-
-# The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
-# SIMDIFF_CONTROLLERS (useful when simdiff is installed without the repository).
-_ROOT = Path(__file__).resolve().parents[1]
-
 
 class SceneError(ValueError):
     """A scene or controller that cannot be found or does not define what it must."""
@@ -80,7 +76,7 @@ class Scene:
     loss: Callable[[Rollout], torch.Tensor]
     metrics: Callable[[Rollout], dict[str, float]] = lambda rollout: {}
     description: str = ""
-    default_backend: str = "warp"
+    default_backend: str = DEFAULT_BACKEND
     render_every: int = 4
     train: dict[str, Any] = field(default_factory=dict)
     design: Callable[[Simulator], torch.nn.Module] | None = None
@@ -194,14 +190,6 @@ def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any,
         generator = torch.Generator().manual_seed(seed)
         state, params = scene.worlds(sim, state, params, generator)
     return state, params
-
-
-def scene_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_SCENES", _ROOT / "scenes"))
-
-
-def controller_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_CONTROLLERS", _ROOT / "controllers"))
 
 
 def _names(folder: Path) -> list[str]:
