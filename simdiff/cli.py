@@ -188,7 +188,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
-        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device):
+        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device,
+                                 batch=args.batch):
             rel = r.error / max(abs(r.finite_difference), 1e-30)
             counts[r.verdict] += 1
             mark = {Verdict.OK: "ok", Verdict.MISMATCH: "MISMATCH",
@@ -287,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scene_args(p)
     _backend_args(p, allow_all=True)
     p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds rolled out at once, each slightly different (default: 1)")
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")

@@ -35,7 +35,6 @@ import torch
 from simdiff.backend import Precision, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
-from simdiff.sims.base import Params
 
 __all__ = ["Agreement", "GradCheck", "Verdict", "backends_for", "check_gradients",
            "compare_backends", "directional_check"]
@@ -233,8 +232,8 @@ class _Probe:
         return loss.detach(), result, derivatives
 
 
-def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
-    sim = make_simulator(scene, be)
+def _probe(scene: Scene, be, steps: int, seed: int, batch: int = 1) -> _Probe:
+    sim = make_simulator(scene, be, batch_size=batch)
     if hasattr(sim, "tolerance"):
         # An iterative solve stopped at tolerance tau adds noise ~tau / eps to a central
         # difference: converge far below what the check resolves.
@@ -247,15 +246,20 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
             for name in fields}
     state0 = sim.initial_state()
     base.update({f"initial_{n}": getattr(state0, n).detach() for n in sim.initial_fields})
-    batched = type(sim).Params is not Params  # on the batched contract: fields [B, ...]
     for name in _KINKED.get(scene.simulator, ()):
-        shape = base[name].shape[1:] if batched else base[name].shape  # one world's field
+        shape = base[name].shape[1:]  # one world's field
         base[name] = base[name] + 1e-2 * _smooth_noise(shape, gen, dtype).to(dev)
+    for name in sim.initial_fields if batch > 1 else ():
+        # Worlds that differ: each but the first starts slightly elsewhere.
+        value = base[f"initial_{name}"]
+        scale = 1e-3 * float(value.std().clamp_min(1e-2))
+        noise = scale * torch.randn(value.shape, generator=gen, dtype=dtype).to(dev)
+        noise[0] = 0
+        base[f"initial_{name}"] = value + noise
     if sim.action_dim:
-        t = torch.arange(steps, dtype=dtype)[:, None]
-        phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
-        actions = 0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)
-        base["actions"] = actions[:, None].repeat(1, sim.batch_size, 1).to(dev)  # [T, B, A]
+        t = torch.arange(steps, dtype=dtype)[:, None, None]
+        phase = torch.rand(batch, sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
+        base["actions"] = (0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)).to(dev)
     # Drawn on the CPU generator, then moved: identical on every backend and device.
     directions = {n: torch.randn(t.shape, generator=gen, dtype=dtype).to(dev)
                   for n, t in base.items()}
@@ -271,11 +275,7 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
                 setattr(model, n, values[n])
             state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
-            controller = None
-            if actions is not None and batched:  # one sequence drives every world
-                controller = lambda k, s: actions[k].expand(s.batch_size, -1)
-            elif actions is not None:
-                controller = lambda k, s: actions[k]
+            controller = (lambda k, s: actions[k]) if actions is not None else None  # [B, A]
             result = rollout(sim, state, controller, steps)
             projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection, result
@@ -296,6 +296,7 @@ def check_gradients(
     atol: float = 1e-9,
     seed: int = 0,
     device: str = "cpu",
+    batch: int = 1,
 ) -> list[GradCheck]:
     """Compare autodiff and finite differences for the scene's loss on ``backend`` in float64.
 
@@ -316,12 +317,14 @@ def check_gradients(
         rtol, atol: Tolerances of each comparison.
         seed: Seed of the random directions and actions.
         device: Device of the backend.
+        batch: Worlds rolled out at once; each but the first starts slightly elsewhere and
+            has its own actions, and every checked quantity holds all worlds.
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps={steps} must be >= 1 (None: the scene's horizon)")
     be = resolve_backend(backend, device, Precision.FLOAT64)
     eps = eps if eps is not None else _EPS.get(scene.simulator, 1e-6)
-    probe = _probe(scene, be, steps or scene.steps, seed)
+    probe = _probe(scene, be, steps or scene.steps, seed, batch)
     _, _, derivatives = probe.gradient()
     results = []
     with torch.no_grad():
@@ -369,6 +372,7 @@ def compare_backends(
     seed: int = 0,
     device: str = "cpu",
     gradients: bool = True,
+    batch: int = 1,
 ) -> list[Agreement]:
     """Roll the scene out on two backends in float64 and compare the final states, the loss of
     :func:`check_gradients` and its directional derivatives along the same random directions;
@@ -388,6 +392,7 @@ def compare_backends(
         device: Device of both backends.
         gradients: False compares the forward only (final states and loss), for scenes that
             one backend cannot differentiate (3D MPM on Taichi).
+        batch: Worlds rolled out at once (see :func:`check_gradients`).
     """
     steps = steps or scene.steps
     runs = []
@@ -396,7 +401,7 @@ def compare_backends(
         # A copy per backend: an inverse problem's objective may write its design into the
         # model (the fluid's obstacle or inflow speed), which must not reach the next run.
         run = copy.deepcopy(scene)
-        probe = _probe(run, be, steps, seed)
+        probe = _probe(run, be, steps, seed, batch)
         if gradients:
             loss, result, derivatives = probe.gradient()
         else:
