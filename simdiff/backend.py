@@ -55,6 +55,13 @@ _MODULE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp", BackendName.T
 
 # What the running process has initialized: Taichi's (device, precision), Warp's flag.
 _taichi_config: tuple[str, Precision] | None = None
+_taichi_runtimes = 0  # Taichi runtimes started so far: objects of an earlier one are invalid
+
+
+def taichi_runtime() -> int:
+    """Which Taichi runtime is live (it changes when a precision switch re-initializes
+    Taichi, which frees every ndarray made before)."""
+    return _taichi_runtimes
 _warp_initialized = False
 
 
@@ -82,7 +89,7 @@ class Backend:
 
     def ensure_initialized(self) -> None:
         """Start the kernel runtime for this device and precision (idempotent)."""
-        global _taichi_config, _warp_initialized
+        global _taichi_config, _taichi_runtimes, _warp_initialized
         if self.name is BackendName.TORCH:
             return
         if self.name is BackendName.TAICHI:
@@ -100,6 +107,7 @@ class Backend:
                 **_taichi_cache_option(),
             )
             _taichi_config = (self.device, self.precision)
+            _taichi_runtimes += 1
         elif not _warp_initialized:
             import warp as wp
 

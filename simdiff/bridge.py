@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from simdiff.backend import Backend, BackendName
+from simdiff.backend import Backend, BackendName, taichi_runtime
 
 __all__ = [
     "KernelLaunch",
@@ -268,7 +268,8 @@ def _taichi_resident(tensor: torch.Tensor, annotation: Any) -> Any:
 
 def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
     """``launch.static_args`` with each torch tensor replaced by a Taichi ndarray copy, made
-    once and remade only when the tensor changes (its in-place version counter moves).
+    once and remade only when the tensor changes (its in-place version counter moves) or
+    Taichi was re-initialized (a precision switch frees every ndarray).
 
     Taichi's Python side handles a torch argument at every launch (about 60-75 us: pointer and
     shape extraction, environment lookups, a dtype-limits object), against a few us for its own
@@ -278,7 +279,7 @@ def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
     tensors = [(k, a) for k, a in enumerate(launch.static_args) if isinstance(a, torch.Tensor)]
     if not tensors:
         return launch.static_args
-    versions = tuple((id(a), a._version) for _, a in tensors)
+    versions = (taichi_runtime(), *((id(a), a._version) for _, a in tensors))
     cached = launch.cache.get(("taichi_static", kernel))
     if cached is not None and cached[0] == versions:
         return cached[1]
