@@ -22,7 +22,7 @@ class ToyState(State):
 
 @dataclass
 class ToyParams(Params):
-    gain: torch.Tensor = world_field(0, "growth per step, shape [] or [B]")  # noqa: RUF009
+    gain: torch.Tensor = world_field(0, "growth per step, shape [] or [B]")
 
 
 class Toy(Simulator):
