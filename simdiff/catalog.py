@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,8 +122,9 @@ def _first_sentence(text: str | None) -> str:
     if not text:
         return ""
     paragraph = " ".join(text.strip().split("\n\n")[0].split())
-    end = paragraph.find(". ")
-    return paragraph if end < 0 else paragraph[:end + 1]
+    # A full stop before a capital ends the sentence, except after an abbreviation.
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)\.\s+(?=[A-Z])", paragraph)
+    return paragraph if end is None else paragraph[:end.start() + 1]
 
 
 def _literals(tree: ast.Module) -> dict[str, Any]:
