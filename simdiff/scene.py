@@ -270,7 +270,10 @@ def _check_options(module: ModuleType, build: Callable, options: dict[str, Any],
     unknown = [k for k in options if k not in names]
     if unknown and (force or not open_ended):
         name = Path(module.__file__).stem
-        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}; its options: "
+        # A length set otherwise (observations x interval, a final time) is no horizon to set.
+        why = (" (it has no horizon: its length follows from its other options, so --steps "
+               "does not apply)") if unknown[0] == "steps" else ""
+        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}{why}; its options: "
                          f"{', '.join(sorted(names)) or '(none)'}")
 
 
