@@ -42,5 +42,6 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: cores / the spec's num_cpus)")
     p.add_argument("--out", default=None, help="output folder (default: the spec's 'out')")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: a bar on a terminal)")
     p.set_defaults(func=_cmd_sweep)
