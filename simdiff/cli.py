@@ -48,19 +48,30 @@ def _scene_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from simdiff.scene import SceneError, list_controllers, list_scenes, load_scene
+def _cmd_list_catalog(args: argparse.Namespace) -> int:
+    """Scenes read from their files (simulator, what trains, backend), nothing built: no
+    torch, no backend, well under a second."""
+    import shutil
 
-    print("scenes:")
-    for name in list_scenes():
-        try:
-            description = load_scene(name).description
-        except (SceneError, ValueError) as err:
-            description = f"(invalid: {err})"
-        print(f"  {name:<16} {description}")
-    print("controllers:")
-    for name in list_controllers():
-        print(f"  {name}")
+    from simdiff.catalog import format_list
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_list(width=width))
+    return 0
+
+
+def _list_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simdiff list", description=(
+        "List the scenes (simulator, what `simdiff train` optimizes, default backend, "
+        "description) and the controllers, read from their files without building them."))
+    p.set_defaults(func=_cmd_list_catalog, command="list")
+    return p
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from simdiff.catalog import describe_scene
+
+    print(describe_scene(args.scene, **_scene_options(args)))
     return 0
 
 
@@ -242,8 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list scenes and controllers")
-    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("list", help="list scenes (simulator, what trains) and controllers",
+                       description=_list_parser().description)
+    p.set_defaults(func=_cmd_list_catalog)
+
+    p = sub.add_parser("show", help="a scene's description, simulator, backend, whether it "
+                                    "trains, and its options with types and defaults")
+    _scene_args(p)
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("run", help="roll a scene out and write its video")
     _scene_args(p)
@@ -328,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     (``SIMDIFF_TRACEBACK=1`` shows the traceback instead)."""
     import os
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["list"]:  # answered from the scene files: before torch is imported
+        args = _list_parser().parse_args(argv[1:])
+        return args.func(args)
     from simdiff.backend import BackendError
     from simdiff.sims.base import SimulationError
 
