@@ -51,8 +51,9 @@ def stop_load(procs: list[subprocess.Popen]) -> None:
 
 def measure(config: str, *, steps: int, rounds: int, iters: int, load: int,
             device: str = "cpu") -> list[dict]:
+    from torch.optim import Adam
+
     from simdiff.backend import resolve_backend
-    from simdiff.optim import Adam
     from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.threads import intra_op_threads, threads_for

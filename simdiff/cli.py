@@ -11,10 +11,19 @@ __all__ = ["main"]
 
 
 def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    choices = ["taichi", "warp", "all"] if allow_all else ["taichi", "warp"]
+    # torch: the fluid's step in vectorized torch (the other simulators refuse it).
+    choices = ["taichi", "warp", "torch", "all"] if allow_all else ["taichi", "warp", "torch"]
     p.add_argument("--backend", choices=choices, default=None,
                    help="kernel backend (default: the scene's, measured fastest for its size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds simulated at once; the scene says how they differ (default: 1)")
+    p.add_argument("--health", choices=["stop", "mask"], default="stop",
+                   help="a failed world stops the run, or is frozen and left out of the loss "
+                        "(default: stop)")
 
 
 def _scene_args(p: argparse.ArgumentParser) -> None:
@@ -28,8 +37,8 @@ def _scene_options(args: argparse.Namespace) -> dict:
     options = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -55,45 +64,66 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(scene, sim, controller) -> tuple[dict, object]:
+def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
+              ) -> tuple[dict, object]:
     """One recorded rollout of the scene (with the design of an inverse problem) and its
     figures."""
     import torch
 
     from simdiff.rollout import rollout
+    from simdiff.scene import initial_worlds
     from simdiff.threads import intra_op_threads, threads_for
 
     with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
-            result = rollout(sim, sim.initial_state(), controller, scene.steps,
+            state, params = initial_worlds(scene, sim, seed=seed)
+            result = rollout(sim, state, controller, scene.steps, params=params, health=health,
                              record_every=scene.render_every)
             loss, extra = scene.loss(result), {}
     return {"loss": float(loss), **scene.metrics(result), **extra}, result
+
+
+def _figures(metrics: dict) -> str:
+    """``name=value`` pairs of a rollout's scalar figures (per-world lists are left to the
+    metrics log)."""
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
+    from simdiff.files import check_creatable, load_data
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.train import check_rollout_size
 
+    if args.out:
+        check_creatable(args.out, "--out", folder=False)
+    weights = load_data(args.weights, "controller weights") if args.weights else None
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
-    sim = make_simulator(scene, backend)
+    sim = make_simulator(scene, backend, batch_size=args.batch)
+    check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
+                       force=args.force)
     controller = None
     if scene.design is not None:
         controller = scene.design(sim).to(backend.torch_dtype)
     elif args.controller:
         torch.manual_seed(args.seed)
         controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
-    if controller is not None and args.weights:
-        controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
-    metrics, result = _evaluate(scene, sim, controller)
-    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if controller is not None and weights is not None:
+        try:
+            controller.load_state_dict(weights)
+        except (RuntimeError, TypeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"--weights {args.weights} do not fit this controller ({first})") \
+                from None
+    metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
+    print(_figures(metrics))
     out = Path(args.out or f"renders/{scene.name}.mp4")
     write_rollout_video(scene, result, out)
     print(f"wrote {out}")
@@ -103,9 +133,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from simdiff.files import check_creatable
     from simdiff.render import plot_loss
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.train import TrainConfig, train
+
+    out = check_creatable(args.out or f"renders/train_{Path(args.scene).stem}")
 
     config = TrainConfig(
         scene=args.scene,
@@ -118,12 +151,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         clip=args.clip,
         seed=args.seed,
+        batch=args.batch,
+        health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
     )
-    out = Path(args.out or f"renders/train_{Path(args.scene).stem}")
-    result = train(config, out, resume=args.resume, progress=not args.quiet)
+    result = train(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
@@ -133,8 +167,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
-        figures, final = _evaluate(result.scene, result.simulator, result.best_controller())
-        print("best iteration: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+        figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
+                                   seed=config.seed, health=config.health)
+        print("best iteration: " + _figures(figures))
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
@@ -143,22 +178,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    from simdiff.gradcheck import check_gradients
+    from simdiff.gradcheck import Verdict, backends_for, check_gradients
     from simdiff.scene import load_scene
 
+    if args.horizon < 1:
+        raise ValueError(f"horizon={args.horizon} must be >= 1 (steps rolled out)")
     scene = load_scene(args.scene, **_scene_options(args))
-    backends = ["taichi", "warp"] if args.backend in (None, "all") else [args.backend]
-    failed = 0
+    backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
+    counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
-        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device):
+        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device,
+                                 batch=args.batch):
             rel = r.error / max(abs(r.finite_difference), 1e-30)
-            failed += not r.ok
-            mark = "ok" if r.ok else "MISMATCH"
+            counts[r.verdict] += 1
+            mark = {Verdict.OK: "ok", Verdict.MISMATCH: "MISMATCH",
+                    Verdict.NON_SMOOTH: "non-smooth here"}[r.verdict]
             print(f"{backend:<8} {r.quantity:<22} {r.autodiff:>14.6e} {r.finite_difference:>14.6e} "
                   f"{rel:>9.1e} {mark}")
-    print("gradcheck passed" if not failed else f"gradcheck FAILED: {failed} mismatches")
-    return 1 if failed else 0
+            if r.evidence and r.verdict is not Verdict.OK:
+                print(f"         {r.evidence}")
+    mismatches, rough = counts[Verdict.MISMATCH], counts[Verdict.NON_SMOOTH]
+    note = (f" ({rough} quantities non-smooth at this point: finite differences cannot check "
+            "them there)") if rough else ""
+    print(f"gradcheck FAILED: {mismatches} mismatches{note}" if mismatches
+          else f"gradcheck passed{note}")
+    return 1 if mismatches else 0
 
 
 _DIFFTAICHI_WORKLOADS = {"mass_spring": "mass_spring", "mpm": "mpm", "fluid": "smoke"}
@@ -167,7 +212,7 @@ _DIFFTAICHI_WORKLOADS = {"mass_spring": "mass_spring", "mpm": "mpm", "fluid": "s
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simdiff.bench import run_all, run_benchmark
 
-    out = args.json or args.out
+    out = args.out
     if args.difftaichi is not None:
         from simdiff.difftaichi import compare, format_rows
 
@@ -209,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
+    p.add_argument("--force", action="store_true",
+                   help="run even if the recorded frames' estimated memory exceeds this machine's")
+    _batch_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train a controller through the physics")
@@ -219,22 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
     p.add_argument("--resume", help="checkpoint.pt to continue from")
     p.add_argument("--optimizer", default="adam", help="torch.optim optimizer name")
-    p.add_argument("--lr", type=float, help="learning rate (default: the scene's)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: the scene's; on --resume, the checkpoint's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
+    p.add_argument("--force", action="store_true",
+                   help="run even if the rollout's estimated memory exceeds this machine's")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
                    help="keep one state every K steps and recompute in backward (bounded memory)")
     p.add_argument("--no-video", action="store_true", help="skip the final video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _batch_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
     _scene_args(p)
     _backend_args(p, allow_all=True)
     p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds rolled out at once, each slightly different (default: 1)")
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")
@@ -245,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
-    p.add_argument("--out", help="also write the results as JSON to this path")
-    p.add_argument("--json", metavar="PATH", help="the same as --out")
+    p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.add_argument("--difftaichi", metavar="DIR",
                    help="DiffTaichi's examples/ folder: time its mass_spring.py, diffmpm.py and "
                         "smoke_taichi.py (patched to run on the CPU, headless) interleaved with "
@@ -270,17 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a bad input or refused action is one line on stderr and exit code 2
+    (``SIMDIFF_TRACEBACK=1`` shows the traceback instead)."""
+    import os
+
     from simdiff.backend import BackendError
-    from simdiff.scene import SceneError
-    from simdiff.sims.base import SimulationError, ValidationError
-    from simdiff.train import CheckpointError
+    from simdiff.sims.base import SimulationError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BackendError, SceneError, ValidationError, SimulationError, CheckpointError,
-            FileExistsError) as err:
-        print(f"simdiff {args.command}: error: {err}", file=sys.stderr)
+    except (BackendError, ValueError, TypeError, SimulationError, FileExistsError) as err:
+        # ValueError covers SceneError, ValidationError, CheckpointError, DataFileError and
+        # SpecError; FileExistsError a folder holding another run or locked by another process.
+        if os.environ.get("SIMDIFF_TRACEBACK"):
+            raise
+        command = " ".join([args.command, *[getattr(args, k) for k in ("rl_command",)
+                                            if getattr(args, k, None)]])
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"simdiff {command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,9 @@ the action for that step. Both are loaded by name or by path.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,25 +22,23 @@ from typing import Any
 import torch
 
 from simdiff.backend import Backend
+from simdiff.catalog import DEFAULT_BACKEND, controller_dir, scene_dir
 from simdiff.rollout import Rollout
-from simdiff.sims.base import Simulator
+from simdiff.sims.base import Simulator, check_batch_size
 
 __all__ = [
     "Scene",
     "SceneError",
     "controller_dir",
+    "initial_worlds",
     "list_controllers",
     "list_scenes",
     "load_controller",
     "load_scene",
     "make_simulator",
     "scene_dir",
+    "vary_worlds",
 ]
-
-# The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
-# SIMDIFF_CONTROLLERS (useful when simdiff is installed without the repository).
-_ROOT = Path(__file__).resolve().parents[1]
-
 
 class SceneError(ValueError):
     """A scene or controller that cannot be found or does not define what it must."""
@@ -64,6 +64,9 @@ class Scene:
         objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
             simulation with the design and returns ``(loss, rollout, metrics)``.
         render_options: Extra keyword arguments of the simulator's frame painter (targets).
+        worlds: How the worlds of a batch differ: ``worlds(sim, state, params, generator) ->
+            (state, params)`` perturbs the initial state ``[B, ...]`` or sets per-world params
+            fields, drawing from the seeded ``generator``. None: every world is the same.
     """
 
     name: str
@@ -73,12 +76,13 @@ class Scene:
     loss: Callable[[Rollout], torch.Tensor]
     metrics: Callable[[Rollout], dict[str, float]] = lambda rollout: {}
     description: str = ""
-    default_backend: str = "warp"
+    default_backend: str = DEFAULT_BACKEND
     render_every: int = 4
     train: dict[str, Any] = field(default_factory=dict)
     design: Callable[[Simulator], torch.nn.Module] | None = None
     objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
     render_options: dict[str, Any] = field(default_factory=dict)
+    worlds: Callable[..., tuple[Any, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -92,31 +96,31 @@ class Scene:
             )
 
 
-def _mass_spring(model: Any, backend: Backend) -> Simulator:
+def _mass_spring(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.mass_spring import MassSpring
 
-    return MassSpring(model, backend)
+    return MassSpring(model, backend, **options)
 
 
-def _nbody(model: Any, backend: Backend) -> Simulator:
+def _nbody(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.nbody import NBody
 
-    return NBody(model, backend)
+    return NBody(model, backend, **options)
 
 
-def _fluid(model: Any, backend: Backend) -> Simulator:
+def _fluid(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.fluid import Fluid
 
-    return Fluid(model, backend)
+    return Fluid(model, backend, **options)
 
 
-def _mpm(model: Any, backend: Backend) -> Simulator:
+def _mpm(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.mpm import MPM
 
-    return MPM(model, backend)
+    return MPM(model, backend, **options)
 
 
-SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
+SIMULATORS: dict[str, Callable[..., Simulator]] = {
     "mass_spring": _mass_spring,
     "nbody": _nbody,
     "fluid": _fluid,
@@ -124,17 +128,68 @@ SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
 }
 
 
-def make_simulator(scene: Scene, backend: Backend) -> Simulator:
-    """The scene's simulator on ``backend``."""
-    return SIMULATORS[scene.simulator](scene.model, backend)
+def make_simulator(scene: Scene, backend: Backend, *, batch_size: int = 1) -> Simulator:
+    """The scene's simulator of ``batch_size`` worlds on ``backend``."""
+    return SIMULATORS[scene.simulator](scene.model, backend,
+                                       batch_size=check_batch_size(batch_size))
 
 
-def scene_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_SCENES", _ROOT / "scenes"))
+def vary_worlds(
+    *,
+    state_noise: dict[str, float] | None = None,
+    param_spread: dict[str, tuple[int | None, float]] | None = None,
+) -> Callable[..., tuple[Any, Any]]:
+    """A :attr:`Scene.worlds` hook: world 0 is the scene as built, and every other world
+
+    - adds Gaussian noise of standard deviation ``state_noise[field]`` to that initial state
+      field (one of the simulator's ``initial_fields``; derived fields are recomputed),
+    - scales column ``c`` of params field ``f`` (``param_spread[f] = (c, spread)``; ``c`` None:
+      the whole field) by one factor per world drawn uniformly from ``[1 - spread, 1 + spread]``
+      (that field becomes per world, ``[B, ...]``).
+
+    Example: ``vary_worlds(param_spread={"spring_params": (0, 0.2)})`` gives every world but
+    the first its own spring stiffness, within 20% of the scene's.
+    """
+    state_noise, param_spread = state_noise or {}, param_spread or {}
+
+    def worlds(sim: Simulator, state, params, generator: torch.Generator):
+        b = sim.batch_size
+        others = torch.arange(b) > 0
+        fields = {}
+        for name, std in state_noise.items():
+            value = getattr(state, name)
+            noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
+            noise[~others] = 0
+            fields[name] = value + std * noise.to(value)
+        if fields:  # derived fields (accelerations, deformation) follow the perturbed ones
+            state = sim.state_from(**{n: fields.get(n, getattr(state, n))
+                                      for n in sim.initial_fields})
+        changed = {}
+        for name, (column, spread) in param_spread.items():
+            value = getattr(params.per_world(b), name).clone()
+            factor = 1 + spread * (2 * torch.rand(b, generator=generator, dtype=torch.float64) - 1)
+            factor = torch.where(others, factor, torch.ones_like(factor)).to(value)
+            shape = (b, *([1] * (value.dim() - 1)))
+            if column is None:
+                value = value * factor.reshape(shape)
+            else:
+                value[..., column] = value[..., column] * factor.reshape(shape[:-1])
+            changed[name] = value
+        params = type(params)(**{**dict(zip(params.field_names(), params.tensors())), **changed})
+        return state, params
+
+    return worlds
 
 
-def controller_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_CONTROLLERS", _ROOT / "controllers"))
+def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any, Any]:
+    """The initial state and params of the simulator's worlds, varied by the scene's
+    ``worlds`` hook (seeded: the same ``seed`` gives the same worlds)."""
+    state = sim.initial_state()
+    params = sim.params()
+    if scene.worlds is not None:
+        generator = torch.Generator().manual_seed(seed)
+        state, params = scene.worlds(sim, state, params, generator)
+    return state, params
 
 
 def _names(folder: Path) -> list[str]:
@@ -176,12 +231,47 @@ def load_scene(name_or_path: str | Path, **options: Any) -> Scene:
     build = getattr(module, "scene", None)
     if not callable(build):
         raise SceneError(f"scene file {module.__file__} defines no function `scene(**options)`")
-    result = build(**options)
+    _check_options(module, build, options)
+    try:
+        result = build(**options)
+    except TypeError as err:
+        # A scene passing **options on to a builder: name the builder's options too.
+        found = re.search(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if not found or found.group(2) not in options:
+            raise
+        inner = getattr(module, found.group(1), None)
+        _check_options(module, build, options, inner if callable(inner) else None, force=True)
+        raise
     if not isinstance(result, Scene):
         raise SceneError(
             f"scene() in {module.__file__} returned {type(result).__name__}, not a Scene"
         )
     return result
+
+
+def _named_options(function: Callable) -> tuple[list[str], bool]:
+    """Keyword options of ``function`` (those with defaults) and whether it takes **options."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in parameters if p.default is not inspect.Parameter.empty
+             and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _check_options(module: ModuleType, build: Callable, options: dict[str, Any],
+                   inner: Callable | None = None, *, force: bool = False) -> None:
+    """Refuse an option the scene does not take, listing the ones it does."""
+    names, open_ended = _named_options(build)
+    if inner is not None:
+        names += [n for n in _named_options(inner)[0] if n not in names]
+        open_ended = False
+    unknown = [k for k in options if k not in names]
+    if unknown and (force or not open_ended):
+        name = Path(module.__file__).stem
+        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}; its options: "
+                         f"{', '.join(sorted(names)) or '(none)'}")
 
 
 def load_controller(

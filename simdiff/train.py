@@ -6,7 +6,15 @@ in a bar; every iteration appends one JSON line to ``metrics.jsonl``; every
 ``checkpoint_every`` iterations ``checkpoint.pt`` is rewritten atomically with everything needed
 to continue exactly (controller and optimizer state, iteration, RNG state, configuration).
 ``resume=`` continues from such a file; the metrics log is cut back to the checkpoint's
-iteration, so a resumed run's log equals an uninterrupted one.
+iteration, so a resumed run's log equals an uninterrupted one. A fresh run writes its first
+checkpoint before iteration 0, so a run that fails at any point can be resumed. A resumed run
+continues the same optimization: its learning rate and seed default to the checkpoint's, and a
+different value is refused (start a new run to change them).
+
+Checkpoints are data (tensors, dicts, lists, numbers and strings) and are loaded with
+``torch.load(weights_only=True)``: a file that needs unpickling anything else is refused
+unread (:mod:`simdiff.files`). The output folder is locked while a run writes into it: a second
+process training into the same folder is refused.
 
 Long contact-rich rollouts have exploding, noisy gradients (the loss landscape of a walking gait
 is rough), so losses do not fall monotonically: the run also keeps the controller of its best
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,17 +36,28 @@ import torch
 from tqdm import tqdm
 
 from simdiff.backend import Backend, resolve_backend
+from simdiff.files import DataFileError, hold_lock, load_data, save_data
 from simdiff.rollout import rollout
-from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
-from simdiff.sims.base import Simulator
+from simdiff.scene import (
+    Scene,
+    SceneError,
+    initial_worlds,
+    load_controller,
+    load_scene,
+    make_simulator,
+)
+from simdiff.sims.base import Simulator, check_batch_size
 from simdiff.threads import intra_op_threads, threads_for
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
+__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "check_rollout_size",
+           "make_optimizer", "train"]
 
 CHECKPOINT_FORMAT = 1
+SATURATED_ITERATIONS = 3
+"""Consecutive iterations of zero gradient after which training warns."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataFileError):
     """A checkpoint that is unreadable, of another format, or of another run."""
 
 
@@ -53,9 +73,14 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
         optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
-        lr: Learning rate; None takes the scene's default.
+        lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
-        seed: Seed of the controller's initial weights.
+        seed: Seed of the controller's initial weights and of the worlds' variation; None
+            takes 0 (on resume, the checkpoint's).
+        batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
+            drawn anew every iteration from ``seed`` and the iteration).
+        health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
+            frozen, left out of the loss and counted in ``failed_worlds``).
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
         scene_options: Keyword arguments of the scene function (e.g. ``steps``).
@@ -71,7 +96,9 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None
     clip: float = 1.0
-    seed: int = 0
+    seed: int | None = None
+    batch: int = 1
+    health: str = "stop"
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
     scene_options: dict[str, Any] = field(default_factory=dict)
@@ -99,52 +126,136 @@ class TrainResult:
         return self.controller
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """A ``torch.optim`` optimizer by case-insensitive name; ``adam`` is :class:`simdiff.optim.Adam`
-    (torch's update, without the 70 MB that any ``torch.optim`` optimizer imports)."""
-    if name.lower() == "adam":
-        from simdiff.optim import Adam
-
-        return Adam(params, lr=lr)
+def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     classes = {
         k.lower(): v
         for k, v in vars(torch.optim).items()
-        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+        and v is not torch.optim.Optimizer
     }
-    cls = classes.get(name.lower())
+    cls = classes.get(str(name).lower())
     if cls is None:
         raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))}")
-    return cls(params, lr=lr)
+    return cls
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer by case-insensitive name."""
+    return _optimizer_class(name)(params, lr=lr)
 
 
 def _load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"resume checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is refused the same way
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({err})") from None
+        data = load_data(path, "checkpoint")
+    except DataFileError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} is not a simdiff training checkpoint of format {CHECKPOINT_FORMAT}"
         )
+    missing = [k for k in ("config", "iteration", "controller", "optimizer", "rng", "metrics",
+                           "best") if k not in data]
+    if missing or not isinstance(data["config"], dict):
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing) or 'config'}; "
+                              "not a complete simdiff training checkpoint")
     return data
 
 
-def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
-    for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
-                "controller_options"):
-        if saved.get(key) != getattr(config, key):
+def _check_settings(config: TrainConfig) -> None:
+    """Values a run cannot start with, refused before anything is built."""
+    lr = config.lr
+    if lr is not None and (not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
+        raise ValueError(f"lr={lr} must be a finite number > 0")
+    if not isinstance(config.clip, (int, float)) or not math.isfinite(config.clip) or \
+            config.clip < 0:
+        raise ValueError(f"clip={config.clip} must be a finite number >= 0 (0 disables)")
+    if config.rollout_checkpoint is not None and config.rollout_checkpoint < 1:
+        raise ValueError(f"rollout_checkpoint={config.rollout_checkpoint} must be >= 1 "
+                         "(steps between kept states) or None (keep all)")
+    if config.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
+    if config.iters is not None and config.iters < 0:
+        raise ValueError(f"iters={config.iters} must be >= 0")
+    _optimizer_class(config.optimizer)
+
+
+def _continued(config: TrainConfig, saved: dict, path: Path) -> None:
+    """Take the checkpoint's learning rate and seed where none is given; refuse others: the
+    restored optimizer and RNG state are the old run's, so a new value would not apply."""
+    for key in ("lr", "seed"):
+        given, before = getattr(config, key), saved.get(key)
+        if given is None:
+            setattr(config, key, before)
+        elif before is not None and given != before:
             raise CheckpointError(
-                f"checkpoint {path} belongs to another run: {key}={saved.get(key)!r} there, "
+                f"checkpoint {path} was trained with {key}={before!r}; resuming with "
+                f"{key}={given!r} is refused (the restored optimizer and RNG continue the old "
+                f"run); leave --{key} out, or start a new run to change it")
+
+
+def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
+    defaults = {"batch": 1, "health": "stop"}  # checkpoints from before batches
+    for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
+                "controller_options", "batch", "health"):
+        if saved.get(key, defaults.get(key)) != getattr(config, key):
+            raise CheckpointError(
+                f"checkpoint {path} belongs to another run: {key}={saved.get(key, defaults.get(key))!r} there, "
                 f"{getattr(config, key)!r} here"
             )
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a rollout on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_rollout_size(sim: Simulator, steps: int, *, backward: bool,
+                       rollout_checkpoint: int | None = None, record_every: int = 0,
+                       force: bool = False) -> int:
+    """Estimate the memory a rollout of ``steps`` keeps and refuse one beyond this machine.
+
+    The estimate is a lower bound: one state per step kept for backward (one per
+    ``rollout_checkpoint`` steps plus one segment recomputed when checkpointed) and one per
+    recorded frame; the step's own temporaries come on top.
+
+    Returns:
+        The estimate in bytes.
+
+    Raises:
+        ValueError: The estimate exceeds the memory available and ``force`` is False.
+    """
+    state = sim.initial_state()
+    per_state = sum(t.numel() * t.element_size() for t in vars(state).values()
+                    if isinstance(t, torch.Tensor))
+    kept = 0
+    if backward:
+        k = rollout_checkpoint
+        kept = steps if k is None else -(-steps // k) + min(k, steps)
+    if record_every:
+        kept += steps // record_every + 1
+    estimate = kept * per_state
+    available = _available_bytes(torch.device(sim.backend.torch_device))
+    if not force and available is not None and estimate > available:
+        hint = "--rollout-checkpoint K, " if backward and rollout_checkpoint is None else ""
+        raise ValueError(
+            f"steps={steps}: the rollout would keep at least {estimate / 1e9:.3g} GB "
+            f"({per_state} bytes a state), and {available / 1e9:.3g} GB are available; use "
+            f"{hint}fewer steps, or --force to run anyway")
+    return estimate
 
 
 def _has_actuators(scene: Scene) -> bool:
@@ -162,6 +273,7 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
     """Train a controller on a scene; see the module docstring for what is written to ``out``.
 
@@ -171,6 +283,11 @@ def train(
             overwritten).
     """
     out = Path(out)
+    _check_settings(config)
+    saved = None
+    if resume is not None:
+        saved = _load_checkpoint(Path(resume))
+        _continued(config, saved["config"], Path(resume))
     scene = load_scene(config.scene, **config.scene_options)
     if scene.design is None and not _has_actuators(scene):
         raise SceneError(
@@ -183,16 +300,31 @@ def train(
     config.backend = config.backend or scene.default_backend
     config.precision = config.precision or scene.train.get("precision", "float32")
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
+    config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
-    if config.iters < 0:
-        raise ValueError(f"iters={config.iters} must be >= 0")
-    if config.checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
-    saved = None
-    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists()
-    if resume is not None:
-        saved = _load_checkpoint(Path(resume))
+    _check_settings(config)
+    check_batch_size(config.batch)
+    if config.health not in ("stop", "mask"):
+        raise ValueError(f"health={config.health!r} is unknown; allowed: stop, mask")
+    if saved is not None:
         _check_same_run(saved["config"], config, Path(resume))
+    with hold_lock(out, "training run"):
+        return _train_locked(config, out, scene, saved, resume, progress, force)
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out`` holds iterations of a run (a checkpoint before iteration 0 and an empty
+    log, left by a run that failed in its first iteration, lose nothing when replaced)."""
+    log = out / "metrics.jsonl"
+    if log.exists():
+        return log.stat().st_size > 0
+    return (out / "checkpoint.pt").exists()
+
+
+def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | None,
+                  resume: str | Path | None, progress: bool, force: bool) -> TrainResult:
+    holds_run = _holds_run(out)
+    if resume is not None:
         if holds_run and Path(resume).resolve().parent != out.resolve():
             raise FileExistsError(
                 f"{out} already holds another training run; resume into the checkpoint's own "
@@ -205,7 +337,9 @@ def train(
         )
     backend: Backend = resolve_backend(config.backend, config.device, config.precision)
     config.device = backend.device
-    sim = make_simulator(scene, backend)
+    sim = make_simulator(scene, backend, batch_size=config.batch)
+    check_rollout_size(sim, scene.steps, backward=True,
+                       rollout_checkpoint=config.rollout_checkpoint, force=force)
     torch.manual_seed(config.seed)
     if scene.design is not None:
         # An inverse problem: the optimized module is the scene's design, not a controller.
@@ -228,7 +362,6 @@ def train(
         start = int(saved["iteration"])
         metrics = list(saved["metrics"])
         best = saved["best"]
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "config.json", "w") as f:
         json.dump(asdict(config), f, indent=2)
     # The log is rewritten from the checkpoint's metrics: lines of iterations after it are gone.
@@ -237,7 +370,7 @@ def train(
         log.writelines(json.dumps(row) + "\n" for row in metrics)
 
     def save_checkpoint(iteration: int) -> None:
-        _atomic_save(
+        save_data(
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": asdict(config),
@@ -251,22 +384,28 @@ def train(
             out / "checkpoint.pt",
         )
 
+    if saved is None:
+        save_checkpoint(0)  # a run that fails in its first iteration can still be resumed
     threads = threads_for(sim.initial_state())
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
+    flat = 0  # consecutive iterations with a gradient of exactly zero
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
             first: dict[str, Any] = {}
 
-            def closure(first: dict[str, Any] = first) -> torch.Tensor:
+            def closure(first: dict[str, Any] = first, iteration: int = iteration) -> torch.Tensor:
                 # Optimizers that evaluate several times per step (L-BFGS) call this again;
                 # the row logged is the first evaluation, at the parameters before the step.
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
                 else:
-                    result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                    state, params = initial_worlds(
+                        scene, sim, seed=config.seed * 1_000_003 + iteration)
+                    result = rollout(sim, state, controller, scene.steps, params=params,
+                                     health=config.health,
                                      checkpoint_every=config.rollout_checkpoint)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
@@ -290,7 +429,16 @@ def train(
                 **scene.metrics(result),
                 **extra,
             }
+            if config.health == "mask":
+                row["failed_worlds"] = len(result.failures)
             metrics.append(row)
+            flat = flat + 1 if row["grad_norm"] == 0 else 0
+            if flat == SATURATED_ITERATIONS:
+                tqdm.write(
+                    f"simdiff train: warning: the gradient has been exactly 0 for {flat} "
+                    f"iterations (since iteration {iteration + 1 - flat}): the controller is "
+                    f"probably saturated and will not learn; try a smaller --lr (now "
+                    f"{config.lr:g})", file=sys.stderr)
             if row["loss"] < best["loss"]:
                 best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
             log.write(json.dumps(row) + "\n")
@@ -298,9 +446,7 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.4g}")
             if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iters:
                 save_checkpoint(iteration + 1)
-    if start == config.iters and saved is None:
-        save_checkpoint(0)
-    torch.save(controller.state_dict(), out / "controller.pt")
+    save_data(controller.state_dict(), out / "controller.pt")
     if best["state"] is not None:
-        torch.save(best["state"], out / "best_controller.pt")
+        save_data(best["state"], out / "best_controller.pt")
     return TrainResult(out, config, scene, sim, controller, metrics, best["state"])

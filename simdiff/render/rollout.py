@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from simdiff.rollout import Rollout
 from simdiff.scene import Scene
@@ -12,39 +14,42 @@ from simdiff.scene import Scene
 __all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]
 
 
-def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray) -> list[np.ndarray]:
+def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray,
+               world: int = 0) -> list[np.ndarray]:
     """Per element (spring or particle) and recorded step, the signal of its actuator (NaN
-    where it has none, or where no action was recorded); ``actuator`` is -1 for none."""
+    where it has none, or where no action was recorded); ``actuator`` is -1 for none. Batched
+    actions ``[B, action_dim]`` give world ``world``'s."""
     driven = actuator >= 0
     frames = []
     for t in steps:
         values = np.full(actuator.shape, np.nan)
         action = rollout.actions.get(t)
         if action is not None and driven.any():
-            values[driven] = action.cpu().numpy()[actuator[driven]]
+            action = action.cpu().numpy()
+            values[driven] = (action[world] if action.ndim == 2 else action)[actuator[driven]]
         frames.append(values)
     return frames
 
 
-def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mass_spring_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
     from simdiff.render.mass_spring import render_mass_spring
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy())
+    positions = np.stack([rollout.frames[t].particle_x.cpu().numpy() for t in steps])
+    actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy(), world)
     ground = model.ground.height if model.ground is not None else None
     return render_mass_spring(positions, model.spring_indices.cpu().numpy(), actuation=actuation,
-                              ground_height=ground, follow=True, title=scene.name)
+                              ground_height=ground, follow=True, title=scene.name, world=world)
 
 
 def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     from simdiff.render.nbody import render_nbody
 
-    steps = sorted(rollout.frames)
-    positions = np.stack([rollout.frames[t].body_x.cpu().numpy() for t in steps])
-    times = [float(rollout.frames[t].time) for t in steps]
-    masses = scene.model.body_mass.detach().cpu().numpy()
+    steps = sorted(rollout.frames)  # one world: fields [1, ...]
+    positions = np.stack([rollout.frames[t].body_x[0].cpu().numpy() for t in steps])
+    times = [float(rollout.frames[t].time[0]) for t in steps]
+    masses = scene.model.body_mass.detach().cpu().numpy().reshape(-1, positions.shape[1])[0]
     return render_nbody(positions, masses, title=scene.name,
                         subtitles=[f"t = {t:.3f}" for t in times])
 
@@ -55,16 +60,17 @@ def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     return fluid_frames(scene, rollout)
 
 
-def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
+    """Frames of world ``world`` of a batched MPM rollout."""
     from simdiff.render.mpm import render_mpm
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy())
+    positions = [rollout.frames[t].particle_x[world].cpu().numpy() for t in steps]
+    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy(), world)
     tool = None
     if model.tool is not None:
-        centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
+        centers = np.stack([rollout.frames[t].tool_x[world].cpu().numpy() for t in steps])
         tool = (int(model.tool.shape), model.tool.size, centers)
     return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
                       actuation=actuation, ground_height=model.ground_height
@@ -76,11 +82,33 @@ _PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames, "fluid"
              "mpm": _mpm_frames}
 
 
+MAX_TILED_WORLDS = 16
+
+
+def tile(images: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
+    """Images of equal size side by side in a near-square grid, white gaps between them."""
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w, c = images[0].shape
+    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c), 255, np.uint8)
+    for k, image in enumerate(images):
+        r, q = divmod(k, cols)
+        out[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = image
+    return out
+
+
 def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
-    """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``."""
+    """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``; the first
+    :data:`MAX_TILED_WORLDS` worlds of a batch are tiled into one image per frame."""
     if not rollout.frames:
         raise ValueError("the rollout recorded no frames; roll out with record_every > 0")
-    return _PAINTERS[scene.simulator](scene, rollout)
+    painter = _PAINTERS[scene.simulator]
+    if rollout.batch_size == 1:
+        return painter(scene, rollout)
+    worlds = [painter(scene, rollout.world(b))
+              for b in range(min(rollout.batch_size, MAX_TILED_WORLDS))]
+    return [tile([frames[k] for frames in worlds]) for k in range(len(worlds[0]))]
 
 
 def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps: int = 30) -> Path:
@@ -96,10 +124,12 @@ def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:
 
     sim = rollout.simulator
     steps = sorted(rollout.frames)
-    e0 = sim.initial_energy
-    times = [float(rollout.frames[t].time) for t in steps]
-    errors = [max(abs(float(sim.energy(rollout.frames[t])) / e0 - 1), 1e-17) for t in steps]
-    path = plot_series(times, {scene.name: errors}, stem.with_name(stem.name + "_energy.png"),
+    times = [float(rollout.frames[t].time[0]) for t in steps]
+    errors = torch.stack([sim.energy_error(rollout.frames[t]) for t in steps]).clamp_min(1e-17)
+    worlds = min(rollout.batch_size, MAX_TILED_WORLDS)
+    series = {scene.name if worlds == 1 else f"world {b}": errors[:, b].tolist()
+              for b in range(worlds)}
+    path = plot_series(times, series, stem.with_name(stem.name + "_energy.png"),
                        xlabel="time", ylabel="|relative energy error|", logy=True,
                        title=f"{scene.name}: energy error")
     return [path]
