@@ -6,7 +6,8 @@ rollout of the crawler (sinusoidal muscle signals, a phase per world) with B wor
 simulator, forward only (under ``torch.no_grad``) and forward + backward (the locomotion loss,
 averaged over the worlds, differentiated in the actions); then the same B worlds as B
 single-world rollouts one after the other. Each figure is the best of ``repeats`` runs after a
-warm-up (kernels compiled or loaded from the cache). Rows hold ``world_steps_per_s`` (worlds
+warm-up (kernels compiled or loaded from the cache), with torch's intra-op threads chosen as
+training chooses them (``simdiff.threads.threads_for``). Rows hold ``world_steps_per_s`` (worlds
 times control steps per second), ``speedup_vs_b1`` (against B = 1 of the same backend and
 mode), ``vs_loop`` (against the loop of the same run) and ``peak_rss_mb`` (of the batched runs
 alone, before the loop runs).
@@ -46,6 +47,7 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int,
     from simdiff.rollout import rollout
     from simdiff.scene import load_scene
     from simdiff.sims.mpm import MPM
+    from simdiff.threads import intra_op_threads, threads_for
 
     scene = load_scene(SCENE, **_options(quick, steps))
     backend = resolve_backend(backend_name, precision="float32")
@@ -58,10 +60,12 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int,
 
     def run(sim, acts, grad: bool) -> float:
         leaf = acts.clone().requires_grad_(grad)
+        state = sim.initial_state()
         started = time.perf_counter()
-        with torch.set_grad_enabled(grad):
-            result = rollout(sim, sim.initial_state(), lambda k, s: leaf[k], steps,
-                             check_every=10)
+        # Torch's intra-op threads as training picks them (simdiff.threads): one for these
+        # sizes, where a threaded copy of a grid waited milliseconds on shared cores.
+        with torch.set_grad_enabled(grad), intra_op_threads(threads_for(state)):
+            result = rollout(sim, state, lambda k, s: leaf[k], steps, check_every=10)
             loss = scene.loss(result)
             if grad:
                 loss.backward()
