@@ -116,6 +116,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         clip=args.clip,
+        grad_normalize=args.grad_normalize,
+        backprop_window=args.backprop_window,
         seed=args.seed,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
@@ -198,9 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations (default: the scene's)")
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
     p.add_argument("--resume", help="checkpoint.pt to continue from")
-    p.add_argument("--optimizer", default="adam", help="torch.optim optimizer name")
+    p.add_argument("--optimizer", default="adam",
+                   help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
+                        "(lion, ademamix, grams, adamp, cautious-lion, ...)")
     p.add_argument("--lr", type=float, help="learning rate (default: the scene's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    p.add_argument("--grad-normalize", action="store_true",
+                   help="rescale every gradient to norm --clip (not only larger ones)")
+    p.add_argument("--backprop-window", type=int, default=None, metavar="W",
+                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")

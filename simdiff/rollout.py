@@ -98,6 +98,7 @@ def rollout(
     check_every: int = 1,
     step_options: dict[str, Any] | None = None,
     capture: bool | None = None,
+    truncate_every: int | None = None,
 ) -> Rollout:
     """Advance ``state`` by ``steps`` steps, asking ``controller(step, state)`` for each action.
 
@@ -121,6 +122,10 @@ def rollout(
             (it has ``actions(steps)``, the whole action sequence as one tensor). ``True``
             refuses to run otherwise. States are checked for blow-up at segment ends (a NaN
             persists, so the first bad step is then found in the segment's trajectory).
+        truncate_every: If given, detach the state every this many steps (truncated
+            backpropagation through time): gradients of a quantity measured at step t flow
+            back only to the last multiple of ``truncate_every`` before t (the controller's and
+            model's parameters still receive every window's gradient). Not captured.
 
     Raises:
         SimulationError: naming the step and quantity if the state stops being finite or
@@ -130,6 +135,8 @@ def rollout(
         raise ValueError(f"steps={steps} must be at least 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
+    if truncate_every is not None and truncate_every < 1:
+        raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     result = Rollout(initial=state, final=state, steps=steps, simulator=sim)
 
     def record(t: int, s: State, action: torch.Tensor | None) -> None:
@@ -140,7 +147,7 @@ def rollout(
 
     shared = {**sim.rollout_inputs(), **(step_options or {})}
     spec = None
-    if capture is not False:
+    if capture is not False and truncate_every is None:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop else None
         if spec is not None and set(shared) != set(spec.shared):
@@ -156,6 +163,8 @@ def rollout(
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
+            if truncate_every is not None and t > 0 and t % truncate_every == 0:
+                s = s.detach()
             action = controller(t, s) if controller is not None else None
             record(t, s, action)
             s = sim.step(s, action, **shared)

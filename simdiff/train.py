@@ -11,10 +11,20 @@ iteration, so a resumed run's log equals an uninterrupted one.
 Long contact-rich rollouts have exploding, noisy gradients (the loss landscape of a walking gait
 is rough), so losses do not fall monotonically: the run also keeps the controller of its best
 iteration (``best_controller.pt``), which is what ``simdiff train`` renders.
+
+Gradient health: every iteration logs the gradient's norm before clipping (``grad_norm``, null
+when it is not finite) and ``grad_finite``. An iteration whose loss or gradient is not finite is
+skipped: the optimizer does not step (its moments are untouched) and the iteration is never
+chosen as best. Against the growth of gradients through contact over long horizons,
+``backprop_window=W`` truncates backpropagation to windows of W steps (the state is detached
+every W steps; losses measured per window, such as the locomotion losses, keep their gradient
+within their window), and ``grad_normalize`` rescales every gradient to norm ``clip``
+(DiffTaichi's normalized steps) instead of only clipping larger ones.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -51,9 +61,12 @@ class TrainConfig:
         backend: ``taichi`` or ``warp``; None takes the scene's default.
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
-        optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
+        optimizer: Optimizer name (case-insensitive), see :func:`make_optimizer`.
         lr: Learning rate; None takes the scene's default.
         clip: Maximum gradient norm (0 disables clipping).
+        grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
+        backprop_window: Truncate backpropagation to windows of this many steps (None: the
+            whole horizon).
         seed: Seed of the controller's initial weights.
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
@@ -70,6 +83,8 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None
     clip: float = 1.0
+    grad_normalize: bool = False
+    backprop_window: int | None = None
     seed: int = 0
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
@@ -98,17 +113,88 @@ class TrainResult:
         return self.controller
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """A ``torch.optim`` optimizer by case-insensitive name."""
+def _optimizer_classes() -> dict[str, type]:
+    """Optimizer classes by lower-case name: ``torch.optim``'s, then those of the
+    ``pytorch-optimizer`` package (Lion, AdEMAMix, Grams, AdamP, ...) not already named."""
     classes = {
         k.lower(): v
         for k, v in vars(torch.optim).items()
-        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+        and v is not torch.optim.Optimizer
     }
-    cls = classes.get(name.lower())
+    try:
+        import pytorch_optimizer
+    except ImportError:  # an optional extra at run time; a dependency in pyproject.toml
+        return classes
+    for name in pytorch_optimizer.get_supported_optimizers():
+        if name.lower() not in classes:
+            try:
+                classes[name.lower()] = pytorch_optimizer.load_optimizer(name)
+            except (ImportError, NotImplementedError):  # needs CUDA or another package
+                continue
+    return classes
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """An optimizer by case-insensitive name, from ``torch.optim`` (adam, sgd, lbfgs, ...) or
+    the ``pytorch-optimizer`` package (lion, ademamix, grams, adamp, ...). ``cautious-NAME``
+    turns on the cautious masking (Liang et al. 2024) of optimizers that offer it
+    (``cautious-lion``, ``cautious-ademamix``, ...).
+
+    Raises:
+        ValueError: an unknown name (listing the allowed ones) or a cautious variant of an
+            optimizer without one.
+    """
+    classes = _optimizer_classes()
+    key = name.lower()
+    cautious = key.startswith("cautious-")
+    base = key.removeprefix("cautious-")
+    cls = classes.get(base)
     if cls is None:
-        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))}")
-    return cls(params, lr=lr)
+        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))} "
+                         f"(and cautious-NAME where NAME offers it)")
+    if not cautious:
+        return cls(params, lr=lr)
+    if not _offers_cautious(cls):
+        offering = sorted(k for k, c in classes.items() if _offers_cautious(c))
+        raise ValueError(f"optimizer={name!r}: {base} has no cautious variant; "
+                         f"cautious-NAME is allowed for: {', '.join(offering)}")
+    return cls(params, lr=lr, cautious=True)
+
+
+def _offers_cautious(cls: type) -> bool:
+    """Whether the optimizer reads a ``cautious`` option (``pytorch-optimizer`` passes it
+    through ``**kwargs`` into the parameter groups, so the signature alone does not say)."""
+    if "cautious" in inspect.signature(cls.__init__).parameters:
+        return True
+    try:
+        return "'cautious'" in inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``step`` must re-evaluate the loss (line-search methods such as L-BFGS)."""
+    return isinstance(optimizer, torch.optim.LBFGS)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """Euclidean norm of all gradients together (inf or nan when one is not finite)."""
+    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.cat(grads)))
+
+
+def _condition_gradient(params: list[torch.Tensor], norm: float, config: TrainConfig) -> None:
+    """Clip the (finite) gradient to norm ``clip``, or rescale it to that norm."""
+    if config.clip <= 0 or norm == 0.0:
+        return
+    if config.grad_normalize or norm > config.clip:
+        scale = config.clip / norm
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -182,6 +268,8 @@ def train(
         raise ValueError(f"iters={config.iters} must be >= 0")
     if config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
+    if config.backprop_window is not None and config.backprop_window < 1:
+        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
     saved = None
     holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists()
     if resume is not None:
@@ -247,43 +335,50 @@ def train(
 
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
+    params = [p for p in controller.parameters() if p.requires_grad]
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
-            first: dict[str, Any] = {}
 
-            def closure(first: dict[str, Any] = first) -> torch.Tensor:
-                # Optimizers that evaluate several times per step (L-BFGS) call this again;
-                # the row logged is the first evaluation, at the parameters before the step.
+            def evaluate() -> tuple[torch.Tensor, Any, dict, float]:
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
                 else:
                     result = rollout(sim, sim.initial_state(), controller, scene.steps,
-                                     checkpoint_every=config.rollout_checkpoint)
+                                     checkpoint_every=config.rollout_checkpoint,
+                                     truncate_every=config.backprop_window)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    controller.parameters(), config.clip if config.clip > 0 else math.inf
-                )
-                if not first:
-                    first.update(loss=loss, result=result, extra=extra, grad_norm=grad_norm)
-                return loss
+                return loss, result, extra, _grad_norm(params)
 
-            optimizer.step(closure)
-            loss, result, extra, grad_norm = (first[k] for k in ("loss", "result", "extra",
-                                                                  "grad_norm"))
+            # The row logged is this first evaluation, at the parameters before the step.
+            loss, result, extra, grad_norm = evaluate()
+            healthy = math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach()))
+            if healthy:
+                _condition_gradient(params, grad_norm, config)
+                if _needs_closure(optimizer):
+                    def closure() -> torch.Tensor:
+                        again, *_, norm = evaluate()
+                        _condition_gradient(params, norm, config)
+                        return again
+
+                    optimizer.step(closure)
+                else:
+                    optimizer.step()
+            optimizer.zero_grad()
             row = {
                 "iteration": iteration,
                 "loss": float(loss.detach()),
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                "grad_finite": healthy,
                 "seconds": time.perf_counter() - started,
                 **scene.metrics(result),
                 **extra,
             }
             metrics.append(row)
-            if row["loss"] < best["loss"]:
+            if healthy and row["loss"] < best["loss"]:
                 best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
             log.write(json.dumps(row) + "\n")
             log.flush()
