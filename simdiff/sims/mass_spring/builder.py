@@ -88,7 +88,6 @@ def robot_from_ascii(
     layers = range(depth) if dim == 3 else range(1)
     corner_index: dict[tuple[int, ...], int] = {}
     springs: dict[tuple[int, int], int] = {}  # (a, b) -> actuator or -1
-    cell_corners: list[list[int]] = []
 
     def corner(key: tuple[int, ...]) -> int:
         return corner_index.setdefault(key, len(corner_index))
@@ -97,8 +96,6 @@ def robot_from_ascii(
         offsets = list(itertools.product((0, 1), repeat=dim))
         keys = [(cx + o[0], cy + o[1], *((cz + o[2],) if dim == 3 else ())) for o in offsets]
         ids = [corner(k) for k in keys]
-        # 2D corners counter-clockwise (for the shoelace area); 3D in offset order.
-        cell_corners.append([ids[i] for i in (0, 2, 3, 1)] if dim == 2 else ids)
         act = int(ch) if ch.isdigit() else -1
         for (ia, oa), (ib, ob) in itertools.combinations(zip(ids, offsets), 2):
             pair = (min(ia, ib), max(ia, ib))
@@ -133,5 +130,4 @@ def robot_from_ascii(
         gravity=gravity,
         ground=Ground(0.0, friction),
         drag=drag,
-        cell_indices=torch.tensor(cell_corners, dtype=torch.long),
     )

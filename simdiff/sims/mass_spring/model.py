@@ -81,10 +81,6 @@ class Model:
     """The ground, or None for free flight."""
     drag: float = 0.0
     """Velocity damping rate [1/s]; velocities decay as exp(-drag dt) each step."""
-    cell_indices: torch.Tensor | None = None
-    """Corner particles of each cell (for validity measures such as inverted cells), int64,
-    shape [cell_count, 4] in 2D (counter-clockwise) or [cell_count, 8] in 3D (corner
-    ``4 ox + 2 oy + oz`` for offsets ``o`` in {0, 1}^3); None when the model has no cells."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,17 +133,6 @@ class Model:
         if m and bool((idx[:, 0] == idx[:, 1]).any()):
             s = int(torch.nonzero(idx[:, 0] == idx[:, 1])[0])
             raise ValidationError(f"spring {s} joins particle {int(idx[s, 0])} to itself")
-        cells = self.cell_indices
-        if cells is not None:
-            corners = 4 if x.shape[1] == 2 else 8
-            if cells.ndim != 2 or cells.shape[1] != corners:
-                raise ValidationError(
-                    f"cell_indices has shape {tuple(cells.shape)}; expected [cell_count, {corners}]"
-                )
-            if cells.numel() and (int(cells.min()) < 0 or int(cells.max()) >= n):
-                raise ValidationError(
-                    f"cell_indices must lie in [0, {n - 1}]; found {int(cells.min())}..{int(cells.max())}"
-                )
         act = self.spring_actuator
         if m and int(act.min()) < -1:
             raise ValidationError(f"spring_actuator must be -1 (passive) or >= 0; found {int(act.min())}")
