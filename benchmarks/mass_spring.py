@@ -53,14 +53,14 @@ def measure(config: str, controller_name: str, *, iters: int, steps: int,
         model = scene.model
 
         def run_rollout():
-            params = sim.spring_params()
+            params = sim.params()
             state = sim.initial_state()
             x0 = state.particle_x
             x, v = state.particle_x, state.particle_v
             for t in range(steps):
                 action = controller(t, State(x, v))
                 x, v = torch_step(model, x, v, action, params)
-            return -(x[:, 0].mean() - x0[:, 0].mean())
+            return -(x[..., 0].mean(1) - x0[..., 0].mean(1)).mean()
     else:
 
         def run_rollout():

@@ -42,8 +42,9 @@ class MLPController(nn.Module):
 
     def forward(self, step: int, state) -> torch.Tensor:
         clocks = torch.sin(self.omega * step * self.dt + self.phases)
-        obs = self.observe(state).to(clocks.dtype) * self.obs_scale
-        return torch.tanh(self.out(torch.tanh(self.hidden(torch.cat([clocks, obs])))))
+        obs = self.observe(state).to(clocks.dtype) * self.obs_scale  # [B, observation_dim]
+        clocks = clocks.expand(obs.shape[0], -1)  # the same clock in every world
+        return torch.tanh(self.out(torch.tanh(self.hidden(torch.cat([clocks, obs], 1)))))
 
 
 def controller(sim, scene, **options) -> nn.Module:

@@ -30,12 +30,16 @@ class SinusoidController(nn.Module):
         self.bias = nn.Parameter(torch.zeros(action_dim))
 
     def forward(self, step: int, state=None) -> torch.Tensor:
+        """The action of ``step``: ``[B, action_dim]`` (the same in every world of ``state``),
+        or ``[action_dim]`` without a state."""
         clocks = torch.sin(self.omega * step * self.dt + self.phases)
-        return torch.tanh(self.weight @ clocks + self.bias)
+        action = torch.tanh(self.weight @ clocks + self.bias)
+        return action if state is None else action.expand(state.batch_size, -1)
 
     def actions(self, steps: int) -> torch.Tensor:
-        """The actions of steps ``0 .. steps - 1`` at once, ``[steps, action_dim]``: being
-        open-loop, the whole sequence is known before the rollout (so it can be captured)."""
+        """The actions of steps ``0 .. steps - 1`` at once, ``[steps, action_dim]`` (the same
+        for every world): being open-loop, the whole sequence is known before the rollout (so
+        it can be captured)."""
         t = torch.arange(steps, dtype=self.weight.dtype, device=self.weight.device)[:, None]
         clocks = torch.sin(self.omega * t * self.dt + self.phases)
         return torch.tanh(clocks @ self.weight.T + self.bias)

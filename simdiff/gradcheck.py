@@ -114,7 +114,8 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
     if sim.action_dim:
         t = torch.arange(steps, dtype=dtype)[:, None]
         phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
-        base["actions"] = (0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)).to(dev)
+        actions = 0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)
+        base["actions"] = actions[:, None].repeat(1, sim.batch_size, 1).to(dev)  # [T, B, A]
     # Drawn on the CPU generator, then moved: identical on every backend and device.
     directions = {n: torch.randn(t.shape, generator=gen, dtype=dtype).to(dev)
                   for n, t in base.items()}

@@ -15,8 +15,7 @@ from simdiff.backend import resolve_backend
 from simdiff.gradcheck import check_gradients
 from simdiff.rollout import rollout
 from simdiff.scene import Scene
-from simdiff.sims.mass_spring import MassSpring
-from simdiff.sims.mass_spring.simulator import State
+from simdiff.sims.mass_spring import MassSpring, Params, State
 from simdiff.sims.mass_spring.tasks import locomotion_loss
 from simdiff.sims.mass_spring.torch_reference import torch_step
 
@@ -36,41 +35,46 @@ def test_gradients_match_finite_differences(backend64, friction):
 
 
 def test_step_matches_torch_reference(backend64):
-    """One step from a state where particles hit the ground, against torch autograd."""
+    """One step of two worlds from states where particles hit the ground, against torch
+    autograd (per-world spring parameters and inverse masses)."""
     torch.manual_seed(0)
     model = tiny_robot(friction=0.7)
-    sim = MassSpring(model, backend64)
-    x = sim.initial_state().particle_x + 0.002 * torch.rand(9, 2, dtype=torch.float64)
-    x[:, 1] -= float(x[:, 1].min()) - 1e-4  # the lowest particles just above the ground
+    sim = MassSpring(model, backend64, batch_size=2)
+    x = sim.initial_state().particle_x + 0.002 * torch.rand(2, 9, 2, dtype=torch.float64)
+    x[..., 1] -= x[..., 1].min(1, keepdim=True).values - 1e-4  # lowest particles near ground
     x = x.requires_grad_()
-    v = (torch.randn(9, 2, dtype=torch.float64) - torch.tensor([0.0, 1.0])).requires_grad_()
-    action = torch.tensor([0.4, -0.7], dtype=torch.float64, requires_grad=True)
-    params = sim.spring_params().detach().requires_grad_()
-    wx, wv = torch.randn(9, 2, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    v = (torch.randn(2, 9, 2, dtype=torch.float64) - torch.tensor([0.0, 1.0])).requires_grad_()
+    action = torch.tensor([[0.4, -0.7], [-0.2, 0.9]], dtype=torch.float64, requires_grad=True)
+    shared = sim.params()
+    springs = (shared.spring_params.detach() * (1 + 0.1 * torch.rand(2, 20, 4, dtype=torch.float64))
+               ).requires_grad_()
+    inv_mass = shared.particle_inv_mass.detach().clone().requires_grad_()  # shared
+    params = Params(springs, inv_mass)
+    wx, wv = torch.randn(2, 9, 2, dtype=torch.float64), torch.randn(2, 9, 2, dtype=torch.float64)
 
-    out = sim.step(State(x, v), action, spring_params=params)
+    out = sim.step(State(x, v), action, params)
     ref_x, ref_v = torch_step(model, x, v, action, params)
     assert torch.allclose(out.particle_x, ref_x, atol=1e-13)
     assert torch.allclose(out.particle_v, ref_v, atol=1e-12)
-    hits = (ref_x[:, 1] <= 1e-12) & (x[:, 1] > 0)
-    assert hits.any(), "the test state must exercise ground contact"
-    inputs = [x, v, action, params]
+    hits = (ref_x[..., 1] <= 1e-12) & (x[..., 1] > 0)
+    assert hits.any(1).all(), "the test state must exercise ground contact in every world"
+    inputs = [x, v, action, springs, inv_mass]
     grads = torch.autograd.grad((out.particle_x * wx).sum() + (out.particle_v * wv).sum(), inputs)
     ref = torch.autograd.grad((ref_x * wx).sum() + (ref_v * wv).sum(), inputs)
-    for name, g, r in zip(["x", "v", "action", "spring_params"], grads, ref):
+    for name, g, r in zip(["x", "v", "action", "spring_params", "inv_mass"], grads, ref):
         assert torch.allclose(g, r, rtol=1e-9, atol=1e-10), name
 
 
 def _rollout_grads(backend, model, steps, checkpoint_every=None):
     sim = MassSpring(model, backend)
-    actions = sine_actions(steps, sim.action_dim).requires_grad_()
+    actions = sine_actions(steps, sim.action_dim)[:, None].requires_grad_()  # [T, 1, A]
     model.spring_stiffness.requires_grad_(True)
     model.spring_rest_length.requires_grad_(True)
     state = sim.initial_state()
     x0 = state.particle_x.clone().requires_grad_()
     result = rollout(sim, State(x0, state.particle_v), lambda t, s: actions[t], steps,
                      checkpoint_every=checkpoint_every)
-    loss = result.final.particle_x.square().sum() + result.final.particle_v[:, 0].sum()
+    loss = result.final.particle_x.square().sum() + result.final.particle_v[..., 0].sum()
     inputs = [actions, model.spring_stiffness, model.spring_rest_length, x0]
     grads = torch.autograd.grad(loss, inputs)
     return result.final, grads
@@ -104,7 +108,7 @@ def test_checkpointing_bounds_what_backward_keeps():
 
     def saved_bytes(steps, checkpoint_every):
         sim = MassSpring(tiny_robot(), backend)
-        actions = sine_actions(steps, sim.action_dim).requires_grad_()
+        actions = sine_actions(steps, sim.action_dim)[:, None].requires_grad_()
         total = 0
 
         def pack(t):

@@ -8,8 +8,7 @@ from conftest import sine_actions, tiny_robot
 
 from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError
-from simdiff.sims.mass_spring import Ground, MassSpring, Model
-from simdiff.sims.mass_spring.simulator import State
+from simdiff.sims.mass_spring import Ground, MassSpring, Model, State
 
 
 def _free(model: Model, **changes) -> Model:
@@ -30,11 +29,11 @@ def test_energy_is_conserved_without_damping_ground_or_gravity(backend64):
                   spring_damping=torch.zeros_like(base.spring_damping))
     sim = MassSpring(model, backend64)
     state = sim.initial_state()
-    e0 = float(sim.energy(state))
+    e0 = float(sim.energy(state)[0])
     energies = []
     for _ in range(10):
         state = rollout(sim, state, None, 300).final
-        energies.append(float(sim.energy(state)))
+        energies.append(float(sim.energy(state)[0]))
     drift = max(abs(e - e0) for e in energies) / e0
     assert drift < 5e-3
     assert e0 > 0.01  # springs start stretched and particles moving: the test is not trivial
@@ -48,11 +47,11 @@ def test_momentum_is_conserved_without_gravity_and_ground(backend64):
     model = _free(base, particle_mass=mass, particle_v=torch.randn_like(base.particle_x),
                   gravity=0.0, ground=None, drag=0.0)
     sim = MassSpring(model, backend64)
-    actions = sine_actions(300, sim.action_dim)
+    actions = sine_actions(300, sim.action_dim)[:, None]
     state = sim.initial_state()
-    p0 = (mass[:, None] * state.particle_v).sum(0)
+    p0 = (mass[:, None] * state.particle_v[0]).sum(0)
     final = rollout(sim, state, lambda t, s: actions[t], 300).final
-    p1 = (mass[:, None] * final.particle_v).sum(0)
+    p1 = (mass[:, None] * final.particle_v[0]).sum(0)
     assert torch.allclose(p0, p1, atol=1e-11)
     assert (final.particle_v - state.particle_v).abs().max() > 0.1  # it did move
 
@@ -68,34 +67,35 @@ def test_sliding_block_stops_where_coulomb_friction_says(backend64):
     sim = MassSpring(model, backend64)
     final = rollout(sim, sim.initial_state(), None, 1000).final
     expected = v0**2 / (2 * mu * g)
-    assert float(final.particle_x[0, 0]) == pytest.approx(expected, rel=5e-3)
-    assert float(final.particle_x[0, 1]) == 0.0
-    assert float(final.particle_v[0, 0]) == 0.0
+    assert float(final.particle_x[0, 0, 0]) == pytest.approx(expected, rel=5e-3)
+    assert float(final.particle_x[0, 0, 1]) == 0.0
+    assert float(final.particle_v[0, 0, 0]) == 0.0
 
 
 def test_nothing_sinks_into_the_ground(backend64):
     model = tiny_robot(friction=0.8)
     sim = MassSpring(model, backend64)
-    actions = sine_actions(400, sim.action_dim)
+    actions = sine_actions(400, sim.action_dim)[:, None]
     result = rollout(sim, sim.initial_state(), lambda t, s: actions[t], 400, record_every=1)
-    lowest = min(float(s.particle_x[:, 1].min()) for s in result.recorded())
+    lowest = min(float(s.particle_x[..., 1].min()) for s in result.recorded())
     assert lowest >= -1e-12  # exactly on the ground up to round-off
     assert len(result.recorded()) == 401
 
 
-def test_blow_up_names_the_step_and_quantity(backend64):
+def test_blow_up_names_the_world_step_and_quantity(backend64):
     model = tiny_robot()
-    sim = MassSpring(model, backend64)
+    sim = MassSpring(model, backend64, batch_size=2)
     state = sim.initial_state()
     v = state.particle_v.clone()
-    v[5, 0] = math.nan
+    v[1, 5, 0] = math.nan
 
     def controller(t, s):
-        return torch.zeros(2, dtype=torch.float64)
+        return torch.zeros(2, 2, dtype=torch.float64)
 
-    with pytest.raises(SimulationError, match=r"step 1 of 10: particle_x of particle \d+ is .*NaN"):
+    with pytest.raises(SimulationError,
+                       match=r"world 1, step 1 of 10: particle_x of particle \d+ is .*NaN"):
         rollout(sim, State(state.particle_x, v), controller, 10)
     fast = state.particle_v.clone()
-    fast[2, 1] = 1e5
-    with pytest.raises(SimulationError, match=r"step 1 of 10: particle_v of particle 2"):
+    fast[0, 2, 1] = 1e5
+    with pytest.raises(SimulationError, match=r"world 0, step 1 of 10: particle_v of particle 2"):
         rollout(sim, State(state.particle_x, fast), None, 10)

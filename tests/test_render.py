@@ -270,3 +270,22 @@ def test_plot_loss_and_series_validate(tmp_path):
         [0, 1, 2], {"a": [1, 2, 3], "b": [3, 2, 1]}, tmp_path / "s.png", xlabel="x", ylabel="y"
     )
     assert imageio.imread(path).shape[:2] == (400, 640)
+
+
+def test_batched_frames_draw_the_chosen_world():
+    """Frames [T, B, n, dim] draw one world: world 1 (red, moved right) gives the frame its own
+    [T, n, dim] trajectory gives, and differs from world 0 (blue); a world out of range is
+    refused, naming it."""
+    left, springs = _square(0.1, 0.1, 0.2)
+    right, _ = _square(0.5, 0.1, 0.2)
+    positions = np.stack([left, right])[None]  # [T=1, B=2, 4, 2]
+    actuation = np.array([[[-1.0] * 6, [1.0] * 6]])  # [T=1, B=2, m]
+    kwargs = {"size": (120, 80), "bounds": (0.0, 1.0, 0.0, 0.5), "follow": False}
+    (world1,) = render_mass_spring(positions, springs, actuation=actuation, world=1, **kwargs)
+    (alone,) = render_mass_spring(right, springs, actuation=np.ones((1, 6)), **kwargs)
+    (world0,) = render_mass_spring(positions, springs, actuation=actuation, **kwargs)
+    assert np.array_equal(world1, alone)
+    assert _count(world1, EXTEND_RGB) > 0 and _count(world1, CONTRACT_RGB) == 0
+    assert _count(world0, CONTRACT_RGB) > 0 and _count(world0, EXTEND_RGB) == 0
+    with pytest.raises(ValueError, match="world=2: positions holds 2 worlds"):
+        render_mass_spring(positions, springs, world=2)

@@ -71,7 +71,7 @@ def test_truncated_backprop_cuts_gradients_at_window_starts():
     equal the untruncated gradients (the forward trajectory is the same)."""
     scene = load_scene("walker_small", steps=12)
     sim = make_simulator(scene, resolve_backend("warp", "cpu", "float64"))
-    actions = (0.5 * torch.randn(12, sim.action_dim, dtype=torch.float64)).requires_grad_(True)
+    actions = (0.5 * torch.randn(12, 1, sim.action_dim, dtype=torch.float64)).requires_grad_(True)
 
     def grad(truncate_every):
         result = rollout(sim, sim.initial_state(), lambda t, s: actions[t], 12,

@@ -106,7 +106,7 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
         state, drops = first.final, []
         for _ in range((steps - settle) // 20):
             state = rollout(sim, state, None, 20).final
-            drops.append(y0 - state.particle_x[payload, 1].mean())
+            drops.append(y0 - state.particle_x[0, payload, 1].mean())  # the one world
         return torch.stack(drops).mean(), first
 
     with torch.no_grad():

@@ -63,8 +63,9 @@ def render_mass_spring(
     bounds: tuple[float, float, float, float] | None = None,
     follow: bool = True,
     title: str | None = None,
+    world: int = 0,
 ) -> list[np.ndarray]:
-    """Render a mass-spring trajectory, one RGB frame per time step.
+    """Render a mass-spring trajectory, one RGB frame per time step (of one world).
 
     The dimension of the positions picks the view. In 2D the vertical extent and the scale are
     fixed from the first frame (or from all frames when ``follow`` is False) so sizes stay
@@ -74,10 +75,12 @@ def render_mass_spring(
 
     Args:
         positions: T frames of particle positions, shape [T, n, 2] or [T, n, 3] (y up), or a
-            list of T arrays [n, dim]. A single [n, dim] array is one frame.
+            list of T arrays [n, dim]. A single [n, dim] array is one frame. Batched frames
+            [T, B, n, dim] (a list of T arrays [B, n, dim]) draw world ``world``.
         springs: Particle index pairs of the springs, integer shape [m, 2].
-        actuation: Per frame the actuation of each spring, shape [T, m], roughly in [-1, 1];
-            NaN or 0 for passive springs. None draws every spring as passive.
+        actuation: Per frame the actuation of each spring, shape [T, m] (or [T, B, m] for
+            batched frames), roughly in [-1, 1]; NaN or 0 for passive springs. None draws
+            every spring as passive.
         ground_height: Height y of the ground; None draws no ground (and, in 3D, no shadow).
         size: Frame (width, height) in pixels, each >= 16.
         bounds: View (xmin, xmax, ymin, ymax) in world units, overriding the automatic view.
@@ -86,6 +89,7 @@ def render_mass_spring(
         follow: Whether the camera follows the particles along x (and z in 3D). When False the
             view covers the whole trajectory.
         title: Text drawn in the top-left corner of every frame, e.g. ``"step 120"``.
+        world: Which world of batched frames to draw (0 by default).
 
     Returns:
         T frames, each an [H, W, 3] ``uint8`` array.
@@ -94,10 +98,10 @@ def render_mass_spring(
         ValueError: If an argument has the wrong shape, holds non-finite positions or
             out-of-range spring indices, or ``size`` or ``bounds`` are degenerate.
     """
-    traj = _as_trajectory(positions)
+    traj = _as_trajectory(positions, world)
     num_frames, num_particles, dim = traj.shape
     springs = _as_springs(springs, num_particles)
-    act = _as_actuation(actuation, num_frames, len(springs))
+    act = _as_actuation(actuation, num_frames, len(springs), world)
     width, height = _as_size(size)
     if bounds is not None:
         xmin, xmax, ymin, ymax = (float(b) for b in bounds)
@@ -421,7 +425,15 @@ def _as_tuples(colors: np.ndarray) -> list[tuple[int, int, int]]:
     return [tuple(c) for c in colors.tolist()]
 
 
-def _as_trajectory(positions: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+def _pick_world(values: np.ndarray, world: int, name: str) -> np.ndarray:
+    """World ``world`` of batched frames ``[T, B, ...]``."""
+    if not (isinstance(world, int) and 0 <= world < values.shape[1]):
+        raise ValueError(f"world={world!r}: {name} holds {values.shape[1]} worlds "
+                         f"(shape {values.shape}); allowed 0..{values.shape[1] - 1}")
+    return values[:, world]
+
+
+def _as_trajectory(positions: Sequence[np.ndarray] | np.ndarray, world: int = 0) -> np.ndarray:
     try:
         traj = np.asarray(
             positions if isinstance(positions, np.ndarray) else np.stack(positions),
@@ -429,6 +441,8 @@ def _as_trajectory(positions: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         )
     except ValueError as err:
         raise ValueError(f"positions: frames must share one shape [n, dim] ({err})") from None
+    if traj.ndim == 4:  # [T, B, n, dim]: batched frames
+        traj = _pick_world(traj, world, "positions")
     if traj.ndim == 2:
         traj = traj[None]
     if traj.ndim != 3 or traj.shape[2] not in (2, 3) or traj.shape[0] == 0 or traj.shape[1] == 0:
@@ -454,7 +468,8 @@ def _as_springs(springs: np.ndarray, num_particles: int) -> np.ndarray:
 
 
 def _as_actuation(
-    actuation: Sequence[np.ndarray] | np.ndarray | None, num_frames: int, num_springs: int
+    actuation: Sequence[np.ndarray] | np.ndarray | None, num_frames: int, num_springs: int,
+    world: int = 0,
 ) -> np.ndarray | None:
     if actuation is None:
         return None
@@ -462,6 +477,8 @@ def _as_actuation(
         actuation if isinstance(actuation, np.ndarray) else np.stack(actuation),
         dtype=np.float64,
     )
+    if act.ndim == 3:  # [T, B, m]: batched frames
+        act = _pick_world(act, world, "actuation")
     if act.ndim == 1 and num_frames == 1:
         act = act[None]
     if act.shape != (num_frames, num_springs):

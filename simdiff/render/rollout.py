@@ -12,30 +12,33 @@ from simdiff.scene import Scene
 __all__ = ["render_rollout", "write_rollout_plots", "write_rollout_video"]
 
 
-def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray) -> list[np.ndarray]:
+def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray,
+               world: int = 0) -> list[np.ndarray]:
     """Per element (spring or particle) and recorded step, the signal of its actuator (NaN
-    where it has none, or where no action was recorded); ``actuator`` is -1 for none."""
+    where it has none, or where no action was recorded); ``actuator`` is -1 for none. Batched
+    actions ``[B, action_dim]`` give world ``world``'s."""
     driven = actuator >= 0
     frames = []
     for t in steps:
         values = np.full(actuator.shape, np.nan)
         action = rollout.actions.get(t)
         if action is not None and driven.any():
-            values[driven] = action.cpu().numpy()[actuator[driven]]
+            action = action.cpu().numpy()
+            values[driven] = (action[world] if action.ndim == 2 else action)[actuator[driven]]
         frames.append(values)
     return frames
 
 
-def _mass_spring_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mass_spring_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
     from simdiff.render.mass_spring import render_mass_spring
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy())
+    positions = np.stack([rollout.frames[t].particle_x.cpu().numpy() for t in steps])
+    actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy(), world)
     ground = model.ground.height if model.ground is not None else None
     return render_mass_spring(positions, model.spring_indices.cpu().numpy(), actuation=actuation,
-                              ground_height=ground, follow=True, title=scene.name)
+                              ground_height=ground, follow=True, title=scene.name, world=world)
 
 
 def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:

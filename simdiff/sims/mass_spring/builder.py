@@ -2,7 +2,8 @@
 
 Each non-blank character of the art is one square cell (a cube in 3D, extruded ``depth`` cells
 along z). Cells share corner particles; every pair of corners of a cell is joined by a spring
-(edges and diagonals), duplicates removed. Characters:
+(edges and diagonals), duplicates removed. The model keeps its cells (``Model.cells``, the
+corners of each square or cube) for counting inverted cells. Characters:
 
 * ``#``: a passive cell.
 * ``0``-``9``: an actuated cell; its vertical springs and diagonals follow actuator ``digit``
@@ -88,6 +89,7 @@ def robot_from_ascii(
     layers = range(depth) if dim == 3 else range(1)
     corner_index: dict[tuple[int, ...], int] = {}
     springs: dict[tuple[int, int], int] = {}  # (a, b) -> actuator or -1
+    cell_corners: list[list[int]] = []  # per cell, its corners in Model.cells order
 
     def corner(key: tuple[int, ...]) -> int:
         return corner_index.setdefault(key, len(corner_index))
@@ -96,6 +98,7 @@ def robot_from_ascii(
         offsets = list(itertools.product((0, 1), repeat=dim))
         keys = [(cx + o[0], cy + o[1], *((cz + o[2],) if dim == 3 else ())) for o in offsets]
         ids = [corner(k) for k in keys]
+        cell_corners.append(ids)
         act = int(ch) if ch.isdigit() else -1
         for (ia, oa), (ib, ob) in itertools.combinations(zip(ids, offsets), 2):
             pair = (min(ia, ib), max(ia, ib))
@@ -130,4 +133,5 @@ def robot_from_ascii(
         gravity=gravity,
         ground=Ground(0.0, friction),
         drag=drag,
+        cells=torch.tensor(cell_corners, dtype=torch.long),
     )

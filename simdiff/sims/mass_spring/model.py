@@ -30,7 +30,7 @@ import torch
 
 from simdiff.sims.base import ValidationError
 
-__all__ = ["Ground", "Model", "stable_time_step"]
+__all__ = ["Ground", "Model", "cell_measure", "stable_time_step"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,11 @@ class Model:
     """The ground, or None for free flight."""
     drag: float = 0.0
     """Velocity damping rate [1/s]; velocities decay as exp(-drag dt) each step."""
+    cells: torch.Tensor | None = None
+    """Particle indices of each cell's corners, int64, shape [cell_count, 2**dim], or None.
+    Corner ``k`` sits at offset ``((k >> (dim - 1 - a)) & 1)`` along axis ``a`` (the order of
+    ``itertools.product((0, 1), repeat=dim)``); read by :func:`cell_measure` to count inverted
+    cells. The ASCII builder fills it."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +149,15 @@ class Model:
                     f"spring_actuator must number actuators 0..{int(act.max())} without gaps; "
                     f"unused: {missing[:5]}"
                 )
+        if self.cells is not None:
+            corners = 2 ** x.shape[1]
+            c = self.cells.shape[0] if self.cells.ndim == 2 else -1
+            _expect_shape("cells", self.cells, (c, corners))
+            if c and (int(self.cells.min()) < 0 or int(self.cells.max()) >= n):
+                raise ValidationError(
+                    f"cells must hold particle indices in [0, {n - 1}]; found "
+                    f"{int(self.cells.min())}..{int(self.cells.max())}"
+                )
         amp = self.spring_actuation.detach()
         if m and bool((amp.abs() >= 1).any()):
             raise ValidationError("spring_actuation must lie in (-1, 1) so target lengths stay positive")
@@ -193,6 +207,30 @@ def stable_time_step(model: Model) -> float:
     scaled = lap * inv_sqrt_m[:, None] * inv_sqrt_m[None, :]
     omega_sq = float(np.linalg.eigvalsh(scaled)[-1])
     return 2.0 / math.sqrt(omega_sq)
+
+
+# Each cube as six tetrahedra around its main diagonal (corner 0 to corner 7), as corner numbers
+# of ``Model.cells``: every tetrahedron is positively oriented in an upright cube, and together
+# they tile it, so their signed volumes sum to the volume of the (triangulated) hexahedron.
+_CUBE_TETS = ((0, 4, 6, 7), (0, 6, 2, 7), (0, 2, 3, 7), (0, 3, 1, 7), (0, 1, 5, 7), (0, 5, 4, 7))
+
+
+def cell_measure(x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Signed area (2D) or volume (3D) of every cell, ``[B, cell_count]`` from positions
+    ``x`` ``[B, particle_count, dim]``: positive for a cell in its built orientation, zero or
+    negative for a collapsed or inverted one.
+
+    2D: the shoelace formula over the corners in counterclockwise order (0, 2, 3, 1 in
+    ``Model.cells`` numbering). 3D: the sum of six tetrahedra around the main diagonal.
+    """
+    corners = x[:, cells]  # [B, C, 2**dim, dim]
+    if x.shape[-1] == 2:
+        ring = corners[:, :, [0, 2, 3, 1]]
+        nxt = ring.roll(-1, dims=2)
+        return 0.5 * (ring[..., 0] * nxt[..., 1] - nxt[..., 0] * ring[..., 1]).sum(-1)
+    tets = corners[:, :, list(_CUBE_TETS)]  # [B, C, 6, 4, 3]
+    edges = tets[..., 1:, :] - tets[..., :1, :]
+    return torch.linalg.det(edges).sum(-1) / 6.0
 
 
 def _expect_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:

@@ -1,9 +1,10 @@
-"""Taichi kernel of the mass-spring step (see ``model.py`` for the physics).
+"""Taichi kernels of the mass-spring step (see ``model.py`` for the physics), for ``B`` worlds.
 
-Two kernels: ``spring_forces`` (springs scatter their forces into a zeroed force buffer with
-atomic adds) and ``integrate``. Unlike the Warp kernel's per-particle gather, no loop body
-carries a local across iterations: Taichi's autodiff stack gave wrong position gradients for the
-gather form (checked against the torch reference).
+Two kernels, each one parallel loop over every world: ``spring_forces`` over
+``ti.ndrange(B, spring_count)`` (springs scatter their forces into a zeroed force buffer with
+atomic adds) and ``integrate`` over ``ti.ndrange(B, particle_count)``. Unlike the Warp
+kernel's per-particle gather, no loop body carries a local across iterations: Taichi's autodiff
+stack gave wrong position gradients for the gather form (checked against the torch reference).
 """
 
 import functools
@@ -21,35 +22,36 @@ __all__ = ["build_step"]
 def _kernels(dim: int, double: bool):
     del double  # keys the cache: Taichi is re-initialized when the precision changes
     vec = ti.types.vector(dim, float)
-    arr_vec = ti.types.ndarray(dtype=vec, ndim=1)
-    arr = ti.types.ndarray(ndim=1)
+    arr_vec = ti.types.ndarray(dtype=vec, ndim=2)  # [B, n] of vectors
+    arr1 = ti.types.ndarray(ndim=1)
     arr2 = ti.types.ndarray(ndim=2)
+    arr3 = ti.types.ndarray(ndim=3)
 
     @ti.kernel
     def spring_forces(
         spring_indices: arr2,
-        spring_actuator: arr,
+        spring_actuator: arr1,
         x: arr_vec,
         v: arr_vec,
-        action: arr,
-        spring_params: arr2,
+        action: arr2,
+        spring_params: arr3,
         force: arr_vec,
     ):
-        for s in range(spring_indices.shape[0]):
+        for b, s in ti.ndrange(x.shape[0], spring_indices.shape[0]):
             a = spring_indices[s, 0]
-            b = spring_indices[s, 1]
-            d = x[b] - x[a]
+            c = spring_indices[s, 1]
+            d = x[b, c] - x[b, a]
             length = ti.sqrt(d.dot(d) + 1e-12)
             direction = d / length
-            target = spring_params[s, 1] * (1.0 + spring_params[s, 3] * action[spring_actuator[s]])
-            pull = spring_params[s, 0] * (length - target)
-            pull += spring_params[s, 2] * (v[b] - v[a]).dot(direction)
-            force[a] += pull * direction
-            force[b] -= pull * direction
+            target = spring_params[b, s, 1] * (
+                1.0 + spring_params[b, s, 3] * action[b, spring_actuator[s]])
+            pull = spring_params[b, s, 0] * (length - target)
+            pull += spring_params[b, s, 2] * (v[b, c] - v[b, a]).dot(direction)
+            force[b, a] += pull * direction
+            force[b, c] -= pull * direction
 
     @ti.kernel
     def integrate(
-        inv_mass: arr,
         up: vec,
         dt: float,
         gravity: float,
@@ -60,12 +62,13 @@ def _kernels(dim: int, double: bool):
         x: arr_vec,
         v: arr_vec,
         force: arr_vec,
+        inv_mass: arr2,
         x_out: arr_vec,
         v_out: arr_vec,
     ):
-        for i in range(x.shape[0]):
-            xi = x[i]
-            v_free = v[i] * drag_factor + dt * (force[i] * inv_mass[i] + gravity * up)
+        for b, i in ti.ndrange(x.shape[0], x.shape[1]):
+            xi = x[b, i]
+            v_free = v[b, i] * drag_factor + dt * (force[b, i] * inv_mass[b, i] + gravity * up)
             x_free = xi + dt * v_free
             vn = v_free.dot(up)
             hit = has_ground != 0 and x_free.dot(up) < ground_height and vn < 0.0
@@ -75,18 +78,20 @@ def _kernels(dim: int, double: bool):
             vt_len = ti.sqrt(vt.dot(vt) + 1e-12)
             v_hit = vt * ti.max(0.0, 1.0 + friction * vn / vt_len)
             x_hit = xi + toi * v_free + (dt - toi) * v_hit
-            x_out[i] = ti.select(hit, x_hit, x_free)
-            v_out[i] = ti.select(hit, v_hit, v_free)
+            x_out[b, i] = ti.select(hit, x_hit, x_free)
+            v_out[b, i] = ti.select(hit, v_hit, v_free)
 
     return spring_forces, integrate, vec
 
 
-def build_step(backend: Backend, dim: int, resident: dict, scalars: tuple) -> KernelStep:
-    """The step's launches; ``resident`` holds the model's index and mass tensors on the device."""
+def build_step(backend: Backend, dim: int, batch_size: int, resident: dict,
+               scalars: tuple) -> KernelStep:
+    """The step's launches for ``batch_size`` worlds; ``resident`` holds the model's index
+    tensors on the device (shared by every world)."""
     spring_forces, integrate, vec = _kernels(dim, backend.torch_dtype == torch.float64)
     up = vec([1.0 if k == 1 else 0.0 for k in range(dim)])
-    n = resident["inv_mass"].shape[0]
-    per_particle = OutputSpec((n, dim))
+    n = resident["particle_count"]
+    per_particle = OutputSpec((batch_size, n, dim))
     forces = KernelLaunch(
         backend, spring_forces, n,
         (resident["spring_indices"], resident["spring_actuator"]),
@@ -95,8 +100,9 @@ def build_step(backend: Backend, dim: int, resident: dict, scalars: tuple) -> Ke
     )
     advance = KernelLaunch(
         backend, integrate, n,
-        (resident["inv_mass"], up, *scalars),
-        (("x", None), ("v", None), ("force", None)),
+        (up, *scalars),
+        (("x", None), ("v", None), ("force", None), ("particle_inv_mass", None)),
         (("x_out", per_particle), ("v_out", per_particle)),
     )
-    return KernelStep(("x", "v", "action", "spring_params"), (forces, advance), ("x_out", "v_out"))
+    return KernelStep(("x", "v", "action", "spring_params", "particle_inv_mass"),
+                      (forces, advance), ("x_out", "v_out"))

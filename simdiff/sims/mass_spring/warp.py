@@ -1,10 +1,12 @@
-"""Warp kernel of the mass-spring step (see ``model.py`` for the physics).
+"""Warp kernels of the mass-spring step (see ``model.py`` for the physics), for ``B`` worlds.
 
-Two launches: ``spring_forces`` (one thread per particle gathers the forces of its incident
-springs from a CSR adjacency built once per model: no atomics in forward; the adjoint scatters
-spring-parameter gradients with atomic adds) and ``integrate``. They are separate kernels because
-Warp's adjoint does not replay the loop-carried force sum of a dynamic loop: any use of the sum
-later in the same kernel saw its initial value (checked against the torch reference).
+Two launches, each over ``dim=(B, particle_count)`` threads (``b, i = wp.tid()``: world,
+particle): ``spring_forces`` (one thread per particle gathers the forces of its incident
+springs from a CSR adjacency built once per model and shared by every world: no atomics in
+forward; the adjoint scatters spring-parameter gradients with atomic adds) and ``integrate``.
+They are separate kernels because Warp's adjoint does not replay the loop-carried force sum of
+a dynamic loop: any use of the sum later in the same kernel saw its initial value (checked
+against the torch reference).
 """
 
 import functools
@@ -28,32 +30,32 @@ def _kernels(dim: int, double: bool):
         adjacency_offsets: wp.array(dtype=wp.int32),
         adjacency: wp.array2d(dtype=wp.int32),
         spring_actuator: wp.array(dtype=wp.int32),
-        x: wp.array(dtype=vec),
-        v: wp.array(dtype=vec),
-        action: wp.array(dtype=scalar),
-        spring_params: wp.array2d(dtype=scalar),
-        force_out: wp.array(dtype=vec),
+        x: wp.array2d(dtype=vec),
+        v: wp.array2d(dtype=vec),
+        action: wp.array2d(dtype=scalar),
+        spring_params: wp.array3d(dtype=scalar),
+        force_out: wp.array2d(dtype=vec),
     ):
-        i = wp.tid()
-        xi = x[i]
-        vi = v[i]
+        b, i = wp.tid()
+        xi = x[b, i]
+        vi = v[b, i]
         one = scalar(1.0)
         force = xi * scalar(0.0)
         for e in range(adjacency_offsets[i], adjacency_offsets[i + 1]):
             s = adjacency[e, 0]
             j = adjacency[e, 1]
-            d = x[j] - xi
+            d = x[b, j] - xi
             length = wp.sqrt(wp.dot(d, d) + scalar(1e-12))
             direction = d / length
-            target = spring_params[s, 1] * (one + spring_params[s, 3] * action[spring_actuator[s]])
-            pull = spring_params[s, 0] * (length - target)
-            pull = pull + spring_params[s, 2] * wp.dot(v[j] - vi, direction)
+            target = spring_params[b, s, 1] * (
+                one + spring_params[b, s, 3] * action[b, spring_actuator[s]])
+            pull = spring_params[b, s, 0] * (length - target)
+            pull = pull + spring_params[b, s, 2] * wp.dot(v[b, j] - vi, direction)
             force = force + pull * direction
-        force_out[i] = force
+        force_out[b, i] = force
 
     @wp.kernel(enable_backward=True, module="unique")
     def integrate(
-        inv_mass: wp.array(dtype=scalar),
         up: vec,
         dt: scalar,
         gravity: scalar,
@@ -61,17 +63,18 @@ def _kernels(dim: int, double: bool):
         ground_height: scalar,
         friction: scalar,
         has_ground: wp.int32,
-        x: wp.array(dtype=vec),
-        v: wp.array(dtype=vec),
-        force: wp.array(dtype=vec),
-        x_out: wp.array(dtype=vec),
-        v_out: wp.array(dtype=vec),
+        x: wp.array2d(dtype=vec),
+        v: wp.array2d(dtype=vec),
+        force: wp.array2d(dtype=vec),
+        inv_mass: wp.array2d(dtype=scalar),
+        x_out: wp.array2d(dtype=vec),
+        v_out: wp.array2d(dtype=vec),
     ):
-        i = wp.tid()
+        b, i = wp.tid()
         zero = scalar(0.0)
         one = scalar(1.0)
-        xi = x[i]
-        v_free = v[i] * drag_factor + dt * (force[i] * inv_mass[i] + gravity * up)
+        xi = x[b, i]
+        v_free = v[b, i] * drag_factor + dt * (force[b, i] * inv_mass[b, i] + gravity * up)
         x_free = xi + dt * v_free
         vn = wp.dot(v_free, up)
         hit = has_ground != 0 and wp.dot(x_free, up) < ground_height and vn < zero
@@ -81,8 +84,8 @@ def _kernels(dim: int, double: bool):
         vt_len = wp.sqrt(wp.dot(vt, vt) + scalar(1e-12))
         v_hit = vt * wp.max(zero, one + friction * vn / vt_len)
         x_hit = xi + toi * v_free + (dt - toi) * v_hit
-        x_out[i] = wp.where(hit, x_hit, x_free)
-        v_out[i] = wp.where(hit, v_hit, v_free)
+        x_out[b, i] = wp.where(hit, x_hit, x_free)
+        v_out[b, i] = wp.where(hit, v_hit, v_free)
 
     return spring_forces, integrate, vec, scalar
 
@@ -99,28 +102,32 @@ def _csr_adjacency(spring_indices: torch.Tensor, n: int) -> tuple[torch.Tensor, 
     return offsets, adjacency
 
 
-def build_step(backend: Backend, dim: int, resident: dict, scalars: tuple) -> KernelStep:
-    """The step's launches; ``resident`` holds the model's index and mass tensors on the device."""
+def build_step(backend: Backend, dim: int, batch_size: int, resident: dict,
+               scalars: tuple) -> KernelStep:
+    """The step's launches for ``batch_size`` worlds; ``resident`` holds the model's index
+    tensors on the device (shared by every world)."""
     spring_forces, integrate, vec, scalar = _kernels(dim, backend.torch_dtype == torch.float64)
-    n = resident["inv_mass"].shape[0]
+    n = resident["particle_count"]
     offsets, adjacency = _csr_adjacency(resident["spring_indices"], n)
     # Kept in ``resident`` so the tensors outlive the Warp views of them.
     resident["adjacency_offsets"] = offsets.to(backend.torch_device)
     resident["adjacency"] = adjacency.to(backend.torch_device)
     view = {name: wp.from_torch(resident[name]) for name in
-            ("adjacency_offsets", "adjacency", "spring_actuator", "inv_mass")}
+            ("adjacency_offsets", "adjacency", "spring_actuator")}
     up = vec(*[1.0 if k == 1 else 0.0 for k in range(dim)])
-    per_particle = OutputSpec((n, dim), vec, accumulates=False)  # every element written
+    threads = (batch_size, n)
+    per_particle = OutputSpec((batch_size, n, dim), vec, accumulates=False)  # all written
     forces = KernelLaunch(
-        backend, spring_forces, n,
+        backend, spring_forces, threads,
         (view["adjacency_offsets"], view["adjacency"], view["spring_actuator"]),
         (("x", vec), ("v", vec), ("action", scalar), ("spring_params", scalar)),
         (("force", per_particle),),
     )
     advance = KernelLaunch(
-        backend, integrate, n,
-        (view["inv_mass"], up, *[scalar(s) for s in scalars[:-1]], int(scalars[-1])),
-        (("x", vec), ("v", vec), ("force", vec)),
+        backend, integrate, threads,
+        (up, *[scalar(s) for s in scalars[:-1]], int(scalars[-1])),
+        (("x", vec), ("v", vec), ("force", vec), ("particle_inv_mass", scalar)),
         (("x_out", per_particle), ("v_out", per_particle)),
     )
-    return KernelStep(("x", "v", "action", "spring_params"), (forces, advance), ("x_out", "v_out"))
+    return KernelStep(("x", "v", "action", "spring_params", "particle_inv_mass"),
+                      (forces, advance), ("x_out", "v_out"))

@@ -1,0 +1,341 @@
+"""Goal-conditioned locomotion, shared by the mass-spring and MPM robots (Fang et al. 2022,
+"Complex Locomotion Skill Learning via Differentiable Physics").
+
+A goal is a vector per world, ``[B, goal_dim]``, drawn from a scene's :class:`GoalSpace` and
+held for ``period`` steps (500, as in the paper) before the next one is drawn
+(:class:`GoalSchedule`). Goal components, by dimension:
+
+* 2D: ``(velocity_x [m/s], jump_height [m], crawl [0 or 1])``.
+* 3D: ``(velocity_x [m/s], velocity_z [m/s], turn [rad/s])``.
+
+Tasks (what a world is asked in one period): ``stand`` (all zero), ``walk`` (a speed drawn
+uniformly in ``[-vmax, vmax]``), ``jump`` (standing, a peak height drawn in ``jump_range``),
+``crawl`` (a speed as in walk, under a bar at ``crawl_height``), and in 3D ``turn`` (a yaw rate
+drawn in ``[-turn_max, turn_max]``).
+
+Losses read a rollout's trace (:func:`trace_state`: centre of mass, top height, yaw, actions at
+every step, differentiable) and its goal schedule, and return one value per world ``[B]``:
+
+* velocity: over every window of ``window`` steps (100) that lies inside one goal period, the
+  squared difference between the centre of mass's mean velocity over the window and the
+  command [(m/s)^2];
+* jump: per jump period, the squared difference between the peak rise of the centre of mass
+  and the commanded height [m^2];
+* crawl: per crawl step, the squared excess of the robot's top above the bar [m^2];
+* heading (3D): per window, the squared difference between the yaw change and the command
+  [rad^2];
+* actuation: the mean squared action.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "GoalSchedule",
+    "GoalSpace",
+    "LossWeights",
+    "locomotion_losses",
+    "trace_state",
+    "tracking_metrics",
+]
+
+TASKS_2D = ("stand", "walk", "jump", "crawl")
+TASKS_3D = ("stand", "walk", "turn")
+
+
+@dataclass(frozen=True)
+class GoalSpace:
+    """A scene's goal distribution.
+
+    Attributes:
+        dim: 2 or 3 (the robot's dimension; it fixes the goal layout).
+        vmax: Largest commanded speed [m/s].
+        tasks: Tasks drawn with equal probability (subset of the dimension's tasks).
+        jump_range: Commanded peak rise of the centre of mass [m], (low, high).
+        crawl_height: Height of the bar of the crawl task [m].
+        turn_max: Largest commanded yaw rate [rad/s] (3D).
+        period: Steps a goal is held before the next is drawn.
+        window: Steps of a velocity or heading window.
+        dt: Time step of one control step [s].
+    """
+
+    dim: int
+    vmax: float
+    dt: float
+    tasks: tuple[str, ...] = TASKS_2D
+    jump_range: tuple[float, float] = (0.05, 0.15)
+    crawl_height: float = 0.15
+    turn_max: float = 0.5
+    period: int = 500
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        if self.dim not in (2, 3):
+            raise ValueError(f"GoalSpace dim={self.dim} is not allowed; use 2 or 3")
+        allowed = TASKS_2D if self.dim == 2 else TASKS_3D
+        unknown = [t for t in self.tasks if t not in allowed]
+        if not self.tasks or unknown:
+            raise ValueError(f"GoalSpace tasks={self.tasks!r}; allowed (dim {self.dim}): "
+                             f"a non-empty subset of {allowed}")
+        if not self.vmax > 0:
+            raise ValueError(f"GoalSpace vmax={self.vmax} must be > 0 [m/s]")
+        if not 1 <= self.window <= self.period:
+            raise ValueError(f"GoalSpace window={self.window} must lie in [1, period="
+                             f"{self.period}]")
+
+    @property
+    def goal_dim(self) -> int:
+        return 3
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        if self.dim == 2:
+            return ("velocity_x", "jump_height", "crawl")
+        return ("velocity_x", "velocity_z", "turn")
+
+    @property
+    def scale(self) -> tuple[float, float, float]:
+        """What each goal component is divided by to be of order one (controller inputs)."""
+        if self.dim == 2:
+            return (self.vmax, max(self.jump_range[1], 1e-6), 1.0)
+        return (self.vmax, self.vmax, self.turn_max)
+
+    def goal(self, task: str, value: float = 0.0, value_z: float = 0.0) -> list[float]:
+        """One goal vector: ``value`` is the speed (walk, crawl), height (jump) or yaw rate
+        (turn) [SI]; ``value_z`` the speed along z in 3D walks.
+
+        Raises:
+            ValueError: an unknown task or a value outside the space's range.
+        """
+        if task not in self.tasks:
+            raise ValueError(f"task={task!r} is not in this goal space; allowed: {self.tasks}")
+        if task in ("walk", "crawl"):
+            for name, v in (("velocity", value), ("velocity_z", value_z)):
+                if abs(v) > self.vmax + 1e-12:
+                    raise ValueError(f"commanded {name}={v} m/s is outside [-{self.vmax}, "
+                                     f"{self.vmax}] (the scene's vmax)")
+        if task == "jump" and not self.jump_range[0] <= value <= self.jump_range[1]:
+            raise ValueError(f"commanded jump height={value} m is outside {self.jump_range}")
+        if task == "turn" and abs(value) > self.turn_max + 1e-12:
+            raise ValueError(f"commanded turn={value} rad/s is outside [-{self.turn_max}, "
+                             f"{self.turn_max}]")
+        if self.dim == 2:
+            return {"stand": [0.0, 0.0, 0.0], "walk": [value, 0.0, 0.0],
+                    "jump": [0.0, value, 0.0], "crawl": [value, 0.0, 1.0]}[task]
+        return {"stand": [0.0, 0.0, 0.0], "walk": [value, value_z, 0.0],
+                "turn": [0.0, 0.0, value]}[task]
+
+    def sample(self, batch_size: int, steps: int, *, seed: int) -> GoalSchedule:
+        """A goal per world and period, drawn from this space with a seeded generator."""
+        gen = torch.Generator().manual_seed(int(seed))
+        periods = -(-steps // self.period)
+        task = torch.randint(len(self.tasks), (periods, batch_size), generator=gen)
+        u = torch.rand(periods, batch_size, 2, generator=gen, dtype=torch.float64)
+        goals = torch.zeros(periods, batch_size, 3, dtype=torch.float64)
+        labels = []
+        for p in range(periods):
+            row = []
+            for b in range(batch_size):
+                name = self.tasks[int(task[p, b])]
+                speed = float(2 * u[p, b, 0] - 1) * self.vmax
+                if name == "jump":
+                    low, high = self.jump_range
+                    value = low + float(u[p, b, 0]) * (high - low)
+                elif name == "turn":
+                    value = float(2 * u[p, b, 0] - 1) * self.turn_max
+                else:
+                    value = speed
+                side = float(2 * u[p, b, 1] - 1) * self.vmax if self.dim == 3 else 0.0
+                goals[p, b] = torch.tensor(self.goal(name, value, side), dtype=torch.float64)
+                row.append(name)
+            labels.append(tuple(row))
+        return GoalSchedule(self, goals, tuple(labels))
+
+    def schedule(self, tasks: list[tuple[str, float]], batch_size: int = 1) -> GoalSchedule:
+        """A scripted schedule: one ``(task, value)`` per period, the same in every world."""
+        goals = torch.tensor([self.goal(name, value) for name, value in tasks],
+                             dtype=torch.float64)
+        labels = tuple(tuple(name for _ in range(batch_size)) for name, _ in tasks)
+        return GoalSchedule(self, goals[:, None].expand(-1, batch_size, -1).clone(), labels)
+
+
+@dataclass
+class GoalSchedule:
+    """Goals per period and world.
+
+    Attributes:
+        space: The goal space they were drawn from.
+        goals: Goal vectors, [periods, B, goal_dim] (SI units, see the module docstring).
+        tasks: Task name per period and world.
+    """
+
+    space: GoalSpace
+    goals: torch.Tensor
+    tasks: tuple[tuple[str, ...], ...]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.goals.shape[1])
+
+    @property
+    def goal_dim(self) -> int:
+        return int(self.goals.shape[2])
+
+    def at(self, step: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The goals of every world at ``step``, [B, goal_dim] (the last period's goals hold
+        after the schedule ends), in ``like``'s dtype and device."""
+        p = min(step // self.space.period, self.goals.shape[0] - 1)
+        g = self.goals[p]
+        return g if like is None else g.to(dtype=like.dtype, device=like.device)
+
+    def per_step(self, steps: int, like: torch.Tensor) -> torch.Tensor:
+        """Goals of steps ``0 .. steps - 1``, [steps, B, goal_dim]."""
+        index = torch.clamp(torch.arange(steps) // self.space.period, max=self.goals.shape[0] - 1)
+        return self.goals[index].to(dtype=like.dtype, device=like.device)
+
+
+def trace_state(state) -> dict[str, torch.Tensor]:
+    """The per-step quantities the losses read, differentiable, from a state with
+    ``particle_x`` [B, n, dim] [m] (mass-spring and MPM robots of equal particle masses):
+    ``com`` [B, dim] [m] and ``top`` [B] [m] (highest particle)."""
+    x = state.particle_x
+    return {"com": x.mean(dim=-2), "top": x[..., 1].amax(dim=-1), "x": x}
+
+
+def _yaw(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Yaw [rad] of each world's body about +y relative to its rest offsets: the angle of the
+    best rotation (2D Procrustes in the xz plane) taking the rest offsets onto the current ones.
+
+    Args:
+        x: Positions [..., n, 3]; x0: rest positions [n, 3].
+    """
+    r = x - x.mean(dim=-2, keepdim=True)
+    r0 = x0 - x0.mean(dim=-2, keepdim=True)
+    # Rotation by yaw about +y maps (x, z) to (x cos + z sin, -x sin + z cos).
+    dot = (r0[..., 0] * r[..., 0] + r0[..., 2] * r[..., 2]).sum(-1)
+    cross = (r0[..., 2] * r[..., 0] - r0[..., 0] * r[..., 2]).sum(-1)
+    return torch.atan2(cross, dot)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (the paper weighs velocity and height most)."""
+
+    velocity: float = 1.0
+    jump: float = 10.0
+    crawl: float = 10.0
+    heading: float = 1.0
+    actuation: float = 1e-3
+
+
+def _windows(steps: int, space: GoalSpace) -> torch.Tensor:
+    """Start steps of the velocity windows lying inside one goal period."""
+    starts = torch.arange(0, steps - space.window + 1)
+    inside = (starts % space.period) + space.window <= space.period
+    return starts[inside]
+
+
+def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+    """Per-world loss terms ``{name: [B]}`` and their weighted sum under ``"total"``.
+
+    Reads ``rollout.goals`` (a :class:`GoalSchedule`) and ``rollout.trace`` (``com``
+    [T + 1, B, dim], ``top`` [T + 1, B], ``action`` [T, B, A], as recorded by
+    :func:`simdiff.rollout.rollout` with ``trace=trace_state``).
+    """
+    schedule: GoalSchedule = rollout.goals
+    space = schedule.space
+    com, top = rollout.trace["com"], rollout.trace["top"]
+    steps = com.shape[0] - 1
+    goal = schedule.per_step(steps, com)  # [T, B, 3]
+    starts = _windows(steps, space)
+    w, seconds = space.window, space.window * space.dt
+    terms: dict[str, torch.Tensor] = {}
+    zero = com.new_zeros(com.shape[1])
+    if len(starts):
+        velocity = (com[starts + w] - com[starts]) / seconds  # [W, B, dim]
+        target = goal[starts]
+        if space.dim == 2:
+            error = (velocity[..., 0] - target[..., 0]) ** 2
+        else:
+            error = (velocity[..., 0] - target[..., 0]) ** 2 + (velocity[..., 2]
+                                                                - target[..., 1]) ** 2
+        terms["velocity"] = error.mean(dim=0)
+    else:
+        terms["velocity"] = zero
+    if space.dim == 2:
+        rise = com[1:, :, 1] - com[0, :, 1]  # [T, B]
+        jumping = goal[..., 1] > 0
+        jump = zero
+        for p0 in range(0, steps, space.period):
+            p1 = min(p0 + space.period, steps)
+            active = jumping[p0]
+            peak = rise[p0:p1].amax(dim=0)
+            jump = jump + torch.where(active, (peak - goal[p0, :, 1]) ** 2, zero)
+        terms["jump"] = jump / max(1, -(-steps // space.period))
+        crawling = (goal[..., 2] > 0.5).to(com.dtype)
+        excess = torch.relu(top[1:] - space.crawl_height) ** 2
+        terms["crawl"] = (excess * crawling).mean(dim=0)
+    else:
+        x, x0 = rollout.trace["x"], rollout.trace["x"][0, 0]
+        yaw = _yaw(x, x0)  # [T + 1, B]
+        if len(starts):
+            change = torch.remainder(yaw[starts + w] - yaw[starts] + math.pi, 2 * math.pi) - math.pi
+            terms["heading"] = ((change - goal[starts][..., 2] * seconds) ** 2).mean(dim=0)
+        else:
+            terms["heading"] = zero
+    action = rollout.trace.get("action")
+    terms["actuation"] = (action ** 2).mean(dim=(0, 2)) if action is not None else zero
+    total = zero
+    for name, value in terms.items():
+        total = total + getattr(weights, name) * value
+    terms["total"] = total
+    return terms
+
+
+def tracking_metrics(rollout) -> dict[str, torch.Tensor]:
+    """Per-world figures of merit ``[B]``: ``velocity_error`` (mean absolute difference between
+    window velocity and command, m/s, over windows of walk, stand and crawl periods),
+    ``jump_height_error`` (mean absolute peak-rise error over jump periods, m, NaN where a world
+    had none), ``crawl_violation`` (fraction of crawl steps with the top above the bar) and, in
+    3D, ``heading_error`` (rad per window)."""
+    schedule: GoalSchedule = rollout.goals
+    space = schedule.space
+    com, top = rollout.trace["com"].detach(), rollout.trace["top"].detach()
+    steps = com.shape[0] - 1
+    goal = schedule.per_step(steps, com)
+    starts = _windows(steps, space)
+    w, seconds = space.window, space.window * space.dt
+    nan = com.new_full((com.shape[1],), math.nan)
+    out = {}
+    velocity = (com[starts + w] - com[starts]) / seconds
+    target = goal[starts]
+    if space.dim == 2:
+        err = (velocity[..., 0] - target[..., 0]).abs()
+        moving = target[..., 1] <= 0  # jump periods are judged by their height
+    else:
+        err = torch.hypot(velocity[..., 0] - target[..., 0], velocity[..., 2] - target[..., 1])
+        moving = torch.ones_like(err, dtype=torch.bool)
+    count = moving.sum(0)
+    out["velocity_error"] = torch.where(count > 0, (err * moving).sum(0) / count.clamp(min=1), nan)
+    if space.dim == 2:
+        rise = com[1:, :, 1] - com[0, :, 1]
+        errors, counts = torch.zeros_like(nan), torch.zeros_like(nan)
+        for p0 in range(0, steps, space.period):
+            active = goal[p0, :, 1] > 0
+            peak = rise[p0:p0 + space.period].amax(dim=0)
+            errors = errors + torch.where(active, (peak - goal[p0, :, 1]).abs(), 0 * peak)
+            counts = counts + active.to(counts.dtype)
+        out["jump_height_error"] = torch.where(counts > 0, errors / counts.clamp(min=1), nan)
+        crawling = goal[..., 2] > 0.5
+        over = (top[1:] > space.crawl_height) & crawling
+        n = crawling.sum(0)
+        out["crawl_violation"] = torch.where(n > 0, over.sum(0) / n.clamp(min=1), nan)
+    else:
+        yaw = _yaw(rollout.trace["x"].detach(), rollout.trace["x"][0, 0].detach())
+        change = torch.remainder(yaw[starts + w] - yaw[starts] + math.pi, 2 * math.pi) - math.pi
+        out["heading_error"] = (change - target[..., 2] * seconds).abs().mean(0)
+    return out
