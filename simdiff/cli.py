@@ -143,6 +143,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from simdiff.backend import resolve_backend
+    from simdiff.locomotion import evaluate_goals, held_out_schedule
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+    from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
+
+    scene = load_scene(args.scene, **_scene_options(args))
+    if scene.goals is None:
+        raise SceneError(f"scene {scene.name!r} is not goal-conditioned (it has no goals); "
+                         f"evaluate needs one such as walker_goals")
+    precision = args.precision or scene.train.get("precision", "float32")
+    backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
+    name = args.controller or scene.train.get("controller", "goal_mlp")
+
+    def build(batch_size: int):
+        sim = make_simulator(scene, backend, batch_size=batch_size)
+        torch.manual_seed(0)
+        controller = load_controller(name, sim, scene).to(backend.torch_dtype)
+        if args.weights:
+            controller.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                  weights_only=True))
+        return sim, controller
+
+    sim, controller = build(args.batch)
+    figures, result = evaluate_goals(sim, controller, held_out_schedule(scene.goals, args.batch),
+                                     record_every=1)
+    cells = getattr(scene.model, "cells", None)
+    if cells is not None:
+        from simdiff.sims.mass_spring.tasks import inverted_cells
+
+        positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
+        figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
+    print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"scene": scene.name, **figures}, indent=2))
+        print(f"wrote {args.json}")
+    if not args.no_video:
+        space = scene.goals
+        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
+        if space.dim == 2:
+            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+        else:
+            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
+        script = [(task, value) for task, value in script if task in space.tasks]
+        one, controller = build(1)
+        _, shown = evaluate_goals(one, controller, space.schedule(script),
+                                  record_every=scene.render_every)
+        steps = sorted(shown.frames)
+        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
+        out = Path(args.out or f"renders/{scene.name}_goals.mp4")
+        print(f"wrote {write_video(frames, out)}")
+    return 0
+
+
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from simdiff.gradcheck import check_gradients
     from simdiff.scene import load_scene
@@ -218,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip the final video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`)")
+    p.add_argument("--controller", help="controller name or file (default: the scene's)")
+    p.add_argument("--batch", type=int, default=4, help="worlds (held-out commands) at once")
+    p.add_argument("--precision", default=None, choices=["float32", "float64"])
+    p.add_argument("--json", help="also write the figures as JSON to this path")
+    p.add_argument("--out", help="goal-switching video (default: renders/SCENE_goals.mp4)")
+    p.add_argument("--no-video", action="store_true", help="skip the goal-switching video")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
     _scene_args(p)

@@ -38,6 +38,10 @@ __all__ = [
     "GoalSchedule",
     "GoalSpace",
     "LossWeights",
+    "check_goal_controller",
+    "evaluate_goals",
+    "goal_rollout",
+    "held_out_schedule",
     "locomotion_losses",
     "trace_state",
     "tracking_metrics",
@@ -201,9 +205,12 @@ class GoalSchedule:
 def trace_state(state) -> dict[str, torch.Tensor]:
     """The per-step quantities the losses read, differentiable, from a state with
     ``particle_x`` [B, n, dim] [m] (mass-spring and MPM robots of equal particle masses):
-    ``com`` [B, dim] [m] and ``top`` [B] [m] (highest particle)."""
+    ``com`` [B, dim] [m], ``top`` [B] [m] (highest particle) and, in 3D, ``x``."""
     x = state.particle_x
-    return {"com": x.mean(dim=-2), "top": x[..., 1].amax(dim=-1), "x": x}
+    out = {"com": x.mean(dim=-2), "top": x[..., 1].amax(dim=-1)}
+    if x.shape[-1] == 3:
+        out["x"] = x  # the yaw of the heading loss needs every particle
+    return out
 
 
 def _yaw(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -339,3 +346,100 @@ def tracking_metrics(rollout) -> dict[str, torch.Tensor]:
         change = torch.remainder(yaw[starts + w] - yaw[starts] + math.pi, 2 * math.pi) - math.pi
         out["heading_error"] = (change - target[..., 2] * seconds).abs().mean(0)
     return out
+
+
+class _GoalFeed:
+    """The rollout's controller: hands each step's goals to a goal-conditioned controller and
+    keeps the differentiable trace of every step (state summaries before the step, actions)."""
+
+    def __init__(self, controller, schedule: GoalSchedule) -> None:
+        self.controller, self.schedule = controller, schedule
+        self.traces: list[dict[str, torch.Tensor]] = []
+        self.actions: list[torch.Tensor] = []
+
+    def __call__(self, step: int, state) -> torch.Tensor:
+        goal = self.schedule.at(step, like=state.particle_x)
+        action = self.controller(step, state, goal)
+        self.traces.append(trace_state(state))
+        self.actions.append(action)
+        return action
+
+
+def check_goal_controller(controller, schedule: GoalSchedule, batch_size: int) -> None:
+    """Raise a ValueError naming what does not fit: a controller without goal inputs, a goal
+    vector of another size, a schedule of another number of worlds."""
+    goal_dim = getattr(controller, "goal_dim", None)
+    if goal_dim is None:
+        raise ValueError(f"controller {type(controller).__name__} takes no goal (it declares no "
+                         f"goal_dim); this goal-conditioned scene needs one with goal inputs, "
+                         f"e.g. --controller goal_mlp")
+    if goal_dim != schedule.goal_dim:
+        raise ValueError(f"controller goal_dim={goal_dim}; the scene's goals have size "
+                         f"{schedule.goal_dim}")
+    if schedule.batch_size != batch_size:
+        raise ValueError(f"goal schedule has {schedule.batch_size} worlds; the simulator "
+                         f"batch_size={batch_size}")
+
+
+def goal_rollout(sim, state, controller, schedule: GoalSchedule, steps: int, **options):
+    """:func:`simdiff.rollout.rollout` with goals: ``controller(step, state, goal)`` receives
+    ``schedule.at(step)`` ``[B, goal_dim]``. The returned Rollout also carries ``goals`` (the
+    schedule) and ``trace`` (``com`` [T + 1, B, dim], ``top`` [T + 1, B], ``action``
+    [T, B, A], and ``x`` in 3D), which the locomotion losses read.
+
+    Not with ``checkpoint_every`` (the trace is kept whole, so checkpointing would save no
+    memory); ``truncate_every`` and ``health`` pass through.
+    """
+    from simdiff.rollout import rollout
+
+    if options.get("checkpoint_every") is not None:
+        raise ValueError("goal_rollout keeps a per-step trace; checkpoint_every must be None")
+    check_goal_controller(controller, schedule, sim.batch_size)
+    feed = _GoalFeed(controller, schedule)
+    result = rollout(sim, state, feed, steps, capture=False, **options)
+    traces = feed.traces + [trace_state(result.final)]
+    result.trace = {name: torch.stack([t[name] for t in traces]) for name in traces[0]}
+    result.trace["action"] = torch.stack(feed.actions)
+    result.goals = schedule
+    return result
+
+
+def held_out_schedule(space: GoalSpace, batch_size: int) -> GoalSchedule:
+    """Fixed evaluation goals (never drawn in training, whose draws are random): per world a
+    speed on an even grid over ``[-vmax, vmax]`` (excluding 0), then, in 2D, a stand, a jump to
+    the middle of the jump range and a crawl at half speed, one period each (tasks of the
+    space only)."""
+    speeds = torch.linspace(-space.vmax, space.vmax, batch_size + 2)[1:-1]
+    if batch_size == 1:
+        speeds = torch.tensor([0.5 * space.vmax])
+    periods: list[list[list[float]]] = []
+    labels: list[tuple[str, ...]] = []
+
+    def add(task: str, values: list[float]) -> None:
+        if task in space.tasks:
+            periods.append([space.goal(task, v) for v in values])
+            labels.append(tuple(task for _ in values))
+
+    add("walk", [float(v) for v in speeds])
+    if space.dim == 2:
+        add("stand", [0.0] * batch_size)
+        add("jump", [0.5 * sum(space.jump_range)] * batch_size)
+        add("crawl", [0.5 * float(v) for v in speeds])
+    else:
+        add("turn", [space.turn_max * (1 if b % 2 == 0 else -1) for b in range(batch_size)])
+    return GoalSchedule(space, torch.tensor(periods, dtype=torch.float64), tuple(labels))
+
+
+def evaluate_goals(sim, controller, schedule: GoalSchedule, *, record_every: int = 0):
+    """Roll a goal schedule out without gradients; returns ``(metrics, rollout)`` with the
+    per-world figures of :func:`tracking_metrics` reduced to means over worlds (NaN-free)."""
+    steps = schedule.goals.shape[0] * schedule.space.period
+    with torch.no_grad():
+        result = goal_rollout(sim, sim.initial_state(), controller, schedule, steps,
+                              record_every=record_every)
+    metrics = {}
+    for name, values in tracking_metrics(result).items():
+        kept = values[~values.isnan()]
+        if kept.numel():
+            metrics[name] = float(kept.double().mean())
+    return metrics, result

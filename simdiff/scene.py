@@ -64,6 +64,9 @@ class Scene:
         objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
             simulation with the design and returns ``(loss, rollout, metrics)``.
         render_options: Extra keyword arguments of the simulator's frame painter (targets).
+        goals: For goal-conditioned scenes: the goal distribution
+            (:class:`simdiff.locomotion.GoalSpace`); the trainer draws a goal schedule per
+            iteration and world, and the controller receives ``forward(step, state, goal)``.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Scene:
     design: Callable[[Simulator], torch.nn.Module] | None = None
     objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
     render_options: dict[str, Any] = field(default_factory=dict)
+    goals: Any = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -124,9 +128,13 @@ SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
 }
 
 
-def make_simulator(scene: Scene, backend: Backend) -> Simulator:
-    """The scene's simulator on ``backend``."""
-    return SIMULATORS[scene.simulator](scene.model, backend)
+def make_simulator(scene: Scene, backend: Backend, *, batch_size: int = 1) -> Simulator:
+    """The scene's simulator on ``backend``, stepping ``batch_size`` worlds."""
+    sim = SIMULATORS[scene.simulator](scene.model, backend)
+    if batch_size != 1:
+        # Transitional (the lead's batched make_simulator replaces this): rebuild with B worlds.
+        sim = type(sim)(scene.model, backend, batch_size=batch_size)
+    return sim
 
 
 def scene_dir() -> Path:

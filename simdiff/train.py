@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from simdiff.backend import Backend, resolve_backend
+from simdiff.locomotion import goal_rollout
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
 from simdiff.sims.base import Simulator
@@ -67,6 +68,8 @@ class TrainConfig:
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
         backprop_window: Truncate backpropagation to windows of this many steps (None: the
             whole horizon).
+        batch_size: Worlds per iteration; None takes the scene's default (else 1). In a
+            goal-conditioned scene each world draws its own goals.
         seed: Seed of the controller's initial weights.
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
@@ -85,6 +88,7 @@ class TrainConfig:
     clip: float = 1.0
     grad_normalize: bool = False
     backprop_window: int | None = None
+    batch_size: int | None = None
     seed: int = 0
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
@@ -287,7 +291,8 @@ def train(
         )
     backend: Backend = resolve_backend(config.backend, config.device, config.precision)
     config.device = backend.device
-    sim = make_simulator(scene, backend)
+    config.batch_size = config.batch_size or scene.train.get("batch_size", 1)
+    sim = make_simulator(scene, backend, batch_size=config.batch_size)
     torch.manual_seed(config.seed)
     if scene.design is not None:
         # An inverse problem: the optimized module is the scene's design, not a controller.
@@ -341,9 +346,16 @@ def train(
             started = time.perf_counter()
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
 
-            def evaluate() -> tuple[torch.Tensor, Any, dict, float]:
+            def evaluate(iteration: int = iteration) -> tuple[torch.Tensor, Any, dict, float]:
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
+                elif scene.goals is not None:
+                    # Fresh goals every iteration, reproducible from the seed and iteration.
+                    schedule = scene.goals.sample(sim.batch_size, scene.steps,
+                                                  seed=config.seed * 1_000_003 + iteration)
+                    result = goal_rollout(sim, sim.initial_state(), controller, schedule,
+                                          scene.steps, truncate_every=config.backprop_window)
+                    loss, extra = scene.loss(result), {}
                 else:
                     result = rollout(sim, sim.initial_state(), controller, scene.steps,
                                      checkpoint_every=config.rollout_checkpoint,

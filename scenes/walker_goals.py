@@ -1,0 +1,53 @@
+"""Goal-conditioned 2D walker (Fang et al. 2022): stand, walk forward or backward at a
+commanded speed, jump to a commanded height, crawl under a bar; one controller for all.
+
+The robot is walker_small's (20 masses, 49 springs, 2 muscles) with its shape-keeping
+parameters (:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`): with its 0.1 m legs and
+a 15% stroke, the commands are sized to what it can do: speeds up to ``vmax`` = 0.15 m/s, centre
+of mass rises of 1-3 cm, and a bar 2 cm under its top. Goals are drawn per world every 500 steps
+(seeded per training iteration); losses are :func:`simdiff.locomotion.locomotion_losses`.
+"""
+
+from simdiff.locomotion import GoalSpace, locomotion_losses, tracking_metrics
+from simdiff.rollout import world_metrics
+from simdiff.scene import Scene
+from simdiff.sims.mass_spring.builder import SHAPE_KEEPING, robot_from_ascii
+from simdiff.sims.mass_spring.tasks import locomotion_metrics
+
+ART = """
+######
+00..11
+"""
+
+
+def scene(*, steps: int = 1000, dt: float = 0.004, vmax: float = 0.15, batch_size: int = 8,
+          tasks: tuple = ("stand", "walk", "jump", "crawl"), period: int = 500,
+          window: int = 100, **robot) -> Scene:
+    model = robot_from_ascii(ART, dt=dt, **{**SHAPE_KEEPING, **robot})
+    top = float(model.particle_x[:, 1].max())
+    goals = GoalSpace(dim=2, vmax=vmax, dt=dt, tasks=tuple(tasks), jump_range=(0.01, 0.03),
+                      crawl_height=top - 0.02, period=period, window=window)
+
+    def loss(rollout):
+        return rollout.mean(locomotion_losses(rollout)["total"])
+
+    def metrics(rollout):
+        out = locomotion_metrics(rollout)
+        for name, values in tracking_metrics(rollout).items():
+            kept = values[~values.isnan()]
+            if kept.numel():
+                out.update(world_metrics(name, kept))
+        return out
+
+    return Scene(
+        name="walker_goals",
+        simulator="mass_spring",
+        model=model,
+        steps=steps,
+        loss=loss,
+        metrics=metrics,
+        description="2D walker, goal-conditioned: stand, walk at +-vmax, jump, crawl",
+        default_backend="warp",
+        train={"controller": "goal_mlp", "lr": 3e-3, "iters": 200, "batch_size": batch_size},
+        goals=goals,
+    )
