@@ -61,6 +61,8 @@ class GoalSpace:
         tasks: Tasks drawn with equal probability (subset of the dimension's tasks).
         jump_range: Commanded peak rise of the centre of mass [m], (low, high).
         crawl_height: Height of the bar of the crawl task [m].
+        stand_height: Height of the centre of mass of the robot standing at rest [m], from
+            which jump heights are measured; None measures from its height at step 0.
         turn_max: Largest commanded yaw rate [rad/s] (3D).
         period: Steps a goal is held before the next is drawn.
         window: Steps of a velocity or heading window.
@@ -73,6 +75,7 @@ class GoalSpace:
     tasks: tuple[str, ...] = TASKS_2D
     jump_range: tuple[float, float] = (0.05, 0.15)
     crawl_height: float = 0.15
+    stand_height: float | None = None
     turn_max: float = 0.5
     period: int = 500
     window: int = 100
@@ -239,6 +242,11 @@ class LossWeights:
     actuation: float = 1e-3
 
 
+def _stand(space: GoalSpace, com: torch.Tensor) -> torch.Tensor:
+    """The standing height jumps are measured from: the space's, else the COM's at step 0."""
+    return com[0, :, 1] if space.stand_height is None else com.new_tensor(space.stand_height)
+
+
 def _windows(steps: int, space: GoalSpace) -> torch.Tensor:
     """Start steps of the velocity windows lying inside one goal period."""
     starts = torch.arange(0, steps - space.window + 1)
@@ -274,7 +282,7 @@ def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str
     else:
         terms["velocity"] = zero
     if space.dim == 2:
-        rise = com[1:, :, 1] - com[0, :, 1]  # [T, B]
+        rise = com[1:, :, 1] - _stand(space, com)  # [T, B]
         jumping = goal[..., 1] > 0
         jump = zero
         for p0 in range(0, steps, space.period):
@@ -329,7 +337,7 @@ def tracking_metrics(rollout) -> dict[str, torch.Tensor]:
     count = moving.sum(0)
     out["velocity_error"] = torch.where(count > 0, (err * moving).sum(0) / count.clamp(min=1), nan)
     if space.dim == 2:
-        rise = com[1:, :, 1] - com[0, :, 1]
+        rise = com[1:, :, 1] - _stand(space, com)
         errors, counts = torch.zeros_like(nan), torch.zeros_like(nan)
         for p0 in range(0, steps, space.period):
             active = goal[p0, :, 1] > 0

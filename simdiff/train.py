@@ -262,6 +262,9 @@ def train(
             f"design (inverse problem); roll it out with `simdiff run {scene.name}`"
         )
     config.controller = config.controller or scene.train.get("controller", "mlp")
+    if config.controller == scene.train.get("controller"):
+        config.controller_options = {**scene.train.get("controller_options", {}),
+                                     **config.controller_options}
     if scene.design is not None:
         config.controller = "design"
     config.backend = config.backend or scene.default_backend

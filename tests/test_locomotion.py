@@ -111,8 +111,8 @@ def _goal_setup(activation, precision="float64", batch=2, steps=8):
 @pytest.mark.parametrize("activation", ["sin", "tanh"])
 def test_goal_controller_gradients_match_central_differences(activation):
     scene, sim, controller = _goal_setup(activation)
-    schedule = scene.goals.schedule([("walk", 0.1)], batch_size=2)
-    schedule.goals[0, 1] = torch.tensor(scene.goals.goal("walk", -0.05), dtype=torch.float64)
+    schedule = scene.goals.schedule([("walk", 0.04)], batch_size=2)
+    schedule.goals[0, 1] = torch.tensor(scene.goals.goal("walk", -0.02), dtype=torch.float64)
     with torch.no_grad():
         controller.layers[-1].weight.mul_(10)  # full-stroke actions: the physics matters
 
@@ -141,34 +141,54 @@ def test_goal_controller_gradients_match_central_differences(activation):
 
 def test_bad_goal_input_is_named():
     scene, sim, controller = _goal_setup("sin", precision="float32")
-    with pytest.raises(ValueError, match=r"commanded velocity=0.5 m/s is outside \[-0.15, 0.15\]"):
+    with pytest.raises(ValueError, match=r"commanded velocity=0.5 m/s is outside \[-0.05, 0.05\]"):
         scene.goals.goal("walk", 0.5)
     with pytest.raises(ValueError, match=r"goal has shape \[2, 2\]; expected \[2, 3\]"):
         controller(0, sim.initial_state(), torch.zeros(2, 2))
     plain = load_controller("mlp", sim, scene)
-    schedule = scene.goals.schedule([("walk", 0.1)], batch_size=2)
+    schedule = scene.goals.schedule([("walk", 0.04)], batch_size=2)
     with pytest.raises(ValueError, match="takes no goal .* needs one with goal inputs"):
         goal_rollout(sim, sim.initial_state(), plain, schedule, 4)
     with pytest.raises(ValueError, match="goal schedule has 1 worlds; the simulator batch_size=2"):
         goal_rollout(sim, sim.initial_state(), controller,
-                     scene.goals.schedule([("walk", 0.1)], batch_size=1), 4)
+                     scene.goals.schedule([("walk", 0.04)], batch_size=1), 4)
     walker = load_scene("walker_small")
     with pytest.raises(ValueError, match="goal_mlp needs a goal-conditioned scene"):
         load_controller("goal_mlp", make_simulator(walker, sim.backend), walker)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_velocity_error(tmp_path):
+    """30 iterations of 4 worlds x 200 steps of random walk commands (about 2 minutes on a
+    loaded 2-core host) halve the held-out velocity error (measured 0.0161 -> 0.0079 m/s)."""
     from simdiff.train import TrainConfig, train
 
-    options = {"steps": 200, "period": 200, "window": 50, "tasks": ["walk"], "batch_size": 4}
-    config = TrainConfig(scene="walker_goals", iters=12, backend="warp", lr=0.02,
+    options = {"steps": 200, "period": 200, "window": 50, "tasks": ["walk"], "batch_size": 4,
+               "vmax": 0.04}
+    config = TrainConfig(scene="walker_goals", iters=30, backend="warp", lr=0.01,
                          scene_options=options, checkpoint_every=100)
     result = train(config, tmp_path / "run", progress=False)
     schedule = held_out_schedule(result.scene.goals, 4)
-    schedule.goals = schedule.goals.expand(1, -1, -1)  # one 200-step period of walks
+    schedule.goals = schedule.goals[:1]  # one 200-step period of walks at four speeds
     torch.manual_seed(config.seed)
-    fresh = load_controller("goal_mlp", result.simulator, result.scene).float()
+    fresh = load_controller("goal_mlp", result.simulator, result.scene, frequency=3.0).float()
     before, _ = evaluate_goals(result.simulator, fresh, schedule)
-    after, _ = evaluate_goals(result.simulator, result.best_controller(), schedule)
-    assert after["velocity_error"] < 0.8 * before["velocity_error"], (before, after)
+    after, _ = evaluate_goals(result.simulator, result.controller, schedule)
+    assert after["velocity_error"] < 0.7 * before["velocity_error"], (before, after)
     assert not math.isnan(after["velocity_error"])
+
+
+def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
+    import json
+
+    from simdiff.cli import main
+
+    out = tmp_path / "goals.mp4"
+    assert main(["evaluate", "walker_goals", "--set", "period=20", "--set", "window=10",
+                 "--batch", "2", "--json", str(tmp_path / "ev.json"), "--out", str(out)]) == 0
+    figures = json.loads((tmp_path / "ev.json").read_text())
+    assert set(figures) == {"scene", "velocity_error", "jump_height_error", "crawl_violation",
+                            "inverted_cells"}
+    assert 0 <= figures["crawl_violation"] <= 1 and figures["velocity_error"] > 0
+    assert out.stat().st_size > 0
+    assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
