@@ -101,15 +101,15 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
     if config == "torch":
 
         def run_rollout():
-            params = sim.particle_params()
+            params = sim.params().per_world(1).particle
             state = sim.initial_state()
-            p, tool = sim.pack(state), torch.zeros(2 * model.dim, dtype=backend.torch_dtype)
+            p, tool = sim.pack(state), torch.zeros(1, 2 * model.dim, dtype=backend.torch_dtype)
             x0 = state.particle_x
             for t in range(steps):
-                action = controller(t, None)
+                action = controller(t, None)[None]
                 for _ in range(model.substeps):
                     p = torch_substep(model, p, params, action, tool)
-            return -(p[:, 0].mean() - x0[:, 0].mean())
+            return -(p[..., 0].mean() - x0[..., 0].mean())
     else:
 
         def run_rollout():
@@ -171,8 +171,8 @@ def measure_3d(config: str, *, quick: bool, device: str = "cpu") -> dict:
     sim = MPM(model, backend)
     state = sim.initial_state()
     if config == "torch":
-        params, p = sim.particle_params(), sim.pack(state)
-        zeros = torch.zeros(1), torch.zeros(6)
+        params, p = sim.params().per_world(1).particle, sim.pack(state)
+        zeros = torch.zeros(1, 1), torch.zeros(1, 6)
 
         def step(p):
             for _ in range(substeps):
@@ -220,13 +220,13 @@ def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cp
     base_rss = peak_rss_mb()
     started = time.perf_counter()
     if config == "torch":
-        params, state = sim.particle_params(), sim.initial_state()
-        p, tool = sim.pack(state), torch.zeros(2 * model.dim, dtype=backend.torch_dtype)
+        params, state = sim.params().per_world(1).particle, sim.initial_state()
+        p, tool = sim.pack(state), torch.zeros(1, 2 * model.dim, dtype=backend.torch_dtype)
         for t in range(steps):
-            action = controller(t, None)
+            action = controller(t, None)[None]
             for _ in range(model.substeps):
                 p = torch_substep(model, p, params, action, tool)
-        loss = -(p[:, 0].mean() - state.particle_x[:, 0].mean())
+        loss = -(p[..., 0].mean() - state.particle_x[..., 0].mean())
     else:
         loss = scene.loss(rollout(sim, sim.initial_state(), controller, steps,
                                   checkpoint_every=checkpoint, check_every=10))

@@ -1,6 +1,7 @@
 """Closed-loop MLP controller: sees phase clocks and the robot's state, outputs muscle actions.
 
-Input: ``clocks`` sines of the gait phase and the simulator's observation (positions relative
+Acts on every world of a batch at once: observations ``[B, observation_dim]`` in, actions
+``[B, action_dim]`` out. Input: ``clocks`` sines of the gait phase and the simulator's observation (positions relative
 to the center of mass, velocities, the center's velocity), scaled to order one. One hidden
 layer with tanh, tanh output so actions stay in [-1, 1].
 """
@@ -41,10 +42,12 @@ class MLPController(nn.Module):
             self.out.weight.mul_(0.5)
 
     def forward(self, step: int, state) -> torch.Tensor:
+        """Actions ``[B, action_dim]`` from the worlds' observations ``[B, observation_dim]``
+        (the clocks are the same in every world)."""
         clocks = torch.sin(self.omega * step * self.dt + self.phases)
-        obs = self.observe(state).to(clocks.dtype) * self.obs_scale  # [B, observation_dim]
-        clocks = clocks.expand(obs.shape[0], -1)  # the same clock in every world
-        return torch.tanh(self.out(torch.tanh(self.hidden(torch.cat([clocks, obs], 1)))))
+        obs = self.observe(state).to(clocks.dtype) * self.obs_scale
+        clocks = clocks.expand(*obs.shape[:-1], clocks.shape[0])
+        return torch.tanh(self.out(torch.tanh(self.hidden(torch.cat([clocks, obs], -1)))))
 
 
 def controller(sim, scene, **options) -> nn.Module:

@@ -57,7 +57,7 @@ def scene(
         steps=steps,
         loss=lambda r: r.final.dye.new_zeros(()),
         description=f"obstacle ({parameterization}) that steers a jet into the upper outlet",
-        default_backend="taichi",
+        default_backend="torch",
         render_every=1,
         train={"lr": 0.05 if parameterization == "pixels" else 0.01, "iters": 30},
         design=lambda sim: build(region, walls),

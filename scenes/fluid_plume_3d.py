@@ -30,7 +30,7 @@ def scene(
         steps=steps,
         loss=lambda r: r.final.dye.new_zeros(()),
         description=f"3D inflow speed that lifts the smoke to height {height} m",
-        default_backend="taichi",
+        default_backend="torch",
         render_every=1,
         train={"lr": 0.1, "iters": 20},
         design=lambda sim: InflowSpeed(max_speed),

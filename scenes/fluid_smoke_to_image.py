@@ -30,7 +30,7 @@ def scene(
         steps=steps,
         loss=lambda r: r.final.dye.new_zeros(()),
         description=f"initial velocity that shapes smoke into {target!r} after {steps} steps",
-        default_backend="taichi",
+        default_backend="torch",
         render_every=1,
         train={"lr": 0.1, "iters": 60},
         design=lambda sim: InitialVelocity(n),

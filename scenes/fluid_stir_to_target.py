@@ -39,7 +39,7 @@ def scene(
         steps=steps,
         loss=lambda r: r.final.dye.new_zeros(()),
         description=f"paddle trajectory to {goal} ({steps} steps)",
-        default_backend="taichi",
+        default_backend="torch",
         render_every=1,
         train={"lr": 0.1, "iters": 40},
         design=lambda sim: PaddleTrajectory(steps, 2, paddle.max_speed),

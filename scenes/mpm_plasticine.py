@@ -39,8 +39,8 @@ def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float
     truth = MPM(model, resolve_backend("warp", precision="float64"))
     path = hidden_path(steps)
     with torch.no_grad():
-        final = rollout(truth, truth.initial_state(), lambda k, s: path[k], steps).final
-        target = occupancy(final.particle_x, *REGION, cells, sigma)
+        final = rollout(truth, truth.initial_state(), lambda k, s: path[k][None], steps).final
+        target = occupancy(final.particle_x[0], *REGION, cells, sigma)
     return Scene(
         name="mpm_plasticine",
         simulator="mpm",

@@ -21,7 +21,7 @@ import math
 import torch
 
 from simdiff.backend import resolve_backend
-from simdiff.rollout import Rollout
+from simdiff.rollout import Rollout, world_metrics
 from simdiff.scene import Scene
 from simdiff.sims.mpm import MPM, Body, Ground, Material, build_model
 from simdiff.sims.mpm.tasks import (
@@ -47,12 +47,13 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
                                         observations, every)
 
     def spread(result: Rollout):
-        return result.final.particle_x[:, 0].std()
+        return result.mean(result.final.particle_x[..., 0].std(1))
 
     def metrics(result: Rollout) -> dict[str, float]:
-        x = result.final.particle_x.detach()
-        return {"pile_angle_deg": pile_angle(x, model.dx, model.ground_height),
-                "runout": float(x[:, 0].max() - x[:, 0].min()),
+        x = result.final.particle_x.detach()  # [B, n, 2]
+        return {**world_metrics("pile_angle_deg", [pile_angle(w, model.dx, model.ground_height)
+                                                   for w in x]),
+                **world_metrics("runout", x[..., 0].amax(1) - x[..., 0].amin(1)),
                 "friction_angle_deg": float(model.particle_friction_angle.detach()[0])}
 
     return Scene(

@@ -23,7 +23,7 @@ def scene(*, observations: int = 20, every: int = 25, dt: float = 2e-3, noise: f
         for _ in range(observations):
             state = rollout(truth, state, None, every).final
             observed.append(state.body_x)
-    observed = torch.stack(observed)
+    observed = torch.stack(observed, 1)  # [1, T, N, 3]
     gen = torch.Generator().manual_seed(seed)
     observed = observed + noise * torch.randn(observed.shape, generator=gen, dtype=torch.float64)
     model = Model(torch.ones(3, dtype=torch.float64), x, v, dt=dt, integrator="hermite")

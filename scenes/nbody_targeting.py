@@ -22,7 +22,7 @@ def scene(*, steps: int = 500, t_final: float = 2.5) -> Scene:
         simulator="nbody",
         model=model,
         steps=steps,
-        loss=lambda r: ((r.final.body_x[2] - target) ** 2).sum(),
+        loss=lambda r: ((r.final.body_x[:, 2] - target) ** 2).sum(-1).mean(),
         metrics=diagnostics_metrics,
         description=f"launch velocity that reaches {TARGET[:2]} at t={t_final}",
         render_every=5,

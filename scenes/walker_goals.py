@@ -9,6 +9,8 @@ in one batch): alternating legs reach 0.01-0.03 m/s at 1-3 Hz and 0.033 m/s at 8
 height, so jumps of 1-3 cm; squatting lowers the top by 2 cm, so the bar is 1 cm under the
 standing top. Goals are drawn per world every 500 steps
 (seeded per training iteration); losses are :func:`simdiff.locomotion.locomotion_losses`.
+Train several worlds at once (``simdiff train walker_goals --batch 8``): each draws its own
+goals.
 """
 
 from simdiff.locomotion import GoalSpace, locomotion_losses, tracking_metrics
@@ -23,7 +25,7 @@ ART = """
 """
 
 
-def scene(*, steps: int = 1000, dt: float = 0.004, vmax: float = 0.05, batch_size: int = 8,
+def scene(*, steps: int = 1000, dt: float = 0.004, vmax: float = 0.05,
           tasks: tuple = ("stand", "walk", "jump", "crawl"), period: int = 500,
           window: int = 100, **robot) -> Scene:
     model = robot_from_ascii(ART, dt=dt, **{**SHAPE_KEEPING, **robot})
@@ -55,6 +57,6 @@ def scene(*, steps: int = 1000, dt: float = 0.004, vmax: float = 0.05, batch_siz
         default_backend="warp",
         # A 3 Hz gait clock: the fastest of the sine gaits measured below 4 Hz.
         train={"controller": "goal_mlp", "controller_options": {"frequency": 3.0}, "lr": 0.01,
-               "iters": 200, "batch_size": batch_size},
+               "iters": 200},
         goals=goals,
     )

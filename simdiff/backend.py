@@ -1,4 +1,8 @@
-"""Choosing and initializing a kernel backend: Taichi or Warp, a device, a precision.
+"""Choosing and initializing a kernel backend: Taichi, Warp or torch, a device, a precision.
+
+``torch`` names a step written in vectorized torch operations with no kernels (the fluid's
+default); a simulator that has no such step refuses it, as one without Taichi kernels refuses
+``taichi``, with :func:`require_backend`.
 
 A :class:`Backend` is plain data; nothing is initialized (or even imported) at import. Building
 a simulator's kernels, and every step, call :meth:`Backend.ensure_initialized`, which starts
@@ -18,7 +22,14 @@ from enum import Enum
 
 import torch
 
-__all__ = ["Backend", "BackendError", "BackendName", "Precision", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendName",
+    "Precision",
+    "require_backend",
+    "resolve_backend",
+]
 
 
 class BackendError(ValueError):
@@ -28,6 +39,8 @@ class BackendError(ValueError):
 class BackendName(str, Enum):
     TAICHI = "taichi"
     WARP = "warp"
+    TORCH = "torch"
+    """No kernels: a step in vectorized torch operations (the fluid only)."""
 
 
 class Precision(str, Enum):
@@ -36,8 +49,8 @@ class Precision(str, Enum):
 
 
 _PRECISION_ALIASES = {"f32": "float32", "f64": "float64", "fp32": "float32", "fp64": "float64"}
-_PACKAGE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp-lang"}
-_MODULE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp"}
+_PACKAGE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp-lang", BackendName.TORCH: "torch"}
+_MODULE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp", BackendName.TORCH: "torch"}
 
 # What the running process has initialized: Taichi's (device, precision), Warp's flag.
 _taichi_config: tuple[str, Precision] | None = None
@@ -49,7 +62,7 @@ class Backend:
     """Where and how kernels run.
 
     Attributes:
-        name: Kernel language, Taichi or Warp.
+        name: Kernel language, Taichi or Warp, or torch (no kernels).
         device: ``"cpu"`` or ``"cuda"``.
         precision: Floating-point precision of states, parameters and kernels.
     """
@@ -69,6 +82,8 @@ class Backend:
     def ensure_initialized(self) -> None:
         """Start the kernel runtime for this device and precision (idempotent)."""
         global _taichi_config, _warp_initialized
+        if self.name is BackendName.TORCH:
+            return
         if self.name is BackendName.TAICHI:
             if _taichi_config == (self.device, self.precision):
                 return
@@ -112,7 +127,7 @@ def resolve_backend(
     """Validate a backend request and return it as data (initializes nothing but a CUDA probe).
 
     Args:
-        name: ``"taichi"`` or ``"warp"``.
+        name: ``"taichi"``, ``"warp"`` or ``"torch"`` (no kernels; the fluid only).
         device: ``"cpu"``, ``"cuda"``, or ``"auto"`` (CUDA when present, else CPU).
         precision: ``"float32"`` or ``"float64"`` (also ``"f32"``, ``"f64"``).
 
@@ -149,3 +164,17 @@ def resolve_backend(
     elif device != "cpu":
         raise BackendError(f"device={device!r} is unknown; allowed: cpu, cuda, auto")
     return Backend(backend_name, device, prec)
+
+
+def require_backend(backend: Backend, allowed: tuple[BackendName, ...], simulator: str) -> None:
+    """Refuse a backend ``simulator`` has no step for, in one line saying what exists.
+
+    Raises:
+        BackendError: e.g. ``backend='torch': mass_spring runs on taichi or warp``.
+    """
+    if backend.name not in allowed:
+        names = " or ".join(repr(b.value) for b in allowed)
+        raise BackendError(
+            f"backend={backend.name.value!r}: {simulator} has no {backend.name.value} step; "
+            f"it runs on {names}"
+        )

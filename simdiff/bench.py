@@ -113,20 +113,22 @@ def run_all(*, backend: str = "all", device: str = "cpu", quick: bool = False,
 
 
 def _side_by_side(rows: list[dict], keys, metric: str, higher: bool) -> str:
-    """Taichi and Warp rows of the same key in one line, with ``warp / taichi``; '' if the
-    benchmark did not measure both."""
-    by_backend: dict[str, dict[tuple, float]] = {"taichi": {}, "warp": {}}
+    """Taichi (or, for the fluid, torch) and Warp rows of the same key in one line, with
+    ``warp / taichi``; '' if the benchmark did not measure both."""
+    configs = {row["config"] for row in rows}
+    first = "taichi" if "taichi" in configs else "torch"
+    by_backend: dict[str, dict[tuple, float]] = {first: {}, "warp": {}}
     for row in rows:
         if row["config"] in by_backend and row.get(metric):
             by_backend[row["config"]][tuple(row.get(k) for k in keys)] = row[metric]
-    shared = [k for k in by_backend["taichi"] if k in by_backend["warp"]]
+    shared = [k for k in by_backend[first] if k in by_backend["warp"]]
     if not shared:
         return ""
     better = "higher" if higher else "lower"
-    lines = [f"\ntaichi and warp side by side ({metric}, {better} is better)",
-             "  ".join(f"{c:>14}" for c in [*keys, "taichi", "warp", "warp/taichi"])]
+    lines = [f"\n{first} and warp side by side ({metric}, {better} is better)",
+             "  ".join(f"{c:>14}" for c in [*keys, first, "warp", f"warp/{first}"])]
     for key in shared:
-        t, w = by_backend["taichi"][key], by_backend["warp"][key]
+        t, w = by_backend[first][key], by_backend["warp"][key]
         lines.append("  ".join(f"{_fmt(v):>14}" for v in [*key, t, w, w / t]))
     return "\n".join(lines)
 

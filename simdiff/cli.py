@@ -11,10 +11,19 @@ __all__ = ["main"]
 
 
 def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    choices = ["taichi", "warp", "all"] if allow_all else ["taichi", "warp"]
+    # torch: the fluid's step in vectorized torch (the other simulators refuse it).
+    choices = ["taichi", "warp", "torch", "all"] if allow_all else ["taichi", "warp", "torch"]
     p.add_argument("--backend", choices=choices, default=None,
                    help="kernel backend (default: the scene's, measured fastest for its size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds simulated at once; the scene says how they differ (default: 1)")
+    p.add_argument("--health", choices=["stop", "mask"], default="stop",
+                   help="a failed world stops the run, or is frozen and left out of the loss "
+                        "(default: stop)")
 
 
 def _scene_args(p: argparse.ArgumentParser) -> None:
@@ -55,21 +64,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(scene, sim, controller) -> tuple[dict, object]:
+def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
+              ) -> tuple[dict, object]:
     """One recorded rollout of the scene (with the design of an inverse problem) and its
     figures."""
     import torch
 
     from simdiff.rollout import rollout
+    from simdiff.scene import initial_worlds
 
     with torch.no_grad():
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
-            result = rollout(sim, sim.initial_state(), controller, scene.steps,
+            state, params = initial_worlds(scene, sim, seed=seed)
+            result = rollout(sim, state, controller, scene.steps, params=params, health=health,
                              record_every=scene.render_every)
             loss, extra = scene.loss(result), {}
     return {"loss": float(loss), **scene.metrics(result), **extra}, result
+
+
+def _figures(metrics: dict) -> str:
+    """``name=value`` pairs of a rollout's scalar figures (per-world lists are left to the
+    metrics log)."""
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -82,7 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
-    sim = make_simulator(scene, backend)
+    sim = make_simulator(scene, backend, batch_size=args.batch)
     controller = None
     if scene.design is not None:
         controller = scene.design(sim).to(backend.torch_dtype)
@@ -91,8 +109,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
     if controller is not None and args.weights:
         controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
-    metrics, result = _evaluate(scene, sim, controller)
-    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
+    print(_figures(metrics))
     out = Path(args.out or f"renders/{scene.name}.mp4")
     write_rollout_video(scene, result, out)
     print(f"wrote {out}")
@@ -119,6 +137,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grad_normalize=args.grad_normalize,
         backprop_window=args.backprop_window,
         seed=args.seed,
+        batch=args.batch,
+        health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
@@ -134,8 +154,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
-        figures, final = _evaluate(result.scene, result.simulator, result.best_controller())
-        print("best iteration: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+        figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
+                                   seed=config.seed, health=config.health)
+        print("best iteration: " + _figures(figures))
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
@@ -203,11 +224,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    from simdiff.gradcheck import check_gradients
+    from simdiff.gradcheck import backends_for, check_gradients
     from simdiff.scene import load_scene
 
     scene = load_scene(args.scene, **_scene_options(args))
-    backends = ["taichi", "warp"] if args.backend in (None, "all") else [args.backend]
+    backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
     failed = 0
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
@@ -250,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
+    _batch_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train a controller through the physics")
@@ -276,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep one state every K steps and recompute in backward (bounded memory)")
     p.add_argument("--no-video", action="store_true", help="skip the final video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _batch_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")

@@ -23,8 +23,9 @@ import torch
 from simdiff.backend import Precision, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
+from simdiff.sims.base import Params
 
-__all__ = ["Agreement", "GradCheck", "check_gradients", "compare_backends"]
+__all__ = ["Agreement", "GradCheck", "backends_for", "check_gradients", "compare_backends"]
 
 # Initial fields whose typical values sit on kinks of the step: a flow at rest samples exactly
 # on grid nodes, where interpolation is not differentiable, and piecewise-constant dye puts the
@@ -34,6 +35,14 @@ __all__ = ["Agreement", "GradCheck", "check_gradients", "compare_backends"]
 # white noise would put a limiter switch within any finite-difference step.
 _KINKED = {"fluid": ("initial_velocity", "initial_dye")}
 _EPS = {"fluid": 1e-7}
+# The two implementations of each simulator (the fluid has no Taichi kernels: its step in
+# vectorized torch is the second implementation).
+_BACKENDS = {"fluid": ("torch", "warp")}
+
+
+def backends_for(scene: Scene) -> tuple[str, str]:
+    """The two backends a scene's simulator runs on (compared by :func:`compare_backends`)."""
+    return _BACKENDS.get(scene.simulator, ("taichi", "warp"))
 
 
 def _smooth_noise(shape: torch.Size, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -109,8 +118,10 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
             for name in fields}
     state0 = sim.initial_state()
     base.update({f"initial_{n}": getattr(state0, n).detach() for n in sim.initial_fields})
+    batched = type(sim).Params is not Params  # on the batched contract: fields [B, ...]
     for name in _KINKED.get(scene.simulator, ()):
-        base[name] = base[name] + 1e-2 * _smooth_noise(base[name].shape, gen, dtype).to(dev)
+        shape = base[name].shape[1:] if batched else base[name].shape  # one world's field
+        base[name] = base[name] + 1e-2 * _smooth_noise(shape, gen, dtype).to(dev)
     if sim.action_dim:
         t = torch.arange(steps, dtype=dtype)[:, None]
         phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
@@ -131,7 +142,11 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
                 setattr(model, n, values[n])
             state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
-            controller = (lambda k, s: actions[k]) if actions is not None else None
+            controller = None
+            if actions is not None and batched:  # one sequence drives every world
+                controller = lambda k, s: actions[k].expand(s.batch_size, -1)
+            elif actions is not None:
+                controller = lambda k, s: actions[k]
             result = rollout(sim, state, controller, steps)
             projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection, result
@@ -164,7 +179,7 @@ def check_gradients(
 
     Args:
         scene: The scene (its model is not modified).
-        backend: ``taichi`` or ``warp``.
+        backend: ``taichi`` or ``warp`` (``torch`` or ``warp`` for the fluid).
         steps: Horizon; defaults to the scene's.
         eps: Finite-difference step, relative to each quantity's scale (default 1e-6; 1e-7
             for the fluid, whose advection limiter switches within larger steps).
@@ -213,7 +228,7 @@ class Agreement:
 
 def compare_backends(
     scene: Scene,
-    backends: tuple[str, str] = ("taichi", "warp"),
+    backends: tuple[str, str] | None = None,
     *,
     steps: int | None = None,
     rtol: float = 1e-7,
@@ -232,7 +247,7 @@ def compare_backends(
 
     Args:
         scene: The scene (its model is not modified).
-        backends: The two backends compared.
+        backends: The two backends compared (default :func:`backends_for` the scene).
         steps: Horizon; defaults to the scene's.
         rtol: Largest difference allowed, relative to the compared values' magnitude.
         seed: Seed of the random directions and actions (the same on both).
@@ -242,7 +257,7 @@ def compare_backends(
     """
     steps = steps or scene.steps
     runs = []
-    for name in backends:
+    for name in backends or backends_for(scene):
         be = resolve_backend(name, device, Precision.FLOAT64)
         # A copy per backend: an inverse problem's objective may write its design into the
         # model (the fluid's obstacle or inflow speed), which must not reach the next run.

@@ -257,11 +257,11 @@ def _windows(steps: int, space: GoalSpace) -> torch.Tensor:
 def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
     """Per-world loss terms ``{name: [B]}`` and their weighted sum under ``"total"``.
 
-    Reads ``rollout.goals`` (a :class:`GoalSchedule`) and ``rollout.trace`` (``com``
+    Reads ``rollout.goal_schedule`` (a :class:`GoalSchedule`) and ``rollout.trace`` (``com``
     [T + 1, B, dim], ``top`` [T + 1, B], ``action`` [T, B, A], as recorded by
     :func:`simdiff.rollout.rollout` with ``trace=trace_state``).
     """
-    schedule: GoalSchedule = rollout.goals
+    schedule: GoalSchedule = rollout.goal_schedule
     space = schedule.space
     com, top = rollout.trace["com"], rollout.trace["top"]
     steps = com.shape[0] - 1
@@ -317,7 +317,7 @@ def tracking_metrics(rollout) -> dict[str, torch.Tensor]:
     ``jump_height_error`` (mean absolute peak-rise error over jump periods, m, NaN where a world
     had none), ``crawl_violation`` (fraction of crawl steps with the top above the bar) and, in
     3D, ``heading_error`` (rad per window)."""
-    schedule: GoalSchedule = rollout.goals
+    schedule: GoalSchedule = rollout.goal_schedule
     space = schedule.space
     com, top = rollout.trace["com"].detach(), rollout.trace["top"].detach()
     steps = com.shape[0] - 1
@@ -356,17 +356,16 @@ def tracking_metrics(rollout) -> dict[str, torch.Tensor]:
     return out
 
 
-class _GoalFeed:
-    """The rollout's controller: hands each step's goals to a goal-conditioned controller and
-    keeps the differentiable trace of every step (state summaries before the step, actions)."""
+class _Traced:
+    """The rollout's controller: a goal-conditioned controller that also keeps the
+    differentiable trace of every step (state summaries before the step, and actions)."""
 
-    def __init__(self, controller, schedule: GoalSchedule) -> None:
-        self.controller, self.schedule = controller, schedule
+    def __init__(self, controller) -> None:
+        self.controller = controller
         self.traces: list[dict[str, torch.Tensor]] = []
         self.actions: list[torch.Tensor] = []
 
-    def __call__(self, step: int, state) -> torch.Tensor:
-        goal = self.schedule.at(step, like=state.particle_x)
+    def __call__(self, step: int, state, goal: torch.Tensor) -> torch.Tensor:
         action = self.controller(step, state, goal)
         self.traces.append(trace_state(state))
         self.actions.append(action)
@@ -390,25 +389,27 @@ def check_goal_controller(controller, schedule: GoalSchedule, batch_size: int) -
 
 
 def goal_rollout(sim, state, controller, schedule: GoalSchedule, steps: int, **options):
-    """:func:`simdiff.rollout.rollout` with goals: ``controller(step, state, goal)`` receives
-    ``schedule.at(step)`` ``[B, goal_dim]``. The returned Rollout also carries ``goals`` (the
-    schedule) and ``trace`` (``com`` [T + 1, B, dim], ``top`` [T + 1, B], ``action``
+    """:func:`simdiff.rollout.rollout` with ``goals=schedule.at``: ``controller(step, state,
+    goal)`` receives each world's goal ``[B, goal_dim]``. The returned Rollout also carries
+    ``goal_schedule`` and ``trace`` (``com`` [T + 1, B, dim], ``top`` [T + 1, B], ``action``
     [T, B, A], and ``x`` in 3D), which the locomotion losses read.
 
     Not with ``checkpoint_every`` (the trace is kept whole, so checkpointing would save no
-    memory); ``truncate_every`` and ``health`` pass through.
+    memory); ``params``, ``truncate_every``, ``health`` and ``record_every`` pass through.
     """
     from simdiff.rollout import rollout
 
     if options.get("checkpoint_every") is not None:
         raise ValueError("goal_rollout keeps a per-step trace; checkpoint_every must be None")
     check_goal_controller(controller, schedule, sim.batch_size)
-    feed = _GoalFeed(controller, schedule)
-    result = rollout(sim, state, feed, steps, capture=False, **options)
-    traces = feed.traces + [trace_state(result.final)]
+    traced = _Traced(controller)
+    like = state.tensors()[0]
+    result = rollout(sim, state, traced, steps, goals=lambda t: schedule.at(t, like=like),
+                     **options)
+    traces = traced.traces + [trace_state(result.final)]
     result.trace = {name: torch.stack([t[name] for t in traces]) for name in traces[0]}
-    result.trace["action"] = torch.stack(feed.actions)
-    result.goals = schedule
+    result.trace["action"] = torch.stack(traced.actions)
+    result.goal_schedule = schedule
     return result
 
 

@@ -1,20 +1,23 @@
-"""The rollout loop: a simulator of B worlds, a controller and a horizon make a trajectory.
+"""The rollout loop: a simulator, a controller and a horizon make a trajectory of B worlds.
 
-PROVISIONAL (massspring branch): a small implementation of the batched signature the lead is
-landing on main, so that the mass-spring code and tests run against it; main's version
-replaces this file on merge.
+:func:`rollout` chains ``sim.step(state, action, params)`` with a controller. With
+``checkpoint_every=K`` it keeps only the state at the start of every K-step segment and
+recomputes each segment in backward (``torch.utils.checkpoint``), so memory grows with
+``steps / K`` instead of ``steps``. Open-loop rollouts on Warp run as captured segments
+(:func:`simdiff.bridge.apply_segment`).
 
-:func:`rollout` chains steps with a controller. With ``checkpoint_every=K`` it keeps only the
-state at the start of every K-step segment and recomputes each segment in backward
-(``torch.utils.checkpoint``), so memory grows with ``steps / K`` instead of ``steps``. Open-loop
-rollouts on Warp run as captured segments (:func:`simdiff.bridge.apply_segment`).
+Health is checked per world. ``health="stop"`` (default) raises :class:`SimulationError` naming
+the world, the step and the quantity. ``health="mask"`` freezes a failed world at its last good
+state, excludes it from :meth:`Rollout.mean` and zeroes its rows of every gradient (its NaNs
+must not reach parameters shared by the other worlds); ``rollout.failures`` names every failed
+world, so a mask never hides a failure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -22,10 +25,22 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.bridge import apply_segment, capturable
 from simdiff.sims.base import Params, SimulationError, Simulator, State
 
-__all__ = ["Controller", "Rollout", "rollout", "world_metrics"]
+__all__ = ["Controller", "Health", "Rollout", "rollout", "world_metrics"]
+
+Controller = Callable[..., torch.Tensor | None]
+"""``controller(step, state) -> [B, action_dim]`` (or ``controller(step, state, goal)``)."""
+
+Health = Literal["stop", "mask"]
 
 
-Controller = Callable[[int, State], torch.Tensor | None]
+def world_metrics(name: str, values: torch.Tensor | float) -> dict[str, Any]:
+    """Figures of one quantity over worlds: ``{name: mean}``, and for more than one world
+    ``name_min``, ``name_max`` and ``name_per_world`` too."""
+    v = torch.as_tensor(values).detach().double().flatten().cpu()
+    if v.numel() == 1:
+        return {name: float(v[0])}
+    return {name: float(v.mean()), f"{name}_min": float(v.min()), f"{name}_max": float(v.max()),
+            f"{name}_per_world": [float(x) for x in v]}
 
 
 @dataclass
@@ -38,9 +53,11 @@ class Rollout:
         steps: Number of steps taken.
         frames: Detached copies of the states at every ``record_every`` steps, keyed by step.
         actions: Detached actions ``[B, action_dim]`` at the recorded steps, keyed by step.
+        goals: Detached goals ``[B, goal_dim]`` at the recorded steps (goal-conditioned runs).
         params: The params every step read.
-        alive: ``[B]`` bool, the worlds that did not fail.
+        alive: ``[B]`` bool, the worlds that did not fail (all, unless ``health="mask"``).
         failures: ``{world: (step, description)}`` of the failed worlds.
+        simulator: The simulator that ran it (for diagnostics; rendering reads the frames).
     """
 
     initial: State
@@ -48,53 +65,99 @@ class Rollout:
     steps: int
     frames: dict[int, State] = field(default_factory=dict)
     actions: dict[int, torch.Tensor] = field(default_factory=dict)
+    goals: dict[int, torch.Tensor] = field(default_factory=dict)
     params: Params | None = None
     alive: torch.Tensor | None = None
     failures: dict[int, tuple[int, str]] = field(default_factory=dict)
     simulator: Simulator | None = None
-    """The simulator that ran it (for diagnostics; rendering reads only the frames)."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.initial.batch_size
 
     def recorded(self) -> list[State]:
         return [self.frames[k] for k in sorted(self.frames)]
 
     def mean(self, per_world: torch.Tensor) -> torch.Tensor:
-        """The mean of a ``[B]`` tensor over the worlds that did not fail."""
+        """The mean over the alive worlds of a per-world quantity ``[B]`` (a task loss).
+
+        Raises:
+            ValueError: ``per_world`` is not ``[B]``.
+            SimulationError: every world failed.
+        """
+        b = self.batch_size
+        if per_world.shape != (b,):
+            raise ValueError(f"per-world value has shape {list(per_world.shape)}; expected [{b}]")
         if self.alive is None or bool(self.alive.all()):
             return per_world.mean()
-        return per_world[self.alive.to(per_world.device)].mean()
+        if not bool(self.alive.any()):
+            raise SimulationError(f"every one of the {b} worlds failed: {self.failures}",
+                                  self.failures)
+        keep = self.alive.to(per_world.device)
+        return torch.where(keep, per_world, torch.zeros_like(per_world)).sum() / keep.sum()
+
+    def world(self, index: int) -> Rollout:
+        """World ``index`` alone (every state ``[1, ...]``), e.g. to render it."""
+        return Rollout(
+            initial=self.initial.world(index), final=self.final.world(index), steps=self.steps,
+            frames={t: s.world(index) for t, s in self.frames.items()},
+            actions={t: a[index:index + 1] for t, a in self.actions.items()},
+            goals={t: g[index:index + 1] for t, g in self.goals.items()},
+            params=self.params.world(index) if self.params is not None else None,
+            alive=self.alive[index:index + 1] if self.alive is not None else None,
+            failures={0: self.failures[index]} if index in self.failures else {},
+            simulator=self.simulator,
+        )
 
 
-def world_metrics(name: str, values: torch.Tensor) -> dict[str, Any]:
-    """``{name: mean, name_min, name_max, name_per_world}`` of per-world ``values`` ``[B]``
-    (for one world only ``{name: value}``)."""
-    values = values.detach().double().cpu().reshape(-1)
-    if values.numel() == 1:
-        return {name: float(values[0])}
-    return {name: float(values.mean()), f"{name}_min": float(values.min()),
-            f"{name}_max": float(values.max()), f"{name}_per_world": values.tolist()}
+class _ZeroFailedRows(torch.autograd.Function):
+    """Identity in forward; in backward, zeroes the gradient rows of the worlds that failed
+    (read from ``failed`` at backward time, when every failure is known)."""
+
+    @staticmethod
+    def forward(ctx, failed: list, tensor: torch.Tensor):
+        ctx.failed = failed
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        mask = ctx.failed[0]
+        if mask is None or not bool(mask.any()):
+            return None, grad
+        keep = (~mask).to(grad.device).reshape(-1, *([1] * (grad.dim() - 1)))
+        return None, torch.where(keep, grad, torch.zeros_like(grad))
 
 
-def _fail(failures: dict[int, str], t: int, steps: int) -> SimulationError:
-    b = min(failures)
-    return SimulationError(f"world {b}, step {t} of {steps}: {failures[b]}",
-                           {w: (t, d) for w, d in failures.items()})
+def _failures(sim: Simulator, state: State) -> dict[int, str]:
+    return sim.check_state(state) or {}
 
 
-def _captured_rollout(sim, spec, state, controller, steps, result, params, segment,
+def _raise_failures(found: dict[int, str], step: int, steps: int) -> None:
+    world = min(found)
+    more = f" (and {len(found) - 1} more worlds)" if len(found) > 1 else ""
+    raise SimulationError(f"world {world}, step {step} of {steps}: {found[world]}{more}",
+                          {w: (step, d) for w, d in found.items()})
+
+
+def _batched_actions(actions: torch.Tensor, steps: int, sim: Simulator) -> torch.Tensor:
+    """An open-loop controller's actions as ``[steps, B, action_dim]`` (a shared sequence
+    ``[steps, action_dim]`` drives every world)."""
+    b, n = sim.batch_size, sim.action_dim
+    if actions.dim() == 2 and tuple(actions.shape) == (steps, n):
+        return actions[:, None, :].expand(steps, b, n)
+    if tuple(actions.shape) != (steps, b, n):
+        raise ValueError(f"controller.actions({steps}) has shape {list(actions.shape)}; "
+                         f"expected [{steps}, {n}] or [{steps}, {b}, {n}]")
+    return actions
+
+
+def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
                       record_every, check_every) -> Rollout:
     like = getattr(state, spec.state_fields[0])
-    width, b = max(sim.action_dim, 1), sim.batch_size
     if controller is None or sim.action_dim == 0:
-        actions = like.new_zeros(steps, b, width)
+        actions = like.new_zeros(steps, sim.batch_size, max(sim.action_dim, 1))
     else:
-        actions = controller.actions(steps).to(like.dtype)
-        if actions.shape == (steps, sim.action_dim):  # one sequence for every world
-            actions = actions[:, None].expand(steps, b, sim.action_dim)
-        if actions.shape != (steps, b, sim.action_dim):
-            raise ValueError(f"controller.actions({steps}) has shape {list(actions.shape)}; "
-                             f"expected [{steps}, {b}, {sim.action_dim}]")
-    per_world = params.per_world(b)
-    shared = [getattr(per_world, n) for n in spec.shared]
+        actions = _batched_actions(controller.actions(steps).to(like.dtype), steps, sim)
     current = state
     for t0 in range(0, steps, segment):
         t1 = min(t0 + segment, steps)
@@ -112,11 +175,12 @@ def _captured_rollout(sim, spec, state, controller, steps, result, params, segme
                     result.actions[t] = actions[t].detach().clone()
         # A clone of the last slot, so that the trajectory itself is not kept alive.
         current = state_at(t1, detach=False)
-        if check_every and sim.check_state(current):
+        if check_every and _failures(sim, current):
+            # A NaN persists: the first bad step is found in the segment's trajectory.
             for t in range(t0 + 1, t1 + 1):
-                failures = sim.check_state(state_at(t))
-                if failures:
-                    raise _fail(failures, t, steps)
+                found = _failures(sim, state_at(t))
+                if found:
+                    _raise_failures(found, t, steps)
     if record_every > 0:
         result.frames[steps] = current.detach()
     result.final = current
@@ -130,86 +194,132 @@ def rollout(
     steps: int,
     *,
     params: Params | None = None,
-    health: str = "stop",
+    goals: Callable[[int], torch.Tensor] | None = None,
+    health: Health = "stop",
     checkpoint_every: int | None = None,
     record_every: int = 0,
     check_every: int = 1,
     capture: bool | None = None,
     truncate_every: int | None = None,
 ) -> Rollout:
-    """Advance ``state`` (``[B, ...]``) by ``steps`` steps, asking ``controller(step, state)``
-    for each action ``[B, action_dim]``.
+    """Advance the B worlds of ``state`` by ``steps`` steps, asking the controller for actions.
 
     Args:
-        sim: The simulator.
-        state: The initial state (its tensors may require grad).
-        controller: Maps the step index and the current state to an action, or ``None``.
+        sim: The simulator (``sim.batch_size`` worlds).
+        state: The initial state ``[B, ...]`` (its tensors may require grad).
+        controller: ``controller(step, state) -> [B, action_dim]`` (with ``goals``:
+            ``controller(step, state, goal)``), or ``None`` for an unactuated rollout.
         steps: Number of steps, at least 1.
-        params: What every step reads (``sim.params()`` when None).
+        params: What every step reads (default ``sim.params()``); fields shared or per world.
+        goals: ``goals(step) -> [B, goal_dim]``, the command of each world at that step,
+            passed to the controller as its third argument and recorded with the frames.
         health: ``"stop"`` raises on the first failed world; ``"mask"`` freezes failed worlds
-            and leaves them out of ``Rollout.mean``.
-        checkpoint_every: Keep one state every this many steps, recompute in backward.
-        record_every: If positive, keep a detached copy of every such step's state.
+            and excludes them from :meth:`Rollout.mean` (see the module docstring).
+        checkpoint_every: If given, keep only one state every this many steps and recompute
+            the segments in backward; gradients are unchanged, memory is bounded.
+        record_every: If positive, keep a detached copy of every such step's state (for
+            rendering), including the first and last.
         check_every: Check for NaN or blow-up every this many steps (0 disables).
-        capture: Run open-loop segments as captured graphs (None: where possible).
+        capture: Run open-loop segments as captured graphs (:mod:`simdiff.bridge`): each
+            segment (``checkpoint_every`` steps, or all) is one graph replay and one autograd
+            node that saves only its inputs. ``None`` (default) captures where possible: a
+            Warp simulator with a segment spec, a controller that is ``None`` or open-loop
+            (it has ``actions(steps)``), no goals and ``health="stop"``. ``True`` refuses to
+            run otherwise. States are checked at segment ends, then step by step inside a
+            segment that failed.
         truncate_every: If given, detach the state every this many steps (truncated
             backpropagation through time): gradients of a quantity measured at step t flow
             back only to the last multiple of ``truncate_every`` before t (the controller's and
             model's parameters still receive every window's gradient). Not captured.
 
     Raises:
-        SimulationError: naming the world, step and quantity (``health="stop"``).
+        SimulationError: with ``health="stop"``, naming the world, step and quantity of the
+            first failure.
+        ValueError: a bad argument, or a controller whose action is not ``[B, action_dim]``.
     """
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
     if truncate_every is not None and truncate_every < 1:
         raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
-        raise ValueError(f"health={health!r}; allowed: 'stop', 'mask'")
-    params = sim.params() if params is None else params
-    alive = torch.ones(sim.batch_size, dtype=torch.bool)
-    result = Rollout(initial=state, final=state, steps=steps, params=params, alive=alive,
-                     simulator=sim)
+        raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
+    batch = sim.batch_size
+    if state.batch_size != batch:
+        raise ValueError(f"state has {state.batch_size} worlds; the simulator has "
+                         f"batch_size={batch}")
+    params = (sim.params() if params is None else params).per_world(batch)
+    params = params.map(torch.Tensor.contiguous)
+    result = Rollout(initial=state, final=state, steps=steps, params=params,
+                     alive=torch.ones(batch, dtype=torch.bool), simulator=sim)
 
-    def record(t: int, s: State, action: torch.Tensor | None) -> None:
+    def record(t: int, s: State, action: torch.Tensor | None, goal: torch.Tensor | None) -> None:
         if record_every > 0 and (t % record_every == 0 or t == steps):
             result.frames[t] = s.detach()
             if action is not None:
                 result.actions[t] = action.detach().clone()
+            if goal is not None:
+                result.goals[t] = goal.detach().clone()
 
     spec = None
-    if capture is not False and health == "stop" and truncate_every is None:
+    if capture is not False and truncate_every is None:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
-        spec = capturable(sim) if open_loop else None
-    if capture and spec is None:
-        raise ValueError(
-            "capture=True needs a simulator on warp that offers a segment spec "
-            "(mass_spring), a controller that is None or open-loop (has actions(steps)) "
-            "and health='stop'"
-        )
+        spec = capturable(sim) if open_loop and goals is None and health == "stop" else None
+        if spec is not None and not set(spec.shared) <= set(params.field_names()):
+            spec = None
+        if capture and spec is None:
+            raise ValueError(
+                "capture=True needs a simulator on warp that offers a segment spec "
+                "(mass_spring), a controller that is None or open-loop (has actions(steps)), "
+                "no goals and health='stop'"
+            )
     if spec is not None:
-        return _captured_rollout(sim, spec, state, controller, steps, result, params,
+        values = [getattr(params, n) for n in spec.shared]
+        return _captured_rollout(sim, spec, state, controller, steps, result, values,
                                  checkpoint_every or steps, record_every, check_every)
+
+    # Step at which each world failed (steps + 1: not failed); decided in forward and read
+    # again when checkpointed segments are recomputed, so both passes freeze alike.
+    failed_at = torch.full((batch,), steps + 1, dtype=torch.long)
+    final_failed: list = [None]  # read by the gradient mask in backward
+
+    def masked(t: torch.Tensor) -> torch.Tensor:
+        return _ZeroFailedRows.apply(final_failed, t) if health == "mask" else t
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
             if truncate_every is not None and t > 0 and t % truncate_every == 0:
                 s = s.detach()
-            action = controller(t, s) if controller is not None else None
-            record(t, s, action)
-            new = sim.step(s, action, params)
-            if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
-                failures = {w: d for w, d in sim.check_state(new).items() if bool(alive[w])}
-                if failures and health == "stop":
-                    raise _fail(failures, t + 1, steps)
-                for w, d in failures.items():
-                    alive[w] = False
-                    result.failures[w] = (t + 1, d)
-            if not bool(alive.all()):
-                new = new.where(alive.to(s.tensors()[0].device), s)
-            s = new
+            goal = goals(t) if goals is not None else None
+            if controller is None:
+                action = None
+            elif goal is not None:
+                action = controller(t, s, goal)
+            else:
+                action = controller(t, s)
+            record(t, s, action, goal)
+            step_params = params if health == "stop" else params.map(masked)
+            if health == "mask":
+                s = type(s).from_tensors(s.field_names(), tuple(map(masked, s.tensors())))
+                action = masked(action) if action is not None else None
+            nxt = sim.step(s, action, step_params)
+            checked = check_every and ((t + 1) % check_every == 0 or t + 1 == steps)
+            if health == "mask":
+                frozen = failed_at <= t + 1
+                if checked:
+                    for world, description in _failures(sim, nxt).items():
+                        if not frozen[world]:
+                            failed_at[world] = t + 1
+                            result.failures[world] = (t + 1, description)
+                    frozen = failed_at <= t + 1
+                if bool(frozen.any()):
+                    nxt = s.where(frozen.to(s.tensors()[0].device), nxt)
+            elif checked:
+                found = _failures(sim, nxt)
+                if found:
+                    _raise_failures(found, t + 1, steps)
+            s = nxt
         return s
 
     if checkpoint_every is None or not torch.is_grad_enabled():
@@ -226,6 +336,8 @@ def rollout(
             final = type(state).from_tensors(
                 names, checkpoint(segment, *final.tensors(), use_reentrant=False)
             )
-    record(steps, final, None)
+    record(steps, final, None, None)
+    result.alive = failed_at > steps
+    final_failed[0] = ~result.alive
     result.final = final
     return result

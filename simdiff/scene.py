@@ -21,12 +21,13 @@ import torch
 
 from simdiff.backend import Backend
 from simdiff.rollout import Rollout
-from simdiff.sims.base import Simulator
+from simdiff.sims.base import Simulator, check_batch_size
 
 __all__ = [
     "Scene",
     "SceneError",
     "controller_dir",
+    "initial_worlds",
     "list_controllers",
     "list_scenes",
     "load_controller",
@@ -64,6 +65,9 @@ class Scene:
         objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
             simulation with the design and returns ``(loss, rollout, metrics)``.
         render_options: Extra keyword arguments of the simulator's frame painter (targets).
+        worlds: How the worlds of a batch differ: ``worlds(sim, state, params, generator) ->
+            (state, params)`` perturbs the initial state ``[B, ...]`` or sets per-world params
+            fields, drawing from the seeded ``generator``. None: every world is the same.
         goals: For goal-conditioned scenes: the goal distribution
             (:class:`simdiff.locomotion.GoalSpace`); the trainer draws a goal schedule per
             iteration and world, and the controller receives ``forward(step, state, goal)``.
@@ -82,6 +86,7 @@ class Scene:
     design: Callable[[Simulator], torch.nn.Module] | None = None
     objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
     render_options: dict[str, Any] = field(default_factory=dict)
+    worlds: Callable[..., tuple[Any, Any]] | None = None
     goals: Any = None
 
     def __post_init__(self) -> None:
@@ -96,31 +101,31 @@ class Scene:
             )
 
 
-def _mass_spring(model: Any, backend: Backend) -> Simulator:
+def _mass_spring(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.mass_spring import MassSpring
 
-    return MassSpring(model, backend)
+    return MassSpring(model, backend, **options)
 
 
-def _nbody(model: Any, backend: Backend) -> Simulator:
+def _nbody(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.nbody import NBody
 
-    return NBody(model, backend)
+    return NBody(model, backend, **options)
 
 
-def _fluid(model: Any, backend: Backend) -> Simulator:
+def _fluid(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.fluid import Fluid
 
-    return Fluid(model, backend)
+    return Fluid(model, backend, **options)
 
 
-def _mpm(model: Any, backend: Backend) -> Simulator:
+def _mpm(model: Any, backend: Backend, **options: Any) -> Simulator:
     from simdiff.sims.mpm import MPM
 
-    return MPM(model, backend)
+    return MPM(model, backend, **options)
 
 
-SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
+SIMULATORS: dict[str, Callable[..., Simulator]] = {
     "mass_spring": _mass_spring,
     "nbody": _nbody,
     "fluid": _fluid,
@@ -129,12 +134,20 @@ SIMULATORS: dict[str, Callable[[Any, Backend], Simulator]] = {
 
 
 def make_simulator(scene: Scene, backend: Backend, *, batch_size: int = 1) -> Simulator:
-    """The scene's simulator on ``backend``, stepping ``batch_size`` worlds."""
-    sim = SIMULATORS[scene.simulator](scene.model, backend)
-    if batch_size != 1:
-        # Transitional (the lead's batched make_simulator replaces this): rebuild with B worlds.
-        sim = type(sim)(scene.model, backend, batch_size=batch_size)
-    return sim
+    """The scene's simulator of ``batch_size`` worlds on ``backend``."""
+    return SIMULATORS[scene.simulator](scene.model, backend,
+                                       batch_size=check_batch_size(batch_size))
+
+
+def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any, Any]:
+    """The initial state and params of the simulator's worlds, varied by the scene's
+    ``worlds`` hook (seeded: the same ``seed`` gives the same worlds)."""
+    state = sim.initial_state()
+    params = sim.params()
+    if scene.worlds is not None:
+        generator = torch.Generator().manual_seed(seed)
+        state, params = scene.worlds(sim, state, params, generator)
+    return state, params
 
 
 def scene_dir() -> Path:

@@ -39,8 +39,15 @@ from tqdm import tqdm
 from simdiff.backend import Backend, resolve_backend
 from simdiff.locomotion import goal_rollout
 from simdiff.rollout import rollout
-from simdiff.scene import Scene, SceneError, load_controller, load_scene, make_simulator
-from simdiff.sims.base import Simulator
+from simdiff.scene import (
+    Scene,
+    SceneError,
+    initial_worlds,
+    load_controller,
+    load_scene,
+    make_simulator,
+)
+from simdiff.sims.base import Simulator, check_batch_size
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
 
@@ -68,9 +75,11 @@ class TrainConfig:
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
         backprop_window: Truncate backpropagation to windows of this many steps (None: the
             whole horizon).
-        batch_size: Worlds per iteration; None takes the scene's default (else 1). In a
-            goal-conditioned scene each world draws its own goals.
-        seed: Seed of the controller's initial weights.
+        seed: Seed of the controller's initial weights and of the worlds' variation.
+        batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
+            drawn anew every iteration from ``seed`` and the iteration).
+        health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
+            frozen, left out of the loss and counted in ``failed_worlds``).
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
         scene_options: Keyword arguments of the scene function (e.g. ``steps``).
@@ -88,8 +97,9 @@ class TrainConfig:
     clip: float = 1.0
     grad_normalize: bool = False
     backprop_window: int | None = None
-    batch_size: int | None = None
     seed: int = 0
+    batch: int = 1
+    health: str = "stop"
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
     scene_options: dict[str, Any] = field(default_factory=dict)
@@ -222,11 +232,12 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
+    defaults = {"batch": 1, "health": "stop"}  # checkpoints from before batches
     for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
-                "controller_options"):
-        if saved.get(key) != getattr(config, key):
+                "controller_options", "batch", "health"):
+        if saved.get(key, defaults.get(key)) != getattr(config, key):
             raise CheckpointError(
-                f"checkpoint {path} belongs to another run: {key}={saved.get(key)!r} there, "
+                f"checkpoint {path} belongs to another run: {key}={saved.get(key, defaults.get(key))!r} there, "
                 f"{getattr(config, key)!r} here"
             )
 
@@ -273,6 +284,9 @@ def train(
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
     if config.iters < 0:
         raise ValueError(f"iters={config.iters} must be >= 0")
+    check_batch_size(config.batch)
+    if config.health not in ("stop", "mask"):
+        raise ValueError(f"health={config.health!r} is unknown; allowed: stop, mask")
     if config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
     if config.backprop_window is not None and config.backprop_window < 1:
@@ -294,8 +308,7 @@ def train(
         )
     backend: Backend = resolve_backend(config.backend, config.device, config.precision)
     config.device = backend.device
-    config.batch_size = config.batch_size or scene.train.get("batch_size", 1)
-    sim = make_simulator(scene, backend, batch_size=config.batch_size)
+    sim = make_simulator(scene, backend, batch_size=config.batch)
     torch.manual_seed(config.seed)
     if scene.design is not None:
         # An inverse problem: the optimized module is the scene's design, not a controller.
@@ -343,7 +356,7 @@ def train(
 
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
-    params = [p for p in controller.parameters() if p.requires_grad]
+    trainable = [p for p in controller.parameters() if p.requires_grad]
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()
@@ -356,27 +369,33 @@ def train(
                     # Fresh goals every iteration, reproducible from the seed and iteration.
                     schedule = scene.goals.sample(sim.batch_size, scene.steps,
                                                   seed=config.seed * 1_000_003 + iteration)
-                    result = goal_rollout(sim, sim.initial_state(), controller, schedule,
-                                          scene.steps, truncate_every=config.backprop_window)
+                    state, params = initial_worlds(
+                        scene, sim, seed=config.seed * 1_000_003 + iteration)
+                    result = goal_rollout(sim, state, controller, schedule, scene.steps,
+                                          params=params, health=config.health,
+                                          truncate_every=config.backprop_window)
                     loss, extra = scene.loss(result), {}
                 else:
-                    result = rollout(sim, sim.initial_state(), controller, scene.steps,
+                    state, params = initial_worlds(
+                        scene, sim, seed=config.seed * 1_000_003 + iteration)
+                    result = rollout(sim, state, controller, scene.steps, params=params,
+                                     health=config.health,
                                      checkpoint_every=config.rollout_checkpoint,
                                      truncate_every=config.backprop_window)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
-                return loss, result, extra, _grad_norm(params)
+                return loss, result, extra, _grad_norm(trainable)
 
             # The row logged is this first evaluation, at the parameters before the step.
             loss, result, extra, grad_norm = evaluate()
             healthy = math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach()))
             if healthy:
-                _condition_gradient(params, grad_norm, config)
+                _condition_gradient(trainable, grad_norm, config)
                 if _needs_closure(optimizer):
                     def closure() -> torch.Tensor:
                         again, *_, norm = evaluate()
-                        _condition_gradient(params, norm, config)
+                        _condition_gradient(trainable, norm, config)
                         return again
 
                     optimizer.step(closure)
@@ -392,6 +411,8 @@ def train(
                 **scene.metrics(result),
                 **extra,
             }
+            if config.health == "mask":
+                row["failed_worlds"] = len(result.failures)
             metrics.append(row)
             if healthy and row["loss"] < best["loss"]:
                 best = {"loss": row["loss"], "iteration": iteration, "state": before_step}

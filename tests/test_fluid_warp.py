@@ -22,7 +22,7 @@ from simdiff.sims.fluid import Fluid, Inflow, Model, Paddle
 from simdiff.sims.fluid.solver import PressureSystem
 
 F64 = torch.float64
-BACKENDS = ("taichi", "warp")  # taichi: the torch path
+BACKENDS = ("torch", "warp")
 
 
 def backend(name: str):
@@ -94,9 +94,9 @@ def test_states_agree_with_torch_after_steps(dim, solver_kernels):
         state = sim.initial_state()
         first = state
         for a in actions(dim, 6):
-            state = sim.step(state, a)
+            state = sim.step(state, a[None])
         finals[name] = (first, state)
-    (first, torch_state), (_, warp_state) = finals["taichi"], finals["warp"]
+    (first, torch_state), (_, warp_state) = finals["torch"], finals["warp"]
     assert float((torch_state.dye - first.dye).abs().max()) > 0.1
     assert torch.allclose(warp_state.velocity, torch_state.velocity, rtol=0, atol=1e-12)
     assert torch.allclose(warp_state.dye, torch_state.dye, rtol=0, atol=1e-12)
@@ -117,7 +117,7 @@ def test_gradients_agree_with_torch(dim, advection):
         sim = Fluid(model, backend(name))
         state = sim.initial_state()
         for a in acts:
-            state = sim.step(state, a)
+            state = sim.step(state, a[None])
         gen = torch.Generator().manual_seed(2)
         loss = (torch.randn(state.dye.shape, generator=gen, dtype=F64) * state.dye).sum()
         loss = (
@@ -125,7 +125,7 @@ def test_gradients_agree_with_torch(dim, advection):
             + (torch.randn(state.velocity.shape, generator=gen, dtype=F64) * state.velocity).sum()
         )
         grads[name] = torch.autograd.grad(loss, [*params, acts])
-    for k, (expected, got) in enumerate(zip(grads["taichi"], grads["warp"])):
+    for k, (expected, got) in enumerate(zip(grads["torch"], grads["warp"])):
         scale = float(expected.abs().max())
         assert scale > 1e-3, k  # every input really influences the loss
         assert float((got - expected).abs().max()) <= 1e-9 * scale, k
@@ -183,7 +183,7 @@ def test_scene_loss_gradients_agree_with_torch(name):
     """Each fluid scene's objective and its gradient with respect to the scene's design
     parameters (initial velocity, paddle trajectory, obstacle pixels, inflow speed): Warp
     against torch, float64, loss to 1e-12 and gradients to 1e-9 relative."""
-    loss_t, grads_t = _scene_gradient(name, "taichi")
+    loss_t, grads_t = _scene_gradient(name, "torch")
     loss_w, grads_w = _scene_gradient(name, "warp")
     assert abs(loss_w - loss_t) <= 1e-12 * max(abs(loss_t), 1.0)
     for expected, got in zip(grads_t, grads_w):
@@ -204,8 +204,10 @@ def test_warp_gradient_matches_central_differences():
         model.inflows[0].velocity = inflow_v
         model.obstacle = obstacle
         sim = Fluid(model, backend("warp"))
-        final = rollout(sim, sim.initial_state(velocity=velocity), lambda k, s: acts[k], 4).final
-        return (final.dye[0] ** 2).sum() + 0.3 * (final.velocity**2).sum()
+        final = rollout(
+            sim, sim.initial_state(velocity=velocity), lambda k, s: acts[k][None], 4
+        ).final
+        return (final.dye[0, 0] ** 2).sum() + 0.3 * (final.velocity**2).sum()
 
     _, params = busy_model(2, "semi_lagrangian")
     base = [params[0], params[2], params[3], actions(2, 4)]
@@ -231,15 +233,17 @@ def test_warp_laplacian_equals_torch_operator_on_every_level(dim):
 
     n = (16, 16) if dim == 2 else (8, 8, 8)
     gen = torch.Generator().manual_seed(5)
+    worlds = 2  # every level's launch serves both worlds
     weights = [
-        torch.rand(*(k + (b == a) for b, k in enumerate(n)), generator=gen, dtype=F64)
+        torch.rand(worlds, *(k + (b == a) for b, k in enumerate(n)), generator=gen, dtype=F64)
         for a in range(dim)
     ]
-    fixed = torch.zeros(n, dtype=F64)
+    fixed = torch.zeros(worlds, *n, dtype=F64)
     sides = frozenset({(1, 1)})
     plain = PressureSystem(weights, fixed, sides)
     kernels = PressureSystem(weights, fixed, sides, operator=Laplacian(backend("warp")))
-    x, r = torch.randn(n, generator=gen, dtype=F64), torch.randn(n, generator=gen, dtype=F64)
+    x = torch.randn(worlds, *n, generator=gen, dtype=F64)
+    r = torch.randn(worlds, *n, generator=gen, dtype=F64)
     for got, expected in [
         (kernels.apply(x), plain.apply(x)),
         (kernels.residual(r, x), r - plain.apply(x)),

@@ -34,7 +34,7 @@ def _translated(space, schedule, steps, factor=1.0):
     x = body + offset[:, :, None]  # [T + 1, B, 4, 2]
     trace = {"com": x.mean(dim=2), "top": x[..., 1].amax(dim=2),
              "action": torch.zeros(steps, b, 2, dtype=torch.float64)}
-    return SimpleNamespace(goals=schedule, trace=trace)
+    return SimpleNamespace(goal_schedule=schedule, trace=trace)
 
 
 def test_velocity_loss_is_zero_at_exactly_the_commanded_speed():
@@ -65,12 +65,12 @@ def test_jump_and_crawl_losses_on_constructed_heights():
     top = torch.full((41, 2), 0.07, dtype=torch.float64)
     top[25:30, 1] = 0.09  # world 1 is 1 cm above the bar for 5 of the 20 crawl steps
     trace = {"com": com, "top": top}
-    terms = locomotion_losses(SimpleNamespace(goals=schedule, trace=trace))
+    terms = locomotion_losses(SimpleNamespace(goal_schedule=schedule, trace=trace))
     torch.testing.assert_close(terms["jump"], torch.tensor([0.0, 0.01**2 / 2],
                                                            dtype=torch.float64))
     torch.testing.assert_close(terms["crawl"], torch.tensor([0.0, 0.01**2 * 5 / 40],
                                                             dtype=torch.float64))
-    metrics = tracking_metrics(SimpleNamespace(goals=schedule, trace=trace))
+    metrics = tracking_metrics(SimpleNamespace(goal_schedule=schedule, trace=trace))
     torch.testing.assert_close(metrics["jump_height_error"],
                                torch.tensor([0.0, 0.01], dtype=torch.float64))
     torch.testing.assert_close(metrics["crawl_violation"],
@@ -93,10 +93,10 @@ def test_heading_loss_is_zero_when_turning_at_the_commanded_rate():
                      -r[:, 0] * s[:, None] + r[:, 2] * c[:, None]], -1) + centre
     x = x[:, None]  # [T + 1, B = 1, 4, 3]
     trace = {"com": x.mean(2), "top": x[..., 1].amax(2), "x": x}
-    terms = locomotion_losses(SimpleNamespace(goals=schedule, trace=trace))
+    terms = locomotion_losses(SimpleNamespace(goal_schedule=schedule, trace=trace))
     assert float(terms["heading"]) < 1e-20
     wrong = space.schedule([("turn", 0.0), ("turn", 0.0)], batch_size=1)
-    assert float(locomotion_losses(SimpleNamespace(goals=wrong, trace=trace))["heading"]) > 1e-4
+    assert float(locomotion_losses(SimpleNamespace(goal_schedule=wrong, trace=trace))["heading"]) > 1e-4
 
 
 def _goal_setup(activation, precision="float64", batch=2, steps=8):
@@ -163,9 +163,8 @@ def test_short_training_lowers_the_velocity_error(tmp_path):
     loaded 2-core host) halve the held-out velocity error (measured 0.0161 -> 0.0079 m/s)."""
     from simdiff.train import TrainConfig, train
 
-    options = {"steps": 200, "period": 200, "window": 50, "tasks": ["walk"], "batch_size": 4,
-               "vmax": 0.04}
-    config = TrainConfig(scene="walker_goals", iters=30, backend="warp", lr=0.01,
+    options = {"steps": 200, "period": 200, "window": 50, "tasks": ["walk"], "vmax": 0.04}
+    config = TrainConfig(scene="walker_goals", iters=30, backend="warp", lr=0.01, batch=4,
                          scene_options=options, checkpoint_every=100)
     result = train(config, tmp_path / "run", progress=False)
     schedule = held_out_schedule(result.scene.goals, 4)

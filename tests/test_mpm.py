@@ -9,7 +9,7 @@ import torch
 from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError, ValidationError
-from simdiff.sims.mpm import MPM, Body, Ground, Material, Tool, ToolShape, build_model
+from simdiff.sims.mpm import MPM, Body, Ground, Material, Params, Tool, ToolShape, build_model
 from simdiff.sims.mpm.torch_reference import torch_substep
 
 
@@ -59,18 +59,18 @@ def test_step_matches_torch_reference(backend, dim, shape):
     model = mixed_model(dim, tool_shape=shape)
     sim = MPM(model, backend)
     state = sim.initial_state()
-    action = actions_for(sim, 1)[0]
+    action = actions_for(sim, 1)  # [B = 1, action_dim]
     p0 = sim.pack(state).requires_grad_(dim == 2)
-    params = sim.particle_params().requires_grad_(dim == 2)
+    params = sim.params().particle.requires_grad_(dim == 2)
     action = action.requires_grad_(dim == 2)
-    tool = torch.cat([state.tool_x, action[2:]])
+    tool = torch.cat([state.tool_x, action[:, 2:]], 1)
     p = p0
     for s in range(model.substeps):
-        p = torch_substep(model, p, params, action[:2], tool, elapsed=s * model.dt)
-    out = sim.step(sim.unpack(p0, state.tool_x), action, particle_params=params)
+        p = torch_substep(model, p, params[None], action[:, :2], tool, elapsed=s * model.dt)
+    out = sim.step(sim.unpack(p0, state.tool_x), action, Params(params))
     packed = sim.pack(out)
     assert torch.allclose(packed, p, rtol=0, atol=1e-11)
-    tool_contact = (p[:, dim:2 * dim] - p0[:, dim:2 * dim]).norm(dim=1).max()
+    tool_contact = (p[..., dim:2 * dim] - p0[..., dim:2 * dim]).norm(dim=-1).max()
     assert tool_contact > 0.05, "the state must change noticeably"
     if dim == 2:
         w = torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -86,9 +86,10 @@ def _loss_and_inputs(sim, steps, values, checkpoint_every=None):
     saved = model.particle_E
     model.particle_E = values["E"]
     try:
-        state = sim.state_from(particle_x=model.particle_x.clone(), particle_v=values["v0"])
+        state = sim.state_from(particle_x=model.particle_x.clone()[None],
+                               particle_v=values["v0"][None])
         actions = values["actions"]
-        result = rollout(sim, state, lambda k, s: actions[k], steps,
+        result = rollout(sim, state, lambda k, s: actions[k][None], steps,
                          checkpoint_every=checkpoint_every)
     finally:
         model.particle_E = saved
@@ -161,18 +162,18 @@ def test_p2g_conserves_mass_and_momentum(backend):
     state.particle_C = 3.0 * torch.randn(state.particle_C.shape, generator=gen, dtype=torch.float64)
     state.particle_F = state.particle_F + 0.05 * torch.randn(state.particle_F.shape, generator=gen,
                                                              dtype=torch.float64)
-    grid = sim.grid(state, actions_for(sim, 1)[0])
+    grid = sim.grid(state, actions_for(sim, 1))
     mass = model.particle_mass
     assert float(grid[..., -1].sum()) == pytest.approx(float(mass.sum()), rel=1e-13)
     momentum = grid[..., :-1].reshape(-1, 2).sum(0)
-    expected = (mass[:, None] * state.particle_v).sum(0)
+    expected = (mass[:, None] * state.particle_v[0]).sum(0)
     assert torch.allclose(momentum, expected, rtol=0, atol=1e-14)
 
 
 def _angular_momentum_2d(model, state):
     """Particles' angular momentum about the origin including APIC's affine part
     ``m D (C_10 - C_01)`` with ``D = dx^2 / 4`` for quadratic B-splines."""
-    m, x, v, C = model.particle_mass, state.particle_x, state.particle_v, state.particle_C
+    m, x, v, C = model.particle_mass, state.particle_x[0], state.particle_v[0], state.particle_C[0]
     orbital = m * (x[:, 0] * v[:, 1] - x[:, 1] * v[:, 0])
     spin = m * model.dx**2 / 4 * (C[:, 1, 0] - C[:, 0, 1])
     return float((orbital + spin).sum())
@@ -190,7 +191,7 @@ def test_free_body_conserves_momentum(backend):
     state = sim.initial_state()
     final = rollout(sim, state, None, 10).final
     m = model.particle_mass[:, None]
-    assert torch.allclose((m * final.particle_v).sum(0), (m * state.particle_v).sum(0),
+    assert torch.allclose((m * final.particle_v[0]).sum(0), (m * state.particle_v[0]).sum(0),
                           rtol=0, atol=1e-14)
     before, after = _angular_momentum_2d(model, state), _angular_momentum_2d(model, final)
     assert after == pytest.approx(before, rel=1e-10)
@@ -209,13 +210,14 @@ def test_body_at_rest_on_the_ground_stays_at_rest(backend):
     sim = MPM(model, backend)
     state = sim.initial_state()
     result = rollout(sim, state, None, 40, record_every=2)  # 0.2 s
-    com0 = sim.center_of_mass(state)
+    com0 = sim.center_of_mass(state)[0]
     sag = rho * 9.8 * h**2 / E
     for frame in result.recorded():
-        drop = float(com0[1] - sim.center_of_mass(frame)[1])
+        com = sim.center_of_mass(frame)[0]
+        drop = float(com0[1] - com[1])
         assert -1e-12 <= drop < sag
         # Not exactly zero: the block's particles are not symmetric about grid nodes.
-        assert abs(float(sim.center_of_mass(frame)[0] - com0[0])) < 1e-6
+        assert abs(float(com[0] - com0[0])) < 1e-6
         assert float(frame.particle_v.abs().max()) < 0.025 * 9.8 * 0.2
 
 
@@ -266,21 +268,21 @@ def test_rollout_failures_name_step_particle_and_quantity(backend):
     sim = MPM(model, backend)
     state = sim.initial_state()
     crushed = sim.state_from(particle_x=state.particle_x, particle_v=state.particle_v)
-    crushed.particle_F[7] = torch.tensor([[1.0, 0.0], [0.0, -0.2]], dtype=torch.float64)
-    with pytest.raises(SimulationError, match=r"step 1 of 3: particle_F of particle 7 has det F"):
+    crushed.particle_F[0, 7] = torch.tensor([[1.0, 0.0], [0.0, -0.2]], dtype=torch.float64)
+    with pytest.raises(SimulationError, match=r"world 0, step 1 of 3: particle_F of particle 7 has det F"):
         rollout(sim, crushed, None, 3)
     bad = sim.state_from(particle_x=state.particle_x, particle_v=state.particle_v.clone())
-    bad.particle_v[4, 1] = math.nan
+    bad.particle_v[0, 4, 1] = math.nan
     # NaN spreads through the shared grid nodes within the step: some particle is named.
-    with pytest.raises(SimulationError, match=r"step 1 of 3: particle_x of particle \d+ is not"):
+    with pytest.raises(SimulationError, match=r"world 0, step 1 of 3: particle_x of particle \d+ is not"):
         rollout(sim, bad, None, 3)
     escaped = sim.state_from(particle_x=state.particle_x.clone(), particle_v=state.particle_v)
-    escaped.particle_x[5, 0] = 0.5 * model.dx
-    with pytest.raises(SimulationError, match=r"step 1 of 3: particle_x of particle 5 is .* "
+    escaped.particle_x[0, 5, 0] = 0.5 * model.dx
+    with pytest.raises(SimulationError, match=r"world 0, step 1 of 3: particle_x of particle 5 is .* "
                                               r"outside .* \(it left the domain\)"):
         rollout(sim, escaped, None, 3)
     fast = sim.state_from(particle_x=state.particle_x, particle_v=state.particle_v.clone())
-    fast.particle_v[:, 0] = 40.0  # above dx / dt = 31.25, still inside after a step
-    with pytest.raises(SimulationError, match=r"step 1 of 3: particle_v of particle \d+ .* "
+    fast.particle_v[0, :, 0] = 40.0  # above dx / dt = 31.25, still inside after a step
+    with pytest.raises(SimulationError, match=r"world 0, step 1 of 3: particle_v of particle \d+ .* "
                                               r"faster than dx/dt"):
         rollout(sim, fast, None, 3)

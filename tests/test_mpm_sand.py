@@ -14,7 +14,7 @@ import torch
 from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
 from simdiff.sims.base import ValidationError
-from simdiff.sims.mpm import MPM, Body, Ground, Material, Model, build_model
+from simdiff.sims.mpm import MPM, Body, Ground, Material, Model, Params, build_model
 from simdiff.sims.mpm.tasks import pile_angle
 from simdiff.sims.mpm.torch_reference import sand_hencky, sand_return, torch_substep
 
@@ -69,14 +69,14 @@ def test_sand_step_matches_torch_reference(backend, dim):
     sim = MPM(model, backend)
     state = sim.initial_state()
     p0 = sim.pack(state).requires_grad_(dim == 2)
-    params = sim.particle_params().requires_grad_(dim == 2)
-    tool = torch.zeros(2 * dim, dtype=torch.float64)
+    params = sim.params().particle.requires_grad_(dim == 2)
+    tool = torch.zeros(1, 2 * dim, dtype=torch.float64)
     p = p0
     for _ in range(model.substeps):
-        p = torch_substep(model, p, params, torch.zeros(1, dtype=torch.float64), tool)
-    packed = sim.pack(sim.step(sim.unpack(p0, state.tool_x), particle_params=params))
+        p = torch_substep(model, p, params[None], torch.zeros(1, 1, dtype=torch.float64), tool)
+    packed = sim.pack(sim.step(sim.unpack(p0, state.tool_x), None, Params(params)))
     assert torch.allclose(packed, p, rtol=0, atol=1e-11)
-    F = packed[:, -dim * dim:].reshape(-1, dim, dim).detach()
+    F = packed[..., -dim * dim:].reshape(-1, dim, dim).detach()
     assert (F - torch.eye(dim, dtype=torch.float64)).abs().max() > 1e-3, "b_e must change"
     if dim == 2:
         w = torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -91,7 +91,7 @@ def _sand_loss(sim, steps, v0, friction_angle):
     saved = model.particle_friction_angle
     model.particle_friction_angle = friction_angle
     try:
-        state = sim.state_from(particle_x=model.particle_x.clone(), particle_v=v0)
+        state = sim.state_from(particle_x=model.particle_x.clone()[None], particle_v=v0[None])
         final = rollout(sim, state, None, steps).final
     finally:
         model.particle_friction_angle = saved
@@ -146,13 +146,13 @@ def test_sand_column_collapses_into_a_pile_below_its_friction_angle(backend):
     The grid holds all the mass after the collapse (to 1e-12)."""
     sim, final = _collapse(backend, Material.SAND, 35.0)
     model = sim.model
-    angle = pile_angle(final.particle_x, model.dx, model.ground_height)
+    angle = pile_angle(final.particle_x[0], model.dx, model.ground_height)
     assert 0.6 * 35 < angle <= 35 + 3
     assert float(final.particle_v.abs().max()) < 0.05
     grid = sim.grid(final)
     assert float(grid[..., -1].sum()) == pytest.approx(float(model.particle_mass.sum()), rel=1e-12)
     _, elastic = _collapse(backend, Material.ELASTIC, 35.0, seconds=0.4)
-    assert pile_angle(elastic.particle_x, model.dx, model.ground_height) > 80
+    assert pile_angle(elastic.particle_x[0], model.dx, model.ground_height) > 80
 
 
 def _heap(backend, friction_angle, slope=30.0):
@@ -169,7 +169,7 @@ def _heap(backend, friction_angle, slope=30.0):
     sim = MPM(Model(**fields), backend)
     with torch.no_grad():
         final = rollout(sim, sim.initial_state(), None, 30).final
-    return pile_angle(final.particle_x, model.dx, model.ground_height)
+    return pile_angle(final.particle_x[0], model.dx, model.ground_height)
 
 
 def test_heap_stands_above_and_slumps_below_its_friction_angle(backend):
@@ -224,7 +224,7 @@ def test_warp_sand_states_match_taichi(backend, dim, steps):
         with torch.no_grad():
             for _ in range(steps):
                 state = sim.step(state)
-        finals.append(sim.pack(state))
+        finals.append(sim.pack(state)[0])
     warp_p, taichi_p = finals[1], finals[0]
     F = taichi_p[:, -dim * dim:].reshape(-1, dim, dim)
     assert (F - torch.eye(dim, dtype=torch.float64)).abs().max() > 1e-3, "b_e must change"
@@ -253,8 +253,8 @@ def test_3d_sand_gradients_are_refused():
     """3D sand runs forward on Warp, but its adjoint through the Jacobi eigenvectors is singular
     at repeated eigenvalues (sand at rest; measured 1e10 times central differences): refused."""
     sim = MPM(thrown_block(3), resolve_backend("warp", precision="float64"))
-    state = sim.state_from(particle_x=sim.model.particle_x.clone(),
-                           particle_v=sim.model.particle_v.clone().requires_grad_())
+    state = sim.state_from(particle_x=sim.model.particle_x.clone()[None],
+                           particle_v=sim.model.particle_v.clone().requires_grad_()[None])
     with pytest.raises(NotImplementedError, match=r"sand .* gradients in 3D"):
         sim.step(state)
 

@@ -66,6 +66,31 @@ def test_render_mpm_2d_and_3d():
         render_mpm(np.full((1, 3, 2), np.nan), np.zeros(3), domain=1.0)
 
 
+def test_render_mpm_draws_one_world_of_batched_frames():
+    """Batched frames [T, B, n, 2] (with batched actuation and tool centers) draw world
+    ``world``: the same image as that world's frames alone; world 0 by default."""
+    rng = np.random.default_rng(1)
+    x = 0.3 + 0.2 * rng.random((2, 3, 40, 2))
+    act = np.where(np.arange(40) < 10, 1.0, np.nan) * rng.random((2, 3, 40))
+    centers = 0.5 + 0.1 * rng.random((2, 3, 2))
+    kinds = np.zeros(40, dtype=int)
+
+    def draw(positions, actuation, tool_centers, **options):
+        return render_mpm(positions, kinds, domain=1.0, actuation=actuation,
+                          tool=(0, (0.05,), tool_centers), size=120, **options)
+
+    for world in (0, 2):
+        batched = draw(x, list(act), centers, world=world)
+        alone = draw(x[:, world], list(act[:, world]), centers[:, world])
+        assert all(np.array_equal(a, b) for a, b in zip(batched, alone))
+    assert np.array_equal(draw(x, list(act), centers)[0], draw(x[:, 0], list(act[:, 0]),
+                                                                centers[:, 0])[0])
+    assert not np.array_equal(draw(x, list(act), centers, world=1)[0],
+                              draw(x, list(act), centers, world=2)[0])
+    with pytest.raises(ValueError, match=r"world=3 outside \[0, 3\)"):
+        draw(x, None, centers, world=3)
+
+
 def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "mpm", "--quick", "--out", str(out)]) == 0

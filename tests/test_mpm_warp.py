@@ -8,7 +8,7 @@ from test_mpm import _loss_and_inputs, actions_for, assert_central_differences, 
 
 from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
-from simdiff.sims.mpm import MPM, Body, Material, ToolShape, build_model
+from simdiff.sims.mpm import MPM, Body, Material, Params, ToolShape, build_model
 from simdiff.sims.mpm.torch_reference import torch_substep
 
 
@@ -37,12 +37,12 @@ def test_warp_states_match_taichi(warp64, taichi64, shape):
     for backend in (warp64, taichi64):
         sim = MPM(model, backend)
         state = sim.initial_state()
-        start = sim.pack(state)
+        start = sim.pack(state)[0]
         actions = actions_for(sim, 8)
         with torch.no_grad():
             for k in range(8):
-                state = sim.step(state, actions[k])
-        finals.append(sim.pack(state))
+                state = sim.step(state, actions[k][None])
+        finals.append(sim.pack(state)[0])
     warp_p, taichi_p = finals
     material = model.particle_material
     groups = {"muscle": model.particle_actuator >= 0,
@@ -85,15 +85,15 @@ def test_warp_step_matches_torch_reference(warp64, dim, shape):
     sim = MPM(model, warp64)
     state = sim.initial_state()
     p0 = sim.pack(state).requires_grad_()
-    params = sim.particle_params().requires_grad_()
-    action = actions_for(sim, 1)[0].requires_grad_()
-    tool = torch.cat([state.tool_x, action[2:]])
+    params = sim.params().particle.requires_grad_()
+    action = actions_for(sim, 1).requires_grad_()
+    tool = torch.cat([state.tool_x, action[:, 2:]], 1)
     p = p0
     for s in range(model.substeps):
-        p = torch_substep(model, p, params, action[:2], tool, elapsed=s * model.dt)
-    packed = sim.pack(sim.step(sim.unpack(p0, state.tool_x), action, particle_params=params))
+        p = torch_substep(model, p, params[None], action[:, :2], tool, elapsed=s * model.dt)
+    packed = sim.pack(sim.step(sim.unpack(p0, state.tool_x), action, Params(params)))
     assert torch.allclose(packed, p, rtol=0, atol=1e-11)
-    assert (p[:, dim:2 * dim] - p0[:, dim:2 * dim]).norm(dim=1).max() > 0.05
+    assert (p[..., dim:2 * dim] - p0[..., dim:2 * dim]).norm(dim=-1).max() > 0.05
     w = torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ours = torch.autograd.grad((packed * w).sum(), [p0, params, action])
     ref = torch.autograd.grad((p * w).sum(), [p0, params, action])
@@ -125,12 +125,12 @@ def test_warp_p2g_conserves_mass_and_momentum(warp64):
     state.particle_C = 3.0 * torch.randn(state.particle_C.shape, generator=gen, dtype=torch.float64)
     state.particle_F = state.particle_F + 0.05 * torch.randn(state.particle_F.shape, generator=gen,
                                                              dtype=torch.float64)
-    grid = sim.grid(state, actions_for(sim, 1)[0])
-    assert grid.shape == (24, 24, 3)
+    grid = sim.grid(state, actions_for(sim, 1))
+    assert grid.shape == (1, 24, 24, 3)
     mass = model.particle_mass
     assert float(grid[..., -1].sum()) == pytest.approx(float(mass.sum()), rel=1e-13)
     momentum = grid[..., :-1].reshape(-1, 2).sum(0)
-    expected = (mass[:, None] * state.particle_v).sum(0)
+    expected = (mass[:, None] * state.particle_v[0]).sum(0)
     assert torch.allclose(momentum, expected, rtol=0, atol=1e-14)
 
 
@@ -149,7 +149,8 @@ def test_warp_gradients_at_the_walls_match_taichi(warp64, taichi64):
         saved = model.particle_E
         model.particle_E = values["E"]
         try:
-            state = sim.state_from(particle_x=model.particle_x.clone(), particle_v=values["v0"])
+            state = sim.state_from(particle_x=model.particle_x.clone()[None],
+                                   particle_v=values["v0"][None])
             final = rollout(sim, state, None, 6).final
         finally:
             model.particle_E = saved
@@ -175,7 +176,7 @@ def test_warp_3d_states_match_taichi(warp64, taichi64):
         actions = actions_for(sim, 3)
         with torch.no_grad():
             for k in range(3):
-                state = sim.step(state, actions[k])
+                state = sim.step(state, actions[k][None])
         finals.append(sim.pack(state))
     start = sim.pack(sim.initial_state())
     assert (finals[1] - start).abs().max() > 1e-2

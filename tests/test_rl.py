@@ -1,4 +1,4 @@
-"""RL time-stepping: the environment's contract and physics, the batched integrator against
+"""RL time-stepping: the environment's contract and physics, the compiled few-body loop against
 NBody's own steps, policies (training improves on random, the shipped one loads), bad input."""
 
 import numpy as np
@@ -7,10 +7,9 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from simdiff.backend import resolve_backend
-from simdiff.rl.env import ETAS, ThreeBodyTimestepEnv, initial_conditions
+from simdiff.rl.env import ETAS, System, ThreeBodyTimestepEnv, initial_conditions
 from simdiff.sims.base import ValidationError
 from simdiff.sims.nbody import Model, NBody
-from simdiff.sims.nbody.fewbody import FewBody
 
 SHORT = {"max_actions": 5, "interval": 0.2}
 
@@ -49,7 +48,7 @@ def test_observation_energy_error_matches_direct_computation():
     e0 = float(sim.energy(sim.initial_state()))
     for action in (9, 8, 9):
         obs, *_ = env.step(action)
-        state = sim.initial_state(torch.tensor(env.system.x[0]), torch.tensor(env.system.v[0]))
+        state = sim.initial_state(torch.tensor(env.system.x), torch.tensor(env.system.v))
         direct = abs(float(sim.energy(state)) / e0 - 1)
         assert direct > 1e-14  # large enough that the log is informative
         assert obs[-1] == pytest.approx(np.log10(direct), abs=1e-4)
@@ -60,8 +59,8 @@ def test_observation_energy_error_matches_direct_computation():
 
 @pytest.mark.parametrize("integrator", ["hermite", "leapfrog", "rk4"])
 def test_fixed_action_reproduces_nbody_run(integrator):
-    """A constant action gives the trajectory of NBody stepping with that eta, each interval's
-    last step shortened to land on its end: the batched kernel takes the same steps."""
+    """A constant action gives the trajectory of NBody stepping from Python with that eta, each
+    interval's last step shortened to land on its end: the compiled loop takes the same steps."""
     action, intervals = 8, 3
     env = ThreeBodyTimestepEnv(integrator=integrator, interval=0.2, max_actions=intervals)
     env.reset(seed=11)
@@ -75,14 +74,11 @@ def test_fixed_action_reproduces_nbody_run(integrator):
                 resolve_backend("warp", precision="float64"))
     with torch.no_grad():
         state = sim.initial_state()
-        before = sim.force_evaluations
         for k in range(intervals):
-            t_end = (k + 1) * 0.2
-            while float(state.time) < t_end * (1 - 1e-12):
-                state = sim.step(state, dt=min(sim.next_dt(state), t_end - float(state.time)))
-    assert sim.force_evaluations - before == evaluations
-    np.testing.assert_allclose(env.system.x[0], state.body_x.numpy(), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(env.system.v[0], state.body_v.numpy(), rtol=0, atol=1e-8)
+            state = sim.evolve(state, (k + 1) * 0.2, compiled=False)
+    assert int(state.force_evaluations[0]) == evaluations
+    np.testing.assert_allclose(env.system.x[0], state.body_x[0].numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(env.system.v[0], state.body_v[0].numpy(), rtol=0, atol=1e-8)
 
 
 def test_smaller_eta_conserves_energy_better_on_a_smooth_stretch():
@@ -90,7 +86,7 @@ def test_smaller_eta_conserves_energy_better_on_a_smooth_stretch():
     ics = initial_conditions([21])
     errors = []
     for eta in (ETAS[9], ETAS[6]):
-        system = FewBody(*ics)
+        system = System(*ics)
         system.advance(0.2, eta)
         errors.append(system.energy_error()[0])
     assert errors[1] < errors[0] / 100

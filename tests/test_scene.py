@@ -24,7 +24,7 @@ def test_shipped_scenes_and_controllers_load():
         sim = make_simulator(scene, resolve_backend("warp"))
         for controller in ("mlp", "sinusoid"):
             action = load_controller(controller, sim, scene)(0, sim.initial_state())
-            assert action.shape == (sim.action_dim,)
+            assert action.reshape(-1, sim.action_dim).shape == (sim.batch_size, sim.action_dim)
             assert bool((action.abs() <= 1).all())
     assert sizes == {"walker_small": (2, 20), "walker_large": (2, 63), "walker_3d": (3, 48)}
 

@@ -122,16 +122,26 @@ def _finish(
     return np.asarray(picture)
 
 
-def fluid_frames(scene, rollout) -> list[np.ndarray]:
-    """Frames of a recorded fluid rollout of ``scene`` (its model gives the static solids and
-    the paddle's size)."""
+def fluid_frames(scene, rollout, *, world: int = 0) -> list[np.ndarray]:
+    """Frames of world ``world`` of a recorded fluid rollout of ``scene``: its dye, its
+    obstacle (the rollout's params, else the model's) and its paddle (the model gives the
+    paddle's size)."""
     import torch
 
     model = scene.model
     steps = sorted(rollout.frames)
     states = [rollout.frames[t] for t in steps]
+    worlds = states[0].batch_size
+    if not 0 <= world < worlds:
+        raise ValueError(f"world={world} is out of range: the rollout has {worlds} worlds")
     obstacle = None
-    if model.obstacle is not None:
+    params = getattr(rollout, "params", None)
+    if params is not None:
+        solid = params.obstacle.detach()
+        if solid.dim() == model.dim + 1:
+            solid = solid[world]
+        obstacle = solid.cpu().numpy() if float(solid.abs().max()) > 0 else None
+    elif model.obstacle is not None:
         obstacle = model.obstacle.detach().cpu().numpy()
     paddle = None
     if model.paddle is not None:
@@ -141,12 +151,10 @@ def fluid_frames(scene, rollout) -> list[np.ndarray]:
         half = torch.tensor(model.paddle.half_size, dtype=torch.float64)
         paddle = []
         for s in states:
-            x = s.paddle_x.detach().cpu().double()
-            paddle.append(
-                grid.box_coverage((x - half) / model.dx, (x + half) / model.dx, None).numpy()
-            )
-    dye = [s.dye.detach().cpu().numpy() for s in states]
-    subtitles = [f"t = {float(s.time):.3f} s" for s in states]
-    return render_fluid(
-        dye, obstacle=obstacle, paddle=paddle, title=scene.name, subtitles=subtitles
-    )
+            x = s.paddle_x[world : world + 1].detach().cpu().double()
+            cover = grid.box_coverage((x - half) / model.dx, (x + half) / model.dx, None)
+            paddle.append(cover[0].numpy())
+    dye = [s.dye[world].detach().cpu().numpy() for s in states]
+    subtitles = [f"t = {float(s.time[world]):.3f} s" for s in states]
+    title = scene.name if worlds == 1 else f"{scene.name} (world {world})"
+    return render_fluid(dye, obstacle=obstacle, paddle=paddle, title=title, subtitles=subtitles)

@@ -29,10 +29,10 @@ def annotate_goals(frames: list[np.ndarray], steps: list[int], rollout, *, world
     Args:
         frames: RGB frames [H, W, 3] uint8, one per recorded step.
         steps: The step of each frame.
-        rollout: A goal rollout (``goals`` and ``trace``, see :mod:`simdiff.locomotion`).
+        rollout: A goal rollout (``goal_schedule`` and ``trace``, see :mod:`simdiff.locomotion`).
         world: The world the frames show.
     """
-    schedule = rollout.goals
+    schedule = rollout.goal_schedule
     space = schedule.space
     com = rollout.trace["com"][:, world].detach().double().cpu().numpy()
     top = rollout.trace["top"][:, world].detach().double().cpu().numpy()

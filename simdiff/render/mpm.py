@@ -39,17 +39,22 @@ def render_mpm(
     target_cells: np.ndarray | None = None,
     size: int = 480,
     title: str | None = None,
+    world: int = 0,
 ) -> list[np.ndarray]:
     """Render an MPM trajectory, one RGB frame per recorded state.
 
     Args:
-        positions: T frames of particle positions, [T, n, 2] or [T, n, 3].
+        positions: T frames of particle positions, [T, n, 2] or [T, n, 3], or of every
+            world, [T, B, n, 2|3] (``world`` is drawn).
+        world: The world drawn from batched frames (positions, actuation and tool centers
+            with a world axis after the frame axis).
         materials: Material of each particle, [n].
         domain: Edge length of the domain [m]; the view shows [0, domain] along x and y.
-        actuation: Per frame the action of each particle's muscle, [T, n], NaN for passive.
+        actuation: Per frame the action of each particle's muscle, [T, n] (or [T, B, n]),
+            NaN for passive.
         ground_height: y of the ground, or None.
         tool: ``(shape, size, centers)``: 0 sphere / 1 box, its radius or half extents, and
-            its center per frame [T, dim].
+            its center per frame [T, dim] (or [T, B, dim]).
         target_point: A point to mark with a cross (2D).
         target_cells: Boolean occupancy [cells, cells] over ``[0, domain]^2`` drawn faintly.
         size: Frame width and height in pixels.
@@ -61,8 +66,16 @@ def render_mpm(
     traj = np.asarray(positions, dtype=np.float64)
     if traj.ndim == 2:
         traj = traj[None]
+    if traj.ndim == 4:
+        if not 0 <= world < traj.shape[1]:
+            raise ValueError(f"world={world} outside [0, {traj.shape[1]}) (worlds in positions)")
+        traj = traj[:, world]
+        if actuation is not None:
+            actuation = [np.asarray(a)[world] for a in actuation]
+        if tool is not None:
+            tool = (tool[0], tool[1], np.asarray(tool[2])[:, world])
     if traj.ndim != 3 or traj.shape[2] not in (2, 3):
-        raise ValueError(f"positions: expected [T, n, 2|3], got {traj.shape}")
+        raise ValueError(f"positions: expected [T, n, 2|3] or [T, B, n, 2|3], got {traj.shape}")
     if not np.isfinite(traj).all():
         raise ValueError("positions: hold NaN or infinite values")
     materials = np.asarray(materials)

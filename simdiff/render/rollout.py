@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,17 @@ def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     return fluid_frames(scene, rollout)
 
 
-def _mpm_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
+    """Frames of world ``world`` of a batched MPM rollout."""
     from simdiff.render.mpm import render_mpm
 
     model = scene.model
     steps = sorted(rollout.frames)
-    positions = [rollout.frames[t].particle_x.cpu().numpy() for t in steps]
-    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy())
+    positions = [rollout.frames[t].particle_x[world].cpu().numpy() for t in steps]
+    actuation = _actuation(rollout, steps, model.particle_actuator.cpu().numpy(), world)
     tool = None
     if model.tool is not None:
-        centers = np.stack([rollout.frames[t].tool_x.cpu().numpy() for t in steps])
+        centers = np.stack([rollout.frames[t].tool_x[world].cpu().numpy() for t in steps])
         tool = (int(model.tool.shape), model.tool.size, centers)
     return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
                       actuation=actuation, ground_height=model.ground_height
@@ -79,11 +81,33 @@ _PAINTERS = {"mass_spring": _mass_spring_frames, "nbody": _nbody_frames, "fluid"
              "mpm": _mpm_frames}
 
 
+MAX_TILED_WORLDS = 16
+
+
+def tile(images: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
+    """Images of equal size side by side in a near-square grid, white gaps between them."""
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w, c = images[0].shape
+    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c), 255, np.uint8)
+    for k, image in enumerate(images):
+        r, q = divmod(k, cols)
+        out[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = image
+    return out
+
+
 def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
-    """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``."""
+    """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``; the first
+    :data:`MAX_TILED_WORLDS` worlds of a batch are tiled into one image per frame."""
     if not rollout.frames:
         raise ValueError("the rollout recorded no frames; roll out with record_every > 0")
-    return _PAINTERS[scene.simulator](scene, rollout)
+    painter = _PAINTERS[scene.simulator]
+    if rollout.batch_size == 1:
+        return painter(scene, rollout)
+    worlds = [painter(scene, rollout.world(b))
+              for b in range(min(rollout.batch_size, MAX_TILED_WORLDS))]
+    return [tile([frames[k] for frames in worlds]) for k in range(len(worlds[0]))]
 
 
 def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps: int = 30) -> Path:

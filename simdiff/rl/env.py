@@ -71,9 +71,9 @@ term is ours: in a chaotic system a small energy error does not make a trajector
 integrator is an argument (Hermite as in the paper, or leapfrog and RK4), to ask whether one
 policy transfers.
 
-Speed: the system advances in :class:`~simdiff.sims.nbody.fewbody.FewBody` (whole intervals in
-one compiled loop), which takes the same steps as :class:`~simdiff.sims.nbody.NBody`; a test
-checks that a fixed action reproduces NBody's own run.
+Speed: the system advances with :meth:`NBody.evolve <simdiff.sims.nbody.NBody.evolve>`
+(:class:`System`), whose compiled few-body loop takes whole intervals in one launch and the same
+steps as ``NBody.step``; a test checks that a fixed action reproduces NBody's own steps.
 """
 
 from __future__ import annotations
@@ -83,14 +83,15 @@ from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from simdiff.sims.base import ValidationError
 from simdiff.sims.nbody import Integrator
-from simdiff.sims.nbody.fewbody import FewBody, Status
+from simdiff.sims.nbody.evolve import Status
 from simdiff.sims.nbody.initial import random_three_body
 
-__all__ = ["ETAS", "OBSERVATION_SIZE", "REWARDS", "ThreeBodyTimestepEnv", "initial_conditions",
-           "log_error_score", "observations"]
+__all__ = ["ETAS", "OBSERVATION_SIZE", "REWARDS", "Status", "System", "ThreeBodyTimestepEnv",
+           "initial_conditions", "log_error_score", "observations"]
 
 ETAS = np.logspace(-4, -1, 10)
 """The accuracy parameters the agent chooses from."""
@@ -121,7 +122,86 @@ def check_integrator(integrator: str) -> Integrator:
         raise ValidationError(f"integrator={integrator!r} is unknown; allowed: {allowed}") from None
 
 
-def observations(system: FewBody) -> np.ndarray:
+class System:
+    """A batch of independent small systems advanced together by the batched
+    :class:`~simdiff.sims.nbody.NBody` (float64, Warp; whole intervals in its compiled loop).
+
+    Args:
+        mass: Body masses, shape ``[systems, bodies]``.
+        x: Positions, shape ``[systems, bodies, 3]``.
+        v: Velocities, shape ``[systems, bodies, 3]``.
+        integrator: ``hermite``, ``leapfrog``, ``rk4`` or ``ias15``.
+        dt_max: Largest step (the model's ``dt``).
+        dt_min: A smaller adaptive step stops that system with ``Status.DT_BELOW_MIN``.
+    """
+
+    def __init__(self, mass, x, v, *, integrator: str = "hermite", dt_max: float = 0.1,
+                 dt_min: float = 1e-12) -> None:
+        from simdiff.backend import resolve_backend
+        from simdiff.sims.nbody import Model, NBody
+
+        check_integrator(integrator)
+        mass, x, v = (torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (mass, x, v))
+        if mass.ndim != 2 or tuple(x.shape) != (*mass.shape, 3) or x.shape != v.shape:
+            raise ValidationError(
+                f"mass must have shape [systems, bodies] and x, v [systems, bodies, 3]; got "
+                f"{tuple(mass.shape)}, {tuple(x.shape)}, {tuple(v.shape)}")
+        self.sim = NBody(Model(mass, x, v, dt=dt_max, integrator=integrator, eta=1e-2,
+                               dt_min=dt_min), resolve_backend("warp", precision="float64"))
+        self.state = self.sim.initial_state()
+        self.mass = mass.numpy()
+        self.systems, self.bodies = self.mass.shape
+        self.steps = np.zeros(self.systems, dtype=np.int64)
+        self.initial_energy = self.sim.initial_energy.numpy().copy()
+
+    @property
+    def x(self) -> np.ndarray:
+        """Positions, shape ``[systems, bodies, 3]`` (a copy)."""
+        return self.state.body_x.numpy().copy()
+
+    @property
+    def v(self) -> np.ndarray:
+        """Velocities, shape ``[systems, bodies, 3]`` (a copy)."""
+        return self.state.body_v.numpy().copy()
+
+    @property
+    def time(self) -> np.ndarray:
+        return self.state.time.numpy().copy()
+
+    @property
+    def evaluations(self) -> np.ndarray:
+        """Force evaluations each system has paid (the initial one excluded)."""
+        return self.state.force_evaluations.numpy().copy()
+
+    def advance(self, t_end, eta, *, max_steps: int = 10_000_000) -> np.ndarray:
+        """Advance every system to its ``t_end`` with accuracy parameter ``eta`` (scalars or
+        arrays of shape ``[systems]``), the last step shortened to land on ``t_end``.
+
+        Returns:
+            The :class:`Status` code of each system; a system that stopped early keeps the
+            state and time it reached.
+        """
+        t_end = torch.as_tensor(np.broadcast_to(np.asarray(t_end, np.float64), (self.systems,)))
+        eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (self.systems,))
+        if not (eta > 0).all():
+            raise ValidationError(f"eta must be > 0; got {eta.min()}")
+        with torch.no_grad():
+            self.state = self.sim.evolve(self.state, t_end, eta=torch.as_tensor(eta.copy()),
+                                         max_steps=max_steps, health="mask")
+        self.steps += self.sim.last_steps.numpy()
+        return self.sim.last_status.numpy().copy()
+
+    def energy_error(self) -> np.ndarray:
+        """``|E / E0 - 1|`` of each system."""
+        return self.sim.energy_error(self.state).numpy().copy()
+
+    def observe(self) -> np.ndarray:
+        """Positions and velocities in each system's center-of-mass frame, shape
+        ``[systems, bodies * 6]``: per body its position then its velocity."""
+        return self.sim.observe(self.state).numpy().copy()
+
+
+def observations(system: System) -> np.ndarray:
     """The observation of every system of a batch, ``[systems, 19]`` float32: phase space in
     the center-of-mass frame and the clipped log10 relative energy error."""
     log_error = np.clip(np.log10(np.maximum(system.energy_error(), 1e-16)), -16, 2)
@@ -181,8 +261,8 @@ class ThreeBodyTimestepEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(ETAS))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,),
                                                 dtype=np.float32)
-        self.system: FewBody | None = None
-        self.reference: FewBody | None = None
+        self.system: System | None = None
+        self.reference: System | None = None
 
     @property
     def settings(self) -> dict:
@@ -212,10 +292,10 @@ class ThreeBodyTimestepEnv(gym.Env):
         super().reset(seed=seed)
         self.episode_seed = int(self.np_random.integers(2**31))
         mass, x, v = initial_conditions([self.episode_seed])
-        self.system = FewBody(mass, x, v, integrator=self.integrator.value, dt_min=self.dt_min)
+        self.system = System(mass, x, v, integrator=self.integrator.value, dt_min=self.dt_min)
         self.reference = None
         if self.w_trajectory > 0:
-            self.reference = FewBody(mass, x, v, integrator="hermite", dt_min=self.dt_min)
+            self.reference = System(mass, x, v, integrator="hermite", dt_min=self.dt_min)
         self.energy_error, self.trajectory_error, self.actions_taken = 0.0, 0.0, 0
         self.evaluations = 0
         return self._observation(), {"time": 0.0, "seed": self.episode_seed}

@@ -42,12 +42,13 @@ import numpy as np
 
 from simdiff.rl.env import (
     ETAS,
+    Status,
+    System,
     ThreeBodyTimestepEnv,
     initial_conditions,
     observations,
     rms_distance,
 )
-from simdiff.sims.nbody.fewbody import FewBody, Status
 
 __all__ = ["HELD_OUT_SEED", "MethodResult", "error_feedback_rule", "evaluate", "front_gap",
            "write_pareto_plot", "write_table"]
@@ -92,7 +93,7 @@ def error_feedback_rule(observations: np.ndarray, threshold: float = 1e-6,
 
 def _run(env: ThreeBodyTimestepEnv, ics, choose, reference_x: np.ndarray | None,
          max_interval_steps: int, trajectory_interval: int) -> dict:
-    system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
+    system = System(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
     alive = np.ones(system.systems, dtype=bool)
     actions = np.zeros((system.systems, env.max_actions), dtype=np.int64)
     x_compared = system.x
@@ -118,7 +119,7 @@ def reference_runs(env: ThreeBodyTimestepEnv, ics, reference_eta: float, toleran
     t_end = (env.max_actions if intervals is None else intervals) * env.interval
     finals = []
     for eta in (reference_eta, 2 * reference_eta):
-        system = FewBody(*ics, integrator="hermite", dt_min=env.dt_min)
+        system = System(*ics, integrator="hermite", dt_min=env.dt_min)
         status = system.advance(t_end, eta, max_steps=int(t_end / env.interval + 1)
                                 * max_interval_steps)
         finals.append((system.x, status == Status.OK))
@@ -280,7 +281,7 @@ def episode_video(policy, path: str | Path, *, seed: int = HELD_OUT_SEED,
 
     env = ThreeBodyTimestepEnv(**policy.settings)
     ics = initial_conditions([seed])
-    system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
+    system = System(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
     positions, subtitles = [system.x[0]], ["t=0.00"]
     for k in range(env.max_actions):
         eta = ETAS[int(policy.act(observations(system))[0])]

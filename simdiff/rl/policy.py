@@ -192,14 +192,13 @@ def clone_rule(model, settings: dict, feature_kind: str, seed: int, *, systems: 
     """
     import torch
 
-    from simdiff.rl.env import ETAS, initial_conditions, observations
+    from simdiff.rl.env import ETAS, System, initial_conditions, observations
     from simdiff.rl.evaluate import RULE_FINE, error_feedback_rule
-    from simdiff.sims.nbody.fewbody import FewBody
-
+    
     env = ThreeBodyTimestepEnv(**settings)
     rng = np.random.default_rng(seed)
     ics = initial_conditions(rng.integers(2**31, size=systems))
-    system = FewBody(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
+    system = System(*ics, integrator=env.integrator.value, dt_min=env.dt_min)
     inputs, labels = [], []
     alive = np.ones(systems, dtype=bool)
     for k in range(env.max_actions):

@@ -81,10 +81,9 @@ def per_world(value: torch.Tensor, batch_size: int, ndim: int, name: str) -> tor
         return value.expand(batch_size, *value.shape)
     if value.dim() == ndim + 1 and value.shape[0] == batch_size:
         return value
-    world = "[B=%d, ...]" % batch_size
     raise ValueError(
         f"{name} has shape {list(value.shape)}; expected {ndim} dimensions (shared by every "
-        f"world) or {ndim + 1} with a leading world axis {world}"
+        f"world) or {ndim + 1} with a leading world axis of size B={batch_size}"
     )
 
 

@@ -8,15 +8,24 @@ tolerance (iterations are counted in ``Fluid.stats``; a solve that misses the to
 :class:`~simdiff.sims.base.SimulationError` with the residual and the step). Conventions are in
 :mod:`~simdiff.sims.fluid.model`, the solver and its adjoint in :mod:`~simdiff.sims.fluid.solver`.
 
+Worlds: ``Fluid(model, backend, batch_size=B)`` steps B independent worlds on one grid (every
+state field ``[B, ...]``; obstacle, inflow velocities and concentrations and buoyancy in
+:class:`Params`, shared or per world); each stage is one vectorized operation or one Warp
+launch over all worlds, and the pressure solve takes per-world step lengths (see
+:mod:`~simdiff.sims.fluid.solver`). World ``b`` equals a single-world run of its state and
+parameters to round-off (tests/test_fluid_batch.py). At 64^2 on this 2-core host, 16 worlds
+in one rollout run 5-7x the world-steps per second of a Python loop over single-world
+rollouts, forward and forward+backward, on both backends (benchmarks/batch_fluid.py).
+
 Two implementations of the step, chosen by the backend name:
 
-* ``--backend taichi`` (every fluid scene's default): the step in vectorized torch
+* ``--backend torch`` (every fluid scene's default): the step in vectorized torch
   (:mod:`~simdiff.sims.fluid.grid`), differentiated by torch autograd. There are no Taichi
-  kernels for the fluid: a projection is 10-25 preconditioned CG iterations, each a V-cycle
-  over 4-6 grid levels, so a step is several hundred small array operations with a host sync
-  in every iteration, and Taichi's launch cost on the CPU (~75 us per launch plus ~60 us per
-  tensor argument) alone exceeds the whole torch step at 64^2. The name only chooses precision
-  and device; :attr:`Fluid.engine` and the training progress bar report ``torch``.
+  kernels for the fluid, and ``--backend taichi`` is refused, naming these two: a projection
+  is 10-25 preconditioned CG iterations, each a V-cycle over 4-6 grid levels, so a step is
+  several hundred small array operations with a host sync in every iteration, and Taichi's
+  launch cost on the CPU (~75 us per launch plus ~60 us per tensor argument) alone exceeds
+  the whole torch step at 64^2.
 * ``--backend warp``: the step's local operators are Warp kernels (:mod:`~simdiff.sims.fluid.warp`:
   advection of dye and velocity, MacCormack, inflow sources, buoyancy, the solids' face
   weights and imposed velocities, divergence, pressure-gradient subtraction), differentiated
@@ -53,14 +62,14 @@ the default, for every scene and size, and ``solver_kernels`` is off. GPU speeds
 were not measured. The one hand-written derivative in either path is the pressure solve's
 adjoint (one more CG solve with the same symmetric operator), which avoids storing CG iterates.
 
-Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``taichi``, the
-torch step, and ``warp``, against a plain-PyTorch baseline, side by side with ``warp/taichi``)
-and the README.
+Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``torch`` and
+``warp``, against a plain-PyTorch baseline, side by side with ``warp/torch``), worlds per second
+by batch size in benchmarks/batch_fluid.py, and the README.
 """
 
 from simdiff.sims.fluid.model import Advection, Inflow, Model, Paddle, circle_sdf, solid_from_sdf
 from simdiff.sims.fluid.simulator import Fluid
-from simdiff.sims.fluid.state import State
+from simdiff.sims.fluid.state import Params, Params3D, State
 
 __all__ = [
     "Advection",
@@ -68,6 +77,8 @@ __all__ = [
     "Inflow",
     "Model",
     "Paddle",
+    "Params",
+    "Params3D",
     "State",
     "circle_sdf",
     "solid_from_sdf",

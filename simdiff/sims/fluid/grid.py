@@ -1,10 +1,13 @@
-"""Staggered-grid operators in vectorized torch, for 2D and 3D alike.
+"""Staggered-grid operators in vectorized torch, for 2D and 3D alike, over a leading world axis.
 
-Velocity is stored padded as one tensor ``[dim, n0+1, n1+1(, n2+1)]``: component ``a`` is valid
-on ``resolution + e_a`` faces (:func:`split`), the rest is kept zero (:func:`join`), so a state
-holds one velocity tensor whatever the dimension. Positions are in cell units: cell ``i`` spans
-``[i, i+1]`` along its axis, its center is ``i + 0.5``, face ``i`` of axis ``a`` sits at ``i``
-along ``a`` and at cell centers along the other axes.
+Every field carries a leading world axis ``B`` (independent worlds on one grid; no operator
+mixes worlds). Velocity is stored padded as one tensor ``[B, dim, n0+1, n1+1(, n2+1)]``:
+component ``a`` is valid on ``resolution + e_a`` faces (:func:`split`, ``[B, *(n + e_a)]``),
+the rest is kept zero (:func:`join`), so a state holds one velocity tensor whatever the
+dimension. Cell fields are ``[B, *n]`` or, with channels, ``[B, C, *n]``. Positions are in cell
+units: cell ``i`` spans ``[i, i+1]`` along its axis, its center is ``i + 0.5``, face ``i`` of
+axis ``a`` sits at ``i`` along ``a`` and at cell centers along the other axes; the grid's own
+positions (:attr:`cell_positions`, :attr:`face_positions`) are shared by every world.
 """
 
 from __future__ import annotations
@@ -43,71 +46,83 @@ class Grid:
 
     # Storage ---------------------------------------------------------------------------------
     def split(self, velocity: torch.Tensor) -> list[torch.Tensor]:
-        """The valid faces of each component of a padded velocity tensor."""
+        """The valid faces of each component of a padded velocity ``[B, dim, *(n + 1)]``:
+        component ``a`` as ``[B, *(n + e_a)]``."""
         return [
-            velocity[a][tuple(slice(0, k) for k in self.face_shape(a))] for a in range(self.dim)
+            velocity[:, a][(slice(None), *(slice(0, k) for k in self.face_shape(a)))]
+            for a in range(self.dim)
         ]
 
     def join(self, components: list[torch.Tensor]) -> torch.Tensor:
-        """Components back into one zero-padded tensor."""
+        """Components ``[B, *(n + e_a)]`` back into one zero-padded tensor
+        ``[B, dim, *(n + 1)]``."""
         padded = []
-        for a, comp in enumerate(components):
+        for comp in components:
             pad: list[int] = []
             for b in reversed(range(self.dim)):
-                pad += [0, self.n[b] + 1 - comp.shape[b]]
+                pad += [0, self.n[b] + 1 - comp.shape[b + 1]]
             padded.append(F.pad(comp, pad))
-        return torch.stack(padded)
+        return torch.stack(padded, dim=1)
 
     # Differences -------------------------------------------------------------------------------
     def divergence(self, components: list[torch.Tensor]) -> torch.Tensor:
-        """Net outflow of each cell in cell units (multiply by 1/dx for the physical one)."""
-        div = torch.zeros(self.n, dtype=components[0].dtype, device=components[0].device)
+        """Net outflow of each cell in cell units (multiply by 1/dx for the physical one),
+        ``[B, *n]``."""
+        div = None
         for a, comp in enumerate(components):
-            div = div + comp.narrow(a, 1, self.n[a]) - comp.narrow(a, 0, self.n[a])
+            term = comp.narrow(a + 1, 1, self.n[a]) - comp.narrow(a + 1, 0, self.n[a])
+            div = term if div is None else div + term
         return div
 
     def gradient(self, p: torch.Tensor, a: int) -> torch.Tensor:
-        """Difference of ``p`` across each face of axis ``a``, with ``p = 0`` outside the box
-        (where walls are, the face weight is zero, so the value outside does not matter)."""
+        """Difference of ``p`` ``[B, *n]`` across each face of axis ``a``, with ``p = 0``
+        outside the box (where walls are, the face weight is zero, so the value outside does
+        not matter); ``[B, *(n + e_a)]``."""
         pad = [0, 0] * self.dim
         pad[2 * (self.dim - 1 - a)] = 1
         pad[2 * (self.dim - 1 - a) + 1] = 1
         padded = F.pad(p, pad)
-        return padded.narrow(a, 1, self.n[a] + 1) - padded.narrow(a, 0, self.n[a] + 1)
+        return padded.narrow(a + 1, 1, self.n[a] + 1) - padded.narrow(a + 1, 0, self.n[a] + 1)
 
     def face_solid(self, solid: torch.Tensor, a: int) -> torch.Tensor:
-        """Solid fraction of the faces of axis ``a`` from cell fractions: the union of the two
-        cells (``1 - (1-s_l)(1-s_r)``), so one solid cell blocks all its faces; faces on the
-        box's walls are solid, on open sides as solid as their one cell."""
+        """Solid fraction of the faces of axis ``a`` ``[B, *(n + e_a)]`` from cell fractions
+        ``[B, *n]``: the union of the two cells (``1 - (1-s_l)(1-s_r)``), so one solid cell
+        blocks all its faces; faces on the box's walls are solid, on open sides as solid as
+        their one cell."""
         fluid = 1 - solid
         pad = [0, 0] * self.dim
         lo_open, hi_open = (a, 0) in self.open_sides, (a, 1) in self.open_sides
         pad[2 * (self.dim - 1 - a)] = 1
         pad[2 * (self.dim - 1 - a) + 1] = 1
         padded = F.pad(fluid, pad, value=1.0)  # outside: fluid on open sides, fixed below
-        face_fluid = padded.narrow(a, 1, self.n[a] + 1) * padded.narrow(a, 0, self.n[a] + 1)
+        face_fluid = padded.narrow(a + 1, 1, self.n[a] + 1) * padded.narrow(
+            a + 1, 0, self.n[a] + 1
+        )
         ends = torch.ones(self.n[a] + 1, dtype=fluid.dtype, device=fluid.device)
         ends[0] = float(lo_open)
         ends[-1] = float(hi_open)
-        shape = [1] * self.dim
-        shape[a] = -1
+        shape = [1] * (self.dim + 1)
+        shape[a + 1] = -1
         return 1 - face_fluid * ends.view(shape)
 
     def box_coverage(self, lo: torch.Tensor, hi: torch.Tensor, a: int | None) -> torch.Tensor:
-        """Fraction of each cell (``a=None``) or of each face's dual cell (the cell centered
-        on the face) covered by the box ``[lo, hi]`` (cell units, per axis): exact, and
-        piecewise linear in the box's position, so its gradient moves the box."""
+        """Fraction of each cell (``a=None``, ``[B, *n]``) or of each face's dual cell (the
+        cell centered on the face, ``[B, *(n + e_a)]``) covered by each world's box
+        ``[lo, hi]`` (cell units, ``[B, dim]``): exact, and piecewise linear in the box's
+        position, so its gradient moves the box."""
         cover = None
         for b in range(self.dim):
             count = self.n[b] + (b == a)
             start = torch.arange(count, dtype=self.dtype, device=self.device) - 0.5 * (b == a)
-            overlap = (torch.minimum(start + 1, hi[b]) - torch.maximum(start, lo[b])).clamp(0, 1)
-            shape = [1] * self.dim
-            shape[b] = -1
+            overlap = (
+                torch.minimum(start + 1, hi[:, b : b + 1]) - torch.maximum(start, lo[:, b : b + 1])
+            ).clamp(0, 1)
+            shape = [-1] + [1] * self.dim
+            shape[b + 1] = count
             overlap = overlap.view(shape)
             cover = overlap if cover is None else cover * overlap
         shape = self.n if a is None else self.face_shape(a)
-        return cover.expand(shape)
+        return cover.expand(lo.shape[0], *shape)
 
     # Interpolation -----------------------------------------------------------------------------
     def _axes(self, shape: tuple[int, ...], offsets: tuple[float, ...]) -> torch.Tensor:
@@ -119,7 +134,7 @@ class Grid:
 
     @cached_property
     def cell_positions(self) -> torch.Tensor:
-        """Cell centers in cell units, shape [*n, dim]."""
+        """Cell centers in cell units, shape [*n, dim] (shared by every world)."""
         return self._axes(self.n, (0.5,) * self.dim)
 
     @cached_property
@@ -138,19 +153,18 @@ class Grid:
         *,
         mode: str = "bilinear",
     ) -> torch.Tensor:
-        """(Bi/tri)linear interpolation of ``values`` [C, *m], whose entry ``k`` sits at
-        position ``k + offsets``, at ``positions`` [*Q, dim]; positions outside are clamped to
-        the border. Returns [C, *Q]."""
-        m = values.shape[1:]
+        """(Bi/tri)linear interpolation of ``values`` [B, C, *m], whose entry ``k`` sits at
+        position ``k + offsets``, at ``positions`` [B, *Q, dim] (or [*Q, dim], the same in
+        every world); positions outside are clamped to the border. Returns [B, C, *Q]."""
+        m = values.shape[2:]
         coords = []
         for b in reversed(range(self.dim)):  # grid_sample wants the last axis first
             scale = 2.0 / max(m[b] - 1, 1)
             coords.append((positions[..., b] - offsets[b]) * scale - 1.0)
-        grid = torch.stack(coords, dim=-1).unsqueeze(0)
-        out = F.grid_sample(
-            values.unsqueeze(0), grid, mode=mode, padding_mode="border", align_corners=True
-        )
-        return out[0]
+        grid = torch.stack(coords, dim=-1)
+        if grid.dim() == self.dim + 1:
+            grid = grid.expand(values.shape[0], *grid.shape)
+        return F.grid_sample(values, grid, mode=mode, padding_mode="border", align_corners=True)
 
     def face_offsets(self, a: int) -> tuple[float, ...]:
         return tuple(0.0 if b == a else 0.5 for b in range(self.dim))
@@ -158,21 +172,21 @@ class Grid:
     def velocity_at(
         self, components: list[torch.Tensor], positions: torch.Tensor, *, known: int | None = None
     ) -> torch.Tensor:
-        """Velocity vectors [*Q, dim] at ``positions``; component ``known`` is taken as is
+        """Velocity vectors [B, *Q, dim] at ``positions``; component ``known`` is taken as is
         (``positions`` are that component's own faces)."""
         parts = []
         for b, comp in enumerate(components):
             if b == known:
                 parts.append(comp)
             else:
-                parts.append(self.sample(comp[None], positions, self.face_offsets(b))[0])
+                parts.append(self.sample(comp[:, None], positions, self.face_offsets(b))[:, 0])
         return torch.stack(parts, dim=-1)
 
     def cell_velocity(self, components: list[torch.Tensor]) -> torch.Tensor:
-        """Velocity at cell centers [*n, dim]: the mean of each cell's two faces per axis."""
+        """Velocity at cell centers [B, *n, dim]: the mean of each cell's two faces per axis."""
         return torch.stack(
             [
-                0.5 * (c.narrow(a, 0, self.n[a]) + c.narrow(a, 1, self.n[a]))
+                0.5 * (c.narrow(a + 1, 0, self.n[a]) + c.narrow(a + 1, 1, self.n[a]))
                 for a, c in enumerate(components)
             ],
             dim=-1,
@@ -188,7 +202,7 @@ class Grid:
         for a, comp in enumerate(components):
             here = self.face_positions[a]
             back = here - steps_per_cell * self.velocity_at(components, here, known=a)
-            out.append(self.sample(comp[None], back, self.face_offsets(a))[0])
+            out.append(self.sample(comp[:, None], back, self.face_offsets(a))[:, 0])
         return out
 
     def advect_cells(
@@ -199,7 +213,7 @@ class Grid:
         *,
         maccormack: bool = False,
     ) -> torch.Tensor:
-        """Advect cell-centered ``values`` [C, *n] by the velocity (semi-Lagrangian, or
+        """Advect cell-centered ``values`` [B, C, *n] by the velocity (semi-Lagrangian, or
         MacCormack: a forward and a backward semi-Lagrangian pass correct each other's error,
         and where the corrected value leaves the range of the cells around the back-traced
         point the plain semi-Lagrangian value is kept)."""
@@ -221,8 +235,9 @@ class Grid:
         return torch.where(inside, corrected, forward)
 
     def _extrema(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Min and max of ``values`` [B, C, *n] over each block of 2^dim cells, [B, C, *(n+1)]."""
         pool = F.max_pool2d if self.dim == 2 else F.max_pool3d
-        padded = F.pad(values.unsqueeze(0), [1, 1] * self.dim, mode="replicate")[0]
+        padded = F.pad(values, [1, 1] * self.dim, mode="replicate")
         high = pool(padded, kernel_size=2, stride=1)
         low = -pool(-padded, kernel_size=2, stride=1)
         return low, high

@@ -1,36 +1,48 @@
-"""The fluid simulator: one step of advection, sources, buoyancy, solids and projection.
+"""The fluid simulator: one step of advection, sources, buoyancy, solids and projection, for
+``B`` independent worlds at once.
 
-Two implementations of the same step: vectorized torch (:mod:`~simdiff.sims.fluid.grid`, the
-``taichi`` backend name, which for the fluid means "no kernels": see the package docstring)
-and Warp kernels (:mod:`~simdiff.sims.fluid.warp`, the ``warp`` backend), differentiated by
-Warp's adjoints through :func:`~simdiff.bridge.apply_step`. Both share the pressure solve
-and its adjoint (:mod:`~simdiff.sims.fluid.solver`); with Warp, its Laplacian and residual
-are Warp kernels too.
+Two implementations of the same step, chosen by the backend name: vectorized torch
+(:mod:`~simdiff.sims.fluid.grid`, backend ``torch``) and Warp kernels
+(:mod:`~simdiff.sims.fluid.warp`, backend ``warp``), differentiated by Warp's adjoints through
+:func:`~simdiff.bridge.apply_step`. Both share the pressure solve and its adjoint
+(:mod:`~simdiff.sims.fluid.solver`); with Warp, its Laplacian and residual may be Warp kernels
+too. There are no Taichi kernels for the fluid, and backend ``taichi`` is refused (see the
+package docstring for why).
+
+Worlds: every state field has a leading world axis ``[B, ...]``; :class:`~simdiff.sims.fluid.
+state.Params` (obstacle, inflow velocities and concentrations, buoyancy) may be shared or
+given per world. Each stage of a step is one vectorized torch operation or one Warp launch
+over all worlds (Warp: the world axis folded into the component axis of every launch).
 """
 
 from __future__ import annotations
 
 import torch
 
-from simdiff.backend import Backend, BackendName
+from simdiff.backend import Backend, BackendError, BackendName
 from simdiff.bridge import apply_step
-from simdiff.sims.base import SimulationError, Simulator
+from simdiff.sims.base import Simulator, per_world
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor
-from simdiff.sims.fluid.solver import PressureSystem, SolveStats, SymmetricSolve, pcg
-from simdiff.sims.fluid.state import State
+from simdiff.sims.fluid.solver import PressureSystem, SolveStats, SymmetricSolve, pcg, unconverged
+from simdiff.sims.fluid.state import Params, State, params_class
 
 __all__ = ["Fluid"]
 
+BACKENDS = (BackendName.TORCH, BackendName.WARP)
+"""The backends the fluid runs on."""
+
 
 class Fluid(Simulator):
-    """Differentiable incompressible flow on a MAC grid (see :mod:`simdiff.sims.fluid`).
+    """Differentiable incompressible flow on a MAC grid (see :mod:`simdiff.sims.fluid`),
+    ``batch_size`` worlds at once.
 
     Args:
-        model: The validated model.
-        backend: ``warp``: the step's local operators are Warp kernels; ``taichi``: the step
-            is vectorized torch (no Taichi kernels). Both use the backend's precision and
-            device.
+        model: The validated model (shared geometry of every world: grid, walls, open sides,
+            inflow boxes, paddle size, time step).
+        backend: ``torch``: the step in vectorized torch; ``warp``: its local operators are
+            Warp kernels. Both use the backend's precision and device. ``taichi`` is refused.
+        batch_size: Number of worlds B.
         adjoint: Differentiate the pressure solve by its adjoint (one more solve in backward);
             False differentiates through the unrolled iterations (a reference for tests and
             the plain-PyTorch baseline of the benchmark).
@@ -39,30 +51,41 @@ class Fluid(Simulator):
             and the smoother's residual on every multigrid level) by Warp kernels. Off by
             default: on the CPU these single-threaded kernels are slower than torch's
             vectorized operator (see the package docstring).
-        blowup: A speed beyond this [m/s] stops the rollout.
+        blowup: A speed beyond this [m/s] fails a world.
 
     Attributes:
         stats: Conjugate-gradient iterations of every solve since construction.
+        tolerance: Relative residual every pressure solve reaches, in every world.
     """
 
     name = "fluid"
     initial_fields = ("velocity", "dye")
+    Params = Params
+    """The params dataclass (:class:`~simdiff.sims.fluid.state.Params3D` on a 3D grid)."""
 
     def __init__(
         self,
         model: Model,
         backend: Backend,
         *,
+        batch_size: int = 1,
         adjoint: bool = True,
         preconditioner: str = "multigrid",
         solver_kernels: bool = False,
         blowup: float = 1e6,
     ) -> None:
-        super().__init__(model, backend)
+        if backend.name not in BACKENDS:
+            raise BackendError(
+                f"backend={backend.name.value!r}: the fluid has no {backend.name.value} kernels; "
+                f"use backend='torch' (its step in vectorized torch) or 'warp' (Warp kernels)"
+            )
+        super().__init__(model, backend, batch_size=batch_size)
         if solver_kernels and backend.name is not BackendName.WARP:
             raise ValueError("solver_kernels=True needs the warp backend")
         if preconditioner not in ("multigrid", "jacobi"):
             raise ValueError(f"preconditioner={preconditioner!r}; allowed: multigrid, jacobi")
+        if model.dim == 3:
+            self.Params = params_class(3)
         self.adjoint = adjoint
         self.preconditioner = preconditioner
         self.blowup = blowup
@@ -70,10 +93,16 @@ class Fluid(Simulator):
         self.tolerance = model.tolerance or (
             1e-5 if backend.torch_dtype == torch.float32 else 1e-10
         )
-        """Relative residual every pressure solve reaches."""
         open_sides = {(SIDES.index(s) // 2, SIDES.index(s) % 2) for s in model.open_sides}
-        self.grid = Grid(model.resolution, open_sides, backend.torch_dtype, backend.torch_device)
-        self._static: tuple | None = None
+        self.grid = g = Grid(model.resolution, open_sides, backend.torch_dtype, backend.torch_device)
+        # Each inflow's box as cells [1, 1, *n] (dye held there) and as the faces it imposes
+        # its velocity on, [1, *(n + e_a)] per axis: static geometry, shared by every world.
+        self._inflow_cells, self._inflow_faces = [], []
+        for inflow in model.inflows:
+            cells = torch.zeros(1, *g.n, dtype=g.dtype, device=g.device)
+            cells[(slice(None), *(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi)))] = 1
+            self._inflow_cells.append(cells[:, None])
+            self._inflow_faces.append([g.face_solid(cells, a) for a in range(g.dim)])
         self.kernels = None
         """The Warp launches (:class:`~simdiff.sims.fluid.warp.StepKernels`), or None (torch)."""
         self._operator = None
@@ -93,11 +122,12 @@ class Fluid(Simulator):
         # so this is what the torch path's sequential blending does).
         faces = torch.full((m.dim, *(k + 1 for k in m.resolution)), -1, dtype=torch.int32)
         for k in reversed(range(len(m.inflows))):
-            cover = g.join([c.detach().cpu().double() for c in self._inflow_faces[k]]) > 0.5
+            cover = g.join([c.detach().cpu().double() for c in self._inflow_faces[k]])[0] > 0.5
             faces[cover] = k
         self.kernels = StepKernels(
             self.backend,
             m.resolution,
+            batch=self.batch_size,
             channels=m.dye_channels,
             maccormack=m.advection is Advection.MACCORMACK,
             cells_per_step=m.dt / m.dx,
@@ -106,118 +136,178 @@ class Fluid(Simulator):
             open_sides=g.open_sides,
             source=None if source is None else source.to(g.device),
             inflow_face=faces.to(g.device),
-            buoyancy=as_tensor(m.buoyancy).numel() > 0,
             paddle_half_size=None if m.paddle is None else tuple(m.paddle.half_size),
         )
         self._operator = Laplacian(self.backend) if solver_kernels else None
 
     @property
     def engine(self) -> str:
-        """What runs the step, e.g. ``warp:cpu:float32`` or ``torch:cpu:float32`` (the
-        ``taichi`` backend name runs the torch step: the fluid has no Taichi kernels)."""
-        b = self.backend
-        name = "warp" if self.kernels is not None else "torch"
-        return f"{name}:{b.device}:{b.precision.value}"
+        """What runs the step, e.g. ``warp:cpu:float32`` or ``torch:cpu:float32``."""
+        return str(self.backend)
 
     @property
     def action_dim(self) -> int:
+        """The paddle's velocity [m/s] per axis, or 0 without a paddle."""
         return self.model.dim if self.model.paddle is not None else 0
+
+    @property
+    def observation_dim(self) -> int:
+        """Paddle position (dim), per dye channel its total (1) and center of mass (dim)."""
+        dim, channels = self.model.dim, self.model.dye_channels
+        return dim + channels * (1 + dim)
 
     def _tensor(self, value) -> torch.Tensor:
         return as_tensor(value, self.backend.torch_dtype).to(self.backend.torch_device)
 
-    # States --------------------------------------------------------------------------------
-    def initial_state(
-        self, velocity: torch.Tensor | None = None, dye: torch.Tensor | None = None
-    ) -> State:
-        """The state at time 0: the model's (or the given) velocity, made divergence-free by
-        one projection, and dye."""
+    # Parameters ------------------------------------------------------------------------------
+    def params(self) -> Params:
+        """The model's obstacle, inflow velocities and concentrations and buoyancy, shared by
+        every world (differentiable in the model's tensors)."""
         m, g = self.model, self.grid
+        channels = m.dye_channels
+        obstacle = (
+            torch.zeros(g.n, dtype=g.dtype, device=g.device)
+            if m.obstacle is None
+            else self._tensor(m.obstacle)
+        )
+        if m.inflows:
+            velocity = torch.stack([self._tensor(i.velocity) for i in m.inflows])
+            concentration = torch.stack([self._tensor(i.concentration) for i in m.inflows])
+        else:
+            velocity = torch.zeros(0, m.dim, dtype=g.dtype, device=g.device)
+            concentration = torch.zeros(0, channels, dtype=g.dtype, device=g.device)
+        buoyancy = self._tensor(m.buoyancy)
+        if not buoyancy.numel():
+            buoyancy = torch.zeros(channels, dtype=g.dtype, device=g.device)
+        return self.Params(obstacle, velocity, concentration, buoyancy)
+
+    def _world_params(self, params: Params | None) -> Params:
+        """``params`` (default: :meth:`params`) per world, in the backend's precision, or a
+        ValueError naming the field, the shape given and the one expected."""
+        if params is None:
+            params = self.params()
+        if not isinstance(params, Params):
+            raise TypeError(
+                f"params is a {type(params).__name__}; expected simdiff.sims.fluid.Params "
+                f"(from sim.params())"
+            )
+        m, b = self.model, self.batch_size
+        inflows, channels = len(m.inflows), m.dye_channels
+        expected = {
+            "obstacle": m.resolution,
+            "inflow_velocity": (inflows, m.dim),
+            "inflow_concentration": (inflows, channels),
+            "buoyancy": (channels,),
+        }
+        params = self.Params(*(t.to(self.backend.torch_dtype) for t in params.tensors()))
+        for name, t in zip(params.field_names(), params.tensors()):
+            self._check_world_shape(t, expected[name], f"params.{name}")
+        return params.per_world(b)
+
+    def _check_world_shape(self, t: torch.Tensor, shape: tuple[int, ...], name: str) -> None:
+        """``t`` is ``shape`` (shared by every world) or ``[B, *shape]``, else a ValueError."""
+        b = self.batch_size
+        if tuple(t.shape) not in (tuple(shape), (b, *shape)):
+            raise ValueError(
+                f"{name} has shape {list(t.shape)}; expected {list(shape)} (shared by every "
+                f"world) or {[b, *shape]} (per world)"
+            )
+
+    # States --------------------------------------------------------------------------------
+    def _world_tensor(self, value, shape: tuple[int, ...], name: str) -> torch.Tensor:
+        t = self._tensor(value)
+        self._check_world_shape(t, shape, name)
+        return per_world(t, self.batch_size, len(shape), name)
+
+    def initial_state(
+        self,
+        velocity: torch.Tensor | None = None,
+        dye: torch.Tensor | None = None,
+        *,
+        params: Params | None = None,
+    ) -> State:
+        """The state at time 0 of every world: the model's (or the given) velocity, made
+        divergence-free by one projection (with the solids of ``params``), and dye.
+
+        Args:
+            velocity: Face velocities [m/s], ``[dim, *(n + 1)]`` (every world) or
+                ``[B, dim, *(n + 1)]``.
+            dye: Dye ``[channels, *n]`` or ``[B, channels, *n]``.
+            params: Whose obstacle and inflow boxes the initial projection respects (default
+                :meth:`params`).
+        """
+        m, g = self.model, self.grid
+        b = self.batch_size
         if velocity is None:
             velocity = m.velocity
         if velocity is None:
             velocity = torch.zeros(m.dim, *(k + 1 for k in m.resolution))
         if dye is None:
             dye = m.dye if m.dye is not None else torch.zeros(1, *m.resolution)
+        velocity = self._world_tensor(velocity, (m.dim, *(k + 1 for k in m.resolution)),
+                                      "velocity")
+        dye = self._world_tensor(dye, (m.dye_channels, *m.resolution), "dye")
+        p = self._world_params(params)
         paddle = m.paddle.center if m.paddle is not None else (0.0,) * m.dim
-        paddle_x = self._tensor(paddle)
+        paddle_x = self._tensor(paddle).repeat(b, 1)
+        where = [(0, "the initial state")] * b
+        still = torch.zeros_like(paddle_x)
         if self.kernels is not None:
-            still = torch.zeros_like(paddle_x)
-            velocity = self._project_kernels(
-                self._tensor(velocity), paddle_x, still, impose=False, where="the initial state"
-            )
+            velocity = self._project_kernels(velocity, paddle_x, still, p, impose=False,
+                                             where=where)
         else:
-            comps = g.split(self._tensor(velocity))
-            weights, solid_velocity = self._solids(paddle_x, None, impose=False)
-            comps = self.project(comps, weights, solid_velocity, where="the initial state")
-            velocity = g.join(comps)
-        return State(
-            velocity,
-            self._tensor(dye),
-            paddle_x,
-            torch.zeros(1, dtype=self.backend.torch_dtype, device=g.device),
-        )
+            weights, imposed = self._solids(paddle_x, still, p, impose=False)
+            velocity = g.join(self.project(g.split(velocity), weights, imposed, where=where))
+        return State(velocity, dye, paddle_x, torch.zeros(b, dtype=g.dtype, device=g.device))
 
     def state_from(self, **fields: torch.Tensor) -> State:
         return self.initial_state(fields.get("velocity"), fields.get("dye"))
 
-    # Solids --------------------------------------------------------------------------------
-    def _static_solid(self) -> list[torch.Tensor]:
-        """Solid fraction of the faces of each axis from walls and the obstacle (recomputed
-        when the obstacle is a tensor being optimized, cached otherwise)."""
-        obstacle = self.model.obstacle
-        if obstacle is not None and obstacle.requires_grad:
-            return [self.grid.face_solid(self._tensor(obstacle), a) for a in range(self.grid.dim)]
-        # The key holds the tensor itself, so its id cannot be reused by another one.
-        key = (obstacle, None if obstacle is None else obstacle._version)
-        if (
-            self._static is None
-            or self._static[0][0] is not obstacle
-            or self._static[0][1] != key[1]
-        ):
-            cells = (
-                torch.zeros(self.grid.n, dtype=self.grid.dtype, device=self.grid.device)
-                if obstacle is None
-                else self._tensor(obstacle)
-            )
-            self._static = (key, [self.grid.face_solid(cells, a) for a in range(self.grid.dim)])
-        return self._static[1]
+    def _check_state_shapes(self, state: State) -> None:
+        m, b = self.model, self.batch_size
+        expected = {
+            "velocity": (b, m.dim, *(k + 1 for k in m.resolution)),
+            "dye": (b, m.dye_channels, *m.resolution),
+            "paddle_x": (b, m.dim),
+            "time": (b,),
+        }
+        for name, shape in expected.items():
+            t = getattr(state, name)
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"state.{name} has shape {list(t.shape)}; expected {list(shape)} "
+                    f"(batch_size={b})"
+                )
 
-    def _solids(self, paddle_x: torch.Tensor, paddle_v: torch.Tensor | None, impose: bool):
-        """Fluid fraction of every face, and the velocity imposed there times the imposing
-        fraction: static solids impose zero, the paddle its velocity (``paddle_v``), inflow
-        boxes theirs (a face touching an inflow cell is an inflow face, so the box pushes
-        fluid out through its sides at the inflow velocity). ``impose=False``: impose
-        nothing (the initial projection)."""
+    # Solids --------------------------------------------------------------------------------
+    def _solids(self, paddle_x: torch.Tensor, paddle_v: torch.Tensor, p: Params, impose: bool):
+        """Fluid fraction of every face ``[B, *(n + e_a)]``, and the velocity imposed there
+        times the imposing fraction: static solids impose zero, the paddle its velocity
+        (``paddle_v`` ``[B, dim]``), inflow boxes theirs (a face touching an inflow cell is an
+        inflow face, so the box pushes fluid out through its sides at the inflow velocity).
+        ``impose=False``: impose nothing (the initial projection)."""
         m, g = self.model, self.grid
-        fluid = [1 - s for s in self._static_solid()]
+        fluid = [1 - g.face_solid(p.obstacle, a) for a in range(m.dim)]
         imposed = [torch.zeros_like(f) for f in fluid] if impose else None
+
+        def per_face(values: torch.Tensor) -> torch.Tensor:  # [B] against [B, *faces]
+            return values.view(-1, *([1] * m.dim))
+
         if m.paddle is not None:
             half = self._tensor(m.paddle.half_size)
             lo, hi = (paddle_x - half) / m.dx, (paddle_x + half) / m.dx
             for a in range(m.dim):
                 cover = g.box_coverage(lo, hi, a)
                 if imposed is not None:
-                    imposed[a] = imposed[a] + fluid[a] * cover * paddle_v[a]
+                    imposed[a] = imposed[a] + fluid[a] * cover * per_face(paddle_v[:, a])
                 fluid[a] = fluid[a] * (1 - cover)
-        for inflow, cover in zip(m.inflows, self._inflow_faces):
-            velocity = self._tensor(inflow.velocity)
+        for k, cover in enumerate(self._inflow_faces):
+            velocity = p.inflow_velocity[:, k]
             for a in range(m.dim):
                 if imposed is not None:
-                    imposed[a] = imposed[a] + fluid[a] * cover[a] * velocity[a]
+                    imposed[a] = imposed[a] + fluid[a] * cover[a] * per_face(velocity[:, a])
                 fluid[a] = fluid[a] * (1 - cover[a])
         return fluid, imposed
-
-    @property
-    def _inflow_faces(self) -> list[list[torch.Tensor]]:
-        if not hasattr(self, "_inflow_cache"):
-            g = self.grid
-            self._inflow_cache = []
-            for inflow in self.model.inflows:
-                cells = torch.zeros(g.n, dtype=g.dtype, device=g.device)
-                cells[tuple(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi))] = 1
-                self._inflow_cache.append([g.face_solid(cells, a) for a in range(g.dim)])
-        return self._inflow_cache
 
     # Projection ----------------------------------------------------------------------------
     def project(
@@ -226,10 +316,10 @@ class Fluid(Simulator):
         weights: list[torch.Tensor],
         solid_velocity: list[torch.Tensor] | None,
         *,
-        where: str,
+        where: list[tuple[int, str]],
     ) -> list[torch.Tensor]:
-        """Blend in the solids' velocity and remove the divergence: ``u = w u* + (1-w) u_s
-        - w grad p`` with ``div(w grad p) = div(w u* + (1-w) u_s)``."""
+        """Blend in the solids' velocity and remove the divergence in every world: ``u = w u*
+        + (1-w) u_s - w grad p`` with ``div(w grad p) = div(w u* + (1-w) u_s)``."""
         g = self.grid
         blended = [w * u for w, u in zip(weights, comps)]
         if solid_velocity is not None:
@@ -238,15 +328,15 @@ class Fluid(Simulator):
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
     def _pressure(
-        self, weights: list[torch.Tensor], divergence: torch.Tensor, *, where: str
+        self, weights: list[torch.Tensor], divergence: torch.Tensor, *, where: list
     ) -> torch.Tensor:
-        """The pressure [cell units] solving ``div(w grad p) = divergence`` (the divergence
-        of the blended velocity), differentiable in both."""
+        """The pressure [cell units] ``[B, *n]`` solving ``div(w grad p) = divergence`` (the
+        divergence of the blended velocity) in every world, differentiable in both."""
         g = self.grid
         detached = [w.detach() for w in weights]
-        diag = torch.zeros(g.n, dtype=g.dtype, device=g.device)
-        for a, w in enumerate(detached):
-            diag = diag + w.narrow(a, 0, g.n[a]) + w.narrow(a, 1, g.n[a])
+        diag = sum(
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(detached)
+        )
         fixed = (diag <= 1e-12).to(g.dtype)
         sides = frozenset(g.open_sides)
         m = self.model
@@ -260,161 +350,173 @@ class Fluid(Simulator):
                 "max_iterations": m.max_iterations,
                 "where": where,
             }
-            pressure = SymmetricSolve.apply(options, rhs, *weights)
-        else:
-            system = PressureSystem(weights, fixed, sides)
-            rhs = system.project(-divergence)
-            pressure, iterations, residual = pcg(
-                system,
-                rhs,
-                tolerance=self.tolerance,
-                max_iterations=m.max_iterations,
-                preconditioner=self.preconditioner,
-            )
-            self.stats.solves += 1
-            self.stats.iterations += iterations
-            self.stats.last_iterations, self.stats.last_residual = iterations, residual
-            if residual > self.tolerance:
-                raise SimulationError(
-                    f"pressure projection at {where} did not converge: relative residual "
-                    f"{residual:.3g} > tolerance {self.tolerance:.3g} after {iterations} iterations"
-                )
-            pressure = system.project(pressure)
-        return pressure
+            return SymmetricSolve.apply(options, rhs, *weights)
+        system = PressureSystem(weights, fixed, sides)
+        rhs = system.project(-divergence)
+        pressure, iterations, residual = pcg(
+            system,
+            rhs,
+            tolerance=self.tolerance,
+            max_iterations=m.max_iterations,
+            preconditioner=self.preconditioner,
+        )
+        self.stats.record(iterations, residual)
+        error = unconverged("pressure projection", residual, iterations, self.tolerance, where)
+        if error is not None:
+            raise error
+        return system.project(pressure)
 
     def _project_kernels(
         self,
         velocity: torch.Tensor,
         paddle_x: torch.Tensor,
         paddle_v: torch.Tensor,
+        p: Params,
         *,
         impose: bool,
-        where: str,
+        where: list,
     ) -> torch.Tensor:
-        """:meth:`project` by Warp kernels, from the padded velocity in the kernels' layout
-        (solids computed by a kernel too); returns the padded velocity in the state's."""
-        from simdiff.sims.fluid.warp import as_grid, from_grid
+        """:meth:`project` by Warp kernels, from the padded velocity ``[B, dim, *(n + 1)]``
+        (solids computed by a kernel too); returns the projected velocity, same shape."""
+        from simdiff.sims.fluid.warp import as_grid
 
         m, g, k = self.model, self.grid, self.kernels
-        dtype, device = g.dtype, g.device
-        obstacle = (
-            torch.zeros(g.n, dtype=dtype, device=device)
-            if m.obstacle is None
-            else self._tensor(m.obstacle)
-        )
+        b = self.batch_size
         if m.inflows and impose:
-            inflow_v = torch.stack([self._tensor(i.velocity) for i in m.inflows])
+            inflow_v = p.inflow_velocity
         else:
-            inflow_v = torch.zeros(max(len(m.inflows), 1), m.dim, dtype=dtype, device=device)
+            inflow_v = torch.zeros(b, max(len(m.inflows), 1), m.dim, dtype=g.dtype,
+                                   device=g.device)
         blended, w, div = apply_step(
             k.constrain,
             as_grid(velocity, m.dim),
-            as_grid(obstacle, m.dim),
+            as_grid(p.obstacle, m.dim),
             paddle_x,
             paddle_v if impose else torch.zeros_like(paddle_v),
             inflow_v,
         )
         # Contiguous copies: the solve's many array operations on strided views of the padded
         # tensor measured twice as slow.
-        weights = [c.contiguous() for c in g.split(from_grid(w, m.dim))]
-        pressure = self._pressure(weights, from_grid(div, m.dim), where=where)
+        weights = [c.contiguous() for c in g.split(w.view(velocity.shape))]
+        pressure = self._pressure(weights, div.view(b, *g.n), where=where)
         (out,) = apply_step(k.subtract, blended, w, as_grid(pressure, m.dim))
-        return from_grid(out, m.dim)
+        return out.view(velocity.shape)
 
     # Step ----------------------------------------------------------------------------------
-    def step(self, state: State, action: torch.Tensor | None = None) -> State:
+    def step(
+        self, state: State, action: torch.Tensor | None = None, params: Params | None = None
+    ) -> State:
         """Advect dye and velocity, add sources and buoyancy, move the paddle by ``action``
-        (its velocity [m/s], shape [dim]) and project."""
+        (its velocity [m/s], ``[B, dim]``; None: at rest) and project, in every world."""
         m, g = self.model, self.grid
+        self._check_state_shapes(state)
+        p = self._world_params(params)
+        paddle_v = self.check_action(action, state.paddle_x)
         paddle_x = state.paddle_x
-        paddle_v = None
         if m.paddle is not None:
-            if action is None:
-                action = torch.zeros_like(paddle_x)
-            paddle_v = action.to(paddle_x)
             paddle_x = paddle_x + m.dt * paddle_v
-        elif action is not None and action.numel():
-            raise ValueError("this fluid model has no paddle; pass action=None")
-        step = round(float(state.time) / m.dt) + 1
+        else:
+            paddle_v = torch.zeros_like(paddle_x)
+        steps = (state.time.detach() / m.dt).round().long().add(1).tolist()
+        where = [(s, f"step {s}") for s in steps]
         if self.kernels is not None:
-            return self._step_kernels(state, paddle_x, paddle_v, where=f"step {step}")
+            return self._step_kernels(state, paddle_x, paddle_v, p, where=where)
         cells_per_step = m.dt / m.dx
         comps = g.split(state.velocity)
         dye = g.advect_cells(
             state.dye, comps, cells_per_step, maccormack=m.advection is Advection.MACCORMACK
         )
         comps = g.advect_velocity(comps, cells_per_step)
-        for inflow in m.inflows:
-            box = (slice(None), *(slice(lo, hi) for lo, hi in zip(inflow.lo, inflow.hi)))
-            conc = self._tensor(inflow.concentration).view(-1, *([1] * m.dim))
-            inside = torch.zeros_like(dye)
-            inside[box] = 1
-            dye = dye * (1 - inside) + conc * inside
-        buoyancy = self._tensor(m.buoyancy)
-        if buoyancy.numel():
-            lift = (buoyancy.view(-1, *([1] * m.dim)) * dye).sum(0)
-            # Mean of the two cells beside each y-face; wall faces are blocked anyway.
-            padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
-            comps[1] = comps[1] + m.dt * 0.5 * (padded[:, 1:] + padded[:, :-1])
-        weights, imposed = self._solids(paddle_x, paddle_v, impose=True)
-        comps = self.project(comps, weights, imposed, where=f"step {step}")
+        for k, inside in enumerate(self._inflow_cells):
+            held = p.inflow_concentration[:, k].reshape(*dye.shape[:2], *([1] * m.dim))
+            dye = dye * (1 - inside) + held * inside
+        lift = (p.buoyancy.reshape(*dye.shape[:2], *([1] * m.dim)) * dye).sum(1)
+        # Mean of the two cells beside each y-face; wall faces are blocked anyway.
+        padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
+        comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
+        weights, imposed = self._solids(paddle_x, paddle_v, p, impose=True)
+        comps = self.project(comps, weights, imposed, where=where)
         return State(g.join(comps), dye, paddle_x, state.time + m.dt)
 
     def _step_kernels(
-        self, state: State, paddle_x: torch.Tensor, paddle_v: torch.Tensor | None, *, where: str
+        self,
+        state: State,
+        paddle_x: torch.Tensor,
+        paddle_v: torch.Tensor,
+        p: Params,
+        *,
+        where: list,
     ) -> State:
         """:meth:`step` by Warp kernels."""
-        from simdiff.sims.fluid.warp import as_grid, from_grid
+        from simdiff.sims.fluid.warp import as_grid
 
-        m, g = self.model, self.grid
-        dtype, device = g.dtype, g.device
-        channels = m.dye_channels
-        if m.inflows:
-            concentration = torch.stack([self._tensor(i.concentration) for i in m.inflows])
-        else:
-            concentration = torch.zeros(1, channels, dtype=dtype, device=device)
-        buoyancy = self._tensor(m.buoyancy)
-        if not buoyancy.numel():
-            buoyancy = torch.zeros(channels, dtype=dtype, device=device)
+        m = self.model
+        concentration = p.inflow_concentration
+        if not m.inflows:
+            concentration = concentration.new_zeros(self.batch_size, 1, m.dye_channels)
         velocity, dye = apply_step(
             self.kernels.advance,
             as_grid(state.velocity, m.dim),
             as_grid(state.dye, m.dim),
             concentration,
-            buoyancy,
+            p.buoyancy,
         )
-        if paddle_v is None:
-            paddle_v = torch.zeros_like(paddle_x)
         velocity = self._project_kernels(
-            from_grid(velocity, m.dim), paddle_x, paddle_v, impose=True, where=where
+            velocity.view(state.velocity.shape), paddle_x, paddle_v, p, impose=True, where=where
         )
-        return State(velocity, from_grid(dye, m.dim), paddle_x, state.time + m.dt)
+        return State(velocity, dye.view(state.dye.shape), paddle_x, state.time + m.dt)
 
     # Diagnostics -----------------------------------------------------------------------------
-    def divergence(self, state: State) -> torch.Tensor:
-        """Divergence [1/s] of the velocity in each cell (zero in fully solid cells)."""
-        div = self.grid.divergence(self.grid.split(state.velocity)) / self.model.dx
-        weights, _ = self._solids(state.paddle_x, None, impose=False)
+    def divergence(self, state: State, params: Params | None = None) -> torch.Tensor:
+        """Divergence [1/s] of the velocity in each cell of every world, ``[B, *n]`` (zero in
+        fully solid cells)."""
+        g = self.grid
+        div = g.divergence(g.split(state.velocity)) / self.model.dx
+        p = self._world_params(params)
+        still = torch.zeros_like(state.paddle_x)
+        weights, _ = self._solids(state.paddle_x, still, p, impose=False)
         diag = sum(
-            w.narrow(a, 0, self.grid.n[a]) + w.narrow(a, 1, self.grid.n[a])
-            for a, w in enumerate(weights)
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(weights)
         )
         return div * (diag.detach() > 1e-12)
 
     def observe(self, state: State) -> torch.Tensor:
-        """Paddle position, and per dye channel its total and center of mass (cell units)."""
-        dye = state.dye
-        total = dye.flatten(1).sum(1)
-        positions = self.grid.cell_positions.reshape(-1, self.model.dim)
-        center = dye.flatten(1) @ positions / total.clamp_min(1e-12)[:, None]
-        return torch.cat([state.paddle_x, total, center.flatten()])
+        """Per world ``[B, observation_dim]``: paddle position, and per dye channel its total
+        and center of mass (cell units)."""
+        dye = state.dye.flatten(2)  # [B, C, cells]
+        total = dye.sum(2)
+        positions = self.grid.cell_positions.reshape(-1, self.model.dim).to(dye)
+        center = dye @ positions / total.clamp_min(1e-12)[..., None]
+        return torch.cat([state.paddle_x, total, center.flatten(1)], dim=1)
 
-    def check_state(self, state: State) -> str | None:
-        for name in ("velocity", "dye"):
-            t = getattr(state, name).detach()
-            if not bool(torch.isfinite(t).all()):
-                return f"{name} is not finite ({int((~torch.isfinite(t)).sum())} entries)"
-        speed = float(state.velocity.detach().abs().max())
-        if speed > self.blowup:
-            return f"velocity reached {speed:.3g} m/s, beyond blowup={self.blowup:.3g}"
-        return None
+    def check_state(self, state: State) -> dict[int, str]:
+        """``{world: description}`` of worlds whose velocity or dye is not finite, or whose
+        speed exceeds ``blowup``; empty when every world is healthy."""
+        velocity, dye = state.velocity.detach(), state.dye.detach()
+        bad = {
+            "velocity": ~torch.isfinite(velocity).flatten(1).all(1),
+            "dye": ~torch.isfinite(dye).flatten(1).all(1),
+        }
+        speed = velocity.abs().flatten(1).amax(1)
+        blown = speed > self.blowup
+        failed = bad["velocity"] | bad["dye"] | blown
+        if not bool(failed.any()):
+            return {}
+        out = {}
+        for b in failed.nonzero().flatten().tolist():
+            for name, t in (("velocity", velocity), ("dye", dye)):
+                if bool(bad[name][b]):
+                    wrong = ~torch.isfinite(t[b])
+                    first = [int(i) for i in wrong.nonzero()[0]]
+                    kind = "component" if name == "velocity" else "channel"
+                    out[b] = (
+                        f"{name} is not finite in {int(wrong.sum())} entries, first {kind} "
+                        f"{first[0]} at index {tuple(first[1:])}: {float(t[b][tuple(first)])}"
+                    )
+                    break
+            else:
+                out[b] = (
+                    f"velocity reached {float(speed[b]):.3g} m/s, beyond "
+                    f"blowup={self.blowup:.3g}"
+                )
+        return out

@@ -1,5 +1,16 @@
 """The pressure equation, its multigrid-preconditioned conjugate-gradient solve, and the
-adjoint that differentiates the solve.
+adjoint that differentiates the solve, for ``B`` independent worlds at once.
+
+Batch: every tensor has a leading world axis (pressure ``[B, *n]``, face weights
+``[B, *(n + e_a)]``); each world has its own operator (its own obstacle, paddle, inflows), and
+every reduction (dot products, norms, the closed box's mean) is per world, so one vectorized
+operation per stage serves all worlds. Conjugate gradients take per-world step lengths
+``alpha, beta`` ``[B]``; a world that reaches the tolerance is frozen (its step lengths are
+zero from then on), so its solution is what a single-world solve of it returns, and the solve
+ends when every world has converged. A world whose right-hand side is not finite (NaN from a
+failed world) is left out and returned as NaN, for the rollout's health check to name; a
+finite world that misses the tolerance fails the solve, naming each such world, its step and
+residual.
 
 Operator (cell units): ``A p = D^T W D p + S p`` where ``D`` takes differences across faces
 (zero pressure outside the box), ``W`` holds each face's fluid fraction (0 at walls and solid
@@ -28,6 +39,7 @@ solve with the same (symmetric) operator: ``lam = A^-1 g``, ``grad b = lam``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +47,7 @@ import torch.nn.functional as F
 
 from simdiff.sims.base import SimulationError
 
-__all__ = ["PressureSystem", "SolveStats", "SymmetricSolve", "pcg"]
+__all__ = ["PressureSystem", "SolveStats", "SymmetricSolve", "pcg", "unconverged"]
 
 _COARSEST = 64
 _JACOBI_WEIGHT = 0.8
@@ -43,7 +55,8 @@ _JACOBI_WEIGHT = 0.8
 
 @dataclass
 class SolveStats:
-    """Counts of conjugate-gradient iterations, forward and adjoint."""
+    """Counts of conjugate-gradient iterations, forward and adjoint (a batched solve counts
+    once, with the iterations of its slowest world)."""
 
     solves: int = 0
     iterations: int = 0
@@ -51,9 +64,18 @@ class SolveStats:
     adjoint_iterations: int = 0
     last_iterations: int = 0
     last_residual: float = 0.0
+    """The largest final relative residual over the worlds of the last solve."""
 
     def mean_iterations(self) -> float:
         return self.iterations / self.solves if self.solves else 0.0
+
+    def record(self, iterations: torch.Tensor, residual: torch.Tensor) -> None:
+        """Count one forward solve of per-world ``iterations`` and ``residual`` ``[B]``."""
+        self.solves += 1
+        self.last_iterations = int(iterations.max())
+        self.iterations += self.last_iterations
+        finite = residual[torch.isfinite(residual)]
+        self.last_residual = float(finite.max()) if finite.numel() else 0.0
 
 
 def _pad_axis(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
@@ -63,48 +85,50 @@ def _pad_axis(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
 
 
 def _prolong(x: torch.Tensor, open_sides: frozenset) -> torch.Tensor:
-    """Cell-centered linear interpolation to the grid twice as fine: ``P``. Per axis, fine
-    cells ``2i`` and ``2i+1`` take 3/4 of coarse cell ``i`` and 1/4 of its neighbor on their
-    side; beyond a wall the neighbor repeats the last cell (no flux), beyond an open side it
-    is zero (the pressure there)."""
-    for a in range(x.dim()):
-        m = x.shape[a]
-        lo, hi = x.narrow(a, 0, 1), x.narrow(a, m - 1, 1)
+    """Cell-centered linear interpolation of ``x`` ``[B, *m]`` to the grid twice as fine:
+    ``P``. Per axis, fine cells ``2i`` and ``2i+1`` take 3/4 of coarse cell ``i`` and 1/4 of
+    its neighbor on their side; beyond a wall the neighbor repeats the last cell (no flux),
+    beyond an open side it is zero (the pressure there)."""
+    for a in range(x.dim() - 1):
+        t = a + 1  # the tensor axis of spatial axis a (after the world axis)
+        m = x.shape[t]
+        lo, hi = x.narrow(t, 0, 1), x.narrow(t, m - 1, 1)
         lo = torch.zeros_like(lo) if (a, 0) in open_sides else lo
         hi = torch.zeros_like(hi) if (a, 1) in open_sides else hi
-        ends = torch.cat([lo, x, hi], a)
-        even = 0.75 * x + 0.25 * ends.narrow(a, 0, m)
-        odd = 0.75 * x + 0.25 * ends.narrow(a, 2, m)
+        ends = torch.cat([lo, x, hi], t)
+        even = 0.75 * x + 0.25 * ends.narrow(t, 0, m)
+        odd = 0.75 * x + 0.25 * ends.narrow(t, 2, m)
         shape = list(x.shape)
-        shape[a] = 2 * m
-        x = torch.stack([even, odd], a + 1).reshape(shape)
+        shape[t] = 2 * m
+        x = torch.stack([even, odd], t + 1).reshape(shape)
     return x
 
 
 def _restrict(x: torch.Tensor, open_sides: frozenset) -> torch.Tensor:
     """The exact transpose of :func:`_prolong`, scaled by 2^-dim (a weighted average)."""
-    for a in range(x.dim()):
-        m = x.shape[a] // 2
+    for a in range(x.dim() - 1):
+        t = a + 1
+        m = x.shape[t] // 2
         shape = list(x.shape)
-        shape[a : a + 1] = [m, 2]
+        shape[t : t + 1] = [m, 2]
         pairs = x.reshape(shape)
-        even, odd = pairs.select(a + 1, 0), pairs.select(a + 1, 1)
+        even, odd = pairs.select(t + 1, 0), pairs.select(t + 1, 1)
         ends = (
-            0.75 * _pad_axis(even + odd, a, 1, 1)
-            + 0.25 * _pad_axis(even, a, 0, 2)
-            + 0.25 * _pad_axis(odd, a, 2, 0)
+            0.75 * _pad_axis(even + odd, t, 1, 1)
+            + 0.25 * _pad_axis(even, t, 0, 2)
+            + 0.25 * _pad_axis(odd, t, 2, 0)
         )
-        coarse = ends.narrow(a, 1, m)
+        coarse = ends.narrow(t, 1, m)
         if (a, 0) not in open_sides:
-            coarse = coarse + _pad_axis(ends.narrow(a, 0, 1), a, 0, m - 1)
+            coarse = coarse + _pad_axis(ends.narrow(t, 0, 1), t, 0, m - 1)
         if (a, 1) not in open_sides:
-            coarse = coarse + _pad_axis(ends.narrow(a, m + 1, 1), a, m - 1, 0)
+            coarse = coarse + _pad_axis(ends.narrow(t, m + 1, 1), t, m - 1, 0)
         x = 0.5 * coarse
     return x
 
 
 def _mean_pool(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
-    """Average adjacent pairs along each of ``axes`` (all even-sized)."""
+    """Average adjacent pairs along each of the tensor ``axes`` (all even-sized)."""
     for b in axes:
         shape = list(x.shape)
         shape[b : b + 1] = [shape[b] // 2, 2]
@@ -113,14 +137,14 @@ def _mean_pool(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
 
 
 class PressureSystem:
-    """The pressure operator of one step on one level.
+    """The pressure operators of one step on one level, one per world.
 
     Args:
-        weights: Fluid fraction of the faces of each axis, shapes ``n + e_a`` (detached or
-            not: the operator is applied to whatever it is given).
-        fixed: 1 on fully solid cells, else 0, shape ``n``.
+        weights: Fluid fraction of the faces of each axis, shapes ``[B, *(n + e_a)]``
+            (detached or not: the operator is applied to whatever it is given).
+        fixed: 1 on fully solid cells, else 0, shape ``[B, *n]``.
         open_sides: The open ends ``(axis, end)`` (zero pressure beyond); with none the box is
-            closed and constants are in the null space.
+            closed and constants are in the null space of every world's operator.
         operator: Kernels computing ``A x`` and ``r - A x`` (``apply(system, x)``,
             ``residual(system, r, x)``, e.g. :class:`simdiff.sims.fluid.warp.Laplacian`), used
             on every level for tensors that need no autograd; None: torch.
@@ -140,26 +164,28 @@ class PressureSystem:
         self.operator_cache = None
         """What ``operator`` keeps for this level (e.g. its weights in the kernels' layout)."""
         self.weights = weights
-        self.n = tuple(fixed.shape)
+        self.batch = int(fixed.shape[0])
+        self.n = tuple(fixed.shape[1:])
         self.dim = len(self.n)
+        self.space = tuple(range(1, self.dim + 1))
+        """The spatial axes of a ``[B, *n]`` tensor (what a per-world reduction sums)."""
         self.open_sides = frozenset(open_sides)
         self.singular = not self.open_sides
         # Cells with no open face are fixed (p = 0) whatever the caller said: on coarse
         # levels a cell of fluid children can lose all its faces to solids.
         isolated = (
             sum(
-                w.detach().narrow(a, 0, self.n[a]) + w.detach().narrow(a, 1, self.n[a])
+                w.detach().narrow(a + 1, 0, self.n[a]) + w.detach().narrow(a + 1, 1, self.n[a])
                 for a, w in enumerate(weights)
             )
             <= 1e-12
         )
         self.fixed = fixed = torch.maximum(fixed, isolated.to(fixed.dtype))
         self.fluid = (fixed == 0).to(fixed.dtype)
-        self.fluid_count = float(self.fluid.sum())
         # Weights of each cell's lower and upper neighbor per axis, and the slices of the
         # once-padded pressure holding those neighbors: A p = diag p - sum w_nb p_nb.
-        self.lower = [w.narrow(a, 0, self.n[a]) for a, w in enumerate(weights)]
-        self.upper = [w.narrow(a, 1, self.n[a]) for a, w in enumerate(weights)]
+        self.lower = [w.narrow(a + 1, 0, self.n[a]) for a, w in enumerate(weights)]
+        self.upper = [w.narrow(a + 1, 1, self.n[a]) for a, w in enumerate(weights)]
         self.diag = fixed + sum(self.lower) + sum(self.upper)
         self._inv_diag: torch.Tensor | None = None
         inner = [slice(1, k + 1) for k in self.n]
@@ -173,6 +199,17 @@ class PressureSystem:
         self._dense: torch.Tensor | None = None
 
     @property
+    def fluid(self) -> torch.Tensor:
+        """1 on the cells whose pressure is solved for, else 0, ``[B, *n]``."""
+        return self._fluid
+
+    @fluid.setter
+    def fluid(self, value: torch.Tensor) -> None:
+        self._fluid = value
+        # Fluid cells per world, shaped to broadcast against [B, *n].
+        self.fluid_count = value.sum(self.space, keepdim=True).clamp_min(1.0)
+
+    @property
     def inv_diag(self) -> torch.Tensor:
         if self._inv_diag is None:
             self._inv_diag = _JACOBI_WEIGHT / self.diag.detach()
@@ -181,7 +218,7 @@ class PressureSystem:
     def _kernels(self, x: torch.Tensor) -> bool:
         return (
             self.operator is not None
-            and x.dim() == self.dim
+            and x.dim() == self.dim + 1
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weights[0].requires_grad))
         )
 
@@ -192,7 +229,7 @@ class PressureSystem:
         return r - self.apply(x)
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:
-        """``A p``; ``p`` may have leading batch axes."""
+        """``A p`` for ``p`` ``[B, *n]`` (or ``[..., B, *n]``: more leading axes)."""
         if self._kernels(p):
             return self.operator.apply(self, p)
         padded = F.pad(p, [1, 1] * self.dim)
@@ -206,16 +243,16 @@ class PressureSystem:
         return out
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
-        """Onto the range of ``A``: zero mean over the fluid in a closed box; zero on fixed
-        cells."""
+        """Onto the range of each world's ``A``: zero mean over the fluid in a closed box;
+        zero on fixed cells."""
         r = r * self.fluid
         if self.singular:
-            r = r - self.fluid * (r.sum() / self.fluid_count)
+            r = r - self.fluid * (r.sum(self.space, keepdim=True) / self.fluid_count)
         return r
 
     # Multigrid -----------------------------------------------------------------------------
     def coarse(self) -> PressureSystem | None:
-        """The operator rediscretized on the grid twice as coarse, for the averaging
+        """The operators rediscretized on the grid twice as coarse, for the averaging
         restriction: a coarse face's weight is a quarter of the mean of the fine faces it
         covers."""
         if self._coarse is False:
@@ -224,22 +261,26 @@ class PressureSystem:
                 weights = []
                 for a, w in enumerate(self.weights):
                     picked = w.detach()[
-                        tuple(
-                            slice(None, None, 2) if b == a else slice(None) for b in range(self.dim)
+                        (
+                            slice(None),
+                            *(
+                                slice(None, None, 2) if b == a else slice(None)
+                                for b in range(self.dim)
+                            ),
                         )
                     ]
                     # / 4: the stencil is -h^2 laplacian in cell units, and h doubles.
-                    coarse_w = _mean_pool(picked, [b for b in range(self.dim) if b != a]) / 4
+                    coarse_w = _mean_pool(picked, [b + 1 for b in range(self.dim) if b != a]) / 4
                     # The fine grid puts p = 0 half a fine cell beyond an open side; keep it
                     # there: the boundary face of level L is 1/2 + 2^-(L+1) cells from it.
                     ratio = (0.5 + 2.0 ** -(self.level + 1)) / (0.5 + 2.0 ** -(self.level + 2))
-                    scale = torch.ones(picked.shape[a], dtype=w.dtype, device=w.device)
+                    scale = torch.ones(picked.shape[a + 1], dtype=w.dtype, device=w.device)
                     scale[0] = ratio if (a, 0) in self.open_sides else 1.0
                     scale[-1] = ratio if (a, 1) in self.open_sides else 1.0
-                    shape = [1] * self.dim
-                    shape[a] = -1
+                    shape = [1] * (self.dim + 1)
+                    shape[a + 1] = -1
                     weights.append(coarse_w * scale.view(shape))
-                every = list(range(self.dim))
+                every = list(self.space)
                 # A coarse cell is fixed only if all its cells are: fixed cells are decoupled
                 # (no open face), and a partly fixed coarse cell must not pull p to zero.
                 fixed = (_mean_pool(self.fixed.detach(), every) > 1 - 1e-9).to(w.dtype)
@@ -247,25 +288,28 @@ class PressureSystem:
                     weights, fixed, self.open_sides, level=self.level + 1, operator=self.operator
                 )
                 coarse.fluid = (_mean_pool(self.fluid, every) > 0).to(self.fixed.dtype)
-                coarse.fluid_count = float(coarse.fluid.sum())
                 self._coarse = coarse
         return self._coarse
 
     def _dense_inverse(self) -> torch.Tensor:
+        """Each world's pseudo-inverse of its operator, ``[B, m, m]`` (``m`` cells)."""
         if self._dense is None:
             m = _prod(self.n)
             eye = torch.eye(m, dtype=self.diag.dtype, device=self.diag.device)
             with torch.no_grad():
-                matrix = self.apply(eye.view(m, *self.n)).reshape(m, m)
+                # Column j of every world's matrix at once: A_b e_j for e_j [m, B, *n].
+                columns = self.apply(eye.view(m, 1, *self.n).expand(m, self.batch, *self.n))
+            matrix = columns.reshape(m, self.batch, m).permute(1, 2, 0)
             self._dense = torch.linalg.pinv(matrix, hermitian=True)
         return self._dense
 
     def vcycle(self, r: torch.Tensor) -> torch.Tensor:
-        """One symmetric V-cycle from zero: an SPD approximation of ``A^-1 r``."""
+        """One symmetric V-cycle from zero per world: an SPD approximation of ``A^-1 r``."""
         coarse = self.coarse()
         if coarse is None:
             if _prod(self.n) <= _COARSEST:
-                return (self._dense_inverse() @ r.reshape(-1)).view(self.n)
+                flat = r.reshape(self.batch, -1, 1)
+                return (self._dense_inverse() @ flat).view(self.batch, *self.n)
             x = torch.zeros_like(r)
             for _ in range(20):  # odd sizes that cannot coarsen: a fixed Jacobi polynomial
                 x = x + self.residual(r, x) * self.inv_diag
@@ -286,12 +330,19 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 def _difference(p: torch.Tensor, a: int) -> torch.Tensor:
-    """``p[i] - p[i-1]`` across the faces of axis ``a``, with zero outside."""
-    pad = [0, 0] * p.dim()
-    pad[2 * (p.dim() - 1 - a)] = 1
-    pad[2 * (p.dim() - 1 - a) + 1] = 1
+    """``p[i] - p[i-1]`` across the faces of spatial axis ``a`` of ``p`` ``[B, *n]``, with
+    zero outside."""
+    dim = p.dim() - 1
+    pad = [0, 0] * dim
+    pad[2 * (dim - 1 - a)] = 1
+    pad[2 * (dim - 1 - a) + 1] = 1
     padded = F.pad(p, pad)
-    return padded.narrow(a, 1, p.shape[a] + 1) - padded.narrow(a, 0, p.shape[a] + 1)
+    return padded.narrow(a + 1, 1, p.shape[a + 1] + 1) - padded.narrow(a + 1, 0, p.shape[a + 1] + 1)
+
+
+def _per_world(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``[B]`` tensor shaped to broadcast against ``like`` ``[B, *n]``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def pcg(
@@ -301,66 +352,108 @@ def pcg(
     tolerance: float,
     max_iterations: int,
     preconditioner: str = "multigrid",
-) -> tuple[torch.Tensor, int, float]:
-    """Solve ``A x = b`` (``b`` in the range of ``A``) by preconditioned conjugate gradients
-    to ``|b - A x| <= tolerance |b|``. Differentiable by autograd when its inputs are (the
-    unrolled reference the adjoint is tested against).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve every world's ``A x = b`` (``b`` ``[B, *n]`` in the range of ``A``) by
+    preconditioned conjugate gradients to ``|b - A x| <= tolerance |b|`` per world.
+    Differentiable by autograd when its inputs are (the unrolled reference the adjoint is
+    tested against).
+
+    Each world has its own step lengths; a converged world is frozen (zero step lengths), so
+    its iterates are those of a solve of that world alone. A world with a non-finite ``b`` is
+    left out and its solution is NaN.
 
     Returns:
-        The solution, the iterations taken, and the final relative residual (left for the
-        caller to judge against the tolerance).
+        The solutions ``[B, *n]``, and per world ``[B]`` the iterations taken and the final
+        relative residual (left for the caller to judge against the tolerance; NaN for a
+        world left out).
     """
-    norm_b = float(torch.linalg.vector_norm(b.detach()))
+    space = system.space
+    norm_b = torch.linalg.vector_norm(b.detach(), dim=space)
+    finite = torch.isfinite(norm_b)
+    active = finite & (norm_b > 0)
     x = torch.zeros_like(b)
-    if norm_b == 0.0:
-        return x, 0, 0.0
+    iterations = torch.zeros(system.batch, dtype=torch.long, device=b.device)
+    relative = torch.where(finite, torch.zeros_like(norm_b), torch.full_like(norm_b, torch.nan))
+    safe_norm = torch.where(active, norm_b, torch.ones_like(norm_b))
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
         z = system.vcycle(r) if preconditioner == "multigrid" else r / system.diag
         return system.project(z)
 
-    r = b
-    z = precondition(r)
-    d = z
-    rz = (r * z).sum()
-    relative = 1.0
-    for k in range(1, max_iterations + 1):
-        ad = system.apply(d)
-        alpha = rz / (d * ad).sum()
-        x = x + alpha * d
-        r = r - alpha * ad
-        relative = float(torch.linalg.vector_norm(r.detach())) / norm_b
-        if relative <= tolerance:
-            return x, k, relative
+    if bool(active.any()):
+        r = b
         z = precondition(r)
-        rz_new = (r * z).sum()
-        d = z + (rz_new / rz) * d
-        rz = rz_new
-    return x, max_iterations, relative
+        d = z
+        rz = (r * z).sum(space)
+        for k in range(1, max_iterations + 1):
+            ad = system.apply(d)
+            dad = (d * ad).sum(space)
+            # Safe denominators: a frozen world's step is zero, and no 0/0 reaches autograd.
+            alpha = torch.where(active, rz / torch.where(active, dad, torch.ones_like(dad)), 0.0)
+            x = x + _per_world(alpha, d) * d
+            r = r - _per_world(alpha, ad) * ad
+            now = torch.linalg.vector_norm(r.detach(), dim=space) / safe_norm
+            relative = torch.where(active, now, relative)
+            iterations = torch.where(active, k, iterations)
+            active = active & (now > tolerance)
+            if not bool(active.any()):
+                break
+            z = precondition(r)
+            rz_new = (r * z).sum(space)
+            beta = torch.where(active, rz_new / torch.where(active, rz, torch.ones_like(rz)), 0.0)
+            d = z + _per_world(beta, d) * d
+            rz = rz_new
+    if not bool(finite.all()):
+        x = torch.where(_per_world(finite, x), x, torch.nan)
+    return x, iterations, relative
+
+
+def unconverged(
+    what: str,
+    relative: torch.Tensor,
+    iterations: torch.Tensor,
+    tolerance: float,
+    where: Sequence[tuple[int, str]],
+) -> SimulationError | None:
+    """The error of a solve in which some finite world missed ``tolerance`` (None if none
+    did), naming each such world, its step (``where[b]``: step number and description) and
+    relative residual."""
+    missed = torch.isfinite(relative) & (relative > tolerance)
+    if not bool(missed.any()):
+        return None
+    failures, parts = {}, []
+    for b in missed.nonzero().flatten().tolist():
+        step, text = where[b]
+        detail = (
+            f"relative residual {float(relative[b]):.3g} > tolerance {tolerance:.3g} after "
+            f"{int(iterations[b])} conjugate-gradient iterations"
+        )
+        failures[b] = (step, f"{what} did not converge: {detail}")
+        parts.append(f"world {b} at {text}: {detail}")
+    return SimulationError(
+        f"{what} did not converge in {len(parts)} of {len(where)} worlds (raise max_iterations "
+        f"or the tolerance): " + "; ".join(parts),
+        failures,
+    )
 
 
 class SymmetricSolve(torch.autograd.Function):
-    """``p = A(w)^-1 b`` with the adjoint derivative (see the module docstring for why)."""
+    """``p = A(w)^-1 b`` per world with the adjoint derivative (see the module docstring for
+    why)."""
 
     @staticmethod
     def forward(ctx, options: dict, b: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         system: PressureSystem = options["system"]
         stats: SolveStats = options["stats"]
+        tolerance = options["tolerance"]
         p, iterations, residual = pcg(
-            system,
-            b.detach(),
-            tolerance=options["tolerance"],
-            max_iterations=options["max_iterations"],
+            system, b.detach(), tolerance=tolerance, max_iterations=options["max_iterations"]
         )
-        stats.solves += 1
-        stats.iterations += iterations
-        stats.last_iterations, stats.last_residual = iterations, residual
-        if residual > options["tolerance"]:
-            raise SimulationError(
-                f"pressure projection at {options['where']} did not converge: relative residual "
-                f"{residual:.3g} > tolerance {options['tolerance']:.3g} after {iterations} "
-                f"conjugate-gradient iterations (raise max_iterations or the tolerance)"
-            )
+        stats.record(iterations, residual)
+        error = unconverged("pressure projection", residual, iterations, tolerance,
+                            options["where"])
+        if error is not None:
+            raise error
         ctx.options = options
         ctx.save_for_backward(p)
         return p
@@ -370,19 +463,18 @@ class SymmetricSolve(torch.autograd.Function):
         options = ctx.options
         system: PressureSystem = options["system"]
         stats: SolveStats = options["stats"]
+        tolerance = options["tolerance"]
         (p,) = ctx.saved_tensors
         g = system.project(grad_p.contiguous())
         lam, iterations, residual = pcg(
-            system, g, tolerance=options["tolerance"], max_iterations=options["max_iterations"]
+            system, g, tolerance=tolerance, max_iterations=options["max_iterations"]
         )
         stats.adjoint_solves += 1
-        stats.adjoint_iterations += iterations
-        if residual > options["tolerance"]:
-            raise SimulationError(
-                f"adjoint pressure solve at {options['where']} did not converge: relative "
-                f"residual {residual:.3g} > tolerance {options['tolerance']:.3g} after "
-                f"{iterations} iterations"
-            )
+        stats.adjoint_iterations += int(iterations.max())
+        error = unconverged("adjoint pressure solve", residual, iterations, tolerance,
+                            options["where"])
+        if error is not None:
+            raise error
         lam = system.project(lam)
         grads_w = [
             -(_difference(lam, a) * _difference(p, a)) if ctx.needs_input_grad[2 + a] else None

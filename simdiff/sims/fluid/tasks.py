@@ -8,6 +8,10 @@
 
 Each design is a torch module; each ``*_objective`` returns
 ``objective(sim, design, record_every=0) -> (loss, rollout, metrics)`` for :class:`Scene`.
+Every world of ``sim`` runs the design (a design parameter is shared by the worlds, so its
+gradient sums theirs); each loss is computed per world ``[B]`` and reduced by
+:meth:`~simdiff.rollout.Rollout.mean` (over the worlds that did not fail), and metrics are per
+world with their mean, min and max (:func:`~simdiff.rollout.world_metrics`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simdiff.rollout import rollout
+from simdiff.rollout import rollout, world_metrics
 from simdiff.sims.base import ValidationError
 from simdiff.sims.fluid.simulator import Fluid
 
@@ -134,14 +138,14 @@ def smoke_objective(target: torch.Tensor, steps: int, *, checkpoint_every: int |
         result = rollout(
             sim, state, None, steps, record_every=record_every, checkpoint_every=checkpoint_every
         )
-        smoke = result.final.dye[0]
-        goal = target.to(smoke)
-        loss = ((smoke - goal) ** 2).sum() / (goal**2).sum()
-        overlap = (smoke * (goal > 0.5)).sum() / smoke.sum().clamp_min(1e-12)
+        smoke = result.final.dye[:, 0].flatten(1)  # [B, cells]
+        goal = target.to(smoke).flatten()
+        per_world = ((smoke - goal) ** 2).sum(1) / (goal**2).sum()
+        overlap = (smoke * (goal > 0.5)).sum(1) / smoke.sum(1).clamp_min(1e-12)
         return (
-            loss,
+            result.mean(per_world),
             result,
-            {"overlap": float(overlap.detach()), "mean_iterations": sim.stats.mean_iterations()},
+            {**world_metrics("overlap", overlap), "mean_iterations": sim.stats.mean_iterations()},
         )
 
     return objective
@@ -159,7 +163,11 @@ class PaddleTrajectory(nn.Module):
         self.max_speed = max_speed
 
     def forward(self, step: int, state=None) -> torch.Tensor:
-        return self.max_speed * torch.tanh(self.raw[step])
+        """The velocity of step ``step``, ``[B, dim]`` (the same in every world of ``state``;
+        ``[1, dim]`` without a state)."""
+        velocity = self.max_speed * torch.tanh(self.raw[step])
+        worlds = 1 if state is None else state.batch_size
+        return velocity.expand(worlds, -1)
 
 
 def stir_objective(
@@ -175,22 +183,24 @@ def stir_objective(
         result = rollout(
             sim, state, design, steps, record_every=record_every, checkpoint_every=checkpoint_every
         )
-        dye = result.final.dye
+        dye, dye0 = result.final.dye.flatten(2), state.dye.flatten(2)  # [B, C, cells]
         if region is not None:
-            mask = region.to(dye)
-            positions = sim.grid.cell_positions.to(dye)
+            mask = region.to(dye).flatten()
+            positions = sim.grid.cell_positions.to(dye).reshape(-1, sim.model.dim)
 
-            def center(weight: torch.Tensor) -> torch.Tensor:
-                return (weight[..., None] * positions).flatten(0, -2).sum(0) / weight.sum()
+            def center(weight: torch.Tensor) -> torch.Tensor:  # [B, cells] -> [B, dim]
+                return weight @ positions / weight.sum(-1, keepdim=True)
 
-            goal = center(mask)
-            loss = ((center(dye[0]) - goal) ** 2).sum() / ((center(state.dye[0]) - goal) ** 2).sum()
-            inside = (dye[0] * mask).sum() / dye[0].sum().clamp_min(1e-12)
-            return loss, result, {"inside": float(inside.detach())}
-        share = dye[0] / (dye[0] + dye[1] + 1e-6)
-        share0 = state.dye[0] / (state.dye[0] + state.dye[1] + 1e-6)
-        loss = share.var() / share0.var()
-        return loss, result, {"variance": float(share.var().detach())}
+            goal = center(mask[None])
+            per_world = ((center(dye[:, 0]) - goal) ** 2).sum(1) / (
+                (center(dye0[:, 0]) - goal) ** 2
+            ).sum(1)
+            inside = (dye[:, 0] * mask).sum(1) / dye[:, 0].sum(1).clamp_min(1e-12)
+            return result.mean(per_world), result, world_metrics("inside", inside)
+        share = dye[:, 0] / (dye[:, 0] + dye[:, 1] + 1e-6)
+        share0 = dye0[:, 0] / (dye0[:, 0] + dye0[:, 1] + 1e-6)
+        variance = share.var(1)
+        return result.mean(variance / share0.var(1)), result, world_metrics("variance", variance)
 
     return objective
 
@@ -248,20 +258,27 @@ def jet_objective(
 
     def objective(sim: Fluid, design: PixelObstacle, record_every: int = 0):
         obstacle = design()
-        sim.model.obstacle = obstacle
-        state = sim.initial_state()
+        params = sim.params()
+        params.obstacle = obstacle  # shared by every world
+        state = sim.initial_state(params=params)
         result = rollout(
-            sim, state, None, steps, record_every=record_every, checkpoint_every=checkpoint_every
+            sim,
+            state,
+            None,
+            steps,
+            params=params,
+            record_every=record_every,
+            checkpoint_every=checkpoint_every,
         )
-        dye = result.final.dye[0]
-        good = (dye * target.to(dye)).sum()
-        bad = (dye * other.to(dye)).sum()
+        dye = result.final.dye[:, 0].flatten(1)  # [B, cells]
+        good = (dye * target.to(dye).flatten()).sum(1)
+        bad = (dye * other.to(dye).flatten()).sum(1)
         share = good / (good + bad + 1e-9)
         solid = (obstacle * design.region).sum() / design.region.sum()
         return (
-            (1 - share) + 0.01 * solid,
+            result.mean(1 - share) + 0.01 * solid,
             result,
-            {"target_share": float(share.detach()), "solid_fraction": float(solid.detach())},
+            {**world_metrics("target_share", share), "solid_fraction": float(solid.detach())},
         )
 
     return objective
@@ -287,23 +304,27 @@ def plume_objective(steps: int, height: float, *, checkpoint_every: int | None =
 
     def objective(sim: Fluid, design: InflowSpeed, record_every: int = 0):
         speed = design()
-        inflow = sim.model.inflows[0]
-        inflow.velocity = torch.stack([speed * (a == 1) for a in range(sim.model.dim)])
+        params = sim.params()
+        velocity = torch.stack([speed * (a == 1) for a in range(sim.model.dim)]).to(
+            params.inflow_velocity
+        )
+        params.inflow_velocity = torch.cat([velocity[None], params.inflow_velocity[1:]])
         result = rollout(
             sim,
-            sim.initial_state(),
+            sim.initial_state(params=params),
             None,
             steps,
+            params=params,
             record_every=record_every,
             checkpoint_every=checkpoint_every,
         )
-        smoke = result.final.dye[0]
-        y = sim.grid.cell_positions[..., 1].to(smoke) * sim.model.dx
-        center = (smoke * y).sum() / smoke.sum()
+        smoke = result.final.dye[:, 0].flatten(1)  # [B, cells]
+        y = sim.grid.cell_positions[..., 1].to(smoke).flatten() * sim.model.dx
+        center = (smoke * y).sum(1) / smoke.sum(1)
         return (
-            (center - height) ** 2,
+            result.mean((center - height) ** 2),
             result,
-            {"height": float(center.detach()), "speed": float(speed.detach())},
+            {**world_metrics("height", center), "speed": float(speed.detach())},
         )
 
     return objective

@@ -2,11 +2,16 @@
 :mod:`~simdiff.sims.fluid.grid` (positions, interpolation, clamping, limiter) so that the two
 paths agree to round-off.
 
-Layout: every array is 4D (a leading component or dye-channel axis and three grid axes); a 2D
-grid carries a trailing axis of length 1, which the kernels never interpolate along. Velocity
-is the state's padded tensor ``[dim, n0+1, n1+1, n2+1]`` (``[2, n0+1, n1+1, 1]`` in 2D):
-component ``a`` is valid on ``n + e_a`` faces, every kernel writing velocities writes zeros on
-the rest.
+Layout: every array is 4D (a leading axis and three grid axes); a 2D grid carries a trailing
+axis of length 1, which the kernels never interpolate along. Warp arrays and launch grids have
+at most four dimensions, so the world axis is folded into the leading one: velocity is the
+state's padded tensor ``[B, dim, n0+1, n1+1, n2+1]`` viewed as ``[B * dim, n0+1, n1+1, n2+1]``
+(entry ``b * dim + a`` is component ``a`` of world ``b``), dye ``[B, C, *n]`` as ``[B * C, *n]``,
+and per-cell scalars (obstacle, lift, divergence, pressure) are ``[B, *n]``. Component ``a`` is
+valid on ``n + e_a`` faces, every kernel writing velocities writes zeros on the rest. Every
+launch covers all worlds (``dim=(B * dim, ...)``, ``(B * C, ...)`` or ``(B, ...)``); per-world
+parameters are indexed by world (``paddle_x[b]``, ``inflow_v[b, inflow]``), the inflows' index
+maps are shared geometry.
 
 Kernels, in the order of a step (each reads its inputs and writes a fresh output, so Warp's
 adjoint of each is exact through :func:`simdiff.bridge.apply_step`):
@@ -27,8 +32,8 @@ beyond the border, not Warp's ``clamp``, which passes it on the border), so grad
 where back-traced points sit exactly on the border (a fluid at rest).
 
 Kernels are compiled once per dimension and precision, all in one Warp module. The number of
-dye channels and inflows is data (inflows enter as per-cell and per-face index maps built once
-per model), so it does not recompile.
+worlds, dye channels and inflows is data (inflows enter as per-cell and per-face index maps
+built once per model), so it does not recompile.
 """
 
 import functools
@@ -47,8 +52,9 @@ __all__ = ["Laplacian", "StepKernels"]
 def _kernels(dim: int, double: bool) -> SimpleNamespace:
     scalar = wp.float64 if double else wp.float32
     vec3 = wp.types.vector(3, scalar)
-    module = f"simdiff_fluid_{dim}d_{'f64' if double else 'f32'}"
+    module = f"simdiff_fluid_b_{dim}d_{'f64' if double else 'f32'}"
     three = dim == 3
+    dim_count = dim
 
     @wp.func(module=module)
     def border(x: scalar, hi: scalar) -> scalar:
@@ -96,13 +102,16 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         return value
 
     @wp.func(module=module)
-    def cell_velocity(u: wp.array4d(dtype=scalar), i: int, j: int, k: int) -> vec3:
+    def cell_velocity(u: wp.array4d(dtype=scalar), o: int, i: int, j: int, k: int) -> vec3:
+        # The cell's velocity in the world whose components start at entry o of u.
         h = scalar(0.5)
         w = scalar(0.0)
         if wp.static(three):
-            w = h * (u[2, i, j, k] + u[2, i, j, k + 1])
+            w = h * (u[o + 2, i, j, k] + u[o + 2, i, j, k + 1])
         return vec3(
-            h * (u[0, i, j, k] + u[0, i + 1, j, k]), h * (u[1, i, j, k] + u[1, i, j + 1, k]), w
+            h * (u[o, i, j, k] + u[o, i + 1, j, k]),
+            h * (u[o + 1, i, j, k] + u[o + 1, i, j + 1, k]),
+            w,
         )
 
     @wp.func(module=module)
@@ -144,36 +153,38 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
     @wp.kernel(enable_backward=True, module=module)
     def advect_cells(
         cells_per_step: scalar,
+        channels: int,
         u: wp.array4d(dtype=scalar),
         q: wp.array4d(dtype=scalar),
         q_out: wp.array4d(dtype=scalar),
     ):
-        c, i, j, k = wp.tid()
-        v = cell_velocity(u, i, j, k)
+        bc, i, j, k = wp.tid()  # bc = world * channels + channel
+        v = cell_velocity(u, (bc // channels) * dim_count, i, j, k)
         h = scalar(0.5)
         # Back-traced cell center, minus the centers' offset: index coordinates of q.
         x = scalar(i) + h - cells_per_step * v[0] - h
         y = scalar(j) + h - cells_per_step * v[1] - h
         z = scalar(k) + h - cells_per_step * v[2] - h
-        q_out[c, i, j, k] = sample(q, c, x, y, z, q.shape[1], q.shape[2], q.shape[3])
+        q_out[bc, i, j, k] = sample(q, bc, x, y, z, q.shape[1], q.shape[2], q.shape[3])
 
     @wp.kernel(enable_backward=True, module=module)
     def maccormack(
         cells_per_step: scalar,
+        channels: int,
         u: wp.array4d(dtype=scalar),
         q: wp.array4d(dtype=scalar),
         forward: wp.array4d(dtype=scalar),
         q_out: wp.array4d(dtype=scalar),
     ):
-        c, i, j, k = wp.tid()
+        bc, i, j, k = wp.tid()
         n0 = q.shape[1]
         n1 = q.shape[2]
         n2 = q.shape[3]
-        v = cell_velocity(u, i, j, k)
+        v = cell_velocity(u, (bc // channels) * dim_count, i, j, k)
         h = scalar(0.5)
         again = sample(
             forward,
-            c,
+            bc,
             scalar(i) + h + cells_per_step * v[0] - h,
             scalar(j) + h + cells_per_step * v[1] - h,
             scalar(k) + h + cells_per_step * v[2] - h,
@@ -181,29 +192,31 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
             n1,
             n2,
         )
-        plain = forward[c, i, j, k]
-        corrected = plain + h * (q[c, i, j, k] - again)
+        plain = forward[bc, i, j, k]
+        corrected = plain + h * (q[bc, i, j, k] - again)
         # The block (of the extrema grid, entry b at position b) nearest the back-traced point.
         bi = wp.int32(wp.rint(border(scalar(i) + h - cells_per_step * v[0], scalar(n0))))
         bj = wp.int32(wp.rint(border(scalar(j) + h - cells_per_step * v[1], scalar(n1))))
         bk = wp.int32(0)
         if wp.static(three):
             bk = wp.int32(wp.rint(border(scalar(k) + h - cells_per_step * v[2], scalar(n2))))
-        low = extreme(q, c, bi, bj, bk, 0)
-        high = extreme(q, c, bi, bj, bk, 1)
+        low = extreme(q, bc, bi, bj, bk, 0)
+        high = extreme(q, bc, bi, bj, bk, 1)
         inside = corrected >= low and corrected <= high
-        q_out[c, i, j, k] = wp.where(inside, corrected, plain)
+        q_out[bc, i, j, k] = wp.where(inside, corrected, plain)
 
     @wp.kernel(enable_backward=True, module=module)
     def hold_sources(
+        channels: int,
         source: wp.array3d(dtype=wp.int32),
         q: wp.array4d(dtype=scalar),
-        concentration: wp.array2d(dtype=scalar),
+        concentration: wp.array3d(dtype=scalar),
         q_out: wp.array4d(dtype=scalar),
     ):
-        c, i, j, k = wp.tid()
+        bc, i, j, k = wp.tid()
         s = source[i, j, k]
-        q_out[c, i, j, k] = wp.where(s >= 0, concentration[wp.max(s, 0), c], q[c, i, j, k])
+        held = concentration[bc // channels, wp.max(s, 0), bc % channels]
+        q_out[bc, i, j, k] = wp.where(s >= 0, held, q[bc, i, j, k])
 
     @wp.func(module=module)
     def face_valid(a: int, i: int, j: int, k: int, n0: int, n1: int, n2: int) -> bool:
@@ -213,11 +226,10 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
             and k < n2 + wp.where(a == 2, 1, 0)
         )
 
-    dim_count = dim
-
     @wp.func(module=module)
     def sample_component(
         u: wp.array4d(dtype=scalar),
+        o: int,
         b: int,
         px: scalar,
         py: scalar,
@@ -226,15 +238,16 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         n1: int,
         n2: int,
     ) -> scalar:
-        # Velocity component b at position p (cell units): its faces sit at p - 1/2 along
-        # the other axes; it is valid on n + e_b faces.
+        # Velocity component b (of the world whose components start at entry o) at position p
+        # (cell units): its faces sit at p - 1/2 along the other axes; it is valid on n + e_b
+        # faces.
         h = scalar(0.5)
         e0 = wp.where(b == 0, 1, 0)
         e1 = wp.where(b == 1, 1, 0)
         e2 = wp.where(b == 2, 1, 0)
         return sample(
             u,
-            b,
+            o + b,
             px - h * scalar(1 - e0),
             py - h * scalar(1 - e1),
             pz - h * scalar(1 - e2),
@@ -252,7 +265,9 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         u: wp.array4d(dtype=scalar),
         u_out: wp.array4d(dtype=scalar),
     ):
-        a, i, j, k = wp.tid()
+        ba, i, j, k = wp.tid()  # ba = world * dim + component
+        a = ba % dim_count
+        o = ba - a
         e0 = wp.where(a == 0, 1, 0)
         e1 = wp.where(a == 1, 1, 0)
         e2 = wp.where(a == 2, 1, 0)
@@ -262,55 +277,60 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         px = scalar(i) + h * scalar(1 - e0)
         py = scalar(j) + h * scalar(1 - e1)
         pz = scalar(k) + h * scalar(1 - e2)
-        own = u[a, i, j, k]
+        own = u[ba, i, j, k]
         # Only the other components are interpolated (b, and c in 3D).
         b = (a + 1) % dim_count
-        other_b = sample_component(u, b, px, py, pz, n0, n1, n2)
+        other_b = sample_component(u, o, b, px, py, pz, n0, n1, n2)
         v0 = wp.where(a == 0, own, other_b)
         v1 = wp.where(a == 1, own, other_b)
         v2 = scalar(0.0)
         if wp.static(three):
             c = (a + 2) % 3
-            other_c = sample_component(u, c, px, py, pz, n0, n1, n2)
+            other_c = sample_component(u, o, c, px, py, pz, n0, n1, n2)
             v0 = wp.where(c == 0, other_c, v0)
             v1 = wp.where(c == 1, other_c, v1)
             v2 = wp.where(a == 2, own, wp.where(b == 2, other_b, other_c))
         bx = px - cells_per_step * v0 - h * scalar(1 - e0)
         by = py - cells_per_step * v1 - h * scalar(1 - e1)
         bz = pz - cells_per_step * v2 - h * scalar(1 - e2)
-        value = sample(u, a, bx, by, bz, n0 + e0, n1 + e1, n2 + e2)
-        u_out[a, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, scalar(0.0))
+        value = sample(u, ba, bx, by, bz, n0 + e0, n1 + e1, n2 + e2)
+        u_out[ba, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, scalar(0.0))
 
     @wp.kernel(enable_backward=True, module=module)
     def buoyancy_lift(
         q: wp.array4d(dtype=scalar),
-        buoyancy: wp.array(dtype=scalar),
-        lift: wp.array3d(dtype=scalar),
+        buoyancy: wp.array2d(dtype=scalar),
+        lift: wp.array4d(dtype=scalar),
     ):
-        i, j, k = wp.tid()
+        b, i, j, k = wp.tid()
+        channels = buoyancy.shape[1]
         total = scalar(0.0)
-        for c in range(q.shape[0]):
-            total = total + buoyancy[c] * q[c, i, j, k]
-        lift[i, j, k] = total
+        for c in range(channels):
+            total = total + buoyancy[b, c] * q[b * channels + c, i, j, k]
+        lift[b, i, j, k] = total
 
     @wp.kernel(enable_backward=True, module=module)
     def add_buoyancy(
         half_dt: scalar,
         u: wp.array4d(dtype=scalar),
-        lift: wp.array3d(dtype=scalar),
+        lift: wp.array4d(dtype=scalar),
         u_out: wp.array4d(dtype=scalar),
     ):
         # The mean lift of the two cells beside each y-face (zero beyond the box).
-        a, i, j, k = wp.tid()
-        n0 = lift.shape[0]
-        n1 = lift.shape[1]
-        n2 = lift.shape[2]
+        ba, i, j, k = wp.tid()
+        a = ba % dim_count
+        b = ba // dim_count
+        n0 = lift.shape[1]
+        n1 = lift.shape[2]
+        n2 = lift.shape[3]
         ic = wp.min(i, n0 - 1)
         kc = wp.min(k, n2 - 1)
-        below = wp.where(j >= 1, lift[ic, wp.max(j - 1, 0), kc], scalar(0.0))
-        above = wp.where(j < n1, lift[ic, wp.min(j, n1 - 1), kc], scalar(0.0))
+        below = wp.where(j >= 1, lift[b, ic, wp.max(j - 1, 0), kc], scalar(0.0))
+        above = wp.where(j < n1, lift[b, ic, wp.min(j, n1 - 1), kc], scalar(0.0))
         lifted = a == 1 and i < n0 and k < n2
-        u_out[a, i, j, k] = u[a, i, j, k] + wp.where(lifted, half_dt * (below + above), scalar(0.0))
+        u_out[ba, i, j, k] = u[ba, i, j, k] + wp.where(
+            lifted, half_dt * (below + above), scalar(0.0)
+        )
 
     @wp.func(module=module)
     def overlap(start: scalar, lo: scalar, hi: scalar) -> scalar:
@@ -327,17 +347,19 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         dx: scalar,
         has_paddle: int,
         inflow_face: wp.array4d(dtype=wp.int32),
-        obstacle: wp.array3d(dtype=scalar),
-        paddle_x: wp.array(dtype=scalar),
-        paddle_v: wp.array(dtype=scalar),
-        inflow_v: wp.array2d(dtype=scalar),
+        obstacle: wp.array4d(dtype=scalar),
+        paddle_x: wp.array2d(dtype=scalar),
+        paddle_v: wp.array2d(dtype=scalar),
+        inflow_v: wp.array3d(dtype=scalar),
         w_out: wp.array4d(dtype=scalar),
         imposed_out: wp.array4d(dtype=scalar),
     ):
-        a, i, j, k = wp.tid()
-        n0 = obstacle.shape[0]
-        n1 = obstacle.shape[1]
-        n2 = obstacle.shape[2]
+        ba, i, j, k = wp.tid()
+        a = ba % dim_count
+        b = ba // dim_count
+        n0 = obstacle.shape[1]
+        n1 = obstacle.shape[2]
+        n2 = obstacle.shape[3]
         e0 = wp.where(a == 0, 1, 0)
         e1 = wp.where(a == 1, 1, 0)
         e2 = wp.where(a == 2, 1, 0)
@@ -349,12 +371,13 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         left = (
             one
             - obstacle[
+                b,
                 wp.clamp(i - e0, 0, n0 - 1),
                 wp.clamp(j - e1, 0, n1 - 1),
                 wp.clamp(k - e2, 0, n2 - 1),
             ]
         )
-        right = one - obstacle[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
+        right = one - obstacle[b, wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
         fluid = wp.where(index >= 1, left, one) * wp.where(index < count, right, one)
         end = wp.where(index == 0, lo_open[a], wp.where(index == count, hi_open[a], 1))
         fluid = fluid * scalar(end)
@@ -362,29 +385,29 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         h = scalar(0.5)
         cover = overlap(
             scalar(i) - h * scalar(e0),
-            (paddle_x[0] - half_size[0]) / dx,
-            (paddle_x[0] + half_size[0]) / dx,
+            (paddle_x[b, 0] - half_size[0]) / dx,
+            (paddle_x[b, 0] + half_size[0]) / dx,
         ) * overlap(
             scalar(j) - h * scalar(e1),
-            (paddle_x[1] - half_size[1]) / dx,
-            (paddle_x[1] + half_size[1]) / dx,
+            (paddle_x[b, 1] - half_size[1]) / dx,
+            (paddle_x[b, 1] + half_size[1]) / dx,
         )
         if wp.static(three):
             cover = cover * overlap(
                 scalar(k) - h * scalar(e2),
-                (paddle_x[2] - half_size[2]) / dx,
-                (paddle_x[2] + half_size[2]) / dx,
+                (paddle_x[b, 2] - half_size[2]) / dx,
+                (paddle_x[b, 2] + half_size[2]) / dx,
             )
         cover = cover * scalar(has_paddle)
-        imposed = fluid * cover * paddle_v[a]
+        imposed = fluid * cover * paddle_v[b, a]
         fluid = fluid * (one - cover)
         # Inflows: the first inflow touching the face imposes its velocity.
         s = inflow_face[a, i, j, k]
-        imposed = wp.where(s >= 0, imposed + fluid * inflow_v[wp.max(s, 0), a], imposed)
+        imposed = wp.where(s >= 0, imposed + fluid * inflow_v[b, wp.max(s, 0), a], imposed)
         fluid = wp.where(s >= 0, zero, fluid)
         valid = face_valid(a, i, j, k, n0, n1, n2)
-        w_out[a, i, j, k] = wp.where(valid, fluid, zero)
-        imposed_out[a, i, j, k] = wp.where(valid, imposed, zero)
+        w_out[ba, i, j, k] = wp.where(valid, fluid, zero)
+        imposed_out[ba, i, j, k] = wp.where(valid, imposed, zero)
 
     @wp.kernel(enable_backward=True, module=module)
     def blend(
@@ -393,28 +416,31 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         imposed: wp.array4d(dtype=scalar),
         u_out: wp.array4d(dtype=scalar),
     ):
-        a, i, j, k = wp.tid()
-        u_out[a, i, j, k] = w[a, i, j, k] * u[a, i, j, k] + imposed[a, i, j, k]
+        ba, i, j, k = wp.tid()
+        u_out[ba, i, j, k] = w[ba, i, j, k] * u[ba, i, j, k] + imposed[ba, i, j, k]
 
     @wp.kernel(enable_backward=True, module=module)
-    def divergence(u: wp.array4d(dtype=scalar), div: wp.array3d(dtype=scalar)):
-        i, j, k = wp.tid()
-        d = u[0, i + 1, j, k] - u[0, i, j, k] + u[1, i, j + 1, k] - u[1, i, j, k]
+    def divergence(u: wp.array4d(dtype=scalar), div: wp.array4d(dtype=scalar)):
+        b, i, j, k = wp.tid()
+        o = b * dim_count
+        d = u[o, i + 1, j, k] - u[o, i, j, k] + u[o + 1, i, j + 1, k] - u[o + 1, i, j, k]
         if wp.static(three):
-            d = d + u[2, i, j, k + 1] - u[2, i, j, k]
-        div[i, j, k] = d
+            d = d + u[o + 2, i, j, k + 1] - u[o + 2, i, j, k]
+        div[b, i, j, k] = d
 
     @wp.kernel(enable_backward=True, module=module)
     def subtract_gradient(
         u: wp.array4d(dtype=scalar),
         w: wp.array4d(dtype=scalar),
-        p: wp.array3d(dtype=scalar),
+        p: wp.array4d(dtype=scalar),
         u_out: wp.array4d(dtype=scalar),
     ):
-        a, i, j, k = wp.tid()
-        n0 = p.shape[0]
-        n1 = p.shape[1]
-        n2 = p.shape[2]
+        ba, i, j, k = wp.tid()
+        a = ba % dim_count
+        b = ba // dim_count
+        n0 = p.shape[1]
+        n1 = p.shape[2]
+        n2 = p.shape[3]
         e0 = wp.where(a == 0, 1, 0)
         e1 = wp.where(a == 1, 1, 0)
         e2 = wp.where(a == 2, 1, 0)
@@ -422,64 +448,69 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
         count = n0 * e0 + n1 * e1 + n2 * e2
         zero = scalar(0.0)
         left = p[
-            wp.clamp(i - e0, 0, n0 - 1), wp.clamp(j - e1, 0, n1 - 1), wp.clamp(k - e2, 0, n2 - 1)
+            b,
+            wp.clamp(i - e0, 0, n0 - 1),
+            wp.clamp(j - e1, 0, n1 - 1),
+            wp.clamp(k - e2, 0, n2 - 1),
         ]
-        right = p[wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
+        right = p[b, wp.min(i, n0 - 1), wp.min(j, n1 - 1), wp.min(k, n2 - 1)]
         grad = wp.where(index < count, right, zero) - wp.where(index >= 1, left, zero)
-        value = u[a, i, j, k] - w[a, i, j, k] * grad
-        u_out[a, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, zero)
+        value = u[ba, i, j, k] - w[ba, i, j, k] * grad
+        u_out[ba, i, j, k] = wp.where(face_valid(a, i, j, k, n0, n1, n2), value, zero)
 
     @wp.func(module=module)
     def apply_operator(
         w: wp.array4d(dtype=scalar),
-        fixed: wp.array3d(dtype=scalar),
-        x: wp.array3d(dtype=scalar),
+        fixed: wp.array4d(dtype=scalar),
+        x: wp.array4d(dtype=scalar),
+        b: int,
         i: int,
         j: int,
         k: int,
     ) -> scalar:
-        # (A x)[i,j,k] = diag x - sum over faces of w * neighbor, zero pressure beyond the box.
-        n0 = x.shape[0]
-        n1 = x.shape[1]
-        n2 = x.shape[2]
+        # (A x)[b,i,j,k] = diag x - sum over faces of w * neighbor, zero pressure beyond the box.
+        n0 = x.shape[1]
+        n1 = x.shape[2]
+        n2 = x.shape[3]
+        o = b * dim_count
         zero = scalar(0.0)
-        wl0 = w[0, i, j, k]
-        wu0 = w[0, i + 1, j, k]
-        wl1 = w[1, i, j, k]
-        wu1 = w[1, i, j + 1, k]
-        out = (fixed[i, j, k] + wl0 + wl1 + wu0 + wu1) * x[i, j, k]
-        out = out - wl0 * wp.where(i >= 1, x[wp.max(i - 1, 0), j, k], zero)
-        out = out - wu0 * wp.where(i < n0 - 1, x[wp.min(i + 1, n0 - 1), j, k], zero)
-        out = out - wl1 * wp.where(j >= 1, x[i, wp.max(j - 1, 0), k], zero)
-        out = out - wu1 * wp.where(j < n1 - 1, x[i, wp.min(j + 1, n1 - 1), k], zero)
+        wl0 = w[o, i, j, k]
+        wu0 = w[o, i + 1, j, k]
+        wl1 = w[o + 1, i, j, k]
+        wu1 = w[o + 1, i, j + 1, k]
+        out = (fixed[b, i, j, k] + wl0 + wl1 + wu0 + wu1) * x[b, i, j, k]
+        out = out - wl0 * wp.where(i >= 1, x[b, wp.max(i - 1, 0), j, k], zero)
+        out = out - wu0 * wp.where(i < n0 - 1, x[b, wp.min(i + 1, n0 - 1), j, k], zero)
+        out = out - wl1 * wp.where(j >= 1, x[b, i, wp.max(j - 1, 0), k], zero)
+        out = out - wu1 * wp.where(j < n1 - 1, x[b, i, wp.min(j + 1, n1 - 1), k], zero)
         if wp.static(three):
-            wl2 = w[2, i, j, k]
-            wu2 = w[2, i, j, k + 1]
-            out = out + (wl2 + wu2) * x[i, j, k]
-            out = out - wl2 * wp.where(k >= 1, x[i, j, wp.max(k - 1, 0)], zero)
-            out = out - wu2 * wp.where(k < n2 - 1, x[i, j, wp.min(k + 1, n2 - 1)], zero)
+            wl2 = w[o + 2, i, j, k]
+            wu2 = w[o + 2, i, j, k + 1]
+            out = out + (wl2 + wu2) * x[b, i, j, k]
+            out = out - wl2 * wp.where(k >= 1, x[b, i, j, wp.max(k - 1, 0)], zero)
+            out = out - wu2 * wp.where(k < n2 - 1, x[b, i, j, wp.min(k + 1, n2 - 1)], zero)
         return out
 
     @wp.kernel(enable_backward=False, module=module)
     def laplacian(
         w: wp.array4d(dtype=scalar),
-        fixed: wp.array3d(dtype=scalar),
-        x: wp.array3d(dtype=scalar),
-        out: wp.array3d(dtype=scalar),
+        fixed: wp.array4d(dtype=scalar),
+        x: wp.array4d(dtype=scalar),
+        out: wp.array4d(dtype=scalar),
     ):
-        i, j, k = wp.tid()
-        out[i, j, k] = apply_operator(w, fixed, x, i, j, k)
+        b, i, j, k = wp.tid()
+        out[b, i, j, k] = apply_operator(w, fixed, x, b, i, j, k)
 
     @wp.kernel(enable_backward=False, module=module)
     def residual(
         w: wp.array4d(dtype=scalar),
-        fixed: wp.array3d(dtype=scalar),
-        x: wp.array3d(dtype=scalar),
-        r: wp.array3d(dtype=scalar),
-        out: wp.array3d(dtype=scalar),
+        fixed: wp.array4d(dtype=scalar),
+        x: wp.array4d(dtype=scalar),
+        r: wp.array4d(dtype=scalar),
+        out: wp.array4d(dtype=scalar),
     ):
-        i, j, k = wp.tid()
-        out[i, j, k] = r[i, j, k] - apply_operator(w, fixed, x, i, j, k)
+        b, i, j, k = wp.tid()
+        out[b, i, j, k] = r[b, i, j, k] - apply_operator(w, fixed, x, b, i, j, k)
 
     return SimpleNamespace(
         **{k: v for k, v in locals().items() if isinstance(v, wp.Kernel)}, scalar=scalar, vec3=vec3
@@ -487,39 +518,39 @@ def _kernels(dim: int, double: bool) -> SimpleNamespace:
 
 
 def as_grid(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """A state tensor ``[C, *n]`` as the kernels' 4D layout (a trailing axis of 1 in 2D)."""
+    """A state tensor as the kernels' 4D layout: ``[B, C, *n]`` as ``[B * C, *n]``, ``[B, *n]``
+    as is, and a trailing axis of 1 in 2D (views where the tensor is contiguous)."""
+    if t.dim() == dim + 2:
+        t = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
     return t.unsqueeze(-1) if dim == 2 else t
 
 
-def from_grid(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.squeeze(-1) if dim == 2 else t
-
-
 class StepKernels:
-    """The launches of one model's step, built once per simulator.
+    """The launches of one model's step for ``batch`` worlds, built once per simulator.
 
     Args:
         backend: A Warp backend.
         resolution: Cells per axis.
+        batch: Worlds B.
         channels: Dye channels.
         maccormack: MacCormack dye advection (else semi-Lagrangian).
         cells_per_step: ``dt / dx``.
         dt, dx: Time step [s] and cell size [m].
         open_sides: Open ends ``(axis, end)``.
         source: Per cell, the inflow holding its dye (the last covering it), -1 for none;
-            int32, shape ``resolution``.
+            int32, shape ``resolution`` (shared by every world).
         inflow_face: Per face, the inflow imposing its velocity (the first touching it), -1
             for none; int32, padded shape ``[dim, *(resolution + 1)]``.
-        buoyancy: Whether the model has buoyancy.
         paddle_half_size: The paddle's half size [m], or None without a paddle.
 
     Attributes:
-        advance: ``(velocity, dye, concentration, buoyancy) -> (velocity, dye)``: advection,
-            sources, buoyancy.
-        constrain: ``(velocity, obstacle, paddle_x, paddle_v, inflow_v) -> (blended,
-            weights, imposed, divergence)``: the solids' weights, velocity blended with theirs,
-            and its divergence (the pressure equation's right-hand side, negated).
-        subtract: ``(blended, weights, pressure) -> (velocity,)``.
+        advance: ``(velocity, dye, concentration [B, inflows, C], buoyancy [B, C]) ->
+            (velocity, dye)``: advection, sources, buoyancy.
+        constrain: ``(velocity, obstacle [B, *n], paddle_x [B, dim], paddle_v [B, dim],
+            inflow_v [B, inflows, dim]) -> (blended, weights, divergence)``: the solids'
+            weights, velocity blended with theirs, and its divergence (the pressure
+            equation's right-hand side, negated).
+        subtract: ``(blended, weights, pressure [B, *n]) -> (velocity,)``.
     """
 
     def __init__(
@@ -527,6 +558,7 @@ class StepKernels:
         backend: Backend,
         resolution: tuple[int, ...],
         *,
+        batch: int,
         channels: int,
         maccormack: bool,
         cells_per_step: float,
@@ -535,7 +567,6 @@ class StepKernels:
         open_sides: set[tuple[int, int]],
         source: torch.Tensor | None,
         inflow_face: torch.Tensor,
-        buoyancy: bool,
         paddle_half_size: tuple[float, ...] | None,
     ) -> None:
         backend.ensure_initialized()
@@ -544,12 +575,14 @@ class StepKernels:
         self.kernels, self.dim = k, dim
         s = k.scalar
         n = (*resolution, 1) if dim == 2 else tuple(resolution)
-        faces = (dim, n[0] + 1, n[1] + 1, n[2] + 1 if dim == 3 else 1)
-        cells = (channels, *n)
+        faces = (batch * dim, n[0] + 1, n[1] + 1, n[2] + 1 if dim == 3 else 1)
+        cells = (batch * channels, *n)
+        scalars = (batch, *n)
         self.cell_shape, self.face_shape = n, faces
         # Resident index maps (kept on self: the Warp views do not own them).
         self._source = None if source is None else as_grid(source, dim).to(torch.int32).contiguous()
-        self._inflow_face = as_grid(inflow_face, dim).to(torch.int32).contiguous()
+        face_map = inflow_face.unsqueeze(-1) if dim == 2 else inflow_face
+        self._inflow_face = face_map.to(torch.int32).contiguous()
 
         def out(shape):
             return OutputSpec(shape, None, accumulates=False)
@@ -565,11 +598,15 @@ class StepKernels:
             )
 
         c = s(cells_per_step)
-        launches = [launch(k.advect_cells, cells, (c,), ("u", "q"), (("q_sl", cells),))]
+        launches = [
+            launch(k.advect_cells, cells, (c, channels), ("u", "q"), (("q_sl", cells),))
+        ]
         dye = "q_sl"
         if maccormack:
             launches.append(
-                launch(k.maccormack, cells, (c,), ("u", "q", "q_sl"), (("q_mc", cells),))
+                launch(
+                    k.maccormack, cells, (c, channels), ("u", "q", "q_sl"), (("q_mc", cells),)
+                )
             )
             dye = "q_mc"
         if self._source is not None:
@@ -577,22 +614,22 @@ class StepKernels:
                 launch(
                     k.hold_sources,
                     cells,
-                    (wp.from_torch(self._source),),
+                    (channels, wp.from_torch(self._source)),
                     (dye, "concentration"),
                     (("q_src", cells),),
                 )
             )
             dye = "q_src"
         launches.append(launch(k.advect_velocity, faces, (c, *n), ("u",), (("u_adv", faces),)))
-        velocity = "u_adv"
-        if buoyancy:
-            launches.append(launch(k.buoyancy_lift, n, (), (dye, "buoyancy"), (("lift", n),)))
-            launches.append(
-                launch(k.add_buoyancy, faces, (s(0.5 * dt),), ("u_adv", "lift"), (("u_f", faces),))
-            )
-            velocity = "u_f"
+        # Buoyancy always runs (zeros add nothing): per-world buoyancy is data, not a switch.
+        launches.append(
+            launch(k.buoyancy_lift, scalars, (), (dye, "buoyancy"), (("lift", scalars),))
+        )
+        launches.append(
+            launch(k.add_buoyancy, faces, (s(0.5 * dt),), ("u_adv", "lift"), (("u_f", faces),))
+        )
         self.advance = KernelStep(
-            ("u", "q", "concentration", "buoyancy"), tuple(launches), (velocity, dye)
+            ("u", "q", "concentration", "buoyancy"), tuple(launches), ("u_f", dye)
         )
 
         lo = wp.vec3i(*[int((a, 0) in open_sides) for a in range(3)])
@@ -613,7 +650,7 @@ class StepKernels:
             (("w", faces), ("imposed", faces)),
         )
         blend = launch(k.blend, faces, (), ("u", "w", "imposed"), (("blended", faces),))
-        divergence = launch(k.divergence, n, (), ("blended",), (("div", n),))
+        divergence = launch(k.divergence, scalars, (), ("blended",), (("div", scalars),))
         self.constrain = KernelStep(
             ("u", "obstacle", "paddle_x", "paddle_v", "inflow_v"),
             (solids, blend, divergence),
@@ -627,7 +664,8 @@ class StepKernels:
 
 class Laplacian:
     """``A x`` and ``r - A x`` of the pressure operator's levels by Warp kernels, plugged into
-    :class:`~simdiff.sims.fluid.solver.PressureSystem` (forward only, on detached tensors).
+    :class:`~simdiff.sims.fluid.solver.PressureSystem` (forward only, on detached tensors),
+    every world in one launch.
 
     Each level's weights are padded once into the kernels' layout; launches are made once per
     level shape and reused across steps (recorded commands).
@@ -670,10 +708,14 @@ class Laplacian:
         if cached is None:
             n, dim = system.n, system.dim
             full = torch.zeros(
-                dim, *(k + 1 for k in n), dtype=system.diag.dtype, device=system.diag.device
+                system.batch,
+                dim,
+                *(k + 1 for k in n),
+                dtype=system.diag.dtype,
+                device=system.diag.device,
             )
             for a, w in enumerate(system.weights):
-                full[a][tuple(slice(0, k) for k in w.shape)] = w.detach()
+                full[:, a][(slice(None), *(slice(0, k) for k in w.shape[1:]))] = w.detach()
             cached = (as_grid(full, dim).contiguous(), as_grid(system.fixed, dim).contiguous())
             system.operator_cache = cached
         return cached
@@ -682,10 +724,10 @@ class Laplacian:
         w, fixed = self._padded(system)
         step = self._launches(tuple(fixed.shape), system.dim)[0]
         (out,) = run_forward(step, w, fixed, as_grid(x, system.dim))
-        return from_grid(out, system.dim)
+        return out.view(x.shape)
 
     def residual(self, system, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         w, fixed = self._padded(system)
         step = self._launches(tuple(fixed.shape), system.dim)[1]
         (out,) = run_forward(step, w, fixed, as_grid(x, system.dim), as_grid(r, system.dim))
-        return from_grid(out, system.dim)
+        return out.view(x.shape)

@@ -1,62 +1,55 @@
-"""The MLS-MPM simulator: one control step is ``model.substeps`` substeps in one torch op.
+"""The MLS-MPM simulator: one control step of ``B`` worlds is ``model.substeps`` substeps in
+one torch op, each substep three kernel launches that serve every world.
 
 Memory: a step saves only its packed particle input; its grids are recomputed in backward.
 With ``rollout(..., checkpoint_every=K)`` only every K-th control step's particle state is
-kept, so the gradient of a long horizon holds ``steps / K`` particle states plus one segment.
+kept, so the gradient of a long horizon holds ``steps / K`` particle states plus one segment;
+per world, memory does not grow with the number of worlds.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from simdiff.backend import Backend, BackendName
 from simdiff.bridge import KernelStep, apply_step
 from simdiff.sims.base import Simulator
-from simdiff.sims.base import State as BaseState
 from simdiff.sims.mpm.model import Material, Model, drucker_prager_alpha
+from simdiff.sims.mpm.state import Params, State
 
-__all__ = ["MPM", "State"]
+__all__ = ["MPM", "Params", "State"]
 
-
-@dataclass
-class State(BaseState):
-    """MPM state: particles and the tool."""
-
-    particle_x: torch.Tensor
-    """Positions [m], shape [particle_count, dim]."""
-    particle_v: torch.Tensor
-    """Velocities [m/s], shape [particle_count, dim]."""
-    particle_C: torch.Tensor
-    """APIC affine velocity (velocity gradient) [1/s], shape [particle_count, dim, dim]."""
-    particle_F: torch.Tensor
-    """Deformation gradient (elastic left Cauchy-Green tensor for plastic and sand particles),
-    shape [particle_count, dim, dim]."""
-    tool_x: torch.Tensor
-    """Center of the tool [m], shape [dim] (unused without a tool)."""
+_PER_PARTICLE = ("particle_E", "particle_nu", "particle_yield", "particle_friction_angle",
+                 "particle_active_stress", "particle_volume", "particle_density")
+"""Model quantities :meth:`MPM.params` accepts per world (``[B, n]``) or shared (``[n]``)."""
 
 
 class MPM(Simulator):
-    """Differentiable MLS-MPM on Taichi or Warp, 2D and 3D. Gradients in 3D need Warp: on
-    Taichi, 3D backward raises ``NotImplementedError``.
+    """Differentiable MLS-MPM of ``batch_size`` worlds on Taichi or Warp, 2D and 3D. Gradients
+    in 3D need Warp: on Taichi, 3D backward raises ``NotImplementedError``.
 
-    The action is the muscles' signals (``model.actuator_count`` entries) followed, when the
-    model has a tool, by the tool's velocity (``dim`` entries), held for the control step.
+    The action of a world is the muscles' signals (``model.actuator_count`` entries) followed,
+    when the model has a tool, by the tool's velocity (``dim`` entries), held for the control
+    step; ``action`` is ``[B, action_dim]``. Worlds share the model's sizes (particles, grid,
+    time step, boundaries) and may differ in their states and in every per-particle parameter
+    (:meth:`params`).
 
     Args:
         model: The validated model.
         backend: Where kernels run (Taichi or Warp; the same states and gradients).
+        batch_size: Number of worlds B.
     """
 
     name = "mpm"
     initial_fields = ("particle_x", "particle_v")
+    Params = Params
 
-    def __init__(self, model: Model, backend: Backend) -> None:
-        super().__init__(model, backend)
+    def __init__(self, model: Model, backend: Backend, *, batch_size: int = 1) -> None:
+        super().__init__(model, backend, batch_size=batch_size)
         backend.ensure_initialized()
         self._kernels = self._kernel_module()
-        self._launch: KernelStep = self._kernels.build_step(backend, model, model.substeps)
+        self._launch: KernelStep = self._kernels.build_step(backend, model, model.substeps,
+                                                            self.batch_size)
 
     def _kernel_module(self):
         if self.backend.name is BackendName.WARP:
@@ -71,82 +64,134 @@ class MPM(Simulator):
     def action_dim(self) -> int:
         return self.model.actuator_count + (self.model.dim if self.model.tool is not None else 0)
 
+    @property
+    def observation_dim(self) -> int:
+        d = self.model.dim
+        return d + 2 * d * min(8, self.model.particle_count)
+
     def _tensor(self, t) -> torch.Tensor:
         return torch.as_tensor(t).to(device=self.backend.torch_device,
                                      dtype=self.backend.torch_dtype)
 
+    def _worlds(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` repeated for every world: ``[B, *t.shape]`` (a copy, not a view)."""
+        return t.expand(self.batch_size, *t.shape).clone()
+
     def initial_state(self) -> State:
-        return self.state_from(particle_x=self._tensor(self.model.particle_x),
-                               particle_v=self._tensor(self.model.particle_v))
+        return self.state_from(particle_x=self._worlds(self._tensor(self.model.particle_x)),
+                               particle_v=self._worlds(self._tensor(self.model.particle_v)))
+
+    def _check_field(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {list(t.shape)}; expected {list(shape)} "
+                             f"([batch_size, ...])")
 
     def state_from(self, **fields: torch.Tensor) -> State:
-        m = self.model
-        x = fields["particle_x"]
-        n, dim = x.shape
-        eye = torch.eye(dim, dtype=x.dtype, device=x.device).expand(n, dim, dim)
-        tool = m.tool.position if m.tool is not None else (0.0,) * dim
-        return State(x, fields["particle_v"], torch.zeros_like(eye), eye.clone(),
-                     self._tensor(fields.get("tool_x", tool)))
+        """A state from ``particle_x`` and ``particle_v`` (``[B, n, dim]``), and optionally
+        ``tool_x`` (``[B, dim]``; default the model's tool position); ``C = 0``, ``F = I``."""
+        m, b = self.model, self.batch_size
+        n, dim = m.particle_count, m.dim
+        x, v = fields["particle_x"], fields["particle_v"]
+        self._check_field("particle_x", x, (b, n, dim))
+        self._check_field("particle_v", v, (b, n, dim))
+        eye = torch.eye(dim, dtype=x.dtype, device=x.device).expand(b, n, dim, dim)
+        tool = fields.get("tool_x")
+        if tool is None:
+            tool = self._worlds(self._tensor(m.tool.position if m.tool is not None
+                                             else (0.0,) * dim))
+        self._check_field("tool_x", tool, (b, dim))
+        return State(x, v, torch.zeros_like(eye), eye.clone(), tool)
 
-    def rollout_inputs(self) -> dict[str, torch.Tensor]:
-        return {"particle_params": self.particle_params()}
+    def params(self, **per_particle: torch.Tensor) -> Params:
+        """The packed per-particle parameters the kernels read (``state.PARAM_COLUMNS``, then
+        the fiber), differentiable in the model's tensors.
 
-    def particle_params(self) -> torch.Tensor:
-        """The packed per-particle parameters the kernels read, [n, 8 + dim]
-        (``taichi.PARAM_COLUMNS``, then the fiber); differentiable in the model's tensors."""
-        m = self.model
-        plastic = m.particle_material == Material.PLASTIC
-        sand = m.particle_material == Material.SAND
+        Args:
+            **per_particle: Replacements of model quantities (``particle_E``, ``particle_nu``,
+                ``particle_yield``, ``particle_friction_angle``, ``particle_active_stress``,
+                ``particle_volume``, ``particle_density``), each shared ``[n]`` or per world
+                ``[B, n]``. With any per-world value the result is ``[B, n, 8 + dim]``, else
+                ``[n, 8 + dim]`` shared by every world.
+        """
+        m, b, n = self.model, self.batch_size, self.model.particle_count
+        unknown = sorted(set(per_particle) - set(_PER_PARTICLE))
+        if unknown:
+            raise ValueError(f"params() got {unknown}; allowed: {list(_PER_PARTICLE)}")
+        q = {}
+        for name in _PER_PARTICLE:
+            t = self._tensor(per_particle.get(name, getattr(m, name)))
+            if tuple(t.shape) not in ((n,), (b, n)):
+                raise ValueError(f"{name} has shape {list(t.shape)}; expected [{n}] (shared) "
+                                 f"or [{b}, {n}] (per world)")
+            q[name] = t
+        plastic = self._tensor(m.particle_material == Material.PLASTIC).bool()
+        sand = self._tensor(m.particle_material == Material.SAND).bool()
         # The yield column holds the von Mises yield stress of plastic particles and the
-        # Drucker-Prager coefficient alpha (from the friction angle) of sand particles.
-        friction = torch.where(sand, m.particle_friction_angle, torch.full_like(
-            m.particle_friction_angle, 30.0))
+        # Drucker-Prager coefficient alpha (from the friction angle) of sand particles; other
+        # particles get a harmless angle so that the column stays finite.
+        phi = q["particle_friction_angle"]
+        friction = torch.where(sand, phi, torch.full_like(phi, 30.0))
         strength = torch.where(sand, drucker_prager_alpha(friction, m.dim),
-                               torch.zeros_like(m.particle_yield))
+                               torch.zeros_like(friction))
         columns = [
-            m.particle_mass,
-            m.particle_volume,
-            m.particle_material.to(m.particle_x.dtype),
-            m.particle_actuator.to(m.particle_x.dtype),
-            m.particle_E,
-            m.particle_nu,
-            torch.where(plastic, m.particle_yield, strength),
-            m.particle_active_stress,
+            q["particle_volume"] * q["particle_density"],
+            q["particle_volume"],
+            self._tensor(m.particle_material),
+            self._tensor(m.particle_actuator),
+            q["particle_E"],
+            q["particle_nu"],
+            torch.where(plastic, q["particle_yield"], strength),
+            q["particle_active_stress"],
         ]
-        params = torch.cat([torch.stack([self._tensor(c) for c in columns], 1),
-                            self._tensor(m.particle_fiber)], 1)
-        return params.contiguous()
+        columns = torch.broadcast_tensors(*columns)
+        fiber = self._tensor(m.particle_fiber)
+        fiber = fiber.expand(*columns[0].shape, m.dim)
+        return Params(torch.cat([torch.stack(columns, -1), fiber], -1).contiguous())
 
     def pack(self, state: State) -> torch.Tensor:
-        n = state.particle_x.shape[0]
-        return torch.cat([state.particle_x, state.particle_v, state.particle_C.reshape(n, -1),
-                          state.particle_F.reshape(n, -1)], 1)
+        """The kernels' particle layout ``[B, n, 2 d + 2 d^2]`` (x, v, C, F)."""
+        b, n = state.particle_x.shape[:2]
+        return torch.cat([state.particle_x, state.particle_v, state.particle_C.reshape(b, n, -1),
+                          state.particle_F.reshape(b, n, -1)], 2)
 
     def unpack(self, p: torch.Tensor, tool_x: torch.Tensor) -> State:
-        n, d = p.shape[0], self.model.dim
-        x, v, C, F = torch.split(p, [d, d, d * d, d * d], 1)
-        return State(x, v, C.reshape(n, d, d), F.reshape(n, d, d), tool_x)
+        b, n, d = p.shape[0], p.shape[1], self.model.dim
+        x, v, C, F = torch.split(p, [d, d, d * d, d * d], 2)
+        return State(x, v, C.reshape(b, n, d, d), F.reshape(b, n, d, d), tool_x)
 
     def _split_action(self, action: torch.Tensor | None, like: torch.Tensor):
+        """Muscle signals ``[B, max(actuators, 1)]`` and tool velocities ``[B, dim]``."""
         m = self.model
-        muscles = max(m.actuator_count, 1)
-        if action is None:
-            return like.new_zeros(muscles), like.new_zeros(m.dim)
-        if action.shape != (self.action_dim,):
-            raise ValueError(f"action has shape {tuple(action.shape)}; expected ({self.action_dim},)")
-        action = action.to(like.dtype)
-        signals = action[: m.actuator_count] if m.actuator_count else like.new_zeros(1)
-        tool_v = action[m.actuator_count:] if m.tool is not None else like.new_zeros(m.dim)
+        action = self.check_action(action, like)
+        a = m.actuator_count
+        signals = action[:, :a] if a else like.new_zeros(self.batch_size, 1)
+        tool_v = action[:, a:a + m.dim] if m.tool is not None else like.new_zeros(
+            self.batch_size, m.dim)
         return signals, tool_v
 
-    def step(self, state: State, action: torch.Tensor | None = None, *,
-             particle_params: torch.Tensor | None = None) -> State:
-        """Advance one control step (``model.substeps`` substeps)."""
-        params = self.particle_params() if particle_params is None else particle_params
+    def _per_world_params(self, params: Params | None) -> torch.Tensor:
+        params = (self.params() if params is None else params).per_world(self.batch_size)
+        shape = (self.batch_size, self.model.particle_count, 8 + self.model.dim)
+        if tuple(params.particle.shape) != shape:
+            raise ValueError(f"params.particle has shape {list(params.particle.shape)}; expected "
+                             f"{list(shape)} or {list(shape[1:])} (shared)")
+        return params.particle
+
+    def _check_state_shape(self, state: State) -> None:
+        m = self.model
+        self._check_field("state.particle_x", state.particle_x,
+                          (self.batch_size, m.particle_count, m.dim))
+        self._check_field("state.tool_x", state.tool_x, (self.batch_size, m.dim))
+
+    def step(self, state: State, action: torch.Tensor | None = None,
+             params: Params | None = None) -> State:
+        """Advance every world one control step (``model.substeps`` substeps)."""
+        self._check_state_shape(state)
+        particle = self._per_world_params(params)
         signals, tool_v = self._split_action(action, state.particle_x)
-        tool = torch.cat([state.tool_x, tool_v])
+        tool = torch.cat([state.tool_x, tool_v], 1)
         wants_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (*state.tensors(), params, signals, tool))
+            t.requires_grad for t in (*state.tensors(), particle, signals, tool))
         if self.model.dim == 3 and self.backend.name is BackendName.TAICHI and wants_grad:
             # Taichi's reverse mode of the 27-node stencil compiled for ~12 minutes here and
             # disagreed with finite differences: refuse rather than return wrong gradients.
@@ -164,49 +209,60 @@ class MPM(Simulator):
                 "MPM sand (Material.SAND) gradients in 3D are not available; roll out under "
                 "torch.no_grad() (2D sand has gradients on both backends)"
             )
-        (p,) = apply_step(self._launch, self.pack(state), params, signals, tool)
+        (p,) = apply_step(self._launch, self.pack(state), particle, signals, tool)
         duration = self.model.substeps * self.model.dt
         return self.unpack(p, state.tool_x + duration * tool_v)
 
-    def grid(self, state: State, action: torch.Tensor | None = None) -> torch.Tensor:
-        """Grid momentum and mass after ``p2g`` of ``state``, [G]*dim + [dim + 1]
-        (diagnostics; not differentiable)."""
-        signals, _ = self._split_action(action, state.particle_x)
+    def grid(self, state: State, action: torch.Tensor | None = None,
+             params: Params | None = None) -> torch.Tensor:
+        """Grid momentum and mass of every world after ``p2g`` of ``state``,
+        ``[B] + [G]*dim + [dim + 1]`` (diagnostics; not differentiable)."""
+        self._check_state_shape(state)
         with torch.no_grad():
-            return self._kernels.particle_to_grid(self.backend, self.model, self.pack(state).detach(),
-                                    self.particle_params().detach(), signals.detach())
+            signals, _ = self._split_action(action, state.particle_x)
+            particle = self._per_world_params(params)
+            return self._kernels.particle_to_grid(
+                self.backend, self.model, self.pack(state).detach().contiguous(),
+                particle.detach().contiguous(), signals.detach().contiguous())
 
     def center_of_mass(self, state: State) -> torch.Tensor:
+        """Center of mass of each world [m], ``[B, dim]`` (the model's particle masses)."""
         mass = self._tensor(self.model.particle_mass)
-        return (mass[:, None] * state.particle_x).sum(0) / mass.sum()
+        return (mass[:, None] * state.particle_x).sum(1) / mass.sum()
 
     def observe(self, state: State) -> torch.Tensor:
-        """Mean velocity and the positions and velocities of 8 groups of particles (by order of
-        index) relative to the center of mass: small and independent of the particle count."""
+        """Per world, the mean velocity and the positions and velocities of 8 groups of
+        particles (by order of index) relative to the center of mass: small and independent
+        of the particle count; ``[B, observation_dim]``."""
         x, v = state.particle_x, state.particle_v
-        com, vcom = x.mean(0), v.mean(0)
-        groups = min(8, x.shape[0])
-        rel_x = torch.stack([c.mean(0) for c in torch.chunk(x - com, groups)])
-        rel_v = torch.stack([c.mean(0) for c in torch.chunk(v - vcom, groups)])
-        return torch.cat([vcom, 10.0 * rel_x.flatten(), rel_v.flatten()])
+        com, vcom = x.mean(1, keepdim=True), v.mean(1, keepdim=True)
+        groups = min(8, x.shape[1])
+        rel_x = torch.stack([c.mean(1) for c in torch.chunk(x - com, groups, dim=1)], 1)
+        rel_v = torch.stack([c.mean(1) for c in torch.chunk(v - vcom, groups, dim=1)], 1)
+        return torch.cat([vcom[:, 0], 10.0 * rel_x.flatten(1), rel_v.flatten(1)], 1)
 
-    @property
-    def observation_dim(self) -> int:
-        d = self.model.dim
-        return d + 2 * d * min(8, self.model.particle_count)
-
-    def check_state(self, state: State) -> str | None:
+    def check_state(self, state: State) -> dict[int, str]:
+        """``{world: description}`` of worlds whose particles are not finite, left the
+        stencil's reach, move faster than a cell per substep, or have ``det F <= 0``."""
         m = self.model
         x, v, F = (t.detach() for t in (state.particle_x, state.particle_v, state.particle_F))
         # Where the 3-node stencil still fits (walls keep particles far inside it).
         lo, hi = m.dx, (m.grid_size - 2) * m.dx
         speed_limit = m.dx / m.dt  # a particle crossing a cell per substep has blown up
         det = torch.linalg.det(F)
-        fine = (torch.isfinite(x).all() and torch.isfinite(v).all() and torch.isfinite(F).all()
-                and bool((x >= lo).all()) and bool((x < hi).all()) and bool((det > 0).all())
-                and float(v.abs().max()) < speed_limit)
-        if fine:
-            return None
+        b = x.shape[0]
+        fine = (torch.isfinite(x).reshape(b, -1).all(1) & torch.isfinite(v).reshape(b, -1).all(1)
+                & torch.isfinite(F).reshape(b, -1).all(1)
+                & ((x >= lo) & (x < hi)).reshape(b, -1).all(1) & (det > 0).all(1)
+                & (v.abs().reshape(b, -1).amax(1) < speed_limit))
+        if bool(fine.all()):
+            return {}
+        return {int(w): self._describe(x[w], v[w], F[w], det[w], lo, hi, speed_limit)
+                for w in torch.nonzero(~fine)[:, 0]}
+
+    @staticmethod
+    def _describe(x, v, F, det, lo, hi, speed_limit) -> str:
+        """What is wrong with one world's particles (the first bad quantity found)."""
         for name, t in (("particle_x", x), ("particle_v", v), ("particle_F", F)):
             bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
             if bool(bad.any()):

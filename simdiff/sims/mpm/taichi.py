@@ -6,14 +6,17 @@ Each reads its inputs and writes a fresh output, so a substep is a pure function
 particle state: the grid is rebuilt inside every substep and recomputed in backward, never kept
 (a Taichi tape over a grid reused across substeps gives NaN gradients).
 
-Layouts (one tensor each, because every tensor argument costs a launch ~60 us):
+Layouts (one tensor each, because every tensor argument costs a launch ~60 us), each with a
+leading world axis ``B``; one launch serves every world (``ti.ndrange(B, n)`` over particles,
+``ti.ndrange(B, G, ..., G)`` over nodes), and worlds never share a grid:
 
-* particle state ``[n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major).
-* particle parameters ``[n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction; ``yield``
-  holds the Drucker-Prager ``alpha`` of sand particles.
-* grid ``[G]*d + [d + 1]``: momentum then mass after ``p2g``; velocity then mass after
+* particle state ``[B, n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major).
+* particle parameters ``[B, n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction;
+  ``yield`` holds the Drucker-Prager ``alpha`` of sand particles.
+* action ``[B, max(actuators, 1)]``: the muscles' signals.
+* grid ``[B] + [G]*d + [d + 1]``: momentum then mass after ``p2g``; velocity then mass after
   ``grid_update``.
-* tool ``[2 d]``: center at the control step's start, then its velocity.
+* tool ``[B, 2 d]``: center at the control step's start, then its velocity.
 """
 
 import functools
@@ -24,10 +27,10 @@ import torch
 from simdiff.backend import Backend
 from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 from simdiff.sims.mpm.model import BOUNDARY_CELLS, boundary_constants
+from simdiff.sims.mpm.state import PARAM_COLUMNS
 
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 
-PARAM_COLUMNS = ("mass", "volume", "material", "actuator", "E", "nu", "yield", "active_stress")
 
 _LIQUID, _PLASTIC = 1, 2
 _SAND = 3
@@ -44,9 +47,9 @@ def _kernels(dim: int, double: bool):
     vec = ti.types.vector(dim, float)
     mat = ti.types.matrix(dim, dim, float)
     node = ti.types.vector(dim + 1, float)
-    arr1 = ti.types.ndarray(ndim=1)
     arr2 = ti.types.ndarray(ndim=2)
-    grid_arr = ti.types.ndarray(dtype=node, ndim=dim)
+    arr3 = ti.types.ndarray(ndim=3)
+    grid_arr = ti.types.ndarray(dtype=node, ndim=dim + 1)  # [B] + [G]*d
     stencil = ti.ndrange(*((3,) * dim))
     ox, oc, of = dim, 2 * dim, 2 * dim + dim * dim  # column offsets of v, C, F
 
@@ -55,13 +58,18 @@ def _kernels(dim: int, double: bool):
         return ti.Matrix.identity(float, dim)
 
     @ti.func
-    def load_vec(a: ti.template(), i, start) -> vec:
-        return vec([a[i, start + k] for k in ti.static(range(dim))])
+    def load_vec(a: ti.template(), world, i, start) -> vec:
+        return vec([a[world, i, start + k] for k in ti.static(range(dim))])
 
     @ti.func
-    def load_mat(a: ti.template(), i, start) -> mat:
-        return mat([[a[i, start + r * dim + c] for c in ti.static(range(dim))]
+    def load_mat(a: ti.template(), world, i, start) -> mat:
+        return mat([[a[world, i, start + r * dim + c] for c in ti.static(range(dim))]
                     for r in ti.static(range(dim))])
+
+    @ti.func
+    def node_of(world, I):
+        # The grid index of node I of a world.
+        return ti.Vector([world] + [I[k] for k in ti.static(range(dim))])
 
     @ti.func
     def weights(x, inv_dx, size):
@@ -219,28 +227,29 @@ def _kernels(dim: int, double: bool):
         return ti.select(stick, 0.0, 1.0 + friction * vn / ti.select(stick, 1.0, speed)) * vt
 
     @ti.kernel
-    def p2g(dt: float, inv_dx: float, p: arr2, params: arr2, action: arr1, grid: grid_arr):
-        for i in range(p.shape[0]):
-            x = load_vec(p, i, 0)
-            v = load_vec(p, i, ox)
-            C = load_mat(p, i, oc)
-            F = load_mat(p, i, of)
-            mass = params[i, 0]
-            actuator = ti.cast(params[i, 3], ti.i32)
-            u = action[ti.max(actuator, 0)] * ti.cast(actuator >= 0, float)
-            stretched = F @ load_vec(params, i, 8)
-            active = params[i, 7] * u * stretched.outer_product(stretched)
-            tau = kirchhoff(F, ti.cast(params[i, 2], ti.i32), params[i, 4], params[i, 5], active)
-            affine = -dt * params[i, 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
-            base, fx, w = weights(x, inv_dx, grid.shape[0])
+    def p2g(dt: float, inv_dx: float, p: arr3, params: arr3, action: arr2, grid: grid_arr):
+        for world, i in ti.ndrange(p.shape[0], p.shape[1]):
+            x = load_vec(p, world, i, 0)
+            v = load_vec(p, world, i, ox)
+            C = load_mat(p, world, i, oc)
+            F = load_mat(p, world, i, of)
+            mass = params[world, i, 0]
+            actuator = ti.cast(params[world, i, 3], ti.i32)
+            u = action[world, ti.max(actuator, 0)] * ti.cast(actuator >= 0, float)
+            stretched = F @ load_vec(params, world, i, 8)
+            active = params[world, i, 7] * u * stretched.outer_product(stretched)
+            tau = kirchhoff(F, ti.cast(params[world, i, 2], ti.i32), params[world, i, 4],
+                            params[world, i, 5], active)
+            affine = -dt * params[world, i, 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
+            base, fx, w = weights(x, inv_dx, grid.shape[1])
             for offset in ti.static(ti.grouped(stencil)):
                 dpos = (offset.cast(float) - fx) / inv_dx
                 weight = 1.0
                 for k in ti.static(range(dim)):
                     weight *= w[offset[k]][k]
                 momentum = weight * (mass * v + affine @ dpos)
-                grid[base + offset] += node([momentum[k] for k in ti.static(range(dim))]
-                                            + [weight * mass])
+                grid[node_of(world, base + offset)] += node(
+                    [momentum[k] for k in ti.static(range(dim))] + [weight * mass])
 
     @ti.kernel
     def grid_update(
@@ -257,11 +266,13 @@ def _kernels(dim: int, double: bool):
         size: ti.i32,
         mass_floor: float,
         grid: grid_arr,
-        tool: arr1,
+        tool: arr2,
         grid_out: grid_arr,
     ):
-        for I in ti.grouped(ti.ndrange(*((size,) * dim))):
-            g = grid[I]
+        for J in ti.grouped(ti.ndrange(grid.shape[0], *((size,) * dim))):  # world, node
+            world = J[0]
+            I = ti.Vector([J[k + 1] for k in ti.static(range(dim))])
+            g = grid[J]
             m = g[dim]
             has_mass = m > mass_floor
             v = vec([g[k] for k in ti.static(range(dim))]) / ti.select(has_mass, m, 1.0)
@@ -274,8 +285,9 @@ def _kernels(dim: int, double: bool):
                 v = coulomb(v, vn, ground_friction)
             # Tool: material inside it moves with it, or slides along its surface.
             if tool_shape >= 0:
-                center = vec([tool[k] + elapsed * tool[dim + k] for k in ti.static(range(dim))])
-                v_tool = vec([tool[dim + k] for k in ti.static(range(dim))])
+                center = vec([tool[world, k] + elapsed * tool[world, dim + k]
+                              for k in ti.static(range(dim))])
+                v_tool = vec([tool[world, dim + k] for k in ti.static(range(dim))])
                 d = xi - center
                 phi = 0.0
                 normal = vec(0.0)
@@ -304,14 +316,14 @@ def _kernels(dim: int, double: bool):
                 if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
                     v[k] = 0.0
             v = ti.select(has_mass, v, vec(0.0))
-            grid_out[I] = node([v[k] for k in ti.static(range(dim))] + [m])
+            grid_out[J] = node([v[k] for k in ti.static(range(dim))] + [m])
 
     @ti.kernel
-    def g2p(dt: float, inv_dx: float, p: arr2, params: arr2, grid: grid_arr, p_out: arr2):
-        for i in range(p.shape[0]):
-            x = load_vec(p, i, 0)
-            F = load_mat(p, i, of)
-            base, fx, w = weights(x, inv_dx, grid.shape[0])
+    def g2p(dt: float, inv_dx: float, p: arr3, params: arr3, grid: grid_arr, p_out: arr3):
+        for world, i in ti.ndrange(p.shape[0], p.shape[1]):
+            x = load_vec(p, world, i, 0)
+            F = load_mat(p, world, i, of)
+            base, fx, w = weights(x, inv_dx, grid.shape[1])
             new_v = vec(0.0)
             new_C = mat(0.0)
             for offset in ti.static(ti.grouped(stencil)):
@@ -319,50 +331,52 @@ def _kernels(dim: int, double: bool):
                 weight = 1.0
                 for k in ti.static(range(dim)):
                     weight *= w[offset[k]][k]
-                g = grid[base + offset]
+                g = grid[node_of(world, base + offset)]
                 gv = vec([g[k] for k in ti.static(range(dim))])
                 new_v += weight * gv
                 new_C += 4.0 * inv_dx * inv_dx * weight * gv.outer_product(dpos)
             f = identity() + dt * new_C
-            material = ti.cast(params[i, 2], ti.i32)
+            material = ti.cast(params[world, i, 2], ti.i32)
             new_F = f @ F
             if material == _LIQUID:
                 new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
             elif material == _PLASTIC:
                 b = f @ F @ f.transpose()
-                mu = params[i, 4] / (2.0 * (1.0 + params[i, 5]))
+                mu = params[world, i, 4] / (2.0 * (1.0 + params[world, i, 5]))
                 mean = b.trace() / dim
                 dev = b - mean * identity()
                 # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
                 norm = ti.sqrt((dev * dev).sum() + 1e-30)
-                radius = ti.sqrt(2.0 / 3.0) * params[i, 6] / mu
+                radius = ti.sqrt(2.0 / 3.0) * params[world, i, 6] / mu
                 new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
             elif material == _SAND:
-                E, nu = params[i, 4], params[i, 5]
+                E, nu = params[world, i, 4], params[world, i, 5]
                 mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
-                new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[i, 6])
+                new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[world, i, 6])
             new_x = x + dt * new_v
             for k in ti.static(range(dim)):
-                p_out[i, k] = new_x[k]
-                p_out[i, ox + k] = new_v[k]
+                p_out[world, i, k] = new_x[k]
+                p_out[world, i, ox + k] = new_v[k]
             for r in ti.static(range(dim)):
                 for c in ti.static(range(dim)):
-                    p_out[i, oc + r * dim + c] = new_C[r, c]
-                    p_out[i, of + r * dim + c] = new_F[r, c]
+                    p_out[world, i, oc + r * dim + c] = new_C[r, c]
+                    p_out[world, i, of + r * dim + c] = new_F[r, c]
 
     return p2g, grid_update, g2p, vec
 
 
-def build_step(backend: Backend, model, substeps: int) -> KernelStep:
-    """``substeps`` substeps as one step reading ``p`` (particle state), ``params``,
-    ``action`` and ``tool``, writing ``p{substeps}``; the grid is recomputed in backward."""
+def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> KernelStep:
+    """``substeps`` substeps of ``batch_size`` worlds as one step reading ``p`` (particle
+    state), ``params``, ``action`` and ``tool`` (layouts above), writing ``p{substeps}``; each
+    kernel is one launch over every world, and the grids are recomputed in backward."""
     dim, size = model.dim, model.grid_size
     p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64)
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
     c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
-    grid_spec = OutputSpec((size,) * dim + (dim + 1,))
-    velocity_spec = OutputSpec((size,) * dim + (dim + 1,), accumulates=False)
-    particle_spec = OutputSpec((n, width), accumulates=False)
+    grid_shape = (batch_size,) + (size,) * dim + (dim + 1,)
+    grid_spec = OutputSpec(grid_shape)
+    velocity_spec = OutputSpec(grid_shape, accumulates=False)
+    particle_spec = OutputSpec((batch_size, n, width), accumulates=False)
     launches = []
     for s in range(substeps):
         p_in, p_out = ("p" if s == 0 else f"p{s}"), f"p{s + 1}"
@@ -390,9 +404,11 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
 
 def particle_to_grid(backend: Backend, model, p: torch.Tensor, params: torch.Tensor,
                      action: torch.Tensor) -> torch.Tensor:
-    """The grid (momentum, mass) after ``p2g`` of one packed particle state (diagnostics)."""
+    """The grids (momentum, mass) after ``p2g`` of packed particle states ``[B, n, W]``,
+    ``[B] + [G]*d + [d + 1]`` (diagnostics)."""
     backend.ensure_initialized()
     p2g = _kernels(model.dim, backend.torch_dtype == torch.float64)[0]
-    grid = torch.zeros((model.grid_size,) * model.dim + (model.dim + 1,), dtype=p.dtype)
+    grid = torch.zeros((p.shape[0],) + (model.grid_size,) * model.dim + (model.dim + 1,),
+                       dtype=p.dtype)
     p2g(model.dt, 1.0 / model.dx, p.contiguous(), params.contiguous(), action.contiguous(), grid)
     return grid

@@ -115,8 +115,9 @@ def _stress(model: Model, F: torch.Tensor, params: torch.Tensor, u: torch.Tensor
         m == Material.PLASTIC, plastic, torch.where(m == Material.SAND, sand_tau, elastic)))
 
 
-def _stencil(model: Model, x: torch.Tensor):
-    """Per offset: flat node index, weight and ``x_i - x_p`` of every particle."""
+def _stencil(model: Model, x: torch.Tensor, world: torch.Tensor):
+    """Per offset: flat node index (over every world's grid), weight and ``x_i - x_p`` of every
+    particle; ``world`` is each particle's world index."""
     d, inv_dx = model.dim, 1.0 / model.dx
     base = (x * inv_dx - 0.5).floor()
     fx = x * inv_dx - base
@@ -127,16 +128,19 @@ def _stencil(model: Model, x: torch.Tensor):
         off = torch.tensor(offset, dtype=x.dtype)
         weight = math.prod(w[offset[k]][:, k] for k in range(d))
         node = base + torch.tensor(offset)
-        flat = sum(node[:, k] * size ** (d - 1 - k) for k in range(d))
+        flat = sum(node[:, k] * size ** (d - 1 - k) for k in range(d)) + world * size**d
         yield flat, weight, (off - fx) * model.dx
 
 
 def _grid_update(model: Model, momentum, mass, tool: torch.Tensor, elapsed: float):
+    """Node velocities of every world's grid (nodes world-major); ``tool`` is ``[B, 2 d]``."""
     d, size = model.dim, model.grid_size
     has_mass = mass > 0
     v = momentum / torch.where(has_mass, mass, torch.ones_like(mass))[:, None]
     v = v + model.dt * model.gravity * torch.eye(d, dtype=v.dtype)[1]
     idx = torch.stack(torch.meshgrid(*[torch.arange(size)] * d, indexing="ij"), -1).reshape(-1, d)
+    idx = idx.repeat(tool.shape[0], 1)
+    tool = tool.repeat_interleave(size**d, 0)  # each node's world's tool
     xi = idx.to(v.dtype) * model.dx
 
     def friction(vel, vn, mu):
@@ -153,8 +157,8 @@ def _grid_update(model: Model, momentum, mass, tool: torch.Tensor, elapsed: floa
         v = torch.where(hit, friction(v * (1 - up), vn, mu), v)
     if model.tool is not None:
         tool_cfg = model.tool
-        center = tool[:d] + elapsed * tool[d:]
-        v_tool = tool[d:]
+        center = tool[:, :d] + elapsed * tool[:, d:]
+        v_tool = tool[:, d:]
         diff = xi - center
         if tool_cfg.shape is ToolShape.SPHERE:
             dist = (diff * diff).sum(1, keepdim=True).add(1e-20).sqrt()
@@ -184,7 +188,12 @@ def torch_substep(
     tool: torch.Tensor,
     elapsed: float = 0.0,
 ) -> torch.Tensor:
-    """One substep on the packed particle state (layouts as in ``taichi.py``)."""
+    """One substep of every world on the packed particle states (layouts as in ``taichi.py``:
+    ``p [B, n, W]``, ``params [B, n, K]``, ``action [B, A]``, ``tool [B, 2 d]``). The worlds'
+    particles are one list and their grids one array, world-major."""
+    batch, count = p.shape[0], p.shape[1]
+    p, params = p.reshape(batch * count, -1), params.reshape(batch * count, -1)
+    world = torch.arange(batch).repeat_interleave(count)
     d, n = model.dim, p.shape[0]
     dt, inv_dx = model.dt, 1.0 / model.dx
     x, v = p[:, :d], p[:, d:2 * d]
@@ -192,13 +201,13 @@ def torch_substep(
     F = p[:, 2 * d + d * d:].reshape(n, d, d)
     mass = params[:, 0]
     actuator = params[:, 3].round().long()
-    u = action[actuator.clamp(min=0)] * (actuator >= 0).to(p.dtype)
+    u = action[world, actuator.clamp(min=0)] * (actuator >= 0).to(p.dtype)
     tau = _stress(model, F, params, u)
     affine = -dt * params[:, 1, None, None] * 4 * inv_dx**2 * tau + mass[:, None, None] * C
-    nodes = model.grid_size**d
+    nodes = batch * model.grid_size**d
     momentum = p.new_zeros(nodes, d)
     grid_mass = p.new_zeros(nodes)
-    stencil = list(_stencil(model, x))
+    stencil = list(_stencil(model, x, world))
     for flat, weight, dpos in stencil:
         # In place: autograd keeps no copy of the grid per offset.
         contrib = weight[:, None] * (mass[:, None] * v + (affine @ dpos[:, :, None])[..., 0])
@@ -229,4 +238,5 @@ def torch_substep(
     new_F = torch.where(material == Material.LIQUID, liquid,
                         torch.where(material == Material.PLASTIC, plastic,
                                     torch.where(is_sand, sand, elastic)))
-    return torch.cat([x + dt * new_v, new_v, new_C.reshape(n, -1), new_F.reshape(n, -1)], 1)
+    out = torch.cat([x + dt * new_v, new_v, new_C.reshape(n, -1), new_F.reshape(n, -1)], 1)
+    return out.reshape(batch, count, -1)

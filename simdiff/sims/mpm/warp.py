@@ -5,9 +5,11 @@ into a zeroed grid; its adjoint is a gather), ``grid_update`` and ``g2p`` (gathe
 deform). As on Taichi, each kernel reads its inputs and writes a fresh output, and the grid is
 rebuilt inside every substep and recomputed in backward.
 
-Layouts: particle state ``[n, 2 d + 2 d^2]`` and parameters ``[n, 8 + d]`` as in ``taichi.py``;
-the grid is flat, ``[G^d, d + 1]`` (row-major node index, so it reshapes to Taichi's
-``[G]*d + [d + 1]``), one Warp vector per node.
+Layouts: particle state ``[B, n, 2 d + 2 d^2]`` and parameters ``[B, n, 8 + d]`` as in
+``taichi.py``; the grid is flat per world, ``[B, G^d, d + 1]`` (row-major node index, so it
+reshapes to Taichi's ``[B] + [G]*d + [d + 1]``), one Warp vector per node. One launch serves
+every world: ``dim=(B, n)`` for ``p2g`` and ``g2p``, ``(B, G^d)`` for ``grid_update``, each
+thread reading its world index from ``wp.tid()``; worlds never share a grid.
 
 Warp's adjoint does not replay a loop-carried sum of a *dynamic* loop (see
 ``sims/mass_spring/warp.py``), so the 3^d stencil is three nested loops of constant length,
@@ -103,25 +105,25 @@ def _kernels(dim: int, double: bool):
     # adjoint of a component assigned inside a branch, ``v[k] = 0``, dropped gradients).
     if dim == 2:
         @wp.func(**unique)
-        def load_vec(a: wp.array2d(dtype=scalar), i: int, s: int):
-            return vec(a[i, s], a[i, s + 1])
+        def load_vec(a: wp.array3d(dtype=scalar), w: int, i: int, s: int):
+            return vec(a[w, i, s], a[w, i, s + 1])
 
         @wp.func(**unique)
-        def load_mat(a: wp.array2d(dtype=scalar), i: int, s: int):
-            return mat(a[i, s], a[i, s + 1], a[i, s + 2], a[i, s + 3])
+        def load_mat(a: wp.array3d(dtype=scalar), w: int, i: int, s: int):
+            return mat(a[w, i, s], a[w, i, s + 1], a[w, i, s + 2], a[w, i, s + 3])
 
         @wp.func(**unique)
-        def store(a: wp.array2d(dtype=scalar), i: int, v: vec, C: mat, F: mat):
-            a[i, ox] = v[0]
-            a[i, ox + 1] = v[1]
+        def store(a: wp.array3d(dtype=scalar), w: int, i: int, v: vec, C: mat, F: mat):
+            a[w, i, ox] = v[0]
+            a[w, i, ox + 1] = v[1]
             for r in range(2):
                 for c in range(2):
-                    a[i, oc + 2 * r + c] = C[r, c]
-                    a[i, of + 2 * r + c] = F[r, c]
+                    a[w, i, oc + 2 * r + c] = C[r, c]
+                    a[w, i, of + 2 * r + c] = F[r, c]
 
         @wp.func(**unique)
-        def head(a: wp.array(dtype=scalar), s: int):
-            return vec(a[s], a[s + 1])
+        def head(a: wp.array2d(dtype=scalar), w: int, s: int):
+            return vec(a[w, s], a[w, s + 1])
 
         @wp.func(**unique)
         def to_float(k: ivec):
@@ -235,27 +237,28 @@ def _kernels(dim: int, double: bool):
             return exp_sym_2d(cone[0] * eye + scalar(2.0) * cone[1] * dev)
     else:
         @wp.func(**unique)
-        def load_vec(a: wp.array2d(dtype=scalar), i: int, s: int):
-            return vec(a[i, s], a[i, s + 1], a[i, s + 2])
+        def load_vec(a: wp.array3d(dtype=scalar), w: int, i: int, s: int):
+            return vec(a[w, i, s], a[w, i, s + 1], a[w, i, s + 2])
 
         @wp.func(**unique)
-        def load_mat(a: wp.array2d(dtype=scalar), i: int, s: int):
-            return mat(a[i, s], a[i, s + 1], a[i, s + 2], a[i, s + 3], a[i, s + 4], a[i, s + 5],
-                       a[i, s + 6], a[i, s + 7], a[i, s + 8])
+        def load_mat(a: wp.array3d(dtype=scalar), w: int, i: int, s: int):
+            return mat(a[w, i, s], a[w, i, s + 1], a[w, i, s + 2], a[w, i, s + 3],
+                       a[w, i, s + 4], a[w, i, s + 5], a[w, i, s + 6], a[w, i, s + 7],
+                       a[w, i, s + 8])
 
         @wp.func(**unique)
-        def store(a: wp.array2d(dtype=scalar), i: int, v: vec, C: mat, F: mat):
-            a[i, ox] = v[0]
-            a[i, ox + 1] = v[1]
-            a[i, ox + 2] = v[2]
+        def store(a: wp.array3d(dtype=scalar), w: int, i: int, v: vec, C: mat, F: mat):
+            a[w, i, ox] = v[0]
+            a[w, i, ox + 1] = v[1]
+            a[w, i, ox + 2] = v[2]
             for r in range(3):
                 for c in range(3):
-                    a[i, oc + 3 * r + c] = C[r, c]
-                    a[i, of + 3 * r + c] = F[r, c]
+                    a[w, i, oc + 3 * r + c] = C[r, c]
+                    a[w, i, of + 3 * r + c] = F[r, c]
 
         @wp.func(**unique)
-        def head(a: wp.array(dtype=scalar), s: int):
-            return vec(a[s], a[s + 1], a[s + 2])
+        def head(a: wp.array2d(dtype=scalar), w: int, s: int):
+            return vec(a[w, s], a[w, s + 1], a[w, s + 2])
 
         @wp.func(**unique)
         def to_float(k: ivec):
@@ -455,23 +458,25 @@ def _kernels(dim: int, double: bool):
         dt: scalar,
         inv_dx: scalar,
         size: int,
-        p: wp.array2d(dtype=scalar),
-        params: wp.array2d(dtype=scalar),
-        action: wp.array(dtype=scalar),
-        grid: wp.array(dtype=node),
+        p: wp.array3d(dtype=scalar),
+        params: wp.array3d(dtype=scalar),
+        action: wp.array2d(dtype=scalar),
+        grid: wp.array2d(dtype=node),
     ):
-        i = wp.tid()
-        x = load_vec(p, i, 0)
-        v = load_vec(p, i, ox)
-        C = load_mat(p, i, oc)
-        F = load_mat(p, i, of)
-        mass = params[i, 0]
-        actuator = int(params[i, 3])
-        u = action[wp.max(actuator, 0)] * wp.where(actuator >= 0, scalar(1.0), scalar(0.0))
-        stretched = F @ load_vec(params, i, 8)
-        active = params[i, 7] * u * wp.outer(stretched, stretched)
-        tau = kirchhoff(F, int(params[i, 2]), params[i, 4], params[i, 5], active)
-        affine = (-dt * params[i, 1] * scalar(4.0) * inv_dx * inv_dx) * tau + mass * C
+        world, i = wp.tid()
+        x = load_vec(p, world, i, 0)
+        v = load_vec(p, world, i, ox)
+        C = load_mat(p, world, i, oc)
+        F = load_mat(p, world, i, of)
+        mass = params[world, i, 0]
+        actuator = int(params[world, i, 3])
+        u = action[world, wp.max(actuator, 0)] * wp.where(actuator >= 0, scalar(1.0),
+                                                          scalar(0.0))
+        stretched = F @ load_vec(params, world, i, 8)
+        active = params[world, i, 7] * u * wp.outer(stretched, stretched)
+        tau = kirchhoff(F, int(params[world, i, 2]), params[world, i, 4], params[world, i, 5],
+                        active)
+        affine = (-dt * params[world, i, 1] * scalar(4.0) * inv_dx * inv_dx) * tau + mass * C
         base = base_of(x, inv_dx, size)
         fx = x * inv_dx - to_float(base)
         w = weights(fx)
@@ -482,7 +487,8 @@ def _kernels(dim: int, double: bool):
                     weight = weight_of(w, a, b, c)
                     dpos = (to_float(o) - fx) / inv_dx
                     momentum = weight * (mass * v + affine @ dpos)
-                    wp.atomic_add(grid, flat(base + o, size), to_node(momentum, weight * mass))
+                    wp.atomic_add(grid, world, flat(base + o, size),
+                                  to_node(momentum, weight * mass))
 
     @wp.func(**unique)
     def node_velocity(
@@ -499,7 +505,8 @@ def _kernels(dim: int, double: bool):
         tool_friction: scalar,
         boundary: int,
         size: int,
-        tool: wp.array(dtype=scalar),
+        tool: wp.array2d(dtype=scalar),
+        world: int,
     ):
         """Velocity of a node with mass: gravity, then ground, tool and walls."""
         zero = scalar(0.0)
@@ -511,8 +518,8 @@ def _kernels(dim: int, double: bool):
             v = coulomb(v - vn * up(), vn, ground_friction)
         # Tool: material inside it moves with it, or slides along its surface.
         if tool_shape >= 0:
-            v_tool = head(tool, dim)
-            d = xi - (head(tool, 0) + elapsed * v_tool)
+            v_tool = head(tool, world, dim)
+            d = xi - (head(tool, world, 0) + elapsed * v_tool)
             inside = False
             normal = vec()
             if tool_shape == 0:
@@ -551,33 +558,33 @@ def _kernels(dim: int, double: bool):
         boundary: int,
         size: int,
         mass_floor: scalar,
-        grid: wp.array(dtype=node),
-        tool: wp.array(dtype=scalar),
-        grid_out: wp.array(dtype=node),
+        grid: wp.array2d(dtype=node),
+        tool: wp.array2d(dtype=scalar),
+        grid_out: wp.array2d(dtype=node),
     ):
-        t = wp.tid()
-        g = grid[t]
+        world, t = wp.tid()
+        g = grid[world, t]
         v = vec()
         # Most nodes are empty: they skip the work (forward and adjoint) and keep v = 0.
         if g[dim] > mass_floor:
             v = node_velocity(g, unflat(t, size), dt, dx, elapsed, gravity, ground_height,
                               ground_friction, tool_shape, tool_size, tool_friction, boundary,
-                              size, tool)
-        grid_out[t] = to_node(v, g[dim])
+                              size, tool, world)
+        grid_out[world, t] = to_node(v, g[dim])
 
     @wp.kernel(enable_backward=True, module="unique")
     def g2p(
         dt: scalar,
         inv_dx: scalar,
         size: int,
-        p: wp.array2d(dtype=scalar),
-        params: wp.array2d(dtype=scalar),
-        grid: wp.array(dtype=node),
-        p_out: wp.array2d(dtype=scalar),
+        p: wp.array3d(dtype=scalar),
+        params: wp.array3d(dtype=scalar),
+        grid: wp.array2d(dtype=node),
+        p_out: wp.array3d(dtype=scalar),
     ):
-        i = wp.tid()
-        x = load_vec(p, i, 0)
-        F = load_mat(p, i, of)
+        world, i = wp.tid()
+        x = load_vec(p, world, i, 0)
+        F = load_mat(p, world, i, of)
         base = base_of(x, inv_dx, size)
         fx = x * inv_dx - to_float(base)
         w = weights(fx)
@@ -591,41 +598,44 @@ def _kernels(dim: int, double: bool):
                     o = offset(a, b, c)
                     weight = weight_of(w, a, b, c)
                     dpos = (to_float(o) - fx) / inv_dx
-                    gv = velocity_of(grid[flat(base + o, size)])
+                    gv = velocity_of(grid[world, flat(base + o, size)])
                     new_v = new_v + weight * gv
                     new_C = new_C + (scale * weight) * wp.outer(gv, dpos)
         f = wp.identity(n=dim, dtype=scalar) + dt * new_C
-        new_F = deform(f, F, int(params[i, 2]), params[i, 4], params[i, 5], params[i, 6])
+        new_F = deform(f, F, int(params[world, i, 2]), params[world, i, 4], params[world, i, 5],
+                       params[world, i, 6])
         new_x = x + dt * new_v
         for k in range(dim):
-            p_out[i, k] = new_x[k]
-        store(p_out, i, new_v, new_C, new_F)
+            p_out[world, i, k] = new_x[k]
+        store(p_out, world, i, new_v, new_C, new_F)
 
     return p2g, grid_update, g2p, vec, scalar, node
 
 
-def build_step(backend: Backend, model, substeps: int) -> KernelStep:
-    """``substeps`` substeps as one step reading ``p`` (particle state), ``params``,
-    ``action`` and ``tool``, writing ``p{substeps}``; the grid is recomputed in backward."""
+def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> KernelStep:
+    """``substeps`` substeps of ``batch_size`` worlds as one step reading ``p`` (particle
+    state ``[B, n, 2 d + 2 d^2]``), ``params`` (``[B, n, 8 + d]``), ``action`` (``[B, A]``)
+    and ``tool`` (``[B, 2 d]``), writing ``p{substeps}``; each kernel is one launch over
+    ``(B, n)`` particles or ``(B, G^d)`` nodes, and the grids are recomputed in backward."""
     dim, size = model.dim, model.grid_size
     p2g, grid_update, g2p, vec, scalar, node = _kernels(dim, backend.torch_dtype == torch.float64)
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
     c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
     nodes = size**dim
-    grid_spec = OutputSpec((nodes, dim + 1), node)
-    velocity_spec = OutputSpec((nodes, dim + 1), node, accumulates=False)
-    particle_spec = OutputSpec((n, width), scalar, accumulates=False)
+    grid_spec = OutputSpec((batch_size, nodes, dim + 1), node)
+    velocity_spec = OutputSpec((batch_size, nodes, dim + 1), node, accumulates=False)
+    particle_spec = OutputSpec((batch_size, n, width), scalar, accumulates=False)
     dt, inv_dx = scalar(model.dt), scalar(1.0 / model.dx)
     launches = []
     for s in range(substeps):
         p_in, p_out = ("p" if s == 0 else f"p{s}"), f"p{s + 1}"
         launches.append(KernelLaunch(
-            backend, p2g, n, (dt, inv_dx, size),
+            backend, p2g, (batch_size, n), (dt, inv_dx, size),
             ((p_in, scalar), ("params", scalar), ("action", scalar)),
             ((f"grid{s}", grid_spec),),
         ))
         launches.append(KernelLaunch(
-            backend, grid_update, nodes,
+            backend, grid_update, (batch_size, nodes),
             (dt, scalar(model.dx), scalar(s * model.dt), scalar(model.gravity),
              scalar(c.ground_height), scalar(c.ground_friction), c.tool_shape,
              vec(*c.tool_size), scalar(c.tool_friction), BOUNDARY_CELLS, size,
@@ -634,7 +644,7 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
             ((f"velocity{s}", velocity_spec),),
         ))
         launches.append(KernelLaunch(
-            backend, g2p, n, (dt, inv_dx, size),
+            backend, g2p, (batch_size, n), (dt, inv_dx, size),
             ((p_in, scalar), ("params", scalar), (f"velocity{s}", node)),
             ((p_out, particle_spec),),
         ))
@@ -644,16 +654,17 @@ def build_step(backend: Backend, model, substeps: int) -> KernelStep:
 
 def particle_to_grid(backend: Backend, model, p: torch.Tensor, params: torch.Tensor,
                      action: torch.Tensor) -> torch.Tensor:
-    """The grid (momentum, mass) after ``p2g`` of one packed particle state, shaped
-    ``[G]*d + [d + 1]`` as on Taichi (diagnostics)."""
+    """The grids (momentum, mass) after ``p2g`` of packed particle states ``[B, n, W]``,
+    shaped ``[B] + [G]*d + [d + 1]`` as on Taichi (diagnostics)."""
     backend.ensure_initialized()
     dim, size = model.dim, model.grid_size
     p2g, _, _, _, scalar, node = _kernels(dim, backend.torch_dtype == torch.float64)
-    grid = torch.zeros((size**dim, dim + 1), dtype=p.dtype, device=p.device)
-    wp.launch(p2g, dim=p.shape[0], device=backend.device,
+    batch = p.shape[0]
+    grid = torch.zeros((batch, size**dim, dim + 1), dtype=p.dtype, device=p.device)
+    wp.launch(p2g, dim=(batch, p.shape[1]), device=backend.device,
               inputs=[scalar(model.dt), scalar(1.0 / model.dx), size,
                       wp.from_torch(p.contiguous(), dtype=scalar),
                       wp.from_torch(params.contiguous(), dtype=scalar),
                       wp.from_torch(action.contiguous(), dtype=scalar),
                       wp.from_torch(grid, dtype=node)])
-    return grid.reshape((size,) * dim + (dim + 1,))
+    return grid.reshape((batch,) + (size,) * dim + (dim + 1,))

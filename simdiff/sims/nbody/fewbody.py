@@ -1,14 +1,14 @@
-"""Whole-interval integration of many small systems, one Warp thread per system.
+"""The compiled few-body loop behind ``NBody.evolve``: Warp kernels, one thread per world.
 
-Why this exists beside :class:`~simdiff.sims.nbody.NBody`: RL time-stepping and its evaluation
-run millions of steps of three-body systems. Driven from Python, every step pays a kernel
-launch, the step criterion's reductions and several torch calls (~0.5 ms a step for three
-bodies), so an episode at ``eta = 1e-4`` takes minutes. Here one launch advances a batch of
-systems to a target time, each thread looping over its system's adaptive steps in compiled
-code (~1 µs a three-body step). The integrators and step criteria are the same algorithms as
-``integrators.py`` and ``NBody.next_dt``, operation for operation, and a test checks that both
-paths give the same trajectory; this path is float64, forward only (step choice is not
-differentiated anyway).
+RL time-stepping, its evaluation and IAS15 runs take millions of steps of three-body systems.
+Driven from Python, every step pays kernel launches, the step criterion's reductions and many
+small torch calls (~0.5 ms a Hermite step, ~3 ms an IAS15 step); here one launch advances every
+world to its end time, each thread looping over its world's adaptive steps in compiled code
+(about a microsecond per three-body Hermite step). The integrators and step criteria are those
+of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation (tests
+check that both give the same trajectories); every accepted step size is recorded so that
+:mod:`~simdiff.sims.nbody.evolve` can replay them differentiably. float64; positions and
+velocities are Kahan-compensated as in the torch integrators.
 """
 
 from __future__ import annotations
@@ -16,155 +16,168 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 import warp as wp
 
 from simdiff.backend import resolve_backend
-from simdiff.sims.base import ValidationError
+from simdiff.sims.nbody.integrators import (
+    MAX_ITERATIONS,
+    PREDICTOR_CORRECTOR_EPSILON,
+    RADAU,
+    RADAU_NODES,
+    SAFETY,
+)
 from simdiff.sims.nbody.model import Integrator, StepCriterion
+from simdiff.sims.nbody.state import State
 
-__all__ = ["FewBody", "Status"]
+__all__ = ["advance", "supports"]
 
-_INTEGRATOR_ID = {Integrator.LEAPFROG: 0, Integrator.RK4: 1, Integrator.HERMITE: 2}
+FEW_BODIES = 16
+"""Worlds of at most this many bodies take the compiled loop."""
+
+_INTEGRATOR_ID = {Integrator.LEAPFROG: 0, Integrator.RK4: 1, Integrator.HERMITE: 2,
+                  Integrator.IAS15: 3}
 _CRITERION_ID = {StepCriterion.AARSETH: 0, StepCriterion.COLLISION: 1}
-
-
-class Status:
-    """Per-system outcome codes of :meth:`FewBody.advance`."""
-
-    OK = 0
-    DT_BELOW_MIN = 1
-    MAX_STEPS = 2
+RECORD_OVERFLOW = 4
+F64 = wp.float64
 
 
 @wp.func
-def _gravity(i: int, base: int, n: int, x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
-             mass: wp.array(dtype=wp.float64), g: wp.float64, eps2: wp.float64,
-             a_out: wp.array(dtype=wp.vec3d), j_out: wp.array(dtype=wp.vec3d)):
-    xi = x[base + i]
-    vi = v[base + i]
-    acc = wp.vec3d()
-    jerk = wp.vec3d()
-    for k in range(n):
-        if k != i:
-            dx = x[base + k] - xi
-            dv = v[base + k] - vi
-            r2 = wp.dot(dx, dx) + eps2
-            inv_r = wp.float64(1.0) / wp.sqrt(r2)
-            inv_r3 = inv_r * inv_r * inv_r
-            gm = g * mass[base + k]
-            acc = acc + gm * inv_r3 * dx
-            rv = wp.dot(dx, dv) * inv_r * inv_r
-            jerk = jerk + gm * inv_r3 * (dv - wp.float64(3.0) * rv * dx)
-    a_out[base + i] = acc
-    j_out[base + i] = jerk
+def _kahan(total: wp.vec3d, error: wp.vec3d, increment: wp.vec3d):
+    y = increment - error
+    t = total + y
+    return t, (t - total) - y
 
 
 @wp.func
-def _all_gravity(base: int, n: int, x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
-                 mass: wp.array(dtype=wp.float64), g: wp.float64, eps2: wp.float64,
+def _all_gravity(s: int, n: int, x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
+                 mass: wp.array(dtype=F64), g: F64, eps2: F64,
                  a_out: wp.array(dtype=wp.vec3d), j_out: wp.array(dtype=wp.vec3d)):
+    base = s * n
     for i in range(n):
-        _gravity(i, base, n, x, v, mass, g, eps2, a_out, j_out)
+        xi = x[base + i]
+        vi = v[base + i]
+        acc = wp.vec3d()
+        jerk = wp.vec3d()
+        for k in range(n):
+            if k != i:
+                dx = x[base + k] - xi
+                dv = v[base + k] - vi
+                inv_r = F64(1.0) / wp.sqrt(wp.dot(dx, dx) + eps2)
+                inv_r3 = inv_r * inv_r * inv_r
+                gm = g * mass[base + k]
+                acc = acc + gm * inv_r3 * dx
+                rv = wp.dot(dx, dv) * inv_r * inv_r
+                jerk = jerk + gm * inv_r3 * (dv - F64(3.0) * rv * dx)
+        a_out[base + i] = acc
+        j_out[base + i] = jerk
 
 
 @wp.func
-def _criterion_dt(base: int, n: int, criterion: int, eta: wp.float64,
-                  x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
-                  a: wp.array(dtype=wp.vec3d), jerk: wp.array(dtype=wp.vec3d),
-                  snap: wp.array(dtype=wp.vec3d), crackle: wp.array(dtype=wp.vec3d),
-                  mass: wp.array(dtype=wp.float64), g: wp.float64) -> wp.float64:
-    best = wp.float64(1.0e300)
+def _criterion(s: int, n: int, criterion: int, x: wp.array(dtype=wp.vec3d),
+               v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+               jerk: wp.array(dtype=wp.vec3d), snap: wp.array(dtype=wp.vec3d),
+               crackle: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64) -> F64:
+    """The time scale of NBody._criterion (next_dt / eta)."""
+    base = s * n
+    best = F64(1.0e300)
     if criterion == 1:
         for i in range(n):
             for k in range(n):
                 if k != i:
                     r = wp.length(x[base + k] - x[base + i])
-                    vr = wp.max(wp.length(v[base + k] - v[base + i]), wp.float64(1.0e-300))
+                    vr = wp.max(wp.length(v[base + k] - v[base + i]), F64(1.0e-300))
                     free_fall = wp.sqrt(r * r * r / (g * (mass[base + i] + mass[base + k])))
                     best = wp.min(best, wp.min(free_fall, r / vr))
-        return eta * best
-    snap_max = wp.float64(0.0)
+        return best
+    snap_max = F64(0.0)
     for i in range(n):
         snap_max = wp.max(snap_max, wp.length(snap[base + i]))
     for i in range(n):
         an = wp.length(a[base + i])
         jn = wp.length(jerk[base + i])
-        if snap_max > wp.float64(0.0):
-            sn = wp.length(snap[base + i])
-            cn = wp.length(crackle[base + i])
-            best = wp.min(best, wp.sqrt((an * sn + jn * jn) / (jn * cn + sn * sn)))
-        else:
-            best = wp.min(best, an / jn)
-    if best >= wp.float64(1.0e300):
-        # Bodies at rest have no jerk: the shortest pair free-fall time sets the first step.
+        if an > F64(0.0) and jn > F64(0.0):
+            if snap_max > F64(0.0):
+                sn = wp.length(snap[base + i])
+                cn = wp.length(crackle[base + i])
+                value = wp.sqrt((an * sn + jn * jn) / (jn * cn + sn * sn))
+                if value > F64(0.0) and value < F64(1.0e300):
+                    best = wp.min(best, value)
+            else:
+                best = wp.min(best, an / jn)
+    if best >= F64(1.0e300):
+        # No body with both an acceleration and a jerk: the shortest pair free-fall time.
         for i in range(n):
             for k in range(n):
                 if k != i:
                     r = wp.length(x[base + k] - x[base + i])
                     best = wp.min(best, wp.sqrt(r * r * r / (g * (mass[base + i]
                                                                   + mass[base + k]))))
-    return eta * best
+    return best
 
 
 @functools.cache
 def _advance_kernel():
     @wp.kernel(enable_backward=False)
     def advance(
-        n: int,
-        integrator: int,
-        criterion: int,
-        eta: wp.array(dtype=wp.float64),
-        t_end: wp.array(dtype=wp.float64),
-        settings: wp.array(dtype=wp.float64),  # [G, softening, dt_max, dt_min]
-        max_steps: int,
-        mass: wp.array(dtype=wp.float64),
-        x: wp.array(dtype=wp.vec3d),
-        v: wp.array(dtype=wp.vec3d),
-        a: wp.array(dtype=wp.vec3d),
-        jerk: wp.array(dtype=wp.vec3d),
-        snap: wp.array(dtype=wp.vec3d),
-        crackle: wp.array(dtype=wp.vec3d),
-        time: wp.array(dtype=wp.float64),
-        # Scratch, one slot a body: stage positions, velocities, forces and RK4 sums.
-        sx: wp.array(dtype=wp.vec3d),
-        sv: wp.array(dtype=wp.vec3d),
-        sa: wp.array(dtype=wp.vec3d),
-        sj: wp.array(dtype=wp.vec3d),
-        sum_x: wp.array(dtype=wp.vec3d),
-        sum_v: wp.array(dtype=wp.vec3d),
+        n: int, integrator: int, criterion: int, tolerance: F64, dt_min: F64, max_steps: int,
+        capacity: int, recording: int,
+        radau: wp.array(dtype=F64),  # nodes [8], C [49], D [49], shift [49]
+        eta: wp.array(dtype=F64), t_end: wp.array(dtype=F64), gp: wp.array(dtype=F64),
+        dt_max: wp.array(dtype=F64), mass: wp.array(dtype=F64),
+        x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+        jerk: wp.array(dtype=wp.vec3d), snap: wp.array(dtype=wp.vec3d),
+        crackle: wp.array(dtype=wp.vec3d), cx: wp.array(dtype=wp.vec3d),
+        cv: wp.array(dtype=wp.vec3d), ias_b: wp.array(dtype=wp.vec3d),
+        ias_e: wp.array(dtype=wp.vec3d), last_step: wp.array(dtype=F64),
+        time_step: wp.array(dtype=F64), time: wp.array(dtype=F64),
         evaluations: wp.array(dtype=wp.int64),
-        steps: wp.array(dtype=wp.int64),
+        # Scratch: stage positions, velocities, forces, RK4 sums; IAS15's b, g, e.
+        sx: wp.array(dtype=wp.vec3d), sv: wp.array(dtype=wp.vec3d),
+        sa: wp.array(dtype=wp.vec3d), sj: wp.array(dtype=wp.vec3d),
+        sum_x: wp.array(dtype=wp.vec3d), sum_v: wp.array(dtype=wp.vec3d),
+        wb: wp.array(dtype=wp.vec3d), wg: wp.array(dtype=wp.vec3d),
+        we: wp.array(dtype=wp.vec3d),
+        record: wp.array(dtype=F64), recorded: wp.array(dtype=wp.int32),
         status: wp.array(dtype=wp.int32),
     ):
         s = wp.tid()
         base = s * n
-        g = settings[0]
-        eps2 = settings[1] * settings[1]
-        dt_max = settings[2]
-        dt_min = settings[3]
-        half = wp.float64(0.5)
+        g = gp[2 * s]
+        eps2 = gp[2 * s + 1] * gp[2 * s + 1]
+        half = F64(0.5)
         t = time[s]
         end = t_end[s]
         taken = wp.int32(0)  # a dynamic variable: Warp refuses to mutate a literal 0
         status[s] = wp.int32(0)
-        while t < end * (wp.float64(1.0) - wp.float64(1.0e-12)):
-            dt = _criterion_dt(base, n, criterion, eta[s], x, v, a, jerk, snap, crackle, mass, g)
-            if not (dt >= dt_min):
-                status[s] = wp.int32(1)
-                break
+        trial = time_step[s]
+        if not (trial > F64(0.0)):
+            trial = dt_max[s]
+        while t < end * (F64(1.0) - F64(1.0e-14)):
             if taken >= max_steps:
                 status[s] = wp.int32(2)
                 break
-            dt = wp.min(dt, dt_max)
+            if recording != 0 and recorded[s] >= capacity:
+                status[s] = wp.int32(4)
+                break
+            dt = dt_max[s]
+            if integrator == 3:
+                dt = trial
+            elif eta[s] > F64(0.0):
+                dt = eta[s] * _criterion(s, n, criterion, x, v, a, jerk, snap, crackle, mass, g)
+                if not (dt >= dt_min):
+                    status[s] = wp.int32(1)
+                    break
+                dt = wp.min(dt, dt_max[s])
             dt = wp.min(dt, end - t)
             if integrator == 2:
                 # Hermite PEC, as integrators.hermite.
                 for i in range(n):
                     p = base + i
-                    sx[p] = x[p] + dt * (v[p] + dt / wp.float64(2.0) * (
-                        a[p] + dt / wp.float64(3.0) * jerk[p]))
-                    sv[p] = v[p] + dt * (a[p] + dt / wp.float64(2.0) * jerk[p])
-                _all_gravity(base, n, sx, sv, mass, g, eps2, sa, sj)
+                    sx[p] = x[p] + dt * (v[p] + dt / F64(2.0) * (
+                        a[p] + dt / F64(3.0) * jerk[p]))
+                    sv[p] = v[p] + dt * (a[p] + dt / F64(2.0) * jerk[p])
+                _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
                 evaluations[s] = evaluations[s] + wp.int64(1)
                 for i in range(n):
                     p = base + i
@@ -172,16 +185,17 @@ def _advance_kernel():
                     j0 = jerk[p]
                     a1 = sa[p]
                     j1 = sj[p]
-                    v1 = v[p] + dt / wp.float64(2.0) * (a0 + a1) + dt * dt / wp.float64(12.0) * (
-                        j0 - j1)
-                    x1 = x[p] + dt / wp.float64(2.0) * (v[p] + v1) + dt * dt / wp.float64(
-                        12.0) * (a0 - a1)
-                    snap0 = (wp.float64(-6.0) * (a0 - a1) - dt * (
-                        wp.float64(4.0) * j0 + wp.float64(2.0) * j1)) / (dt * dt)
-                    crack = (wp.float64(12.0) * (a0 - a1) + wp.float64(6.0) * dt * (
-                        j0 + j1)) / (dt * dt * dt)
+                    dv = dt / F64(2.0) * (a0 + a1) + dt * dt / F64(12.0) * (j0 - j1)
+                    v1, cv1 = _kahan(v[p], cv[p], dv)
+                    dx = dt / F64(2.0) * (v[p] + v1) + dt * dt / F64(12.0) * (a0 - a1)
+                    x1, cx1 = _kahan(x[p], cx[p], dx)
+                    snap0 = (F64(-6.0) * (a0 - a1) - dt * (
+                        F64(4.0) * j0 + F64(2.0) * j1)) / (dt * dt)
+                    crack = (F64(12.0) * (a0 - a1) + F64(6.0) * dt * (j0 + j1)) / (dt * dt * dt)
                     x[p] = x1
+                    cx[p] = cx1
                     v[p] = v1
+                    cv[p] = cv1
                     a[p] = a1
                     jerk[p] = j1
                     snap[p] = snap0 + dt * crack
@@ -190,17 +204,23 @@ def _advance_kernel():
                 # Kick-drift-kick, as integrators.leapfrog.
                 for i in range(n):
                     p = base + i
-                    sv[p] = v[p] + half * dt * a[p]
-                    sx[p] = x[p] + dt * sv[p]
-                _all_gravity(base, n, sx, sv, mass, g, eps2, sa, sj)
+                    vh, cvh = _kahan(v[p], cv[p], half * dt * a[p])
+                    sv[p] = vh
+                    cv[p] = cvh
+                    x1, cx1 = _kahan(x[p], cx[p], dt * vh)
+                    sx[p] = x1
+                    cx[p] = cx1
+                _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
                 evaluations[s] = evaluations[s] + wp.int64(1)
                 for i in range(n):
                     p = base + i
                     x[p] = sx[p]
-                    v[p] = sv[p] + half * dt * sa[p]
+                    v1, cv1 = _kahan(sv[p], cv[p], half * dt * sa[p])
+                    v[p] = v1
+                    cv[p] = cv1
                     a[p] = sa[p]
                     jerk[p] = sj[p]
-            else:
+            elif integrator == 1:
                 # Classical RK4, as integrators.rk4: stages k = 1, 2, 3 then the final forces.
                 for i in range(n):
                     p = base + i
@@ -209,11 +229,11 @@ def _advance_kernel():
                     sx[p] = x[p] + half * dt * v[p]
                     sv[p] = v[p] + half * dt * a[p]
                 for stage in range(3):
-                    _all_gravity(base, n, sx, sv, mass, g, eps2, sa, sj)
-                    weight = wp.float64(2.0)
+                    _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
+                    weight = F64(2.0)
                     scale = half * dt
                     if stage == 2:
-                        weight = wp.float64(1.0)
+                        weight = F64(1.0)
                     if stage == 1:
                         scale = dt
                     for i in range(n):
@@ -226,159 +246,269 @@ def _advance_kernel():
                             sv[p] = v[p] + scale * sa[p]
                 for i in range(n):
                     p = base + i
-                    x[p] = x[p] + dt / wp.float64(6.0) * sum_x[p]
-                    v[p] = v[p] + dt / wp.float64(6.0) * sum_v[p]
-                _all_gravity(base, n, x, v, mass, g, eps2, a, jerk)
+                    x1, cx1 = _kahan(x[p], cx[p], dt / F64(6.0) * sum_x[p])
+                    v1, cv1 = _kahan(v[p], cv[p], dt / F64(6.0) * sum_v[p])
+                    x[p] = x1
+                    cx[p] = cx1
+                    v[p] = v1
+                    cv[p] = cv1
+                _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
                 evaluations[s] = evaluations[s] + wp.int64(4)
+            else:
+                # IAS15, as integrators.ias15 with NBody._advance's rejection.
+                proposal = F64(0.0)
+                tries = wp.int32(0)
+                while tries < 64:
+                    tries = tries + wp.int32(1)
+                    last = last_step[s]
+                    ratio = F64(0.0)
+                    if last > F64(0.0):
+                        ratio = dt / last
+                    predict = last > F64(0.0) and ratio <= F64(20.0)
+                    for i in range(n):
+                        q = ratio
+                        for j in range(7):
+                            e_j = wp.vec3d()
+                            for k in range(j, 7):
+                                e_j = e_j + radau[106 + j * 7 + k] * ias_b[(s * 7 + k) * n + i]
+                            w = (s * 7 + j) * n + i
+                            if predict:
+                                we[w] = q * e_j
+                                wb[w] = q * e_j + (ias_b[w] - ias_e[w])
+                            else:
+                                we[w] = wp.vec3d()
+                                wb[w] = wp.vec3d()
+                            q = q * ratio
+                        for k in range(7):
+                            gk = wp.vec3d()
+                            for j in range(7):
+                                gk = gk + radau[57 + j * 7 + k] * wb[(s * 7 + j) * n + i]
+                            wg[(s * 7 + k) * n + i] = gk
+                    error = F64(1.0e300)
+                    error_last = F64(2.0)
+                    iterations = wp.int32(0)
+                    while True:
+                        if error < F64(PREDICTOR_CORRECTOR_EPSILON):
+                            break
+                        if iterations > 2 and error_last <= error:
+                            break
+                        if iterations >= MAX_ITERATIONS:
+                            break
+                        error_last = error
+                        iterations = iterations + wp.int32(1)
+                        for m in range(1, 8):
+                            hm = radau[m]
+                            for i in range(n):
+                                p = base + i
+                                poly = wb[(s * 7 + 6) * n + i] * (hm / F64(72.0))
+                                poly = (poly + wb[(s * 7 + 5) * n + i] / F64(56.0)) * hm
+                                poly = (poly + wb[(s * 7 + 4) * n + i] / F64(42.0)) * hm
+                                poly = (poly + wb[(s * 7 + 3) * n + i] / F64(30.0)) * hm
+                                poly = (poly + wb[(s * 7 + 2) * n + i] / F64(20.0)) * hm
+                                poly = (poly + wb[(s * 7 + 1) * n + i] / F64(12.0)) * hm
+                                poly = (poly + wb[(s * 7 + 0) * n + i] / F64(6.0)) * hm
+                                poly = poly + a[p] / F64(2.0)
+                                sx[p] = x[p] - cx[p] + dt * hm * (v[p] + dt * hm * poly)
+                            _all_gravity(s, n, sx, v, mass, g, eps2, sa, sj)
+                            evaluations[s] = evaluations[s] + wp.int64(1)
+                            largest = F64(0.0)
+                            changed = F64(0.0)
+                            for i in range(n):
+                                p = base + i
+                                tmp = (sa[p] - a[p]) / hm
+                                for r in range(1, m):
+                                    tmp = (tmp - wg[(s * 7 + r - 1) * n + i]) / (hm - radau[r])
+                                w = (s * 7 + m - 1) * n + i
+                                change = tmp - wg[w]
+                                wg[w] = tmp
+                                for j in range(m):
+                                    wj = (s * 7 + j) * n + i
+                                    wb[wj] = wb[wj] + radau[8 + (m - 1) * 7 + j] * change
+                                if m == 7:
+                                    for c in range(3):
+                                        largest = wp.max(largest, wp.abs(sa[p][c]))
+                                        changed = wp.max(changed, wp.abs(change[c]))
+                            if m == 7:
+                                error = changed / largest
+                    # PRS23 on the converged polynomial, as integrators._prs23.
+                    tau2 = F64(1.0e300)
+                    for i in range(n):
+                        p = base + i
+                        y2v = a[p]
+                        y3v = wp.vec3d()
+                        y4v = wp.vec3d()
+                        for k in range(7):
+                            bk = wb[(s * 7 + k) * n + i]
+                            kk = F64(float(k + 1))
+                            y2v = y2v + bk
+                            y3v = y3v + kk * bk
+                            y4v = y4v + kk * (kk - F64(1.0)) * bk
+                        y2 = wp.dot(y2v, y2v)
+                        y3 = wp.dot(y3v, y3v)
+                        y4 = wp.dot(y4v, y4v)
+                        value = F64(2.0) * y2 / (y3 + wp.sqrt(y2 * y4))
+                        if wp.dot(a[p], a[p]) > F64(0.0) and value > F64(0.0) and value < F64(
+                                1.0e300):
+                            tau2 = wp.min(tau2, value)
+                    grow = dt / F64(SAFETY)
+                    proposal = grow
+                    if tau2 < F64(1.0e300):
+                        proposal = wp.min(wp.sqrt(tau2) * dt * wp.pow(
+                            tolerance * F64(5040.0), F64(1.0) / F64(7.0)), grow)
+                    if proposal < F64(SAFETY) * dt and dt > dt_min:
+                        dt = wp.max(proposal, dt_min)
+                        continue
+                    break
+                for i in range(n):
+                    p = base + i
+                    # Term by term into the compensated sums, smallest first (each term's
+                    # rounding is then kept, not only the sum's).
+                    x1 = x[p]
+                    cx1 = cx[p]
+                    v1 = v[p]
+                    cv1 = cv[p]
+                    for term in range(9):
+                        # Increments from b_6 down to a0 and v0 (term = 7, 8).
+                        ix = v[p] * dt
+                        iv = a[p] * dt
+                        if term < 7:
+                            kb = 6 - term
+                            bk = wb[(s * 7 + kb) * n + i]
+                            ix = bk / F64(float((kb + 2) * (kb + 3))) * dt * dt
+                            iv = bk / F64(float(kb + 2)) * dt
+                        if term == 7:
+                            ix = a[p] / F64(2.0) * dt * dt
+                        y = ix - cx1
+                        tx = x1 + y
+                        cx1 = (tx - x1) - y
+                        x1 = tx
+                        if term != 7:
+                            y = iv - cv1
+                            tv = v1 + y
+                            cv1 = (tv - v1) - y
+                            v1 = tv
+                    x[p] = x1
+                    cx[p] = cx1
+                    v[p] = v1
+                    cv[p] = cv1
+                    for k in range(7):
+                        w = (s * 7 + k) * n + i
+                        ias_b[w] = wb[w]
+                        ias_e[w] = we[w]
+                _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
+                evaluations[s] = evaluations[s] + wp.int64(1)
+                last_step[s] = dt
+                time_step[s] = proposal
+                trial = proposal
+            if integrator != 3:
+                last_step[s] = dt
+            if recording != 0:
+                record[s * capacity + recorded[s]] = dt
+            recorded[s] = recorded[s] + wp.int32(1)
             t = t + dt
             taken = taken + wp.int32(1)
+            worst = F64(0.0)
+            for i in range(n):
+                worst = wp.max(worst, wp.dot(x[base + i], x[base + i]) + wp.dot(v[base + i],
+                                                                                v[base + i]))
+            if not (worst < F64(1.0e300)):
+                status[s] = wp.int32(3)
+                break
         time[s] = t
-        steps[s] = steps[s] + wp.int64(taken)
 
     return advance
 
 
 @functools.cache
-def _forces_kernel():
-    @wp.kernel(enable_backward=False)
-    def forces(n: int, settings: wp.array(dtype=wp.float64), mass: wp.array(dtype=wp.float64),
-               x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
-               a: wp.array(dtype=wp.vec3d), jerk: wp.array(dtype=wp.vec3d)):
-        s = wp.tid()
-        _all_gravity(s * n, n, x, v, mass, settings[0], settings[1] * settings[1], a, jerk)
-
-    return forces
+def _radau(device: str):
+    values = np.concatenate([np.array(RADAU_NODES), RADAU["C"].ravel(), RADAU["D"].ravel(),
+                             RADAU["shift"].ravel()])
+    return wp.array(values, dtype=wp.float64, device=device)
 
 
-class FewBody:
-    """A batch of independent small N-body systems advanced together (float64, Warp on CPU).
+def supports(sim) -> bool:
+    """Whether ``sim``'s worlds take the compiled loop (few bodies)."""
+    return sim.model.body_count <= FEW_BODIES
 
-    Args:
-        mass: Body masses, shape ``[systems, bodies]``.
-        x: Positions, shape ``[systems, bodies, 3]``.
-        v: Velocities, shape ``[systems, bodies, 3]``.
-        integrator: ``hermite``, ``leapfrog`` or ``rk4``.
-        criterion: ``aarseth`` or ``collision`` (as :class:`~simdiff.sims.nbody.Model`).
-        gravitational_constant, softening: As in the model.
-        dt_max: Largest step (the model's ``dt``).
-        dt_min: A smaller adaptive step stops that system with ``Status.DT_BELOW_MIN``.
 
-    Attributes:
-        evaluations: Force evaluations each system has paid, shape ``[systems]`` (the initial
-            one excluded, as :class:`~simdiff.sims.nbody.NBody` counts steps only).
-        steps: Steps each system has taken.
+def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None,
+            max_steps: int, *, record: bool = False, capacity: int = 4096):
+    """Every world of ``state`` advanced to its ``t_end`` in one launch.
+
+    Returns:
+        The final state (on the simulator's device and precision, detached), each world's
+        status code ``[B]`` (``sim.last_steps`` gets each world's step count), and (with ``record``) the accepted step sizes ``[B, S]`` (0 past
+        a world's last step).
     """
+    resolve_backend("warp", precision="float64").ensure_initialized()
+    b, n = sim.batch_size, sim.model.body_count
+    model = sim.model
+    device = "cpu" if state.body_x.device.type == "cpu" else f"cuda:{state.body_x.device.index or 0}"
+    f64 = torch.float64
 
-    def __init__(self, mass, x, v, *, integrator: str = "hermite", criterion: str = "aarseth",
-                 gravitational_constant: float = 1.0, softening: float = 0.0,
-                 dt_max: float = 0.1, dt_min: float = 1e-12) -> None:
-        try:
-            self.integrator = Integrator(integrator)
-        except ValueError:
-            allowed = ", ".join(i.value for i in Integrator)
-            raise ValidationError(f"integrator={integrator!r} is unknown; allowed: {allowed}") from None
-        try:
-            self.criterion = StepCriterion(criterion)
-        except ValueError:
-            allowed = ", ".join(c.value for c in StepCriterion)
-            raise ValidationError(f"criterion={criterion!r} is unknown; allowed: {allowed}") from None
-        mass = np.asarray(mass, dtype=np.float64)
-        x, v = np.asarray(x, dtype=np.float64), np.asarray(v, dtype=np.float64)
-        if mass.ndim != 2 or x.shape != (*mass.shape, 3) or v.shape != x.shape:
-            raise ValidationError(
-                f"mass must have shape [systems, bodies] and x, v [systems, bodies, 3]; got "
-                f"{mass.shape}, {x.shape}, {v.shape}")
-        if not (mass > 0).all():
-            raise ValidationError("mass must be > 0 for every body")
-        if not (dt_max > 0 and 0 < dt_min < dt_max):
-            raise ValidationError(f"need 0 < dt_min={dt_min} < dt_max={dt_max}")
-        resolve_backend("warp", precision="float64").ensure_initialized()
-        self.systems, self.bodies = mass.shape
-        self.settings = np.array([gravitational_constant, softening, dt_max, dt_min])
-        self._settings = wp.array(self.settings, dtype=wp.float64, device="cpu")
-        self._mass = wp.array(mass.reshape(-1), dtype=wp.float64, device="cpu")
-        self.mass = mass
+    def buf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(f64).contiguous().clone()
 
-        def vectors(values=None):
-            values = np.zeros((self.systems * self.bodies, 3)) if values is None else values
-            return wp.array(values.reshape(-1, 3), dtype=wp.vec3d, device="cpu")
+    vec_names = ("body_x", "body_v", "body_a", "body_jerk", "body_snap", "body_crackle",
+                 "body_x_err", "body_v_err")
+    if model.integrator is Integrator.IAS15:
+        coefficient_names = ("ias_b", "ias_e")
+    else:
+        coefficient_names = ()
+    while True:
+        values = {name: buf(getattr(state, name)) for name in vec_names}
+        stages = 7
+        zeros = state.body_x.new_zeros(b, stages, n, 3, dtype=f64)
+        coefficients = {name: buf(getattr(state, name)) if name in coefficient_names
+                        else zeros.clone() for name in ("ias_b", "ias_e")}
+        scalars = {name: buf(getattr(state, name)) for name in ("last_step", "time_step",
+                                                                "time")}
+        evaluations = state.force_evaluations.detach().to(torch.int64).contiguous().clone()
+        like = values["body_x"]
+        scratch = [torch.zeros_like(like) for _ in range(6)]
+        coefficient_scratch = [torch.zeros_like(zeros) for _ in range(3)]
+        cap = capacity if record else 1
+        steps = torch.zeros(b, cap, dtype=f64, device=like.device)
+        recorded = torch.zeros(b, dtype=torch.int32, device=like.device)
+        status = torch.zeros(b, dtype=torch.int32, device=like.device)
+        gp = torch.stack([p.gravitational_constant, p.softening], 1).detach().to(f64)
+        eta = (etas if etas is not None else torch.zeros(b)).to(like).contiguous()
+        if model.integrator is Integrator.IAS15:
+            eta = torch.zeros_like(eta)
 
-        self._x, self._v = vectors(x), vectors(v)
-        self._a, self._jerk, self._snap, self._crackle = (vectors() for _ in range(4))
-        self._scratch = [vectors() for _ in range(6)]
-        self._time = wp.zeros(self.systems, dtype=wp.float64, device="cpu")
-        self._evaluations = wp.zeros(self.systems, dtype=wp.int64, device="cpu")
-        self._steps = wp.zeros(self.systems, dtype=wp.int64, device="cpu")
-        self._status = wp.zeros(self.systems, dtype=wp.int32, device="cpu")
-        wp.launch(_forces_kernel(), dim=self.systems, device="cpu",
-                  inputs=[self.bodies, self._settings, self._mass, self._x, self._v, self._a,
-                          self._jerk])
-        self.initial_energy = self.energy()
+        def vec(t: torch.Tensor):
+            return wp.from_torch(t.reshape(-1, 3), dtype=wp.vec3d)
 
-    @property
-    def x(self) -> np.ndarray:
-        """Positions, shape ``[systems, bodies, 3]`` (a copy)."""
-        return self._x.numpy().reshape(self.systems, self.bodies, 3).copy()
+        def flat(t: torch.Tensor, dtype=wp.float64):
+            return wp.from_torch(t.reshape(-1), dtype=dtype)
 
-    @property
-    def v(self) -> np.ndarray:
-        """Velocities, shape ``[systems, bodies, 3]`` (a copy)."""
-        return self._v.numpy().reshape(self.systems, self.bodies, 3).copy()
-
-    @property
-    def time(self) -> np.ndarray:
-        return self._time.numpy().copy()
-
-    @property
-    def evaluations(self) -> np.ndarray:
-        return self._evaluations.numpy().copy()
-
-    @property
-    def steps(self) -> np.ndarray:
-        return self._steps.numpy().copy()
-
-    def advance(self, t_end, eta, *, max_steps: int = 10_000_000) -> np.ndarray:
-        """Advance every system to its ``t_end`` with accuracy parameter ``eta`` (scalars or
-        arrays of shape ``[systems]``), the last step shortened to land on ``t_end``.
-
-        Returns:
-            The :class:`Status` code of each system; a system that stopped early keeps the
-            state and time it reached.
-        """
-        t_end = np.broadcast_to(np.asarray(t_end, dtype=np.float64), (self.systems,))
-        eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (self.systems,))
-        if not (eta > 0).all():
-            raise ValidationError(f"eta must be > 0; got {eta.min()}")
         wp.launch(
-            _advance_kernel(), dim=self.systems, device="cpu",
-            inputs=[self.bodies, _INTEGRATOR_ID[self.integrator], _CRITERION_ID[self.criterion],
-                    wp.array(np.ascontiguousarray(eta), dtype=wp.float64, device="cpu"),
-                    wp.array(np.ascontiguousarray(t_end), dtype=wp.float64, device="cpu"),
-                    self._settings, max_steps, self._mass, self._x, self._v, self._a,
-                    self._jerk, self._snap, self._crackle, self._time, *self._scratch,
-                    self._evaluations, self._steps, self._status],
+            _advance_kernel(), dim=b, device=device,
+            inputs=[n, _INTEGRATOR_ID[model.integrator], _CRITERION_ID[model.criterion],
+                    float(model.tolerance), float(model.dt_min), int(min(max_steps, 2**31 - 1)),
+                    cap, int(record), _radau(device), flat(eta),
+                    flat(t_end.detach().to(like).contiguous()), flat(gp.contiguous()),
+                    flat(p.dt.detach().to(like).contiguous()),
+                    flat(p.body_mass.detach().to(like).contiguous()),
+                    *(vec(values[name]) for name in vec_names),
+                    vec(coefficients["ias_b"]), vec(coefficients["ias_e"]),
+                    *(flat(scalars[name]) for name in ("last_step", "time_step", "time")),
+                    flat(evaluations, wp.int64), *(vec(t) for t in scratch),
+                    *(vec(t) for t in coefficient_scratch), flat(steps),
+                    flat(recorded, wp.int32), flat(status, wp.int32)],
         )
-        return self._status.numpy().copy()
-
-    def energy(self) -> np.ndarray:
-        """Kinetic plus softened potential energy of each system, shape ``[systems]``."""
-        x, v, m = self.x, self.v, self.mass
-        kinetic = 0.5 * (m * (v**2).sum(-1)).sum(-1)
-        d2 = ((x[:, :, None, :] - x[:, None, :, :]) ** 2).sum(-1) + self.settings[1] ** 2
-        upper = np.triu(np.ones((self.bodies, self.bodies), dtype=bool), 1)
-        inv = np.where(upper, 1 / np.sqrt(np.where(upper, d2, 1.0)), 0.0)
-        potential = -self.settings[0] * (m[:, :, None] * m[:, None, :] * inv).sum((-1, -2))
-        return kinetic + potential
-
-    def energy_error(self) -> np.ndarray:
-        """``|E / E0 - 1|`` of each system."""
-        return np.abs(self.energy() / self.initial_energy - 1)
-
-    def observe(self) -> np.ndarray:
-        """Positions and velocities in each system's center-of-mass frame, shape
-        ``[systems, bodies * 6]``: per body its position then its velocity, as ``NBody.observe``."""
-        w = (self.mass / self.mass.sum(1, keepdims=True))[:, :, None]
-        x, v = self.x, self.v
-        x = x - (w * x).sum(1, keepdims=True)
-        v = v - (w * v).sum(1, keepdims=True)
-        return np.concatenate([x, v], 2).reshape(self.systems, -1)
+        if record and bool((status == RECORD_OVERFLOW).any()):
+            capacity *= 4  # more steps than recorded: run again from the start
+            continue
+        break
+    dtype = state.body_x.dtype
+    fields = {name: values[name].to(dtype) for name in vec_names}
+    for name in ("ias_b", "ias_e"):
+        fields[name] = (coefficients[name].to(dtype) if name in coefficient_names
+                        else getattr(state, name).detach())
+    fields.update({name: scalars[name].to(dtype) for name in scalars})
+    fields["force_evaluations"] = evaluations
+    final = State(**fields)
+    used = int(recorded.max()) if record else 0
+    sim.last_steps = recorded.long().cpu()
+    return final, status.long().cpu(), (steps[:, :used] if record else None)

@@ -11,6 +11,7 @@ Each inverse problem is a ``design`` (a torch module holding what is optimized) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -33,19 +34,47 @@ __all__ = [
 ]
 
 
+def world_metrics(name: str, values: torch.Tensor) -> dict[str, float | list[float]]:
+    """A per-world ``[B]`` figure as ``{name: value}`` (B = 1) or its mean, min, max and
+    per-world values (the rollout module's convention)."""
+    try:
+        from simdiff.rollout import world_metrics as reduce
+    except ImportError:
+        reduce = None
+    if reduce is not None:
+        return reduce(name, values)
+    v = values.detach().double().cpu()
+    if v.numel() == 1:
+        return {name: float(v[0])}
+    return {name: float(v.mean()), f"{name}_min": float(v.min()), f"{name}_max": float(v.max()),
+            f"{name}_per_world": v.tolist()}
+
+
+def world_mean(result: Rollout, per_world: torch.Tensor) -> torch.Tensor:
+    """The mean over the rollout's alive worlds of a ``[B]`` loss."""
+    mean = getattr(result, "mean", None)
+    return mean(per_world) if callable(mean) else per_world.mean()
+
+
 def diagnostics_metrics(result: Rollout) -> dict[str, float]:
-    """Energy error, momenta, closest pair and cost of the rollout's final state."""
+    """Energy error, momenta, closest pair and cost of the rollout's final state, per world
+    reduced to mean, min and max."""
     sim = result.simulator
-    return sim.diagnostics(result.final) if isinstance(sim, NBody) else {}
+    if not isinstance(sim, NBody):
+        return {}
+    out: dict = {}
+    for name, values in sim.diagnostics(result.final).items():
+        out.update(world_metrics(name, values))
+    return out
 
 
-def observe(sim: NBody, state: State, count: int, every: int, *,
+def observe(sim: NBody, state: State, count: int, every: int, *, params=None,
             record_every: int = 0) -> tuple[list[State], Rollout]:
     """States at ``count`` observation times ``every`` steps apart, and the whole trajectory
     as one Rollout (frames merged) for metrics and rendering."""
     states, frames, start = [], {}, state
     for k in range(count):
-        part = rollout(sim, state, None, every, record_every=record_every)
+        part = rollout(sim, state, None, every, params=params, record_every=record_every)
         frames.update({k * every + t: s for t, s in part.frames.items()})
         state = part.final
         states.append(state)
@@ -64,16 +93,19 @@ class MassFit(nn.Module):
 
 
 def infer_masses_objective(observed: torch.Tensor, hidden: torch.Tensor, every: int):
-    """Mean squared distance between simulated and observed positions at the observation
-    times; the metric ``mass_error`` is the largest relative error of the recovered masses."""
+    """Mean squared distance between simulated and observed positions ``[B or 1, T, N, 3]``
+    at the observation times; the metric ``mass_error`` is the largest relative error of the
+    recovered masses."""
 
     def objective(sim: NBody, design: MassFit, record_every: int = 0):
         masses = design.masses()
-        sim.model.body_mass = masses
-        states, result = observe(sim, sim.initial_state(), observed.shape[0], every,
-                                 record_every=record_every)
-        predicted = torch.stack([s.body_x for s in states])
-        loss = ((predicted - observed.to(predicted)) ** 2).sum(-1).mean()
+        params = dataclasses.replace(sim.params(), body_mass=masses)
+        states, result = observe(sim, sim.initial_state(params=params), observed.shape[1],
+                                 every, params=params, record_every=record_every)
+        predicted = torch.stack([s.body_x for s in states], 1)  # [B, T, N, 3]
+        observed_ = observed.to(predicted)
+        per_world = ((predicted - observed_) ** 2).sum(-1).mean((1, 2))
+        loss = world_mean(result, per_world)
         error = ((masses.detach() - hidden.to(masses)) / hidden.to(masses)).abs().max()
         return loss, result, {"mass_error": float(error)}
 
@@ -100,11 +132,12 @@ def periodic_orbit_objective(steps: int):
 
     def objective(sim: NBody, design: OrbitFit, record_every: int = 0):
         period = design.period()
+        params = dataclasses.replace(sim.params(), dt=period / steps)
         start = sim.initial_state(design.x, design.v)
-        result = rollout(sim, start, None, steps, record_every=record_every,
-                         step_options={"dt": period / steps})
-        loss = ((result.final.body_x - design.x) ** 2).sum() + (
-            (result.final.body_v - design.v) ** 2).sum()
+        result = rollout(sim, start, None, steps, params=params, record_every=record_every)
+        per_world = ((result.final.body_x - design.x) ** 2).sum((1, 2)) + (
+            (result.final.body_v - design.v) ** 2).sum((1, 2))
+        loss = world_mean(result, per_world)
         return loss, result, {"period": float(period.detach())}
 
     return objective
@@ -125,12 +158,13 @@ def targeting_objective(probe: int, target: torch.Tensor, steps: int):
         x0 = sim.model.body_x.to(design.v)
         v0 = sim.model.body_v.to(design.v)
         mask = torch.zeros_like(v0)
-        mask[probe] = 1
+        mask[..., probe, :] = 1
         v = v0 * (1 - mask) + mask * design.v
         result = rollout(sim, sim.initial_state(x0, v), None, steps, record_every=record_every)
-        miss = (result.final.body_x[probe] - target.to(v)).norm()
-        return miss**2, result, {"miss_distance": float(miss.detach()),
-                                 "launch_speed": float(design.v.detach().norm())}
+        miss = (result.final.body_x[:, probe] - target.to(v)).norm(dim=-1)  # [B]
+        return world_mean(result, miss**2), result, {
+            **world_metrics("miss_distance", miss.detach()),
+            "launch_speed": float(design.v.detach().norm())}
 
     return objective
 
