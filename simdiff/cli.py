@@ -48,6 +48,20 @@ def _scene_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` items as a dict, values parsed as JSON where they parse."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from simdiff.scene import SceneError, list_controllers, list_scenes, load_scene
 
@@ -142,6 +156,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
+        controller_options=_key_values(args.controller_set, "--controller-set"),
     )
     out = Path(args.out or f"renders/train_{Path(args.scene).stem}")
     result = train(config, out, resume=args.resume, progress=not args.quiet)
@@ -288,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
     p.add_argument("--grad-normalize", action="store_true",
                    help="rescale every gradient to norm --clip (not only larger ones)")
+    p.add_argument("--controller-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="controller option, e.g. --controller-set activation=tanh (repeatable)")
     p.add_argument("--backprop-window", type=int, default=None, metavar="W",
                    help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=0)

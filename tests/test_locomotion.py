@@ -191,3 +191,18 @@ def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
     assert 0 <= figures["crawl_violation"] <= 1 and figures["velocity_error"] > 0
     assert out.stat().st_size > 0
     assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
+
+
+def test_ablation_sweep_spec_expands_to_runs_the_train_command_accepts():
+    from pathlib import Path
+
+    from simdiff.sweep import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    runs = load_spec(root / "sweeps" / "locomotion_ablation.yaml").expand()
+    assert len(runs) == 14  # 7 configurations x 2 seeds, each argv checked by the parser
+    argv = [" ".join(run.argv) for run in runs]
+    assert any('activation="tanh"' in a for a in argv)
+    assert {o for a in argv for o in ("adam", "sgd", "lion", "ademamix") if f"--optimizer {o} " in a} \
+        == {"adam", "sgd", "lion", "ademamix"}
+    assert {b for a in argv for b in ("1", "8", "32") if f"--batch {b} " in a} == {"1", "8", "32"}
