@@ -41,8 +41,10 @@ def _folder() -> Path:
 
 
 def list_benchmarks() -> list[str]:
-    """Names of the benchmark scripts (``benchmarks/NAME.py``)."""
-    return sorted(p.stem for p in _folder().glob("*.py") if not p.stem.startswith("_"))
+    """Names of the benchmark scripts (``benchmarks/NAME.py``; ``batch_*.py`` are the parts
+    of ``batch``)."""
+    return sorted(p.stem for p in _folder().glob("*.py")
+                  if not p.stem.startswith(("_", "batch_")))
 
 
 def _load(script: Path):
@@ -66,6 +68,9 @@ def run_benchmark(
     if not script.is_file():
         raise FileNotFoundError(f"benchmark {what!r} not found at {script}")
     bench = _load(script)
+    if not hasattr(bench, "CONFIGS"):  # a benchmark that drives its own runs (``batch``)
+        return bench.main([*(["--quick"] if quick else []), "--backend", backend,
+                           *(extra_args or []), *(["--json", str(out)] if out else [])])
     configs = [c for c in bench.CONFIGS if backend == "all" or c == backend]
     configs += [*getattr(bench, "REFERENCES", []), bench.BASELINE]
     rows: list[dict] = []

@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
-    p.add_argument("--out", help="also write the results as JSON to this path")
+    p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
 
     from simdiff.rl.cli import add_rl_parser

@@ -34,6 +34,7 @@ __all__ = [
     "load_scene",
     "make_simulator",
     "scene_dir",
+    "vary_worlds",
 ]
 
 # The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
@@ -137,6 +138,53 @@ def make_simulator(scene: Scene, backend: Backend, *, batch_size: int = 1) -> Si
     """The scene's simulator of ``batch_size`` worlds on ``backend``."""
     return SIMULATORS[scene.simulator](scene.model, backend,
                                        batch_size=check_batch_size(batch_size))
+
+
+def vary_worlds(
+    *,
+    state_noise: dict[str, float] | None = None,
+    param_spread: dict[str, tuple[int | None, float]] | None = None,
+) -> Callable[..., tuple[Any, Any]]:
+    """A :attr:`Scene.worlds` hook: world 0 is the scene as built, and every other world
+
+    - adds Gaussian noise of standard deviation ``state_noise[field]`` to that initial state
+      field (one of the simulator's ``initial_fields``; derived fields are recomputed),
+    - scales column ``c`` of params field ``f`` (``param_spread[f] = (c, spread)``; ``c`` None:
+      the whole field) by one factor per world drawn uniformly from ``[1 - spread, 1 + spread]``
+      (that field becomes per world, ``[B, ...]``).
+
+    Example: ``vary_worlds(param_spread={"spring_params": (0, 0.2)})`` gives every world but
+    the first its own spring stiffness, within 20% of the scene's.
+    """
+    state_noise, param_spread = state_noise or {}, param_spread or {}
+
+    def worlds(sim: Simulator, state, params, generator: torch.Generator):
+        b = sim.batch_size
+        others = torch.arange(b) > 0
+        fields = {}
+        for name, std in state_noise.items():
+            value = getattr(state, name)
+            noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
+            noise[~others] = 0
+            fields[name] = value + std * noise.to(value)
+        if fields:  # derived fields (accelerations, deformation) follow the perturbed ones
+            state = sim.state_from(**{n: fields.get(n, getattr(state, n))
+                                      for n in sim.initial_fields})
+        changed = {}
+        for name, (column, spread) in param_spread.items():
+            value = getattr(params.per_world(b), name).clone()
+            factor = 1 + spread * (2 * torch.rand(b, generator=generator, dtype=torch.float64) - 1)
+            factor = torch.where(others, factor, torch.ones_like(factor)).to(value)
+            shape = (b, *([1] * (value.dim() - 1)))
+            if column is None:
+                value = value * factor.reshape(shape)
+            else:
+                value[..., column] = value[..., column] * factor.reshape(shape[:-1])
+            changed[name] = value
+        params = type(params)(**{**dict(zip(params.field_names(), params.tensors())), **changed})
+        return state, params
+
+    return worlds
 
 
 def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any, Any]:
