@@ -206,3 +206,33 @@ def test_ablation_sweep_spec_expands_to_runs_the_train_command_accepts():
     assert {o for a in argv for o in ("adam", "sgd", "lion", "ademamix") if f"--optimizer {o} " in a} \
         == {"adam", "sgd", "lion", "ademamix"}
     assert {b for a in argv for b in ("1", "8", "32") if f"--batch {b} " in a} == {"1", "8", "32"}
+
+
+def test_mpm_goal_scene_gradient_matches_a_central_difference():
+    """The shared locomotion loss through the MPM robot: one directional derivative of the
+    velocity-tracking loss in the controller's output bias, float64."""
+    scene = load_scene("mpm_walker_goals", steps=6, period=6, window=3, grid_size=32)
+    sim = make_simulator(scene, resolve_backend("warp", "cpu", "float64"), batch_size=1)
+    torch.manual_seed(0)
+    controller = load_controller("goal_mlp", sim, scene, hidden=8, clocks=2,
+                                 duplicate=2).double()
+    schedule = scene.goals.schedule([("walk", 0.04)])
+    bias = controller.layers[-1].bias
+    direction = torch.tensor([1.0, -0.5, 0.25, 0.8], dtype=torch.float64)
+
+    def loss():
+        result = goal_rollout(sim, sim.initial_state(), controller, schedule, scene.steps)
+        return result.mean(locomotion_losses(result)["velocity"])
+
+    controller.zero_grad()
+    loss().backward()
+    analytic = float(bias.grad @ direction)
+    h = 1e-5
+    with torch.no_grad():
+        bias += h * direction
+        up = float(loss())
+        bias -= 2 * h * direction
+        down = float(loss())
+        bias += h * direction
+    assert analytic != 0
+    assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-4)
