@@ -8,6 +8,13 @@ with the builder's generic defaults the body was 3x softer for its weight, its m
 2.7x further and it was damped 15x less, so trained gaits crumpled (cells down to 15% of their
 rest area under random full-stroke actuation, inverted cells in trained gaits); with these a
 random full-stroke gait keeps every cell between 0.65x and 1.35x its rest area.
+
+Measured 2026-12-02 (``simdiff train walker_small``, mlp, 80 iterations, then ``simdiff run`` of
+the best controller, every 4th step checked): these parameters walk 0.069 m with 0 inverted
+cells, the gradient norm peaking at 1.1e3 (iterations 25-39) and settling at ~0.1; the older
+ones (``--set stiffness=1e4 --set actuation=0.4 --set drag=1 --set gravity=-9.8``) walk 0.24 m
+with 33% of cell-steps inverted (a crumpled body sliding), gradient norms up to 3.4e13 and 6 of
+58 iterations non-finite (skipped by the trainer).
 """
 
 from simdiff.scene import Scene

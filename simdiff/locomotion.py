@@ -25,6 +25,17 @@ every step, differentiable) and its goal schedule, and return one value per worl
 * heading (3D): per window, the squared difference between the yaw change and the command
   [rad^2];
 * actuation: the mean squared action.
+
+Rollout API: :func:`goal_rollout` runs :func:`simdiff.rollout.rollout` with
+``goals=schedule.at`` (the rollout calls ``controller(step, state, goal)``) and a controller
+wrapper that keeps the differentiable per-step trace; the Rollout it returns carries
+``goal_schedule`` and ``trace``. Controllers declare ``goal_dim``; a controller without it, a
+goal of another size or a schedule of another number of worlds is refused with one line. The
+trainer draws ``scene.goals.sample(B, steps, seed=seed * 1_000_003 + iteration)`` every
+iteration, and ``simdiff evaluate`` rolls :func:`held_out_schedule` out.
+
+Gradient health: ``benchmarks/_gradient_health.py`` (the gradient norm against the horizon,
+with the shape-keeping and the older walker physics, with and without 100-step windows).
 """
 
 from __future__ import annotations
