@@ -263,6 +263,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
+    if args.budget is not None:
+        if args.what != "locomotion":
+            raise SystemExit("--budget applies to `simdiff bench locomotion` only")
+        extra += ["--budget", str(args.budget)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
                        extra_args=extra, out=args.out)
@@ -343,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark name (default: every simulator's benchmark)")
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
+    p.add_argument("--budget", type=float, default=None,
+                   help="locomotion: wall-clock seconds of training per method (default 1200)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.set_defaults(func=_cmd_bench)
