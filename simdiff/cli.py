@@ -200,7 +200,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     def build(batch_size: int):
         sim = make_simulator(scene, backend, batch_size=batch_size)
         torch.manual_seed(0)
-        controller = load_controller(name, sim, scene).to(backend.torch_dtype)
+        options = (scene.train.get("controller_options", {})
+                   if name == scene.train.get("controller") else {})
+        controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
         if args.weights:
             controller.load_state_dict(torch.load(args.weights, map_location="cpu",
                                                   weights_only=True))
