@@ -12,8 +12,31 @@ process, so that ``peak_rss_mb`` is its own.
 
 Each row: ``backend``, ``batch``, ``mode`` (``forward`` or ``forward_backward``),
 ``world_steps_per_s``, ``speedup_vs_b1`` (against the same backend and mode at B = 1),
-``loop_world_steps_per_s`` and ``speedup_vs_loop``, ``peak_rss_mb`` and
-``peak_rss_mb_per_world``.
+``loop_world_steps_per_s`` and ``speedup_vs_loop``, ``peak_rss_mb``,
+``peak_rss_mb_per_world`` and ``rss_growth_mb`` (peak minus the resident memory once the
+libraries are imported and the model built: kernels loaded, rollouts and their graphs).
+
+Measured (``--repeats 3 --loop-max 2``, Dec 2026, on the shared 2-core host with a load average
+of 11-17 from other jobs, so absolute rates are low and noisy; ratios are within one run),
+world-steps/s, forward+backward / forward:
+
+=======  ====  ====================  ==============  ==============  ================
+backend    B   fwd+bwd (x B=1)       x loop          forward (x B=1)  peak RSS [MiB]
+=======  ====  ====================  ==============  ==============  ================
+warp       1   152                   1.0             284              429
+warp      16   1,308 (8.6x)          12.6            3,348 (11.8x)    438
+warp      64   7,551 (49.7x)         32.2            11,916 (42x)     468
+taichi     1   50                    1.2             136              357
+taichi    16   933 (18.6x)           3.8             2,629 (19.3x)    367
+taichi    64   5,301 (105x)          64.6            13,174 (97x)     398
+=======  ====  ====================  ==============  ==============  ================
+
+Target (forward+backward with the MLP at B = 64 >= 25x B = 1): met on both backends. An
+earlier full run (``--repeats 1``, B = 1..256, load 15-18) gave Warp 54x at B = 64 and 50x at
+B = 256 (forward 72x), Taichi 6.7x at B = 64 and 15x at B = 256 forward+backward (its B = 1
+row and its loop in the same process disagreed 3x: single repetitions under that load are
+noise; rerun with ``--repeats 3`` on a quieter host). Peak RSS grows by ~0.6 MiB per world
+(Warp 429 -> 468 MiB from B = 1 to 64, 588 MiB at 256).
 
 Run: ``python benchmarks/batch_mass_spring.py [--quick] [--batches 1 4 16]``, or from Python
 ``mass_spring_batch(...)``.
@@ -31,6 +54,14 @@ from pathlib import Path
 __all__ = ["mass_spring_batch", "measure"]
 
 LOOP_MAX = 16
+
+
+def _current_rss_mb() -> float:
+    """Resident memory of this process now [MiB] (Linux ``/proc/self/statm``)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _median(times: list[float]) -> float:
@@ -77,6 +108,7 @@ def measure(backend_name: str, batch: int, *, steps: int, repeats: int, loop_wor
         return _median(times)
 
     sim, controller = setup(batch)
+    before = _current_rss_mb()  # libraries imported, model built: what the rollouts add
     batched = {mode: timed(lambda h, m=mode: iteration(sim, controller, m == "forward_backward",
                                                         h))
                for mode in ("forward", "forward_backward")}
@@ -103,6 +135,7 @@ def measure(backend_name: str, batch: int, *, steps: int, repeats: int, loop_wor
             "speedup_vs_loop": rate / loop_rate,
             "peak_rss_mb": peak,
             "peak_rss_mb_per_world": peak / batch,
+            "rss_growth_mb": peak - before,
         })
     return rows
 

@@ -29,13 +29,15 @@ MEASURED = """(filled in from a run: see the report of the branch that added thi
 SCENE = "mpm_crawler"
 
 
-def _options(quick: bool) -> dict:
+def _options(quick: bool, steps: int | None) -> dict:
     # Quick: a toy size for the test suite; full: the scene's own size (376 particles, 64^2
-    # grid, 100 control steps of 10 substeps).
-    return {"steps": 8, "grid_size": 32} if quick else {}
+    # grid, 100 control steps of 10 substeps), with ``steps`` control steps if given.
+    options = {"steps": 4, "grid_size": 32} if quick else {}
+    return {**options, **({"steps": steps} if steps else {})}
 
 
-def measure(backend_name: str, batch: int, *, quick: bool, repeats: int) -> dict:
+def measure(backend_name: str, batch: int, *, quick: bool, repeats: int,
+            steps: int | None = None) -> dict:
     """One (backend, B) row: batched forward and forward + backward, then the loop."""
     import torch
 
@@ -45,7 +47,7 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int) -> dict
     from simdiff.scene import load_scene
     from simdiff.sims.mpm import MPM
 
-    scene = load_scene(SCENE, **_options(quick))
+    scene = load_scene(SCENE, **_options(quick, steps))
     backend = resolve_backend(backend_name, precision="float32")
     steps = scene.steps
     model = scene.model
@@ -93,9 +95,9 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int) -> dict
             "peak_rss_mb": rss}
 
 
-def _child(backend: str, batch: int, quick: bool, repeats: int) -> dict:
+def _child(backend: str, batch: int, quick: bool, repeats: int, steps: int | None) -> dict:
     cmd = [sys.executable, __file__, "--child", backend, str(batch), "--repeats", str(repeats),
-           *(["--quick"] if quick else [])]
+           *(["--quick"] if quick else []), *(["--steps", str(steps)] if steps else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-3000:])
@@ -104,25 +106,27 @@ def _child(backend: str, batch: int, quick: bool, repeats: int) -> dict:
 
 
 def mpm_batch(batches=(1, 2, 4, 8), backends=("warp", "taichi"), quick: bool = False,
-              *, repeats: int | None = None, isolate: bool | None = None) -> list[dict]:
+              *, repeats: int | None = None, isolate: bool | None = None,
+              steps: int | None = None) -> list[dict]:
     """Rows per backend, B and mode (``forward``, ``forward_backward``): world-steps/s batched
     and looped, ``speedup_vs_b1``, ``vs_loop``, ``peak_rss_mb``.
 
     Args:
         batches: The numbers of worlds B (1 is the reference of ``speedup_vs_b1``).
         backends: ``warp`` and/or ``taichi``.
-        quick: Toy size (8 control steps on a 32^2 grid), for tests.
+        quick: Toy size (4 control steps on a 32^2 grid), for tests.
         repeats: Measured runs per figure (the best is kept); default 1 quick, 3 full.
         isolate: One process per (backend, B) so that peak memory is per row (default: not
             when quick).
+        steps: Control steps per rollout (default: the scene's 100, 4 when quick).
     """
     repeats = repeats or (1 if quick else 3)
     isolate = (not quick) if isolate is None else isolate
     measured = []
     for backend in backends:
         for batch in batches:
-            row = (_child(backend, batch, quick, repeats) if isolate
-                   else measure(backend, batch, quick=quick, repeats=repeats))
+            row = (_child(backend, batch, quick, repeats, steps) if isolate
+                   else measure(backend, batch, quick=quick, repeats=repeats, steps=steps))
             print(f"measured {backend} B={batch}: {json.dumps(row)}", file=sys.stderr, flush=True)
             measured.append(row)
     rows = []
@@ -168,15 +172,17 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--backends", default="warp,taichi")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--child", nargs=2, default=None, metavar=("BACKEND", "B"))
     args = parser.parse_args()
     if args.child:
         row = measure(args.child[0], int(args.child[1]), quick=args.quick,
-                      repeats=args.repeats or (1 if args.quick else 3))
+                      repeats=args.repeats or (1 if args.quick else 3), steps=args.steps)
         print(json.dumps(row))
         return
     rows = mpm_batch(tuple(int(b) for b in args.batches.split(",")),
-                     tuple(args.backends.split(",")), args.quick, repeats=args.repeats)
+                     tuple(args.backends.split(",")), args.quick, repeats=args.repeats,
+                     steps=args.steps)
     print(summarize(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -58,7 +58,7 @@ def measure(config: str, controller_name: str, *, iters: int, steps: int,
             x0 = state.particle_x
             x, v = state.particle_x, state.particle_v
             for t in range(steps):
-                action = controller(t, State(x, v)).reshape(-1)  # one world
+                action = controller(t, State(x, v))
                 x, v = torch_step(model, x, v, action, params)
             return -(x[..., 0].mean(1) - x0[..., 0].mean(1)).mean()
     else:

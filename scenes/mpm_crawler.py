@@ -13,6 +13,7 @@ win.
 
 from simdiff.scene import Scene, vary_worlds
 from simdiff.sims.mpm import Body, Ground, build_model
+from simdiff.sims.mpm.builder import check_grid_size
 from simdiff.sims.mpm.state import PARAM_COLUMNS
 from simdiff.sims.mpm.tasks import locomotion_loss, locomotion_metrics
 
@@ -33,6 +34,7 @@ def crawler_bodies(*, E: float = 25.0, active_stress: float = 10.0, x0: float = 
 
 def scene(*, steps: int = 100, grid_size: int = 64, substeps: int = 10, dt: float = 1e-3,
           friction: float = 2.0, **body) -> Scene:
+    check_grid_size(grid_size)
     model = build_model(crawler_bodies(y0=3 / grid_size, **body), grid_size=grid_size, dt=dt,
                         substeps=substeps, ground=Ground(friction=friction))
     return Scene(

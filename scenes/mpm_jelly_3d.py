@@ -8,11 +8,13 @@ Warp against 1.15 s on Taichi (2.0x); forward and backward take 1.88 s on Warp.
 
 from simdiff.scene import Scene
 from simdiff.sims.mpm import Body, Ground, build_model
+from simdiff.sims.mpm.builder import check_grid_size
 from simdiff.sims.mpm.tasks import locomotion_loss, locomotion_metrics
 
 
 def scene(*, steps: int = 60, grid_size: int = 32, substeps: int = 10, dt: float = 1.5e-3,
           E: float = 25.0, active_stress: float = 10.0) -> Scene:
+    check_grid_size(grid_size)
     y0, leg, x0, z0 = 3 / grid_size, 0.05, 0.2, 0.3
     common = {"E": E, "nu": 0.2, "density": 1.0}
     bodies = [Body((x0, y0 + leg, z0), (0.2, 0.06, 0.12), **common)]

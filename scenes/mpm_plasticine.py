@@ -16,6 +16,7 @@ from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene
 from simdiff.sims.mpm import MPM, Body, Material, Tool, ToolShape, build_model
+from simdiff.sims.mpm.builder import check_grid_size
 from simdiff.sims.mpm.tasks import ToolPath, occupancy, shape_objective
 
 REGION = ((0.25, 0.05), (0.75, 0.35))
@@ -31,6 +32,7 @@ def hidden_path(steps: int) -> torch.Tensor:
 
 def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float = 8e-4,
           cells: int = 24) -> Scene:
+    check_grid_size(grid_size)
     block = Body((0.35, 3 / grid_size), (0.3, 0.08), material=Material.PLASTIC, E=200.0,
                  nu=0.3, yield_stress=5.0)
     tool = Tool(ToolShape.SPHERE, (0.04,), (0.5, 0.23))

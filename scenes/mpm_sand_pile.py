@@ -24,6 +24,7 @@ from simdiff.backend import resolve_backend
 from simdiff.rollout import Rollout, world_metrics
 from simdiff.scene import Scene
 from simdiff.sims.mpm import MPM, Body, Ground, Material, build_model
+from simdiff.sims.mpm.builder import check_grid_size
 from simdiff.sims.mpm.tasks import (
     FrictionAngleFit,
     identify_friction_objective,
@@ -35,6 +36,7 @@ from simdiff.sims.mpm.tasks import (
 def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float = 4e-4,
           friction_angle: float = 35.0, width: float = 0.25, height: float = 0.3,
           start: float = 25.0, observations: int = 4) -> Scene:
+    check_grid_size(grid_size)
     dx = 1 / grid_size
     column = Body((0.5 - width / 2, 3 * dx), (width, height), material=Material.SAND,
                   E=200.0, nu=0.3, friction_angle=friction_angle)

@@ -18,7 +18,7 @@ def scene(*, steps: int = 200, integrator: str = "ias15", periods: float = 1.0,
         model=model,
         steps=steps,
         # How far each world's orbit is from closing after the integrated time.
-        loss=lambda r: ((r.final.body_x - r.initial.body_x) ** 2).sum((1, 2)).mean(),
+        loss=lambda r: r.mean(((r.final.body_x - r.initial.body_x) ** 2).sum((1, 2))),
         metrics=diagnostics_metrics,
         train={"precision": "float64"},
         description=f"figure-eight choreography, {periods:g} period(s), {integrator}",

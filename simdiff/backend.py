@@ -17,6 +17,7 @@ Warp kernels are compiled per precision and coexist.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,6 +55,13 @@ _MODULE = {BackendName.TAICHI: "taichi", BackendName.WARP: "warp", BackendName.T
 
 # What the running process has initialized: Taichi's (device, precision), Warp's flag.
 _taichi_config: tuple[str, Precision] | None = None
+_taichi_runtimes = 0  # Taichi runtimes started so far: objects of an earlier one are invalid
+
+
+def taichi_runtime() -> int:
+    """Which Taichi runtime is live (it changes when a precision switch re-initializes
+    Taichi, which frees every ndarray made before)."""
+    return _taichi_runtimes
 _warp_initialized = False
 
 
@@ -81,7 +89,7 @@ class Backend:
 
     def ensure_initialized(self) -> None:
         """Start the kernel runtime for this device and precision (idempotent)."""
-        global _taichi_config, _warp_initialized
+        global _taichi_config, _taichi_runtimes, _warp_initialized
         if self.name is BackendName.TORCH:
             return
         if self.name is BackendName.TAICHI:
@@ -96,9 +104,10 @@ class Backend:
                 default_fp=ti.f64 if self.precision is Precision.FLOAT64 else ti.f32,
                 default_ip=ti.i32,
                 log_level=ti.ERROR,
-                offline_cache=True,
+                **_taichi_cache_option(),
             )
             _taichi_config = (self.device, self.precision)
+            _taichi_runtimes += 1
         elif not _warp_initialized:
             import warp as wp
 
@@ -108,6 +117,12 @@ class Backend:
 
     def __str__(self) -> str:
         return f"{self.name.value}:{self.device}:{self.precision.value}"
+
+
+def _taichi_cache_option() -> dict[str, bool]:
+    """Taichi's offline kernel cache on (cold compiles of tens of seconds become loads), unless
+    the user chose with ``TI_OFFLINE_CACHE``: an argument of ``ti.init`` would override it."""
+    return {} if "TI_OFFLINE_CACHE" in os.environ else {"offline_cache": True}
 
 
 def _cuda_available(name: BackendName) -> bool:

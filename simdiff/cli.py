@@ -37,8 +37,8 @@ def _scene_options(args: argparse.Namespace) -> dict:
     options = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -86,8 +86,9 @@ def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
 
     from simdiff.rollout import rollout
     from simdiff.scene import initial_worlds
+    from simdiff.threads import intra_op_threads, threads_for
 
-    with torch.no_grad():
+    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
@@ -108,21 +109,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
+    from simdiff.files import check_creatable, load_data
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.train import check_rollout_size
 
+    if args.out:
+        check_creatable(args.out, "--out", folder=False)
+    weights = load_data(args.weights, "controller weights") if args.weights else None
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
     sim = make_simulator(scene, backend, batch_size=args.batch)
+    check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
+                       force=args.force)
     controller = None
     if scene.design is not None:
         controller = scene.design(sim).to(backend.torch_dtype)
     elif args.controller:
         torch.manual_seed(args.seed)
         controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
-    if controller is not None and args.weights:
-        controller.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    if controller is not None and weights is not None:
+        try:
+            controller.load_state_dict(weights)
+        except (RuntimeError, TypeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"--weights {args.weights} do not fit this controller ({first})") \
+                from None
     metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
     print(_figures(metrics))
     out = Path(args.out or f"renders/{scene.name}.mp4")
@@ -134,9 +147,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from simdiff.files import check_creatable
     from simdiff.render import plot_loss
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.train import TrainConfig, train
+
+    out = check_creatable(args.out or f"renders/train_{Path(args.scene).stem}")
 
     config = TrainConfig(
         scene=args.scene,
@@ -158,8 +174,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scene_options=_scene_options(args),
         controller_options=_key_values(args.controller_set, "--controller-set"),
     )
-    out = Path(args.out or f"renders/train_{Path(args.scene).stem}")
-    result = train(config, out, resume=args.resume, progress=not args.quiet)
+    result = train(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
@@ -241,27 +256,56 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    from simdiff.gradcheck import backends_for, check_gradients
+    from simdiff.gradcheck import Verdict, backends_for, check_gradients
     from simdiff.scene import load_scene
 
+    if args.horizon < 1:
+        raise ValueError(f"horizon={args.horizon} must be >= 1 (steps rolled out)")
     scene = load_scene(args.scene, **_scene_options(args))
     backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
-    failed = 0
+    counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
-        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device):
+        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device,
+                                 batch=args.batch):
             rel = r.error / max(abs(r.finite_difference), 1e-30)
-            failed += not r.ok
-            mark = "ok" if r.ok else "MISMATCH"
+            counts[r.verdict] += 1
+            mark = {Verdict.OK: "ok", Verdict.MISMATCH: "MISMATCH",
+                    Verdict.NON_SMOOTH: "non-smooth here"}[r.verdict]
             print(f"{backend:<8} {r.quantity:<22} {r.autodiff:>14.6e} {r.finite_difference:>14.6e} "
                   f"{rel:>9.1e} {mark}")
-    print("gradcheck passed" if not failed else f"gradcheck FAILED: {failed} mismatches")
-    return 1 if failed else 0
+            if r.evidence and r.verdict is not Verdict.OK:
+                print(f"         {r.evidence}")
+    mismatches, rough = counts[Verdict.MISMATCH], counts[Verdict.NON_SMOOTH]
+    note = (f" ({rough} quantities non-smooth at this point: finite differences cannot check "
+            "them there)") if rough else ""
+    print(f"gradcheck FAILED: {mismatches} mismatches{note}" if mismatches
+          else f"gradcheck passed{note}")
+    return 1 if mismatches else 0
+
+
+_DIFFTAICHI_WORKLOADS = {"mass_spring": "mass_spring", "mpm": "mpm", "fluid": "smoke"}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simdiff.bench import run_all, run_benchmark
 
+    out = args.out
+    if args.difftaichi is not None:
+        from simdiff.difftaichi import compare, format_rows
+
+        if args.what is not None and args.what not in _DIFFTAICHI_WORKLOADS:
+            raise SystemExit(f"--difftaichi compares {', '.join(_DIFFTAICHI_WORKLOADS)}; "
+                             f"got {args.what!r}")
+        workloads = None if args.what is None else [_DIFFTAICHI_WORKLOADS[args.what]]
+        rows = compare(args.difftaichi, workloads, rounds=args.rounds, iters=args.iters or 1,
+                       backend=args.backend or "all")
+        print(format_rows(rows))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(rows, indent=2))
+            print(f"wrote {out}")
+        return 0
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
@@ -271,9 +315,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         extra += ["--budget", str(args.budget)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
-                       extra_args=extra, out=args.out)
+                       extra_args=extra, out=out)
     return run_benchmark(args.what, backend=args.backend or "all", device=args.device,
-                         quick=args.quick, extra_args=extra, out=args.out)
+                         quick=args.quick, extra_args=extra, out=out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
+    p.add_argument("--force", action="store_true",
+                   help="run even if the recorded frames' estimated memory exceeds this machine's")
     _batch_args(p)
     p.set_defaults(func=_cmd_run)
 
@@ -305,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adam",
                    help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
                         "(lion, ademamix, grams, adamp, cautious-lion, ...)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the scene's)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: the scene's; on --resume, the checkpoint's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
     p.add_argument("--grad-normalize", action="store_true",
                    help="rescale every gradient to norm --clip (not only larger ones)")
@@ -313,9 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller option, e.g. --controller-set activation=tanh (repeatable)")
     p.add_argument("--backprop-window", type=int, default=None, metavar="W",
                    help="truncate backpropagation to windows of W steps (default: whole horizon)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
+    p.add_argument("--force", action="store_true",
+                   help="run even if the rollout's estimated memory exceeds this machine's")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
                    help="keep one state every K steps and recompute in backward (bounded memory)")
@@ -340,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scene_args(p)
     _backend_args(p, allow_all=True)
     p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="worlds rolled out at once, each slightly different (default: 1)")
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")
@@ -353,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="locomotion: wall-clock seconds of training per method (default 1200)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
+    p.add_argument("--difftaichi", metavar="DIR",
+                   help="DiffTaichi's examples/ folder: time its mass_spring.py, diffmpm.py and "
+                        "smoke_taichi.py (patched to run on the CPU, headless) interleaved with "
+                        "simdiff's mass_spring, mpm and fluid, and report the ratios")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --difftaichi: interleaved rounds of --iters iterations each")
     p.set_defaults(func=_cmd_bench)
 
     from simdiff.rl.cli import add_rl_parser
@@ -370,17 +428,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a bad input or refused action is one line on stderr and exit code 2
+    (``SIMDIFF_TRACEBACK=1`` shows the traceback instead)."""
+    import os
+
     from simdiff.backend import BackendError
-    from simdiff.scene import SceneError
-    from simdiff.sims.base import SimulationError, ValidationError
-    from simdiff.train import CheckpointError
+    from simdiff.sims.base import SimulationError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BackendError, SceneError, ValidationError, SimulationError, CheckpointError,
-            FileExistsError) as err:
-        print(f"simdiff {args.command}: error: {err}", file=sys.stderr)
+    except (BackendError, ValueError, TypeError, SimulationError, FileExistsError) as err:
+        # ValueError covers SceneError, ValidationError, CheckpointError, DataFileError and
+        # SpecError; FileExistsError a folder holding another run or locked by another process.
+        if os.environ.get("SIMDIFF_TRACEBACK"):
+            raise
+        command = " ".join([args.command, *[getattr(args, k) for k in ("rl_command",)
+                                            if getattr(args, k, None)]])
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"simdiff {command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -3,8 +3,19 @@
 For each differentiable quantity (spring stiffness, rest lengths, damping, the actuation
 sequence, initial positions and velocities) a random direction ``d`` is drawn and the
 autodiff directional derivative ``<grad L, d>`` is compared with
-``(L(p + eps d) - L(p - eps d)) / (2 eps)``. Directional checks cost two rollouts per quantity
+``(L(p + h d) - L(p - h d)) / (2 h)``. Directional checks cost two rollouts per quantity
 whatever its size, and a wrong entry anywhere shows up in the projection.
+
+A difference at one step cannot tell a wrong gradient from a loss that is not smooth at that
+scale (contact switching, a limiter, a grid cell crossed within the step) or from round-off.
+:func:`directional_check` therefore tries more steps when the first one disagrees: central
+differences at ``16h, 4h, h, h/4, h/16`` (and their Richardson extrapolations). It reports
+
+* ``ok`` when autodiff agrees with any of them;
+* ``mismatch`` only when they settle (contract as ``h^2`` does, or agree within the
+  tolerance) on something autodiff misses, with no kink at the point;
+* ``non-smooth here`` when they do not settle, or when the one-sided differences keep
+  different limits (a kink at the point itself), with those values as the evidence.
 
 :func:`compare_backends` runs the same probe on Taichi and Warp and compares final states, loss
 and directional derivatives: the cross-backend agreement of ``tests/test_cross_backend.py``.
@@ -15,7 +26,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -23,9 +35,9 @@ import torch
 from simdiff.backend import Precision, resolve_backend
 from simdiff.rollout import rollout
 from simdiff.scene import Scene, make_simulator
-from simdiff.sims.base import Params
 
-__all__ = ["Agreement", "GradCheck", "backends_for", "check_gradients", "compare_backends"]
+__all__ = ["Agreement", "GradCheck", "Verdict", "backends_for", "check_gradients",
+           "compare_backends", "directional_check"]
 
 # Initial fields whose typical values sit on kinks of the step: a flow at rest samples exactly
 # on grid nodes, where interpolation is not differentiable, and piecewise-constant dye puts the
@@ -61,6 +73,17 @@ _FIELDS = {
 }
 
 
+class Verdict(str, Enum):
+    """What a directional check concluded."""
+
+    OK = "ok"
+    MISMATCH = "mismatch"
+    """The finite differences converge, to a value autodiff does not match: a wrong gradient."""
+    NON_SMOOTH = "non-smooth here"
+    """The finite differences do not converge (or the point is a kink): the loss is not
+    differentiable at the resolution of the steps, and the check cannot decide."""
+
+
 @dataclass
 class GradCheck:
     """One directional-derivative comparison."""
@@ -68,8 +91,17 @@ class GradCheck:
     quantity: str
     autodiff: float
     finite_difference: float
+    """The finite-difference estimate compared: the one that agreed, or the converged limit."""
     rtol: float
     atol: float
+    verdict: Verdict | None = None
+    """None: judged from the tolerances alone (a single-step comparison)."""
+    steps: list[float] = field(default_factory=list)
+    """Finite-difference steps used, largest first."""
+    central: list[float] = field(default_factory=list)
+    """Central differences at ``steps``."""
+    evidence: str = ""
+    """Why, in words, for anything but an agreement at the first step."""
 
     @property
     def error(self) -> float:
@@ -77,9 +109,105 @@ class GradCheck:
 
     @property
     def ok(self) -> bool:
+        if self.verdict is not None:
+            return self.verdict is Verdict.OK
         return math.isfinite(self.autodiff) and self.error <= self.atol + self.rtol * abs(
             self.finite_difference
         )
+
+
+def directional_check(quantity: str, loss_at: Callable[[float], float], autodiff: float,
+                      step: float, *, rtol: float, atol: float, ratio: float = 4.0,
+                      up: int = 2, down: int = 2) -> GradCheck:
+    """Compare ``autodiff`` with finite differences of ``loss_at`` (the loss at ``t`` along the
+    direction, ``loss_at(0)`` the base point), refining the step when the first disagrees.
+
+    The first step is ``step``. If it disagrees, the check adds ``step * ratio**k`` for
+    ``k = up, ..., 1`` (larger steps: less round-off) and ``k = -1, ..., -down`` (smaller ones:
+    less curvature, fewer kinks crossed), and judges the ladder of central differences,
+    largest step first:
+
+    * OK when autodiff agrees with one of them or with a Richardson extrapolation of two
+      successive ones;
+    * MISMATCH when the ladder has settled somewhere (two successive values contract by 8x or
+      more, as ``h^2`` does, or agree within a quarter of the tolerance) on a value autodiff
+      misses by more than the tolerance plus what is left of that settling;
+    * NON_SMOOTH when it never settles, or when the one-sided differences keep two different
+      limits as the step shrinks (a kink at the point itself).
+
+    Args:
+        quantity: Name of what is checked.
+        loss_at: The loss, as a float, at signed distance ``t`` along the direction.
+        autodiff: The autodiff directional derivative at ``t = 0``.
+        step: The first step.
+        rtol, atol: Tolerance of an agreement, relative to the finite difference.
+        ratio: Factor between successive steps.
+        up, down: Larger and smaller steps added when the first disagrees (together >= 2).
+
+    Returns:
+        The comparison; its ``verdict`` is OK, MISMATCH or NON_SMOOTH (module docstring).
+    """
+    if up < 0 or down < 0 or up + down < 2:
+        raise ValueError(f"up={up}, down={down}: a convergence test needs at least two steps "
+                         "besides the first (up, down >= 0)")
+
+    def tol(value: float) -> float:
+        return atol + rtol * abs(value)
+
+    evaluated: dict[float, tuple[float, float]] = {}
+
+    def central_at(h: float) -> float:
+        if h not in evaluated:
+            evaluated[h] = (loss_at(h), loss_at(-h))
+        plus, minus = evaluated[h]
+        return (plus - minus) / (2 * h)
+
+    first = central_at(step)
+    finite = math.isfinite(autodiff)
+    if finite and abs(autodiff - first) <= tol(first):
+        return GradCheck(quantity, autodiff, first, rtol, atol, Verdict.OK, [step], [first])
+    steps = [step * ratio**k for k in range(up, -down - 1, -1)]
+    central = [central_at(h) for h in steps]
+    table = ", ".join(f"{c:.6e} at h={h:.1e}" for h, c in zip(steps, central))
+
+    def result(verdict: Verdict, fd: float, evidence: str) -> GradCheck:
+        return GradCheck(quantity, autodiff, fd, rtol, atol, verdict, steps, central, evidence)
+
+    # Richardson: the h^2 term of a central difference cancelled between successive steps.
+    extrapolated = [central[j + 1] + (central[j + 1] - central[j]) / (ratio**2 - 1)
+                    for j in range(len(steps) - 1)]
+    if finite:
+        candidates = [*zip(steps, central), *zip(steps[1:], extrapolated)]
+        for h, value in candidates:
+            if abs(autodiff - value) <= tol(value):
+                return result(Verdict.OK, value,
+                              f"agrees at h={h:.1e}, not at h={step:.1e} (curvature, round-off "
+                              f"or a kink within that step); differences: {table}")
+    moves = [abs(central[j + 1] - central[j]) for j in range(len(steps) - 1)]
+    settled = [j for j in range(len(moves))
+               if moves[j] <= tol(central[j + 1]) / 4 or (j > 0 and moves[j - 1] >= 8 * moves[j])]
+    base = loss_at(0.0)
+    forward = [(evaluated[h][0] - base) / h for h in steps]
+    backward = [(base - evaluated[h][1]) / h for h in steps]
+    gap = [abs(f - b) for f, b in zip(forward, backward)]
+    if gap[-1] > tol(central[-1]) and 0.5 * gap[-2] <= gap[-1] <= 2 * gap[-2]:
+        # Central differences then converge to the mean of two one-sided slopes; autodiff
+        # takes one side (or a subgradient) by convention. No derivative to check.
+        return result(Verdict.NON_SMOOTH, central[-1],
+                      f"a kink at this point: one-sided slopes {forward[-1]:.6e} (forward) and "
+                      f"{backward[-1]:.6e} (backward) stay apart as h shrinks; central "
+                      f"differences: {table}")
+    if not finite:
+        return result(Verdict.MISMATCH, central[-1], f"autodiff is {autodiff}; differences: "
+                                                     f"{table}")
+    for j in settled:
+        limit = extrapolated[j]
+        if abs(autodiff - limit) > tol(limit) + 4 * moves[j]:
+            return result(Verdict.MISMATCH, limit,
+                          f"the differences settle on {limit:.6e} (between h={steps[j]:.1e} and "
+                          f"h={steps[j + 1]:.1e}), not on autodiff: {table}")
+    return result(Verdict.NON_SMOOTH, central[-1],
+                  f"the differences do not settle as the step changes: {table}")
 
 
 @dataclass
@@ -104,8 +232,8 @@ class _Probe:
         return loss.detach(), result, derivatives
 
 
-def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
-    sim = make_simulator(scene, be)
+def _probe(scene: Scene, be, steps: int, seed: int, batch: int = 1) -> _Probe:
+    sim = make_simulator(scene, be, batch_size=batch)
     if hasattr(sim, "tolerance"):
         # An iterative solve stopped at tolerance tau adds noise ~tau / eps to a central
         # difference: converge far below what the check resolves.
@@ -118,15 +246,20 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
             for name in fields}
     state0 = sim.initial_state()
     base.update({f"initial_{n}": getattr(state0, n).detach() for n in sim.initial_fields})
-    batched = type(sim).Params is not Params  # on the batched contract: fields [B, ...]
     for name in _KINKED.get(scene.simulator, ()):
-        shape = base[name].shape[1:] if batched else base[name].shape  # one world's field
+        shape = base[name].shape[1:]  # one world's field
         base[name] = base[name] + 1e-2 * _smooth_noise(shape, gen, dtype).to(dev)
+    for name in sim.initial_fields if batch > 1 else ():
+        # Worlds that differ: each but the first starts slightly elsewhere.
+        value = base[f"initial_{name}"]
+        scale = 1e-3 * float(value.std().clamp_min(1e-2))
+        noise = scale * torch.randn(value.shape, generator=gen, dtype=dtype).to(dev)
+        noise[0] = 0
+        base[f"initial_{name}"] = value + noise
     if sim.action_dim:
-        t = torch.arange(steps, dtype=dtype)[:, None]
-        phase = torch.rand(sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
-        actions = 0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)
-        base["actions"] = actions[:, None].repeat(1, sim.batch_size, 1).to(dev)  # [T, B, A]
+        t = torch.arange(steps, dtype=dtype)[:, None, None]
+        phase = torch.rand(batch, sim.action_dim, generator=gen, dtype=dtype) * 2 * math.pi
+        base["actions"] = (0.8 * torch.sin(2 * math.pi * 2.0 * t * model.dt + phase)).to(dev)
     # Drawn on the CPU generator, then moved: identical on every backend and device.
     directions = {n: torch.randn(t.shape, generator=gen, dtype=dtype).to(dev)
                   for n, t in base.items()}
@@ -142,11 +275,7 @@ def _probe(scene: Scene, be, steps: int, seed: int) -> _Probe:
                 setattr(model, n, values[n])
             state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
-            controller = None
-            if actions is not None and batched:  # one sequence drives every world
-                controller = lambda k, s: actions[k].expand(s.batch_size, -1)
-            elif actions is not None:
-                controller = lambda k, s: actions[k]
+            controller = (lambda k, s: actions[k]) if actions is not None else None  # [B, A]
             result = rollout(sim, state, controller, steps)
             projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection, result
@@ -167,6 +296,7 @@ def check_gradients(
     atol: float = 1e-9,
     seed: int = 0,
     device: str = "cpu",
+    batch: int = 1,
 ) -> list[GradCheck]:
     """Compare autodiff and finite differences for the scene's loss on ``backend`` in float64.
 
@@ -181,25 +311,32 @@ def check_gradients(
         scene: The scene (its model is not modified).
         backend: ``taichi`` or ``warp`` (``torch`` or ``warp`` for the fluid).
         steps: Horizon; defaults to the scene's.
-        eps: Finite-difference step, relative to each quantity's scale (default 1e-6; 1e-7
-            for the fluid, whose advection limiter switches within larger steps).
+        eps: First finite-difference step, relative to each quantity's scale (default 1e-6;
+            1e-7 for the fluid, whose advection limiter switches within larger steps); refined
+            by :func:`directional_check` where it disagrees.
         rtol, atol: Tolerances of each comparison.
         seed: Seed of the random directions and actions.
         device: Device of the backend.
+        batch: Worlds rolled out at once; each but the first starts slightly elsewhere and
+            has its own actions, and every checked quantity holds all worlds.
     """
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1 (None: the scene's horizon)")
     be = resolve_backend(backend, device, Precision.FLOAT64)
     eps = eps if eps is not None else _EPS.get(scene.simulator, 1e-6)
-    probe = _probe(scene, be, steps or scene.steps, seed)
+    probe = _probe(scene, be, steps or scene.steps, seed, batch)
     _, _, derivatives = probe.gradient()
     results = []
     with torch.no_grad():
         for name, value in probe.base.items():
             d = probe.directions[name]
             scale = eps * max(float(value.abs().max()), 1e-3)
-            plus, _ = probe.loss_of({**probe.base, name: value + scale * d})
-            minus, _ = probe.loss_of({**probe.base, name: value - scale * d})
-            fd = float((plus - minus) / (2 * scale))
-            results.append(GradCheck(name, derivatives[name], fd, rtol, atol))
+
+            def loss_at(t: float, name=name, value=value, d=d) -> float:
+                return float(probe.loss_of({**probe.base, name: value + t * d})[0])
+
+            results.append(directional_check(name, loss_at, derivatives[name], scale,
+                                             rtol=rtol, atol=atol))
     return results
 
 
@@ -235,6 +372,7 @@ def compare_backends(
     seed: int = 0,
     device: str = "cpu",
     gradients: bool = True,
+    batch: int = 1,
 ) -> list[Agreement]:
     """Roll the scene out on two backends in float64 and compare the final states, the loss of
     :func:`check_gradients` and its directional derivatives along the same random directions;
@@ -254,6 +392,7 @@ def compare_backends(
         device: Device of both backends.
         gradients: False compares the forward only (final states and loss), for scenes that
             one backend cannot differentiate (3D MPM on Taichi).
+        batch: Worlds rolled out at once (see :func:`check_gradients`).
     """
     steps = steps or scene.steps
     runs = []
@@ -262,7 +401,7 @@ def compare_backends(
         # A copy per backend: an inverse problem's objective may write its design into the
         # model (the fluid's obstacle or inflow speed), which must not reach the next run.
         run = copy.deepcopy(scene)
-        probe = _probe(run, be, steps, seed)
+        probe = _probe(run, be, steps, seed, batch)
         if gradients:
             loss, result, derivatives = probe.gradient()
         else:

@@ -9,7 +9,9 @@ the action for that step. Both are loaded by name or by path.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from simdiff.backend import Backend
+from simdiff.catalog import DEFAULT_BACKEND, controller_dir, scene_dir
 from simdiff.rollout import Rollout
 from simdiff.sims.base import Simulator, check_batch_size
 
@@ -36,11 +39,6 @@ __all__ = [
     "scene_dir",
     "vary_worlds",
 ]
-
-# The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
-# SIMDIFF_CONTROLLERS (useful when simdiff is installed without the repository).
-_ROOT = Path(__file__).resolve().parents[1]
-
 
 class SceneError(ValueError):
     """A scene or controller that cannot be found or does not define what it must."""
@@ -81,7 +79,7 @@ class Scene:
     loss: Callable[[Rollout], torch.Tensor]
     metrics: Callable[[Rollout], dict[str, float]] = lambda rollout: {}
     description: str = ""
-    default_backend: str = "warp"
+    default_backend: str = DEFAULT_BACKEND
     render_every: int = 4
     train: dict[str, Any] = field(default_factory=dict)
     design: Callable[[Simulator], torch.nn.Module] | None = None
@@ -198,14 +196,6 @@ def initial_worlds(scene: Scene, sim: Simulator, *, seed: int = 0) -> tuple[Any,
     return state, params
 
 
-def scene_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_SCENES", _ROOT / "scenes"))
-
-
-def controller_dir() -> Path:
-    return Path(os.environ.get("SIMDIFF_CONTROLLERS", _ROOT / "controllers"))
-
-
 def _names(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
@@ -245,12 +235,47 @@ def load_scene(name_or_path: str | Path, **options: Any) -> Scene:
     build = getattr(module, "scene", None)
     if not callable(build):
         raise SceneError(f"scene file {module.__file__} defines no function `scene(**options)`")
-    result = build(**options)
+    _check_options(module, build, options)
+    try:
+        result = build(**options)
+    except TypeError as err:
+        # A scene passing **options on to a builder: name the builder's options too.
+        found = re.search(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if not found or found.group(2) not in options:
+            raise
+        inner = getattr(module, found.group(1), None)
+        _check_options(module, build, options, inner if callable(inner) else None, force=True)
+        raise
     if not isinstance(result, Scene):
         raise SceneError(
             f"scene() in {module.__file__} returned {type(result).__name__}, not a Scene"
         )
     return result
+
+
+def _named_options(function: Callable) -> tuple[list[str], bool]:
+    """Keyword options of ``function`` (those with defaults) and whether it takes **options."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in parameters if p.default is not inspect.Parameter.empty
+             and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _check_options(module: ModuleType, build: Callable, options: dict[str, Any],
+                   inner: Callable | None = None, *, force: bool = False) -> None:
+    """Refuse an option the scene does not take, listing the ones it does."""
+    names, open_ended = _named_options(build)
+    if inner is not None:
+        names += [n for n in _named_options(inner)[0] if n not in names]
+        open_ended = False
+    unknown = [k for k in options if k not in names]
+    if unknown and (force or not open_ended):
+        name = Path(module.__file__).stem
+        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}; its options: "
+                         f"{', '.join(sorted(names)) or '(none)'}")
 
 
 def load_controller(

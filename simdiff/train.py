@@ -6,7 +6,15 @@ in a bar; every iteration appends one JSON line to ``metrics.jsonl``; every
 ``checkpoint_every`` iterations ``checkpoint.pt`` is rewritten atomically with everything needed
 to continue exactly (controller and optimizer state, iteration, RNG state, configuration).
 ``resume=`` continues from such a file; the metrics log is cut back to the checkpoint's
-iteration, so a resumed run's log equals an uninterrupted one.
+iteration, so a resumed run's log equals an uninterrupted one. A fresh run writes its first
+checkpoint before iteration 0, so a run that fails at any point can be resumed. A resumed run
+continues the same optimization: its learning rate and seed default to the checkpoint's, and a
+different value is refused (start a new run to change them).
+
+Checkpoints are data (tensors, dicts, lists, numbers and strings) and are loaded with
+``torch.load(weights_only=True)``: a file that needs unpickling anything else is refused
+unread (:mod:`simdiff.files`). The output folder is locked while a run writes into it: a second
+process training into the same folder is refused.
 
 Long contact-rich rollouts have exploding, noisy gradients (the loss landscape of a walking gait
 is rough), so losses do not fall monotonically: the run also keeps the controller of its best
@@ -19,7 +27,12 @@ chosen as best. Against the growth of gradients through contact over long horizo
 ``backprop_window=W`` truncates backpropagation to windows of W steps (the state is detached
 every W steps; losses measured per window, such as the locomotion losses, keep their gradient
 within their window), and ``grad_normalize`` rescales every gradient to norm ``clip``
-(DiffTaichi's normalized steps) instead of only clipping larger ones.
+(DiffTaichi's normalized steps) instead of only clipping larger ones. Measured in
+``benchmarks/_gradient_health.py``: the walker's shape-keeping physics is what keeps gradients
+bounded; windows cap their growth with the horizon where the physics does not.
+
+Goal-conditioned scenes (``scene.goals``) draw a goal schedule per world every iteration
+(seeded by the seed and the iteration) and roll out with :func:`simdiff.locomotion.goal_rollout`.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +51,7 @@ import torch
 from tqdm import tqdm
 
 from simdiff.backend import Backend, resolve_backend
+from simdiff.files import DataFileError, hold_lock, load_data, save_data
 from simdiff.locomotion import goal_rollout
 from simdiff.rollout import rollout
 from simdiff.scene import (
@@ -48,13 +63,17 @@ from simdiff.scene import (
     make_simulator,
 )
 from simdiff.sims.base import Simulator, check_batch_size
+from simdiff.threads import intra_op_threads, threads_for
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "make_optimizer", "train"]
+__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "check_rollout_size",
+           "make_optimizer", "train"]
 
 CHECKPOINT_FORMAT = 1
+SATURATED_ITERATIONS = 3
+"""Consecutive iterations of zero gradient after which training warns."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataFileError):
     """A checkpoint that is unreadable, of another format, or of another run."""
 
 
@@ -70,12 +89,13 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
         optimizer: Optimizer name (case-insensitive), see :func:`make_optimizer`.
-        lr: Learning rate; None takes the scene's default.
+        lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
         backprop_window: Truncate backpropagation to windows of this many steps (None: the
             whole horizon).
-        seed: Seed of the controller's initial weights and of the worlds' variation.
+        seed: Seed of the controller's initial weights and of the worlds' variation; None
+            takes 0 (on resume, the checkpoint's).
         batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
             drawn anew every iteration from ``seed`` and the iteration).
         health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
@@ -97,7 +117,7 @@ class TrainConfig:
     clip: float = 1.0
     grad_normalize: bool = False
     backprop_window: int | None = None
-    seed: int = 0
+    seed: int | None = None
     batch: int = 1
     health: str = "stop"
     rollout_checkpoint: int | None = None
@@ -138,7 +158,7 @@ def _optimizer_classes() -> dict[str, type]:
     }
     try:
         import pytorch_optimizer
-    except ImportError:  # an optional extra at run time; a dependency in pyproject.toml
+    except ImportError:  # a dependency in pyproject.toml; torch.optim's still work without it
         return classes
     for name in pytorch_optimizer.get_supported_optimizers():
         if name.lower() not in classes:
@@ -147,6 +167,37 @@ def _optimizer_classes() -> dict[str, type]:
             except (ImportError, NotImplementedError):  # needs CUDA or another package
                 continue
     return classes
+
+
+def _offers_cautious(cls: type) -> bool:
+    """Whether the optimizer reads a ``cautious`` option (``pytorch-optimizer`` passes it
+    through ``**kwargs`` into the parameter groups, so the signature alone does not say)."""
+    if "cautious" in inspect.signature(cls.__init__).parameters:
+        return True
+    try:
+        return "'cautious'" in inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+
+
+def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], bool]:
+    """The class named and whether its cautious variant is asked for (``cautious-NAME``)."""
+    key = str(name).lower()
+    cautious = key.startswith("cautious-")
+    base = key.removeprefix("cautious-")
+    own = {k.lower(): v for k, v in vars(torch.optim).items() if isinstance(v, type)}
+    if not cautious and base in own and issubclass(own[base], torch.optim.Optimizer):
+        return own[base], False  # torch's own: pytorch-optimizer is not even imported
+    classes = _optimizer_classes()
+    cls = classes.get(base)
+    if cls is None:
+        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))} "
+                         f"(and cautious-NAME where NAME offers it)")
+    if cautious and not _offers_cautious(cls):
+        offering = sorted(k for k, c in classes.items() if _offers_cautious(c))
+        raise ValueError(f"optimizer={name!r}: {base} has no cautious variant; "
+                         f"cautious-NAME is allowed for: {', '.join(offering)}")
+    return cls, cautious
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -159,32 +210,8 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         ValueError: an unknown name (listing the allowed ones) or a cautious variant of an
             optimizer without one.
     """
-    classes = _optimizer_classes()
-    key = name.lower()
-    cautious = key.startswith("cautious-")
-    base = key.removeprefix("cautious-")
-    cls = classes.get(base)
-    if cls is None:
-        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))} "
-                         f"(and cautious-NAME where NAME offers it)")
-    if not cautious:
-        return cls(params, lr=lr)
-    if not _offers_cautious(cls):
-        offering = sorted(k for k, c in classes.items() if _offers_cautious(c))
-        raise ValueError(f"optimizer={name!r}: {base} has no cautious variant; "
-                         f"cautious-NAME is allowed for: {', '.join(offering)}")
-    return cls(params, lr=lr, cautious=True)
-
-
-def _offers_cautious(cls: type) -> bool:
-    """Whether the optimizer reads a ``cautious`` option (``pytorch-optimizer`` passes it
-    through ``**kwargs`` into the parameter groups, so the signature alone does not say)."""
-    if "cautious" in inspect.signature(cls.__init__).parameters:
-        return True
-    try:
-        return "'cautious'" in inspect.getsource(cls)
-    except (OSError, TypeError):
-        return False
+    cls, cautious = _optimizer_class(name)
+    return cls(params, lr=lr, cautious=True) if cautious else cls(params, lr=lr)
 
 
 def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
@@ -211,24 +238,57 @@ def _condition_gradient(params: list[torch.Tensor], norm: float, config: TrainCo
                 p.grad.mul_(scale)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"resume checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is refused the same way
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({err})") from None
+        data = load_data(path, "checkpoint")
+    except DataFileError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} is not a simdiff training checkpoint of format {CHECKPOINT_FORMAT}"
         )
+    missing = [k for k in ("config", "iteration", "controller", "optimizer", "rng", "metrics",
+                           "best") if k not in data]
+    if missing or not isinstance(data["config"], dict):
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing) or 'config'}; "
+                              "not a complete simdiff training checkpoint")
     return data
+
+
+def _check_settings(config: TrainConfig) -> None:
+    """Values a run cannot start with, refused before anything is built."""
+    lr = config.lr
+    if lr is not None and (not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
+        raise ValueError(f"lr={lr} must be a finite number > 0")
+    if not isinstance(config.clip, (int, float)) or not math.isfinite(config.clip) or \
+            config.clip < 0:
+        raise ValueError(f"clip={config.clip} must be a finite number >= 0 (0 disables)")
+    if config.rollout_checkpoint is not None and config.rollout_checkpoint < 1:
+        raise ValueError(f"rollout_checkpoint={config.rollout_checkpoint} must be >= 1 "
+                         "(steps between kept states) or None (keep all)")
+    if config.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
+    if config.iters is not None and config.iters < 0:
+        raise ValueError(f"iters={config.iters} must be >= 0")
+    if config.backprop_window is not None and config.backprop_window < 1:
+        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
+    _optimizer_class(config.optimizer)
+
+
+def _continued(config: TrainConfig, saved: dict, path: Path) -> None:
+    """Take the checkpoint's learning rate and seed where none is given; refuse others: the
+    restored optimizer and RNG state are the old run's, so a new value would not apply."""
+    for key in ("lr", "seed"):
+        given, before = getattr(config, key), saved.get(key)
+        if given is None:
+            setattr(config, key, before)
+        elif before is not None and given != before:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {key}={before!r}; resuming with "
+                f"{key}={given!r} is refused (the restored optimizer and RNG continue the old "
+                f"run); leave --{key} out, or start a new run to change it")
 
 
 def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
@@ -240,6 +300,58 @@ def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
                 f"checkpoint {path} belongs to another run: {key}={saved.get(key, defaults.get(key))!r} there, "
                 f"{getattr(config, key)!r} here"
             )
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a rollout on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_rollout_size(sim: Simulator, steps: int, *, backward: bool,
+                       rollout_checkpoint: int | None = None, record_every: int = 0,
+                       force: bool = False) -> int:
+    """Estimate the memory a rollout of ``steps`` keeps and refuse one beyond this machine.
+
+    The estimate is a lower bound: one state per step kept for backward (one per
+    ``rollout_checkpoint`` steps plus one segment recomputed when checkpointed) and one per
+    recorded frame; the step's own temporaries come on top.
+
+    Returns:
+        The estimate in bytes.
+
+    Raises:
+        ValueError: The estimate exceeds the memory available and ``force`` is False.
+    """
+    state = sim.initial_state()
+    per_state = sum(t.numel() * t.element_size() for t in vars(state).values()
+                    if isinstance(t, torch.Tensor))
+    kept = 0
+    if backward:
+        k = rollout_checkpoint
+        kept = steps if k is None else -(-steps // k) + min(k, steps)
+    if record_every:
+        kept += steps // record_every + 1
+    estimate = kept * per_state
+    available = _available_bytes(torch.device(sim.backend.torch_device))
+    if not force and available is not None and estimate > available:
+        hint = "--rollout-checkpoint K, " if backward and rollout_checkpoint is None else ""
+        raise ValueError(
+            f"steps={steps}: the rollout would keep at least {estimate / 1e9:.3g} GB "
+            f"({per_state} bytes a state), and {available / 1e9:.3g} GB are available; use "
+            f"{hint}fewer steps, or --force to run anyway")
+    return estimate
 
 
 def _has_actuators(scene: Scene) -> bool:
@@ -257,6 +369,7 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
     """Train a controller on a scene; see the module docstring for what is written to ``out``.
 
@@ -266,6 +379,11 @@ def train(
             overwritten).
     """
     out = Path(out)
+    _check_settings(config)
+    saved = None
+    if resume is not None:
+        saved = _load_checkpoint(Path(resume))
+        _continued(config, saved["config"], Path(resume))
     scene = load_scene(config.scene, **config.scene_options)
     if scene.design is None and not _has_actuators(scene):
         raise SceneError(
@@ -281,21 +399,31 @@ def train(
     config.backend = config.backend or scene.default_backend
     config.precision = config.precision or scene.train.get("precision", "float32")
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
+    config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
-    if config.iters < 0:
-        raise ValueError(f"iters={config.iters} must be >= 0")
+    _check_settings(config)
     check_batch_size(config.batch)
     if config.health not in ("stop", "mask"):
         raise ValueError(f"health={config.health!r} is unknown; allowed: stop, mask")
-    if config.checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
-    if config.backprop_window is not None and config.backprop_window < 1:
-        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
-    saved = None
-    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoint.pt").exists()
-    if resume is not None:
-        saved = _load_checkpoint(Path(resume))
+    if saved is not None:
         _check_same_run(saved["config"], config, Path(resume))
+    with hold_lock(out, "training run"):
+        return _train_locked(config, out, scene, saved, resume, progress, force)
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out`` holds iterations of a run (a checkpoint before iteration 0 and an empty
+    log, left by a run that failed in its first iteration, lose nothing when replaced)."""
+    log = out / "metrics.jsonl"
+    if log.exists():
+        return log.stat().st_size > 0
+    return (out / "checkpoint.pt").exists()
+
+
+def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | None,
+                  resume: str | Path | None, progress: bool, force: bool) -> TrainResult:
+    holds_run = _holds_run(out)
+    if resume is not None:
         if holds_run and Path(resume).resolve().parent != out.resolve():
             raise FileExistsError(
                 f"{out} already holds another training run; resume into the checkpoint's own "
@@ -309,6 +437,8 @@ def train(
     backend: Backend = resolve_backend(config.backend, config.device, config.precision)
     config.device = backend.device
     sim = make_simulator(scene, backend, batch_size=config.batch)
+    check_rollout_size(sim, scene.steps, backward=True,
+                       rollout_checkpoint=config.rollout_checkpoint, force=force)
     torch.manual_seed(config.seed)
     if scene.design is not None:
         # An inverse problem: the optimized module is the scene's design, not a controller.
@@ -331,7 +461,6 @@ def train(
         start = int(saved["iteration"])
         metrics = list(saved["metrics"])
         best = saved["best"]
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "config.json", "w") as f:
         json.dump(asdict(config), f, indent=2)
     # The log is rewritten from the checkpoint's metrics: lines of iterations after it are gone.
@@ -340,7 +469,7 @@ def train(
         log.writelines(json.dumps(row) + "\n" for row in metrics)
 
     def save_checkpoint(iteration: int) -> None:
-        _atomic_save(
+        save_data(
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": asdict(config),
@@ -354,8 +483,12 @@ def train(
             out / "checkpoint.pt",
         )
 
+    if saved is None:
+        save_checkpoint(0)  # a run that fails in its first iteration can still be resumed
+    threads = threads_for(sim.initial_state())
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
+    flat = 0  # consecutive iterations with a gradient of exactly zero
     trainable = [p for p in controller.parameters() if p.requires_grad]
     with open(log_path, "a") as log:
         for iteration in bar:
@@ -365,43 +498,42 @@ def train(
             def evaluate(iteration: int = iteration) -> tuple[torch.Tensor, Any, dict, float]:
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
-                elif scene.goals is not None:
-                    # Fresh goals every iteration, reproducible from the seed and iteration.
-                    schedule = scene.goals.sample(sim.batch_size, scene.steps,
-                                                  seed=config.seed * 1_000_003 + iteration)
-                    state, params = initial_worlds(
-                        scene, sim, seed=config.seed * 1_000_003 + iteration)
-                    result = goal_rollout(sim, state, controller, schedule, scene.steps,
-                                          params=params, health=config.health,
-                                          truncate_every=config.backprop_window)
-                    loss, extra = scene.loss(result), {}
                 else:
                     state, params = initial_worlds(
                         scene, sim, seed=config.seed * 1_000_003 + iteration)
-                    result = rollout(sim, state, controller, scene.steps, params=params,
-                                     health=config.health,
-                                     checkpoint_every=config.rollout_checkpoint,
-                                     truncate_every=config.backprop_window)
+                    if scene.goals is not None:
+                        # Fresh goals every iteration, reproducible from seed and iteration.
+                        schedule = scene.goals.sample(sim.batch_size, scene.steps,
+                                                      seed=config.seed * 1_000_003 + iteration)
+                        result = goal_rollout(sim, state, controller, schedule, scene.steps,
+                                              params=params, health=config.health,
+                                              truncate_every=config.backprop_window)
+                    else:
+                        result = rollout(sim, state, controller, scene.steps, params=params,
+                                         health=config.health,
+                                         checkpoint_every=config.rollout_checkpoint,
+                                         truncate_every=config.backprop_window)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
                 return loss, result, extra, _grad_norm(trainable)
 
-            # The row logged is this first evaluation, at the parameters before the step.
-            loss, result, extra, grad_norm = evaluate()
-            healthy = math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach()))
-            if healthy:
-                _condition_gradient(trainable, grad_norm, config)
-                if _needs_closure(optimizer):
-                    def closure() -> torch.Tensor:
-                        again, *_, norm = evaluate()
-                        _condition_gradient(trainable, norm, config)
-                        return again
+            with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
+                # The row logged is this first evaluation, at the parameters before the step.
+                loss, result, extra, grad_norm = evaluate()
+                healthy = math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach()))
+                if healthy:  # a non-finite iteration is skipped: no step, never best
+                    _condition_gradient(trainable, grad_norm, config)
+                    if _needs_closure(optimizer):
+                        def closure() -> torch.Tensor:
+                            again, *_, norm = evaluate()
+                            _condition_gradient(trainable, norm, config)
+                            return again
 
-                    optimizer.step(closure)
-                else:
-                    optimizer.step()
-            optimizer.zero_grad()
+                        optimizer.step(closure)
+                    else:
+                        optimizer.step()
+                optimizer.zero_grad()
             row = {
                 "iteration": iteration,
                 "loss": float(loss.detach()),
@@ -414,6 +546,13 @@ def train(
             if config.health == "mask":
                 row["failed_worlds"] = len(result.failures)
             metrics.append(row)
+            flat = flat + 1 if row["grad_norm"] == 0 else 0
+            if flat == SATURATED_ITERATIONS:
+                tqdm.write(
+                    f"simdiff train: warning: the gradient has been exactly 0 for {flat} "
+                    f"iterations (since iteration {iteration + 1 - flat}): the controller is "
+                    f"probably saturated and will not learn; try a smaller --lr (now "
+                    f"{config.lr:g})", file=sys.stderr)
             if healthy and row["loss"] < best["loss"]:
                 best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
             log.write(json.dumps(row) + "\n")
@@ -421,9 +560,7 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.4g}")
             if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iters:
                 save_checkpoint(iteration + 1)
-    if start == config.iters and saved is None:
-        save_checkpoint(0)
-    torch.save(controller.state_dict(), out / "controller.pt")
+    save_data(controller.state_dict(), out / "controller.pt")
     if best["state"] is not None:
-        torch.save(best["state"], out / "best_controller.pt")
+        save_data(best["state"], out / "best_controller.pt")
     return TrainResult(out, config, scene, sim, controller, metrics, best["state"])

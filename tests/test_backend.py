@@ -58,3 +58,22 @@ def test_taichi_simulators_of_both_precisions_alternate():
     again = rollout(sim64, sim64.initial_state(), None, 20).final.particle_x
     assert torch.equal(first, again) and again.dtype == torch.float64
     assert torch.allclose(single.double(), first, atol=1e-4)
+
+
+@pytest.mark.parametrize(("env", "expected"), [("0", "False"), ("1", "True"), (None, "True")])
+def test_taichi_offline_cache_follows_the_users_environment(env, expected):
+    """TI_OFFLINE_CACHE=0 turns Taichi's kernel cache off; unset, simdiff turns it on."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import taichi as ti\n"
+            "from simdiff.backend import resolve_backend\n"
+            "resolve_backend('taichi').ensure_initialized()\n"
+            "print(ti.lang.impl.current_cfg().offline_cache)\n")
+    environ = {k: v for k, v in os.environ.items() if k != "TI_OFFLINE_CACHE"}
+    if env is not None:
+        environ["TI_OFFLINE_CACHE"] = env
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=environ)
+    assert out.stdout.strip().splitlines()[-1] == expected

@@ -64,3 +64,19 @@ def test_taichi_and_warp_agree(name):
     bad = [f"{r.quantity}: {r.first:.12g} vs {r.second:.12g} (rel {r.relative_difference:.2e})"
            for r in results if not r.ok]
     assert not bad, f"{name}: taichi and warp disagree beyond rtol={rtol}:\n" + "\n".join(bad)
+
+
+# One scene per simulator, batched: three slightly different worlds with their own actions.
+BATCHED = ("walker_small", "mpm_crawler", "fluid_stir_to_target", "nbody_targeting")
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_backends_agree_on_batched_worlds(name):
+    options, horizon = TOY[name]
+    scene = load_scene(name, **options)
+    rtol = RTOL[scene.simulator]
+    results = compare_backends(scene, steps=min(horizon, 12), rtol=rtol, batch=3)
+    derivatives = [r for r in results if r.quantity.startswith("d/d")]
+    assert derivatives and any(abs(r.first) > 0 for r in derivatives)
+    bad = [f"{r.quantity}: {r.first:.12g} vs {r.second:.12g}" for r in results if not r.ok]
+    assert not bad, f"{name} (3 worlds): backends disagree beyond rtol={rtol}:\n" + "\n".join(bad)

@@ -247,3 +247,23 @@ def test_mask_freezes_exactly_the_failed_world(backend64):
         (g,) = torch.autograd.grad(alone.final.particle_x[..., 0].mean() / 2, [one])
         expected += g
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12 * float(expected.abs().max()))
+
+
+def test_batch_benchmark_runs_at_toy_size():
+    """``benchmarks/batch_mass_spring.py`` at toy size: one row per mode and B with the fields
+    ``simdiff bench batch`` reads (not a timing assertion: rates are only positive)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "batch_mass_spring.py"
+    spec = importlib.util.spec_from_file_location("batch_mass_spring", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.mass_spring_batch(batches=(1, 2), backends=("warp",), quick=True,
+                                   progress=None)
+    assert [(r["batch"], r["mode"]) for r in rows] == [
+        (1, "forward"), (1, "forward_backward"), (2, "forward"), (2, "forward_backward")]
+    for r in rows:
+        assert r["world_steps_per_s"] > 0 and r["loop_world_steps_per_s"] > 0
+        assert r["peak_rss_mb"] > 0 and r["rss_growth_mb"] >= 0
+    assert [r["speedup_vs_b1"] for r in rows[:2]] == [1.0, 1.0]

@@ -105,3 +105,24 @@ def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "vs_baseline" in printed and "(b) 3D forward" in printed
     assert "(c) gradient at 20 substeps" in printed
+
+
+def test_batch_benchmark_runs_at_toy_size():
+    """``benchmarks/batch_mpm.py`` at toy size: a row per B and mode with positive figures,
+    B = 1 the reference of ``speedup_vs_b1`` (speed itself is measured by the benchmark)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "batch_mpm.py"
+    spec = importlib.util.spec_from_file_location("batch_mpm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.mpm_batch(batches=(1, 2), backends=("warp",), quick=True)
+    assert {(r["batch"], r["mode"]) for r in rows} == {
+        (b, m) for b in (1, 2) for m in ("forward", "forward_backward")}
+    for r in rows:
+        assert r["world_steps_per_s"] > 0 and r["loop_world_steps_per_s"] > 0
+        assert r["peak_rss_mb"] > 0 and r["vs_loop"] > 0
+        if r["batch"] == 1:
+            assert r["speedup_vs_b1"] == 1.0
+    assert "world-steps/s" in bench.summarize(rows)

@@ -222,23 +222,17 @@ def test_shipped_policy_loads_and_evaluates():
 
 
 def test_policy_for_another_observation_space_is_refused(tmp_path):
-    import gymnasium as gym
-    from stable_baselines3 import PPO
+    from simdiff.rl.policy import _network, load_policy
 
-    from simdiff.rl.policy import load_policy
-
-    class Other(gym.Env):
-        observation_space = gym.spaces.Box(-1, 1, shape=(5,))
-        action_space = gym.spaces.Discrete(10)
-
-    PPO("MlpPolicy", Other(), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "other")
+    torch.save({"format": 1, "policy": _network(5, 10, [64, 64]).state_dict()},
+               tmp_path / "other.pt")
     with pytest.raises(ValidationError, match=r"trained for observations of shape \(5,\)"):
-        load_policy(tmp_path / "other.zip")
-    (tmp_path / "broken.zip").write_bytes(b"not a zip")
-    with pytest.raises(ValidationError, match="does not load"):
-        load_policy(tmp_path / "broken.zip")
+        load_policy(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a policy")
+    with pytest.raises(ValidationError, match="unreadable or corrupt"):
+        load_policy(tmp_path / "broken.pt")
     with pytest.raises(ValidationError, match="does not exist"):
-        load_policy(tmp_path / "missing.zip")
+        load_policy(tmp_path / "missing.pt")
 
 
 def test_cli_eval_writes_table_plot_and_video(tmp_path, capsys):
@@ -258,7 +252,7 @@ def test_cli_eval_writes_table_plot_and_video(tmp_path, capsys):
 def test_cli_rl_bad_input(tmp_path, capsys):
     from simdiff.cli import main
 
-    assert main(["rl", "eval", str(tmp_path / "nope.zip")]) == 2
+    assert main(["rl", "eval", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["rl", "train", "--steps", "0", "--out", str(tmp_path / "p")]) == 2
     assert "steps=0 must be >= 1" in capsys.readouterr().err

@@ -210,7 +210,7 @@ def test_resume_flag_follows_the_command(tmp_path):
     run_dir.mkdir()
     (run_dir / "run.json").write_text("{}")
     assert _resumed_argv(command_parser("rl train"), ["rl", "train"], run_dir) == ["rl", "train"]
-    (run_dir / "policy.checkpoint.zip").write_text("partial")
+    (run_dir / "policy.checkpoint.pt").write_text("partial")
     assert _resumed_argv(command_parser("rl train"), ["rl", "train"], run_dir)[-1] == "--resume"
     assert _resumed_argv(command_parser("train"), ["train"], run_dir) == ["train"]
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]

@@ -47,11 +47,32 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.problem == "list":
         return _list()
+    if args.out is not None:
+        _claim(Path(args.out))
     if args.problem == "suite":
         return _suite(args)
     if args.problem == "robot":
         return _robot(args)
     return _single(args)
+
+
+def _claim(out: Path) -> None:
+    """Check ``--out`` first: writable, and not another command's run (a training run's log
+    and checkpoint would be replaced by the design's)."""
+    from simdiff.files import check_creatable
+
+    check_creatable(out, "--out")
+    if (out / "checkpoint.pt").exists() or (out / "sweep.json").exists():
+        kind = "a training run" if (out / "checkpoint.pt").exists() else "a sweep"
+        raise FileExistsError(f"{out} holds {kind}; a design would overwrite its files: "
+                              "choose another --out")
+
+
+def _locked(out: Path):
+    from simdiff.files import hold_lock
+
+    _claim(out)
+    return hold_lock(out, "design")
 
 
 def _list() -> int:
@@ -80,16 +101,17 @@ def _single(args: argparse.Namespace) -> int:
         if not args.quiet and (i % max(1, args.iters // 10) == 0 or i == args.iters - 1):
             print(f"iteration {i:>5}  compliance {c:.6g}", flush=True)
 
-    result = optimize(problem, args.param, optimizer, args.iters, seed=args.seed, lr=args.lr,
-                      solver=args.solver, record_every=every, callback=report)
-    print(f"{problem.name} ({problem.nelx}x{problem.nely}, volfrac {problem.volfrac}) "
-          f"{args.param} + {optimizer}, solver {result.solver}: best compliance "
-          f"{result.best_compliance:.6g} at iteration {result.best_iteration} of "
-          f"{result.iterations}; volume {result.volume[result.best_iteration]:.6f}; "
-          f"{result.seconds:.1f} s ({result.solve_seconds:.1f} s in solves)")
-    written = write_design_outputs(result, out)
-    metrics = out / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps(m) + "\n" for m in result.metrics()))
+    with _locked(out):
+        result = optimize(problem, args.param, optimizer, args.iters, seed=args.seed, lr=args.lr,
+                          solver=args.solver, record_every=every, callback=report)
+        print(f"{problem.name} ({problem.nelx}x{problem.nely}, volfrac {problem.volfrac}) "
+              f"{args.param} + {optimizer}, solver {result.solver}: best compliance "
+              f"{result.best_compliance:.6g} at iteration {result.best_iteration} of "
+              f"{result.iterations}; volume {result.volume[result.best_iteration]:.6f}; "
+              f"{result.seconds:.1f} s ({result.solve_seconds:.1f} s in solves)")
+        written = write_design_outputs(result, out)
+        metrics = out / "metrics.jsonl"
+        metrics.write_text("".join(json.dumps(m) + "\n" for m in result.metrics()))
     for path in [*written, metrics]:
         print(f"wrote {path}")
     return 0
@@ -101,10 +123,11 @@ def _suite(args: argparse.Namespace) -> int:
     problems = args.problems.split(",") if args.problems else default_problems()
     methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
     out = Path(args.out or "renders/design_suite")
-    rows = run_suite(problems, methods, args.iters, workers=args.workers, seed=args.seed,
-                     solver=args.solver, image_dir=out / "designs",
-                     progress=(lambda s: None) if args.quiet else print)
-    paths = write_tables(rows, out, iters=args.iters)
+    with _locked(out):
+        rows = run_suite(problems, methods, args.iters, workers=args.workers, seed=args.seed,
+                         solver=args.solver, image_dir=out / "designs",
+                         progress=(lambda s: None) if args.quiet else print)
+        paths = write_tables(rows, out, iters=args.iters)
     print(paths[1].read_text())
     for path in paths:
         print(f"wrote {path}")
@@ -124,7 +147,9 @@ def _robot(args: argparse.Namespace) -> int:
         kwargs["volfrac"] = args.volfrac
     if args.lr is not None:
         kwargs["lr"] = args.lr
-    result = design_bridge(out, progress=(lambda s: None) if args.quiet else print, **kwargs)
+    with _locked(out):
+        result = design_bridge(out, progress=(lambda s: None) if args.quiet else print,
+                               **kwargs)
     print(f"payload sag: uniform density {1e3 * result.uniform_sag:.3f} mm, CNN layout "
           f"{1e3 * result.best_sag:.3f} mm ({100 * (1 - result.best_sag / result.uniform_sag):.1f}% "
           f"less), {result.seconds:.0f} s")

@@ -14,6 +14,7 @@ stiffnesses, the sigmoid offset and the network weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -82,8 +83,24 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
                   payload: float = 10.0, stiffness: float = 5e4,
                   backend: str = "warp", progress=print) -> BridgeDesign:
     """Optimize the deck's stiffness layout with the CNN and Adam; write the design image, a
-    GIF of the loaded structure settling and the loss curve into ``out`` when given."""
+    GIF of the loaded structure settling and the loss curve into ``out`` when given.
+
+    Raises:
+        ValidationError: an argument out of range, named, before anything is built.
+    """
     from simdiff.backend import resolve_backend
+    from simdiff.sims.base import ValidationError
+
+    for name, value, low in (("nx", nx, 1), ("ny", ny, 1), ("iters", iters, 1),
+                             ("steps", steps, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValidationError(f"{name}={value!r} must be an integer >= {low}")
+    if not (isinstance(volfrac, (int, float)) and 0.0 < volfrac < 1.0):
+        raise ValidationError(f"volfrac={volfrac!r} must lie strictly between 0 and 1 (the "
+                              "mean density of the deck's cells)")
+    for name, value in (("lr", lr), ("payload", payload), ("stiffness", stiffness)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValidationError(f"{name}={value!r} must be a finite number > 0")
     from simdiff.rollout import rollout
     from simdiff.sims.mass_spring import MassSpring
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from simdiff.render.video import LazyFrames
+
 __all__ = [
     "CONTRACT_RGB",
     "EXTEND_RGB",
@@ -64,7 +66,7 @@ def render_mass_spring(
     follow: bool = True,
     title: str | None = None,
     world: int = 0,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     """Render a mass-spring trajectory, one RGB frame per time step (of one world).
 
     The dimension of the positions picks the view. In 2D the vertical extent and the scale are
@@ -92,7 +94,9 @@ def render_mass_spring(
         world: Which world of batched frames to draw (0 by default).
 
     Returns:
-        T frames, each an [H, W, 3] ``uint8`` array.
+        T frames, each an [H, W, 3] ``uint8`` array, as a sequence that paints a frame when it
+        is read (a 680-step walker's frames held at once were 118 MB; a video writer streams
+        them).
 
     Raises:
         ValueError: If an argument has the wrong shape, holds non-finite positions or
@@ -155,7 +159,7 @@ def _render_2d(
     bounds: tuple[float, float, float, float] | None,
     follow: bool,
     title: str | None,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     width, height = size
     scale, center_y, center_x = _view_2d(traj, ground_height, size, bounds, follow)
     line_width, radius = _stroke(size)
@@ -171,8 +175,7 @@ def _render_2d(
     spacing = _tick_spacing(scale)
     half_view = width / 2 / scale
 
-    frames = []
-    for t in range(len(traj)):
+    def paint(t: int) -> np.ndarray:
         image = background.copy()
         draw = ImageDraw.Draw(image)
         cx = center_x[t]
@@ -197,8 +200,9 @@ def _render_2d(
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_PARTICLE_RGB)
         if title:
             _draw_title(draw, title, height)
-        frames.append(np.array(image))
-    return frames
+        return np.array(image)
+
+    return LazyFrames(len(traj), paint)
 
 
 def _view_2d(
@@ -254,7 +258,7 @@ def _render_3d(
     bounds: tuple[float, float, float, float] | None,
     follow: bool,
     title: str | None,
-) -> list[np.ndarray]:
+) -> LazyFrames:
     width, height = size
     targets, distance = _camera_3d(traj, bounds, follow)
     forward = -np.array(
@@ -294,8 +298,7 @@ def _render_3d(
         )
         return uv, depth
 
-    frames = []
-    for t in range(len(traj)):
+    def paint(t: int) -> np.ndarray:
         image = background.copy()
         draw = ImageDraw.Draw(image)
         eye = targets[t] - distance * forward
@@ -327,8 +330,9 @@ def _render_3d(
                 draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_PARTICLE_RGB)
         if title:
             _draw_title(draw, title, height)
-        frames.append(np.array(image))
-    return frames
+        return np.array(image)
+
+    return LazyFrames(len(traj), paint)
 
 
 def _camera_3d(

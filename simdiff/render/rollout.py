@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from simdiff.rollout import Rollout
 from simdiff.scene import Scene
@@ -45,10 +46,10 @@ def _mass_spring_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[
 def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
     from simdiff.render.nbody import render_nbody
 
-    steps = sorted(rollout.frames)
-    positions = np.stack([rollout.frames[t].body_x.cpu().numpy() for t in steps])
-    times = [float(rollout.frames[t].time) for t in steps]
-    masses = scene.model.body_mass.detach().cpu().numpy()
+    steps = sorted(rollout.frames)  # one world: fields [1, ...]
+    positions = np.stack([rollout.frames[t].body_x[0].cpu().numpy() for t in steps])
+    times = [float(rollout.frames[t].time[0]) for t in steps]
+    masses = scene.model.body_mass.detach().cpu().numpy().reshape(-1, positions.shape[1])[0]
     return render_nbody(positions, masses, title=scene.name,
                         subtitles=[f"t = {t:.3f}" for t in times])
 
@@ -123,10 +124,12 @@ def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:
 
     sim = rollout.simulator
     steps = sorted(rollout.frames)
-    e0 = sim.initial_energy
-    times = [float(rollout.frames[t].time) for t in steps]
-    errors = [max(abs(float(sim.energy(rollout.frames[t])) / e0 - 1), 1e-17) for t in steps]
-    path = plot_series(times, {scene.name: errors}, stem.with_name(stem.name + "_energy.png"),
+    times = [float(rollout.frames[t].time[0]) for t in steps]
+    errors = torch.stack([sim.energy_error(rollout.frames[t]) for t in steps]).clamp_min(1e-17)
+    worlds = min(rollout.batch_size, MAX_TILED_WORLDS)
+    series = {scene.name if worlds == 1 else f"world {b}": errors[:, b].tolist()
+              for b in range(worlds)}
+    path = plot_series(times, series, stem.with_name(stem.name + "_energy.png"),
                        xlabel="time", ylabel="|relative energy error|", logy=True,
                        title=f"{scene.name}: energy error")
     return [path]

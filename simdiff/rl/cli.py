@@ -15,14 +15,24 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from simdiff.files import check_creatable
     from simdiff.rl.policy import train_policy
 
+    check_creatable(Path(args.out).parent, "--out")
     path = train_policy(args.out, steps=args.steps, seed=args.seed, envs=args.envs,
                         settings=_settings(args), resume=args.resume,
+                        checkpoint_every=args.checkpoint_every,
                         processes=args.processes, progress=not args.quiet, gamma=args.gamma,
                         feature_kind=args.features, init=args.init,
                         learning_rate=args.learning_rate)
     print(f"policy: {path} (and {path.with_suffix('.json').name})")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from simdiff.rl.policy import convert_sb3_zip
+
+    print(f"wrote {convert_sb3_zip(args.zip, args.out)}")
     return 0
 
 
@@ -66,7 +76,7 @@ def add_rl_parser(sub) -> None:
 
     p = rl_sub.add_parser("train", help="train a PPO policy that chooses eta")
     p.add_argument("--steps", type=int, default=50_000, help="environment steps (decisions)")
-    p.add_argument("--out", default="renders/rl/policy", help="policy path (.zip and .json)")
+    p.add_argument("--out", default="renders/rl/policy", help="policy path (.pt and .json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--envs", type=int, default=4, help="environments sampled in lockstep")
     p.add_argument("--integrator", choices=["hermite", "leapfrog", "rk4"])
@@ -87,7 +97,10 @@ def add_rl_parser(sub) -> None:
                         "fixed eta 1e-2 (default: a fresh network)")
     p.add_argument("--processes", action="store_true",
                    help="step the environments in worker processes (every core)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from OUT.checkpoint.pt (same arguments; --steps may grow)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10_000,
+                   help="environment steps between checkpoints (default 10000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -108,3 +121,9 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--out", default="renders/rl/eval", help="output folder")
     p.add_argument("--no-video", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = rl_sub.add_parser("convert", help="convert a stable-baselines3 PPO zip you trust to "
+                                          "weights + JSON (unpickles it: it can run code)")
+    p.add_argument("zip", help="the .zip saved by stable-baselines3")
+    p.add_argument("--out", default=None, help="weights path (default: the zip's, as .pt)")
+    p.set_defaults(func=_cmd_convert)

@@ -1,8 +1,18 @@
 """Training and loading time-step policies (stable-baselines3 PPO over :mod:`simdiff.rl.env`).
 
-A policy is saved as two files: ``NAME.zip`` (stable-baselines3's own format: weights, spaces,
-hyperparameters) and ``NAME.json`` (the environment's settings, the feature map and the training
-recipe), so that evaluation rebuilds the environment the policy was trained in.
+A policy is saved as two files of data: ``NAME.pt`` (the policy network's weights, loaded with
+``torch.load(weights_only=True)``) and ``NAME.json`` (the environment's settings, the feature map,
+the network's layer widths and the training recipe), so that evaluation rebuilds the network
+and the environment the policy was trained in. Stable-baselines3's own ``.zip`` format is
+refused: it loads by unpickling, which can run code (:func:`convert_sb3_zip` converts a zip
+one trusts).
+
+Training checkpoints (``NAME.checkpoint.pt``, data too) are written every ``checkpoint_every``
+decisions and hold everything the rest of the run depends on: the network and its optimizer,
+the step count, the reward normalization's running statistics, and the torch, numpy and Python
+RNG states. The environments' episodes are cut at each checkpoint and the environments
+reseeded from ``(seed, checkpoint index)``, so no environment state needs saving: a run resumed
+from a checkpoint (``resume=True``) ends with the same weights as an uninterrupted one.
 
 Features: the network does not see the raw observation. Velocities grow without bound in close
 encounters (|v| ~ 1/sqrt(r)) and the log energy error spans [-16, 2]; so positions and
@@ -41,6 +51,7 @@ on systems whose error is above the median anyway).
 from __future__ import annotations
 
 import json
+import random
 import time
 from importlib import resources
 from pathlib import Path
@@ -48,11 +59,15 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from simdiff.files import DataFileError, hold_lock, load_data, save_data
 from simdiff.rl.env import OBSERVATION_SIZE, ThreeBodyTimestepEnv
 from simdiff.sims.base import ValidationError
 
-__all__ = ["FEATURES", "FEATURE_SIZES", "SHIPPED_POLICY", "Policy", "features", "load_policy",
-           "train_policy"]
+__all__ = ["FEATURES", "FEATURE_SIZES", "SHIPPED_POLICY", "Policy", "convert_sb3_zip",
+           "features", "load_policy", "train_policy"]
+
+POLICY_FORMAT = 1
+CHECKPOINT_FORMAT = 1
 
 FEATURES = "encounter_v2"
 """The feature map new policies use."""
@@ -121,7 +136,13 @@ class FeatureWrapper(gym.ObservationWrapper):
 
 
 class Policy:
-    """A loaded policy: ``act(observations) -> actions`` for a batch, deterministic."""
+    """A loaded policy: ``act(observations) -> actions`` for a batch, deterministic.
+
+    Attributes:
+        model: The policy network (stable-baselines3's ``ActorCriticPolicy``).
+        settings: The environment's settings.
+        meta: The policy's JSON file.
+    """
 
     def __init__(self, model, settings: dict, meta: dict) -> None:
         self.model, self.settings, self.meta = model, settings, meta
@@ -134,49 +155,112 @@ class Policy:
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
+    """The weights (``.pt``) and metadata (``.json``) files of a policy path, suffix optional."""
     path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".zip", ".json") else path
-    return stem.with_suffix(".zip"), stem.with_suffix(".json")
+    stem = path.with_suffix("") if path.suffix in (".pt", ".zip", ".json") else path
+    return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
 
 
 def shipped_policy_path() -> Path:
     return Path(str(resources.files("simdiff.rl") / "policies" / SHIPPED_POLICY))
 
 
+def _network(observation_size: int, actions: int, net_arch: list[int]):
+    """A fresh policy network of PPO's ``MlpPolicy`` with these sizes (weights to be loaded)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    return ActorCriticPolicy(
+        gym.spaces.Box(-np.inf, np.inf, shape=(observation_size,), dtype=np.float32),
+        gym.spaces.Discrete(actions), lambda _: 0.0, net_arch=list(net_arch))
+
+
+def _architecture(state: dict, where: Path) -> tuple[int, int, list[int]]:
+    """Input size, action count and hidden widths read from a policy network's weights."""
+    try:
+        hidden = sorted((k for k in state if k.startswith("mlp_extractor.policy_net.")
+                         and k.endswith(".weight")), key=lambda k: int(k.split(".")[2]))
+        widths = [int(state[k].shape[0]) for k in hidden]
+        return int(state[hidden[0]].shape[1]), int(state["action_net.weight"].shape[0]), widths
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise ValidationError(f"policy file {where} holds no PPO MlpPolicy weights") from None
+
+
 def load_policy(path: str | Path | None = None) -> Policy:
     """Load a policy saved by :func:`train_policy` (the shipped one when ``path`` is None).
 
-    Raises:
-        ValidationError: The files are missing or unreadable, or the policy was trained for
-            another observation or action space.
-    """
-    from stable_baselines3 import PPO
+    Nothing is unpickled: the weights are read with ``torch.load(weights_only=True)`` into a
+    network built from their shapes, the rest comes from JSON.
 
-    zip_path, json_path = _paths(shipped_policy_path() if path is None else path)
-    if not zip_path.is_file():
-        raise ValidationError(f"policy file {zip_path} does not exist")
+    Raises:
+        ValidationError: The files are missing, unreadable or need unpickling (a
+            stable-baselines3 zip), or the policy was trained for another observation or
+            action space.
+    """
+    weights, json_path = _paths(shipped_policy_path() if path is None else path)
+    legacy = weights.with_suffix(".zip")
+    if not weights.is_file() and legacy.is_file():
+        raise ValidationError(
+            f"policy file {legacy} is a stable-baselines3 zip, which loads by unpickling (it "
+            f"can run code) and is refused; if you trust it, convert it with `simdiff rl "
+            f"convert {legacy}`")
+    if not weights.is_file():
+        raise ValidationError(f"policy file {weights} does not exist")
     try:
         meta = json.loads(json_path.read_text()) if json_path.is_file() else {}
     except (OSError, json.JSONDecodeError) as err:
         raise ValidationError(f"policy metadata {json_path} does not load: {err}") from None
     try:
-        model = PPO.load(zip_path, device="cpu")
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same to a user
-        raise ValidationError(f"policy file {zip_path} does not load: {err}") from None
+        data = load_data(weights, "policy file")
+    except DataFileError as err:
+        raise ValidationError(str(err)) from None
+    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT or \
+            not isinstance(data.get("policy"), dict):
+        raise ValidationError(f"policy file {weights} is not a simdiff policy of format "
+                              f"{POLICY_FORMAT}")
+    inputs, actions, widths = _architecture(data["policy"], weights)
     env = ThreeBodyTimestepEnv(**meta.get("settings", {}))
     kind = meta.setdefault("features", "signed_log_v1")
     if kind not in FEATURE_SIZES:
-        raise ValidationError(f"policy {zip_path} uses features {kind!r}; this version computes "
+        raise ValidationError(f"policy {weights} uses features {kind!r}; this version computes "
                               f"{', '.join(FEATURE_SIZES)}")
-    if model.observation_space.shape != (FEATURE_SIZES[kind],):
+    if inputs != FEATURE_SIZES[kind]:
         raise ValidationError(
-            f"policy {zip_path} was trained for observations of shape "
-            f"{model.observation_space.shape}; its features {kind!r} give "
-            f"({FEATURE_SIZES[kind]},)")
-    if getattr(model.action_space, "n", None) != env.action_space.n:
-        raise ValidationError(f"policy {zip_path} was trained for action space "
-                              f"{model.action_space}; this environment has {env.action_space}")
+            f"policy {weights} was trained for observations of shape ({inputs},); its features "
+            f"{kind!r} give ({FEATURE_SIZES[kind]},)")
+    if actions != env.action_space.n:
+        raise ValidationError(f"policy {weights} was trained for {actions} actions; this "
+                              f"environment has {env.action_space}")
+    model = _network(inputs, actions, widths)
+    try:
+        model.load_state_dict(data["policy"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValidationError(f"policy file {weights} does not fit a PPO MlpPolicy ({first})") \
+            from None
+    model.set_training_mode(False)
     return Policy(model, env.settings, meta)
+
+
+def convert_sb3_zip(zip_path: str | Path, out: str | Path | None = None) -> Path:
+    """Convert a stable-baselines3 PPO zip to simdiff's weights file (``NAME.pt`` beside it,
+    or ``out``); the JSON metadata file is kept as it is.
+
+    This unpickles the zip, which can run code: only for files you trust.
+
+    Returns:
+        The path of the weights file.
+    """
+    from stable_baselines3 import PPO
+
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise ValidationError(f"policy file {zip_path} does not exist")
+    weights, _ = _paths(out if out is not None else zip_path)
+    if weights.exists():
+        raise FileExistsError(f"{weights} exists; not overwritten")
+    model = PPO.load(zip_path, device="cpu")
+    save_data({"format": POLICY_FORMAT, "policy": model.policy.state_dict()}, weights)
+    return weights
 
 
 def clone_rule(model, settings: dict, feature_kind: str, seed: int, *, systems: int = 128,
@@ -228,22 +312,54 @@ def clone_rule(model, settings: dict, feature_kind: str, seed: int, *, systems: 
     return accuracy
 
 
+def _rng_state() -> dict:
+    """Torch, numpy and Python RNG states as data (tensors, lists, numbers, strings)."""
+    import torch
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "internal": list(internal),
+                       "gauss_next": gauss_next}}
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# What a resumed run must share with its checkpoint (``steps`` may grow, ``processes`` change).
+_RUN_KEYS = ("settings", "seed", "envs", "rollout_steps", "gamma", "features", "init",
+             "learning_rate", "checkpoint_every")
+
+
 def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
                  settings: dict | None = None, resume: bool = False,
                  checkpoint_every: int = 10_000, rollout_steps: int = 256,
                  processes: bool = False, progress: bool = True, gamma: float = 0.999,
                  feature_kind: str = FEATURES, init: str = "none",
                  learning_rate: float = 3e-4) -> Path:
-    """Train PPO on the time-step environment and save it to ``out`` (``.zip`` and ``.json``).
+    """Train PPO on the time-step environment and save it to ``out`` (``.pt`` and ``.json``).
 
     Args:
-        out: Where to save (suffix optional).
+        out: Where to save (suffix optional). An existing policy there is never overwritten
+            (except by ``resume`` with more ``steps``); ``out``'s folder is locked for the run.
         steps: Environment steps (decisions) to train for in all.
         seed: Seeds the environments' initial conditions and the network.
         envs: Environments sampled in lockstep.
         settings: Environment arguments (:class:`ThreeBodyTimestepEnv`).
-        resume: Continue from ``out``'s checkpoint (``NAME.checkpoint.zip``) if there is one.
-        checkpoint_every: Environment steps between checkpoints.
+        resume: Continue from ``out``'s checkpoint (``NAME.checkpoint.pt``) if there is one,
+            exactly (module docstring); the run's other arguments must be the checkpoint's.
+        checkpoint_every: Environment steps between checkpoints (a multiple of
+            ``envs * rollout_steps`` avoids overshooting each by part of a rollout).
         rollout_steps: Steps each environment samples between PPO updates.
         processes: Step the environments in worker processes (uses every core).
         progress: Show a progress bar.
@@ -256,81 +372,155 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         learning_rate: PPO's learning rate.
 
     Returns:
-        The path of the saved ``.zip``.
-    """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from tqdm import tqdm
+        The path of the saved ``.pt``.
 
+    Raises:
+        ValidationError: An argument is out of range, or the checkpoint is of another run.
+        FileExistsError: ``out`` holds a policy or a checkpoint and ``resume`` is False,
+            ``resume`` finds a finished run of at least ``steps``, or another process trains
+            into ``out``.
+    """
     if steps < 1:
         raise ValidationError(f"steps={steps} must be >= 1")
     if envs < 1:
         raise ValidationError(f"envs={envs} must be >= 1")
+    if checkpoint_every < 1:
+        raise ValidationError(f"checkpoint_every={checkpoint_every} must be >= 1")
+    if rollout_steps < 1:
+        raise ValidationError(f"rollout_steps={rollout_steps} must be >= 1")
     if not 0 < gamma <= 1:
         raise ValidationError(f"gamma={gamma} must be in (0, 1]")
+    if not np.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValidationError(f"learning_rate={learning_rate} must be a finite number > 0")
     if feature_kind not in FEATURE_SIZES:
         raise ValidationError(f"features={feature_kind!r} is unknown; allowed: "
                               f"{', '.join(FEATURE_SIZES)}")
     if init not in ("none", "rule", "fixed"):
         raise ValidationError(f"init={init!r} is unknown; allowed: none, rule, fixed")
     settings = dict(settings or {})
-    ThreeBodyTimestepEnv(**settings)  # validates before anything is built
-    zip_path, json_path = _paths(out)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = zip_path.with_suffix(".checkpoint.zip")
+    run = {"settings": ThreeBodyTimestepEnv(**settings).settings, "seed": seed, "envs": envs,
+           "rollout_steps": rollout_steps, "gamma": gamma, "features": feature_kind,
+           "init": init, "learning_rate": learning_rate, "checkpoint_every": checkpoint_every,
+           "given_settings": settings}
+    weights, json_path = _paths(out)
+    with hold_lock(weights.parent, "policy", lock_name=weights.stem + ".lock"):
+        return _train_locked(weights, json_path, run, steps, resume, processes, progress)
 
+
+def _train_locked(weights: Path, json_path: Path, run: dict, steps: int, resume: bool,
+                  processes: bool, progress: bool) -> Path:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+    from tqdm import tqdm
 
+    checkpoint = weights.with_name(weights.stem + ".checkpoint.pt")
+    legacy = weights.with_suffix(".zip")
+    saved = None
+    if not resume:
+        for path, what in ((weights, "a trained policy"), (legacy, "a trained policy"),
+                           (checkpoint, "an unfinished run's checkpoint")):
+            if path.exists():
+                raise FileExistsError(
+                    f"{path} exists ({what}); not overwritten: choose another --out"
+                    + (", or pass --resume to continue it" if path == checkpoint else ""))
+    elif checkpoint.is_file():
+        try:
+            saved = load_data(checkpoint, "RL checkpoint")
+        except DataFileError as err:
+            raise ValidationError(str(err)) from None
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValidationError(f"{checkpoint} is not a simdiff RL checkpoint of format "
+                                  f"{CHECKPOINT_FORMAT}")
+        before = json.loads(json.dumps(saved["run"]))
+        now = json.loads(json.dumps(run))
+        for key in _RUN_KEYS:
+            if before.get(key) != now.get(key):
+                raise ValidationError(
+                    f"checkpoint {checkpoint} belongs to another run: {key}={before.get(key)!r} "
+                    f"there, {now.get(key)!r} here")
+        if saved["num_timesteps"] >= steps:
+            raise FileExistsError(
+                f"{checkpoint} is of a finished run ({saved['num_timesteps']} steps >= "
+                f"--steps {steps}); nothing to resume: pass a larger --steps to train further")
+    elif weights.exists() or legacy.exists():
+        raise FileExistsError(f"{weights if weights.exists() else legacy} is a finished policy "
+                              "without a checkpoint; nothing to resume: choose another --out")
+    seed, envs, gamma = run["seed"], run["envs"], run["gamma"]
+    settings = dict(run["settings"])
+    rollout_steps = run["rollout_steps"]
     vec = make_vec_env(ThreeBodyTimestepEnv, n_envs=envs, seed=seed, env_kwargs=settings,
                        wrapper_class=FeatureWrapper,
-                       wrapper_kwargs={"kind": feature_kind},
+                       wrapper_kwargs={"kind": run["features"]},
                        vec_env_cls=SubprocVecEnv if processes else DummyVecEnv)
     # Returns span tens of units and vary more between initial conditions than between actions;
     # scaling rewards by a running estimate of the return's spread keeps the value function's
     # loss from drowning the policy's. Training only: acting needs no reward statistics.
     vec = VecNormalize(vec, norm_obs=False, norm_reward=True, gamma=gamma)
-    if resume and checkpoint.is_file():
-        model = PPO.load(checkpoint, env=vec, device="cpu")
+    model = PPO("MlpPolicy", vec, n_steps=rollout_steps, batch_size=min(256, rollout_steps),
+                n_epochs=10, learning_rate=run["learning_rate"], gamma=gamma, ent_coef=0.01,
+                seed=seed, device="cpu", policy_kwargs={"net_arch": [64, 64]}, verbose=0)
+    if saved is not None:
+        model.policy.load_state_dict(saved["policy"])
+        model.policy.optimizer.load_state_dict(saved["optimizer"])
+        model.num_timesteps = int(saved["num_timesteps"])
+        rms = saved["return_statistics"]
+        vec.ret_rms.mean = rms["mean"].numpy().astype(np.float64)
+        vec.ret_rms.var = rms["var"].numpy().astype(np.float64)
+        vec.ret_rms.count = float(rms["count"])
+        _set_rng_state(saved["rng"])
+        start_seconds = float(saved.get("train_seconds", 0.0))
     else:
-        model = PPO("MlpPolicy", vec, n_steps=rollout_steps,
-                    batch_size=min(256, rollout_steps), n_epochs=10, learning_rate=learning_rate,
-                    gamma=gamma, ent_coef=0.01, seed=seed, device="cpu",
-                    policy_kwargs={"net_arch": [64, 64]}, verbose=0)
-        if init != "none":
-            clone_rule(model, settings, feature_kind, seed, constant=init == "fixed")
-    remaining = max(steps - model.num_timesteps, 0)
+        if run["init"] != "none":
+            clone_rule(model, settings, run["features"], seed, constant=run["init"] == "fixed")
+        start_seconds = 0.0
+
+    def save_checkpoint() -> None:
+        save_data({"format": CHECKPOINT_FORMAT, "run": run,
+                   "policy": model.policy.state_dict(),
+                   "optimizer": model.policy.optimizer.state_dict(),
+                   "num_timesteps": int(model.num_timesteps),
+                   "return_statistics": {"mean": torch.as_tensor(vec.ret_rms.mean),
+                                         "var": torch.as_tensor(vec.ret_rms.var),
+                                         "count": float(vec.ret_rms.count)},
+                   "rng": _rng_state(),
+                   "train_seconds": start_seconds + time.perf_counter() - started}, checkpoint)
+
+    bar = tqdm(total=steps, initial=model.num_timesteps, unit="step", disable=not progress,
+               desc="PPO")
 
     class Progress(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(total=steps, initial=model.num_timesteps, unit="step",
-                            disable=not progress, desc="PPO")
-            self.last_checkpoint = model.num_timesteps
-
         def _on_step(self) -> bool:
-            self.bar.update(self.training_env.num_envs)
+            bar.update(self.training_env.num_envs)
             rewards = [info["episode"]["r"] for info in self.locals.get("infos", [])
                        if "episode" in info]
             if rewards:
-                self.bar.set_postfix(episode_reward=f"{np.mean(rewards):.1f}")
-            if self.num_timesteps - self.last_checkpoint >= checkpoint_every:
-                self.model.save(checkpoint)
-                self.last_checkpoint = self.num_timesteps
+                bar.set_postfix(episode_reward=f"{np.mean(rewards):.1f}")
             return True
 
-        def _on_training_end(self) -> None:
-            self.bar.close()
-
-    start = time.perf_counter()
-    if remaining:
-        model.learn(total_timesteps=remaining, callback=Progress(), reset_num_timesteps=False)
-    model.save(zip_path)
+    started = time.perf_counter()
+    every = run["checkpoint_every"]
+    while model.num_timesteps < steps:
+        index = model.num_timesteps // every
+        if model.num_timesteps > 0:
+            # A checkpoint boundary: episodes restart from seeds of (seed, index), in an
+            # uninterrupted run and a resumed one alike; nothing of the environments is saved.
+            vec.seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+            model._last_obs = None
+        target = min((index + 1) * every, steps)
+        model.learn(total_timesteps=target - model.num_timesteps, callback=Progress(),
+                    reset_num_timesteps=False)
+        save_checkpoint()
+    bar.close()
     vec.close()
-    if checkpoint.is_file():
-        checkpoint.unlink()
+    save_data({"format": POLICY_FORMAT, "policy": model.policy.state_dict()}, weights)
+    feature_kind, learning_rate, init = run["features"], run["learning_rate"], run["init"]
     meta = {
-        "settings": ThreeBodyTimestepEnv(**settings).settings,
+        "settings": settings,
         "features": feature_kind,
+        "network": {"net_arch": [64, 64], "activation": "tanh"},
         "gamma": gamma,
         "learning_rate": learning_rate,
         "init": {"none": "PPO from a fresh network",
@@ -341,12 +531,15 @@ def train_policy(out: str | Path, *, steps: int, seed: int = 0, envs: int = 4,
         "seed": seed,
         "envs": envs,
         "rollout_steps": rollout_steps,
-        "train_seconds": round(time.perf_counter() - start, 1),
+        "checkpoint_every": every,
+        "train_seconds": round(start_seconds + time.perf_counter() - started, 1),
         "recipe": f"simdiff rl train --steps {steps} --seed {seed} --envs {envs}"
                   f" --gamma {gamma} --features {feature_kind} --learning-rate {learning_rate}"
+                  f" --checkpoint-every {every}"
                   + (f" --init {init}" if init != "none" else "")
-                  + "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
+                  + "".join(f" --{k.replace('_', '-')} {v}"
+                            for k, v in run["given_settings"].items())
                   + (" --processes" if processes else ""),
     }
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return zip_path
+    return weights

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from typing_extensions import Self
 
-from simdiff.backend import Backend
+from simdiff.backend import Backend, BackendName, require_backend
 
 __all__ = [
     "Params",
@@ -176,8 +176,12 @@ class Simulator(abc.ABC):
     """Names of the independent quantities of an initial state (for gradient checks)."""
     Params: ClassVar[type[Params]] = Params
     """The simulator's params dataclass."""
+    backends: ClassVar[tuple[BackendName, ...]] = (BackendName.TAICHI, BackendName.WARP)
+    """The backends this simulator has steps for; another is refused in one line."""
 
     def __init__(self, model: Any, backend: Backend, *, batch_size: int = 1) -> None:
+        if backend is not None:
+            require_backend(backend, self.backends, self.name)
         self.model = model
         self.backend = backend
         self.batch_size = check_batch_size(batch_size)

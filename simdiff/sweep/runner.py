@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from simdiff.files import LOCK_NAME, hold_lock
 from simdiff.sweep.spec import Run, SpecError, SweepSpec, command_parser
 from simdiff.sweep.worker import SWEEP_FILES, RunStatus, read_record, run_one, write_record
 
@@ -88,51 +89,57 @@ def run_sweep(spec: SweepSpec, *, engine: str | Engine = Engine.LOCAL, address: 
         _RayEngine(address, workers, spec)
     executor.start()  # an unreachable engine fails here, before anything is written
     try:
-        _claim_folder(out, spec)
-        parser = command_parser(spec.command)
-        records: dict[str, dict[str, Any]] = {}
-        tasks, skipped = [], []
-        for run in runs:
-            run_dir = out / "runs" / run.id
-            record = read_record(run_dir)
-            if record is not None and record.get("status") == RunStatus.DONE.value:
-                records[run.id] = record
-                skipped.append(run.id)
-                continue
-            record = {**(record or {}), "id": run.id, "params": run.params,
-                      "status": RunStatus.PENDING.value}
-            records[run.id] = record
-            argv = _resumed_argv(parser, [a.replace("{run_dir}", str(run_dir)) for a in run.argv],
-                                 run_dir)
-            tasks.append({"run_dir": str(run_dir), "argv": argv, "cwd": os.getcwd(),
-                          "threads": max(1, int(spec.resources["num_cpus"])),
-                          "metric": spec.metric, "record": record})
-        table = _Table(out, runs, spec.metric)
-        table.write(records)
-        bar = tqdm(total=len(runs), initial=len(skipped), desc=f"sweep {out.name}",
-                   unit="run", disable=not progress, dynamic_ncols=True)
-        counts = {"running": 0, "failed": 0}
-
-        def show() -> None:
-            done = sum(r["status"] == RunStatus.DONE.value for r in records.values())
-            bar.set_postfix(done=done, running=counts["running"], failed=counts["failed"])
-
-        def started(n: int) -> None:
-            counts["running"] = n
-            show()
-
-        def finished(record: dict[str, Any]) -> None:
-            records[record["id"]] = record
-            counts["failed"] += record["status"] == RunStatus.FAILED.value
-            table.write(records)
-            bar.update(1)
-            show()
-
-        show()
-        executor.run(tasks, started, finished)
-        bar.close()
+        with hold_lock(out, "sweep"):  # concurrent sweeps into one folder: the second refused
+            return _run_locked(spec, runs, out, executor, progress)
     finally:
         executor.stop()
+
+
+def _run_locked(spec: SweepSpec, runs: list[Run], out: Path, executor,
+                progress: bool) -> SweepResult:
+    _claim_folder(out, spec)
+    parser = command_parser(spec.command)
+    records: dict[str, dict[str, Any]] = {}
+    tasks, skipped = [], []
+    for run in runs:
+        run_dir = out / "runs" / run.id
+        record = read_record(run_dir)
+        if record is not None and record.get("status") == RunStatus.DONE.value:
+            records[run.id] = record
+            skipped.append(run.id)
+            continue
+        record = {**(record or {}), "id": run.id, "params": run.params,
+                  "status": RunStatus.PENDING.value}
+        records[run.id] = record
+        argv = _resumed_argv(parser, [a.replace("{run_dir}", str(run_dir)) for a in run.argv],
+                             run_dir)
+        tasks.append({"run_dir": str(run_dir), "argv": argv, "cwd": os.getcwd(),
+                      "threads": max(1, int(spec.resources["num_cpus"])),
+                      "metric": spec.metric, "record": record})
+    table = _Table(out, runs, spec.metric)
+    table.write(records)
+    bar = tqdm(total=len(runs), initial=len(skipped), desc=f"sweep {out.name}",
+               unit="run", disable=not progress, dynamic_ncols=True)
+    counts = {"running": 0, "failed": 0}
+
+    def show() -> None:
+        done = sum(r["status"] == RunStatus.DONE.value for r in records.values())
+        bar.set_postfix(done=done, running=counts["running"], failed=counts["failed"])
+
+    def started(n: int) -> None:
+        counts["running"] = n
+        show()
+
+    def finished(record: dict[str, Any]) -> None:
+        records[record["id"]] = record
+        counts["failed"] += record["status"] == RunStatus.FAILED.value
+        table.write(records)
+        bar.update(1)
+        show()
+
+    show()
+    executor.run(tasks, started, finished)
+    bar.close()
     ordered = [records[run.id] for run in runs]
     return SweepResult(out, ordered, skipped)
 
@@ -153,7 +160,7 @@ def _claim_folder(out: Path, spec: SweepSpec) -> None:
                 f"{out} holds a different sweep (it differs in: {', '.join(changed)}); "
                 f"choose another output folder (--out) or restore the spec in {marker}")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise SweepError(f"{out} exists and is not a simdiff sweep folder (no sweep.json); "
                          "choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +170,8 @@ def _claim_folder(out: Path, spec: SweepSpec) -> None:
 
 def _resumed_argv(parser, argv: list[str], run_dir: Path) -> list[str]:
     """Arguments that continue an interrupted or failed run from its checkpoint, or restart it."""
-    leftovers = [p for p in run_dir.iterdir() if p.name not in SWEEP_FILES] \
+    leftovers = [p for p in run_dir.iterdir()
+                 if p.name not in SWEEP_FILES and not p.name.endswith(".lock")] \
         if run_dir.is_dir() else []
     if not leftovers:
         return argv

@@ -28,7 +28,10 @@ Parameter names are the command's argparse destinations (``max_actions`` or ``ma
 can range over scenes or problems. ``true`` sets a flag, ``false`` leaves it out, ``null`` leaves
 an option at its default, a list repeats a repeatable option, and a dict given to ``set`` becomes
 ``--set KEY=VALUE`` items. The sweep sets ``out`` itself (a ``{run_dir}`` template may be given
-instead) and ``resume``.
+instead; any other ``out`` in ``fixed``, ``grid`` or ``runs`` is refused, since runs sharing a
+folder would overwrite each other) and ``resume``.
+
+A ``.py`` spec is code: loading it runs it. ``.yaml`` and ``.json`` specs are data.
 """
 
 from __future__ import annotations
@@ -205,6 +208,13 @@ def parse_spec(data: dict, *, out: str | Path | None = None, where: str = "spec"
                     f"its parameters: {', '.join(sorted(set(names) - _SWEEP_OWNED))}")
             if dest in _SWEEP_OWNED:
                 raise SpecError(f"{where}: {source} sets {key!r}, which the sweep sets itself")
+            if dest == "out":
+                values = params[key] if source == "grid" else [params[key]]
+                if not all(isinstance(v, str) and "{run_dir}" in v for v in values):
+                    raise SpecError(
+                        f"{where}: {source} sets 'out' to {params[key]!r}; the sweep gives each "
+                        "run its own folder: leave 'out' out, or give a path inside it "
+                        "('{run_dir}/NAME'); the sweep's own folder is the top-level 'out'")
             if source.startswith("runs[") and owner.get(dest, "runs").startswith("runs"):
                 owner[dest] = "runs"
                 continue

@@ -81,13 +81,25 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         The run's final record, also written to ``run_dir/run.json``.
+
+    Raises:
+        FolderBusyError: another process writes into the run's folder (the engine records the
+            run as failed).
     """
+    from simdiff.files import hold_lock
+
+    run_dir = Path(task["run_dir"])
+    # The run's folder is this worker's while it runs; the command inside takes the same lock
+    # (shared within the process), and anything else writing there is refused.
+    with hold_lock(run_dir, "sweep run"):
+        return _run_locked(task, run_dir)
+
+
+def _run_locked(task: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     import torch
 
     from simdiff.cli import main
 
-    run_dir = Path(task["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = dict(task["record"])
     record.update(status=RunStatus.RUNNING.value, argv=task["argv"], host=socket.gethostname(),
                   pid=os.getpid(), started=time.time(), attempts=record.get("attempts", 0) + 1,

@@ -61,6 +61,7 @@ class Fluid(Simulator):
     name = "fluid"
     initial_fields = ("velocity", "dye")
     Params = Params
+    backends = BACKENDS
     """The params dataclass (:class:`~simdiff.sims.fluid.state.Params3D` on a 3D grid)."""
 
     def __init__(

@@ -1,7 +1,5 @@
 """The fluid state and the per-rollout parameters a step reads, both over ``B`` worlds."""
 
-# world_field returns a dataclasses.field (metadata only), which RUF009 cannot tell.
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 from dataclasses import dataclass

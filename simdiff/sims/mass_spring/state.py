@@ -27,11 +27,10 @@ class State(BaseState):
 class Params(BaseParams):
     """What a step reads besides the state and action; each field shared or per world."""
 
-    # world_field returns a dataclasses.field (ruff cannot tell).
-    spring_params: torch.Tensor = world_field(2)  # noqa: RUF009
+    spring_params: torch.Tensor = world_field(2)
     """Per spring: stiffness [N/m], rest length [m], damping [N s/m] and effective actuation
     amplitude (0 for passive springs); shape [spring_count, 4] shared or
     [B, spring_count, 4] per world."""
-    particle_inv_mass: torch.Tensor = world_field(1)  # noqa: RUF009
+    particle_inv_mass: torch.Tensor = world_field(1)
     """Inverse particle masses [1/kg], shape [particle_count] shared or [B, particle_count]
     per world (the step divides by nothing: the inverse is what the kernel reads)."""

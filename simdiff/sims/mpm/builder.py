@@ -14,7 +14,7 @@ import torch
 
 from simdiff.sims.mpm.model import Ground, Material, Model, Tool
 
-__all__ = ["Body", "box", "build_model"]
+__all__ = ["Body", "box", "build_model", "check_grid_size"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ def box(lower, size, spacing: float, dtype: torch.dtype = torch.float64) -> torc
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(size))
 
 
+def check_grid_size(grid_size: int) -> int:
+    """``grid_size`` if it is a positive integer (scenes divide by it before building), else a
+    ValueError naming it; the model checks the boundary's own lower bound."""
+    if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 1:
+        raise ValueError(f"grid_size={grid_size!r} must be a positive integer (grid nodes per "
+                         "axis)")
+    return grid_size
+
+
 def build_model(
     bodies: list[Body],
     *,
@@ -75,6 +84,7 @@ def build_model(
 
     ``ground`` defaults to a ground on the bottom wall layer with friction 0.5.
     """
+    check_grid_size(grid_size)
     dx = 1.0 / grid_size if dx is None else dx
     spacing = dx / particles_per_cell
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in (

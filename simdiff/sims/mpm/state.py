@@ -45,7 +45,7 @@ class State(BaseState):
 class Params(BaseParams):
     """Per-rollout parameters of an MPM step."""
 
-    particle: torch.Tensor = world_field(2)  # noqa: RUF009 (a field spec, not a default)
+    particle: torch.Tensor = world_field(2)
     """Packed per-particle parameters (``PARAM_COLUMNS`` in SI units, then the unit fiber
     direction), shape ``[particle_count, 8 + dim]`` shared by every world, or
     ``[B, particle_count, 8 + dim]``."""

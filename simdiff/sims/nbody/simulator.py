@@ -23,12 +23,11 @@ __all__ = ["NBody", "Params"]
 class Params(base.Params):
     """What a step reads besides the state; each field shared or per world ``[B, ...]``."""
 
-    # world_field is dataclasses.field with metadata (ruff does not know it makes no default).
-    body_mass: torch.Tensor = world_field(1, "Masses [mass], shape [N] or [B, N].")  # noqa: RUF009
-    gravitational_constant: torch.Tensor = world_field(0, "G, shape [] or [B].")  # noqa: RUF009
-    softening: torch.Tensor = world_field(  # noqa: RUF009
+    body_mass: torch.Tensor = world_field(1, "Masses [mass], shape [N] or [B, N].")
+    gravitational_constant: torch.Tensor = world_field(0, "G, shape [] or [B].")
+    softening: torch.Tensor = world_field(
         0, "Plummer softening [length], shape [] or [B].")
-    dt: torch.Tensor = world_field(  # noqa: RUF009
+    dt: torch.Tensor = world_field(
         0, "Fixed step, the largest adaptive step, or (IAS15) the output interval [time], "
            "shape [] or [B]; may require grad.")
 

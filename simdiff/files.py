@@ -1,0 +1,172 @@
+"""Files simdiff reads and writes for a user: data loaded without running code, and output
+folders that one process at a time may write.
+
+Trust model: scene files, controller files and ``.py`` sweep specs are code and run as such;
+checkpoints, controller weights, policies and ``.yaml``/``.json`` specs are data. Data files are
+loaded with ``torch.load(weights_only=True)`` (tensors, dicts, lists, numbers, strings), so a
+file that would need unpickling anything else is refused before any of its code could run.
+
+Every output folder (a training run, a design, an RL policy, a sweep and each of its runs)
+holds a lock file for as long as a process writes into it: ``fcntl.flock`` on
+``FOLDER/.simdiff.lock``, which the kernel releases when the process ends, however it ends (a
+``kill -9`` leaves no stale lock). A second process is refused with one line naming the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "LOCK_NAME",
+    "DataFileError",
+    "FolderBusyError",
+    "check_creatable",
+    "hold_lock",
+    "load_data",
+    "save_data",
+]
+
+LOCK_NAME = ".simdiff.lock"
+"""Name of the lock file in an output folder."""
+
+
+class DataFileError(ValueError):
+    """A data file (checkpoint, weights, policy) that is missing, unreadable, or would need
+    unpickling code to load."""
+
+
+class FolderBusyError(FileExistsError):
+    """An output folder another live process is writing into."""
+
+
+def load_data(path: str | Path, what: str = "file") -> Any:
+    """Load a file written by :func:`save_data` (or ``torch.save`` of plain data) without
+    unpickling anything but tensors, dicts, lists, tuples, numbers and strings.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``checkpoint``, ``controller weights``).
+
+    Raises:
+        DataFileError: The file is missing, corrupt, or holds objects that need unpickling
+            (their code never runs: the safe unpickler refuses the first such global).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL\s+([\w.]+)|[Uu]nsupported global:?\s+([\w.]+)", str(err))
+        if not found:  # not a global the safe unpickler refused: a damaged or foreign file
+            raise DataFileError(f"{what} {path} is unreadable or corrupt (not a torch data "
+                                "file)") from None
+        name = f" ({found.group(1) or found.group(2)})"
+        raise DataFileError(
+            f"{what} {path} holds objects that need unpickling{name}; simdiff loads only data "
+            "(tensors, numbers, strings, lists, dicts) and refused it without running it"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is refused the same way
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"{what} {path} is unreadable or corrupt ({first})") from None
+
+
+def save_data(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` (plain data: see :func:`load_data`) atomically: a crash mid-write leaves
+    the previous file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def check_creatable(path: str | Path, what: str = "--out", *, folder: bool = True) -> Path:
+    """Check, before any work, that ``path`` can be written: an existing folder (or file when
+    ``folder`` is False), or a new one under a writable folder. Nothing is created.
+
+    Raises:
+        ValueError: naming ``what``, the path and why it cannot be written.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ValueError(f"{what} {path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"{what} {path} is a folder, not a file")
+        target = path if path.is_dir() else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise ValueError(f"{what} {path} cannot be created: {target} is a file")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be created: {target} is not writable")
+    return path
+
+
+# Locks this process holds: lock-file path -> (open file, count). flock locks belong to an
+# open file description, so a second open in the same process would block itself; nested
+# holders (the CLI around the library call, a sweep worker around its run) share one.
+_HELD: dict[str, list] = {}
+
+
+@contextlib.contextmanager
+def hold_lock(folder: str | Path, what: str = "output folder", *,
+              lock_name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
+
+    Args:
+        folder: The output folder.
+        what: What writes there, for the message (``training run``, ``sweep``).
+        lock_name: The lock file's name in ``folder`` (an RL policy locks ``NAME.lock`` so
+            that two policies may share a folder).
+
+    Raises:
+        FolderBusyError: Another live process holds the lock.
+        OSError: ``folder`` cannot be created.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / lock_name
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key][1] -= 1
+        return
+    handle = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise FolderBusyError(
+            f"cannot write the {what} into {folder}: it is in use by another simdiff process "
+            f"({holder}); wait for it to finish or choose another output folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = [handle, 1]
+    try:
+        yield folder
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            del _HELD[key]
+            handle.truncate(0)  # the pid is for a refused process's message only
+            handle.close()  # releases the lock; the empty file stays, harmless
