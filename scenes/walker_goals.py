@@ -11,6 +11,12 @@ standing top. Goals are drawn per world every 500 steps
 (seeded per training iteration); losses are :func:`simdiff.locomotion.locomotion_losses`.
 Train several worlds at once (``simdiff train walker_goals --batch 8``): each draws its own
 goals.
+
+Measured 2026-12-02 (``--batch 8``, 40 iterations of 1,000 steps, 17 min on a loaded 2-core
+host before torch's threads were pinned for small systems; ``simdiff evaluate`` on the held-out
+schedule, 4 worlds): velocity_error 0.0104 m/s (untrained 0.0102: speed tracking not learned
+yet, the target is 0.2 vmax = 0.010), jump_height_error 0.0013 m (untrained 0.0195),
+crawl_violation 0.92 (untrained 1.0), inverted_cells 0.
 """
 
 from simdiff.locomotion import GoalSpace, locomotion_losses, tracking_metrics
