@@ -48,6 +48,20 @@ def _scene_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` items as a dict, values parsed as JSON where they parse."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _cmd_list_catalog(args: argparse.Namespace) -> int:
     """Scenes read from their files (simulator, what trains, backend), nothing built: no
     torch, no backend, well under a second."""
@@ -161,12 +175,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         clip=args.clip,
+        grad_normalize=args.grad_normalize,
+        backprop_window=args.backprop_window,
         seed=args.seed,
         batch=args.batch,
         health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
+        controller_options=_key_values(args.controller_set, "--controller-set"),
     )
     result = train(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
@@ -185,6 +202,67 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from simdiff.backend import resolve_backend
+    from simdiff.locomotion import evaluate_goals, held_out_schedule
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+    from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
+
+    scene = load_scene(args.scene, **_scene_options(args))
+    if scene.goals is None:
+        raise SceneError(f"scene {scene.name!r} is not goal-conditioned (it has no goals); "
+                         f"evaluate needs one such as walker_goals")
+    precision = args.precision or scene.train.get("precision", "float32")
+    backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
+    name = args.controller or scene.train.get("controller", "goal_mlp")
+
+    def build(batch_size: int):
+        sim = make_simulator(scene, backend, batch_size=batch_size)
+        torch.manual_seed(0)
+        options = (scene.train.get("controller_options", {})
+                   if name == scene.train.get("controller") else {})
+        controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
+        if args.weights:
+            controller.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                  weights_only=True))
+        return sim, controller
+
+    sim, controller = build(args.batch)
+    figures, result = evaluate_goals(sim, controller, held_out_schedule(scene.goals, args.batch),
+                                     record_every=1)
+    cells = getattr(scene.model, "cells", None)
+    if cells is not None:
+        from simdiff.sims.mass_spring.tasks import inverted_cells
+
+        positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
+        figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
+    print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"scene": scene.name, **figures}, indent=2))
+        print(f"wrote {args.json}")
+    if not args.no_video:
+        space = scene.goals
+        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
+        if space.dim == 2:
+            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+        else:
+            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
+        script = [(task, value) for task, value in script if task in space.tasks]
+        one, controller = build(1)
+        _, shown = evaluate_goals(one, controller, space.schedule(script),
+                                  record_every=scene.render_every)
+        steps = sorted(shown.frames)
+        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
+        out = Path(args.out or f"renders/{scene.name}_goals.mp4")
+        print(f"wrote {write_video(frames, out)}")
     return 0
 
 
@@ -242,6 +320,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
+    if args.budget is not None:
+        if args.what != "locomotion":
+            raise SystemExit("--budget applies to `simdiff bench locomotion` only")
+        extra += ["--budget", str(args.budget)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
                        extra_args=extra, out=out)
@@ -283,10 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations (default: the scene's)")
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
     p.add_argument("--resume", help="checkpoint.pt to continue from")
-    p.add_argument("--optimizer", default="adam", help="torch.optim optimizer name")
+    p.add_argument("--optimizer", default="adam",
+                   help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
+                        "(lion, ademamix, grams, adamp, cautious-lion, ...)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: the scene's; on --resume, the checkpoint's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    p.add_argument("--grad-normalize", action="store_true",
+                   help="rescale every gradient to norm --clip (not only larger ones)")
+    p.add_argument("--controller-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="controller option, e.g. --controller-set activation=tanh (repeatable)")
+    p.add_argument("--backprop-window", type=int, default=None, metavar="W",
+                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
@@ -300,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _batch_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`)")
+    p.add_argument("--controller", help="controller name or file (default: the scene's)")
+    p.add_argument("--batch", type=int, default=4, help="worlds (held-out commands) at once")
+    p.add_argument("--precision", default=None, choices=["float32", "float64"])
+    p.add_argument("--json", help="also write the figures as JSON to this path")
+    p.add_argument("--out", help="goal-switching video (default: renders/SCENE_goals.mp4)")
+    p.add_argument("--no-video", action="store_true", help="skip the goal-switching video")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
     _scene_args(p)
@@ -316,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark name (default: every simulator's benchmark)")
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
+    p.add_argument("--budget", type=float, default=None,
+                   help="locomotion: wall-clock seconds of training per method (default 1200)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.add_argument("--difftaichi", metavar="DIR",
