@@ -20,6 +20,8 @@ TOY = {
     "walker_small": ({}, 40),
     "walker_large": ({}, 25),
     "walker_3d": ({}, 25),
+    "walker_goals": ({"steps": 40, "period": 20, "window": 10}, 40),
+    "mpm_walker_goals": ({"steps": 6, "grid_size": 32, "period": 3, "window": 3}, 6),
     "nbody_figure_eight": ({"steps": 40}, 40),
     "nbody_infer_masses": ({"observations": 3, "every": 5}, 15),
     "nbody_periodic_orbit": ({"steps": 60}, 30),
