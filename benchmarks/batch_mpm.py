@@ -48,7 +48,8 @@ closer to compute-bound, so forward+backward gains about 2x at B=8. Memory per w
 Before torch was kept to one intra-op thread here, Taichi's forward+backward at B=8 ran
 slower than the loop: the bridge's torch copies of grid-sized adjoints (above torch's
 32,768-element grain) waited for a second thread on the busy cores (grid_update's adjoint at
-B=8: 14.5 ms with two threads, 3.8 ms with one).
+B=8: 14.5 ms with two threads, 3.8 ms with one). The bridge now copies them with numpy
+(``bridge._copy``): 4.9 ms with two torch threads.
 """
 
 SCENE = "mpm_crawler"
