@@ -72,4 +72,6 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
                     f"{model.particle_count} particles",
         default_backend="warp",
         render_every=1,
+        render_options={"observed": observed.numpy(), "observed_times":
+                        [(k + 1) * every * model.control_dt for k in range(observations)]},
     )

@@ -39,4 +39,5 @@ def scene(*, observations: int = 20, every: int = 25, dt: float = 2e-3, noise: f
         train={"precision": "float64", "lr": 0.05, "iters": 60},
         design=lambda sim: MassFit(torch.ones(3, dtype=torch.float64)),
         objective=infer_masses_objective(observed, hidden, every),
+        render_options={"observed": observed[0].numpy()},
     )
