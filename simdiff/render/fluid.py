@@ -3,7 +3,7 @@
 Reads dye, velocity and solid fractions as numpy arrays, never a simulator. Each dye channel
 has a color from ``DYE_RGB``; a cell's color is the background absorbed by the dye
 (``1 - exp(-1.5 dye)`` of each channel's color, so thick dye saturates instead of clipping).
-Obstacles are drawn slate blue by solid fraction, the paddle green and outlined; a task's
+Obstacles are drawn slate blue by solid fraction, the paddle yellow and outlined; a task's
 regions are outlined along cell borders (the target green, a region to avoid red) and a target
 image is shown as an inset. 3D fields are shown as a volume projection: dye summed along z (an
 optical depth), solids by their largest fraction along z. Frames are upscaled with
@@ -36,8 +36,8 @@ DYE_RGB = ((245, 245, 240), (255, 140, 40), (60, 160, 255), (230, 60, 140))
 """Colors of dye channels 0, 1, 2, ... (cycled): smoke white, orange, blue, magenta."""
 SOLID_RGB = (120, 140, 175)
 """Color of solid cells (obstacles, walls): slate blue, apart from every dye color."""
-PADDLE_RGB = (70, 200, 110)
-"""Color of the paddle: green, outlined in white, never mistaken for dye."""
+PADDLE_RGB = (240, 205, 60)
+"""Color of the paddle: yellow, outlined in white, never mistaken for dye or a target."""
 TARGET_RGB = (90, 255, 120)
 """Outline of a target region and border of the target image's inset."""
 AVOID_RGB = (255, 70, 70)
@@ -80,7 +80,7 @@ def render_fluid(
         obstacle: Static solid fraction [n0, n1(, n2)] in [0, 1].
         paddle: Per frame, the paddle's solid fraction per cell [n0, n1(, n2)].
         target: A target region [n0, n1] (a mask, or a density), outlined in
-            :data:`TARGET_RGB` along the borders of the cells above 0.5.
+            :data:`TARGET_RGB` along the borders of the cells above 0.5 and faintly tinted.
         avoid: A region [n0, n1] the dye should avoid, outlined in :data:`AVOID_RGB`.
         target_image: A target density [n0, n1] shown as an inset in the top right corner, in
             dye channel 0's colors, bordered in :data:`TARGET_RGB`.
@@ -116,6 +116,10 @@ def render_fluid(
                 + 90 * np.clip(tint, 0, 1) * np.array([1.0, 0.1, 0.1])
                 - 90 * np.clip(tint, -1, 0) * np.array([0.1, 0.3, 1.0])
             )
+        for region, color in ((target, TARGET_RGB), (avoid, AVOID_RGB)):
+            if region is not None:  # a faint tint inside, besides the outline
+                inside = (np.asarray(region) > 0.5)[..., None]
+                rgb = np.where(inside, 0.85 * rgb + 0.15 * np.asarray(color, float), rgb)
         for solid, color in (
             (obstacle, SOLID_RGB),
             (None if paddle is None else paddle[k], PADDLE_RGB),
@@ -193,8 +197,8 @@ def _outline(draw: ImageDraw.ImageDraw, region: np.ndarray, scale: int,
 
 
 def _inset(picture: Image.Image, target: np.ndarray) -> None:
-    """The target density, a quarter of the field's width, in the top right corner."""
-    thumb, _ = _upscale(_dye_rgb(target[None]), max(picture.width, picture.height) // 4)
+    """The target density, a fifth of the field's size, in the top right corner."""
+    thumb, _ = _upscale(_dye_rgb(target[None]), max(picture.width, picture.height) // 5)
     x0 = picture.width - thumb.width - 6
     picture.paste(thumb, (x0, 6))
     draw = ImageDraw.Draw(picture)
