@@ -190,8 +190,13 @@ def test_fluid_paddle_and_walls_have_their_own_colors():
 
 
 # MPM -----------------------------------------------------------------------------------------
-def _mpm_pixel(p, domain: float, size: int = 480):
-    return np.asarray(p)[..., 0] * size / domain, size - np.asarray(p)[..., 1] * size / domain
+def _mpm_pixel(p, domain: float, size: int = 480, bounds=None):
+    """Pixel (u, v) of world points in a view of ``bounds`` (default the domain), ``size``
+    pixels wide, at the same scale along y."""
+    xmin, xmax, ymin, ymax = (0.0, domain, 0.0, domain) if bounds is None else bounds
+    scale = size / (xmax - xmin)
+    p = np.asarray(p)
+    return (p[..., 0] - xmin) * scale, round((ymax - ymin) * scale) - (p[..., 1] - ymin) * scale
 
 
 def test_mpm_throw_draws_the_target_point():
@@ -232,7 +237,8 @@ def test_mpm_plasticine_draws_the_target_shape():
 )
 def test_mpm_scenes_draw_the_observation_nearest_in_time(name, options):
     """At each observation's time the frame shows that observation: magenta at every
-    observed particle's projection (the legend's corner aside)."""
+    observed particle's projection (the legend's corner aside), in the scene's view (the sand
+    pile's is a strip along the ground of its wide domain)."""
     from simdiff.render.mpm import OBSERVED_RGB
 
     scene, result, frames = _frames(name, **options)
@@ -242,7 +248,50 @@ def test_mpm_scenes_draw_the_observation_nearest_in_time(name, options):
     for k, time in enumerate(times):
         t = int(np.rint(time / scene.model.control_dt))
         frame = frames[steps.index(t)]
-        u, v = _mpm_pixel(observed[k], scene.model.domain)
-        shown = [_near(frame, OBSERVED_RGB, (a, b)) for a, b in zip(u, v) if not (b < 90
-                                                                                 and a > 330)]
+        options = scene.render_options
+        size = options.get("size", 480)
+        u, v = _mpm_pixel(observed[k], scene.model.domain, size, options.get("bounds"))
+        shown = [_near(frame, OBSERVED_RGB, (a, b)) for a, b in zip(u, v)
+                 if not (b < 90 and a > size - 150)]
         assert shown and all(shown), (k, sum(shown), len(shown))
+
+
+# What `simdiff run` renders for an inverse problem -------------------------------------------
+def _figures(printed: str) -> dict[str, float]:
+    line = next(row for row in printed.splitlines() if row.startswith("loss="))
+    return {k: float(v) for k, v in (pair.split("=") for pair in line.split())}
+
+
+def test_run_renders_the_hidden_parameters_unless_given_fitted_weights(tmp_path, capsys):
+    """``simdiff run`` on an inverse problem rolls out its true (hidden) parameters, which
+    reproduce the observations (loss 0), and says so; with ``--weights`` it rolls out and
+    names the fitted ones; a problem without hidden parameters says it shows its initial
+    guess."""
+    from simdiff.cli import main
+    from simdiff.files import save_data
+    from simdiff.sims.mpm.tasks import ModulusFit
+
+    args = ["run", "mpm_identify"]  # 24 steps: the block bounces, so E shows
+    assert main([*args, "--out", str(tmp_path / "truth.gif")]) == 0
+    printed = capsys.readouterr().out
+    assert "rendering the true parameters (hidden)" in printed
+    figures = _figures(printed)
+    assert figures["modulus"] == pytest.approx(60.0) and figures["loss"] < 1e-8
+    save_data(ModulusFit(45.0).state_dict(), tmp_path / "fit.pt")
+    assert main([*args, "--weights", str(tmp_path / "fit.pt"),
+                 "--out", str(tmp_path / "fit.gif")]) == 0
+    printed = capsys.readouterr().out
+    assert "rendering the fitted (fit.pt)" in printed
+    figures = _figures(printed)
+    assert figures["modulus"] == pytest.approx(45.0) and figures["loss"] > 1e-6
+    assert main(["run", "nbody_targeting", "--steps", "3", "--out", str(tmp_path / "t.gif")]) == 0
+    assert "rendering the initial guess (untrained)" in capsys.readouterr().out
+
+
+def test_the_caption_is_written_after_the_title():
+    """A caption changes the title line of every frame and nothing below it."""
+    scene, result, plain = _frames("nbody_targeting", steps=3)
+    captioned = render_rollout(scene, result, caption="true parameters (hidden)")
+    for a, b in zip(plain, captioned):
+        assert not np.array_equal(a[:30], b[:30])
+        assert np.array_equal(a[60:], b[60:])

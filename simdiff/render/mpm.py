@@ -58,6 +58,7 @@ def render_mpm(
     observed: np.ndarray | None = None,
     observed_times: Sequence[float] | None = None,
     times: Sequence[float] | None = None,
+    bounds: Sequence[float] | None = None,
     size: int = 480,
     title: str | None = None,
     world: int = 0,
@@ -87,11 +88,13 @@ def render_mpm(
             ``observed_times`` [K] [s]; each frame draws the observation nearest its time.
         times: The time of each frame [s], [T], written under the title (and needed to pick
             observations).
-        size: Frame width and height in pixels.
+        bounds: The 2D view (xmin, xmax, ymin, ymax) [m], default the whole domain; the
+            frame is ``size`` wide and as high as the view's aspect ratio makes it.
+        size: Frame width in pixels (and height, for the whole domain or 3D).
         title: Text in the top-left corner.
 
     Returns:
-        T frames, each a [size, size, 3] ``uint8`` array.
+        T frames, each a [H, size, 3] ``uint8`` array (H = size but for 2D ``bounds``).
     """
     traj = np.asarray(positions, dtype=np.float64)
     if traj.ndim == 2:
@@ -113,6 +116,11 @@ def render_mpm(
     if times is not None and len(times) != traj.shape[0]:
         raise ValueError(f"times: need one time per frame ({traj.shape[0]}), got {len(times)}")
     cells = _target_cells(target_cells, target_box, domain)
+    if bounds is not None:
+        bounds = tuple(float(b) for b in bounds)
+        if len(bounds) != 4 or not (bounds[1] > bounds[0] and bounds[3] > bounds[2]):
+            raise ValueError(f"bounds: need (xmin, xmax, ymin, ymax) with xmin < xmax and "
+                             f"ymin < ymax, got {bounds}")
     seen = None
     if observed is not None:
         seen = np.asarray(observed, dtype=np.float64)
@@ -140,19 +148,23 @@ def render_mpm(
             # Positive actions pull (contract): drawn blue like a contracting spring.
             colors[muscle] = spring_colors(-a[muscle])
         center = None if tool is None else np.asarray(tool[2][t], dtype=np.float64)
+        now = None
         if traj.shape[2] == 2:
-            now = None
             if seen is not None:
                 k = int(np.argmin(np.abs(np.asarray(observed_times) - times[t])))
                 now = (seen[k], float(observed_times[k]))
             image = _frame_2d(traj[t], colors, domain, size, ground_height, tool, center,
-                              target_point, cells, title, now)
+                              target_point, cells, title, now, bounds)
         else:
             image = _frame_3d(traj[t], colors, domain, size, ground_height, title)
         draw = ImageDraw.Draw(image)
         if times is not None:
             draw_readout(draw, f"t = {float(times[t]):.3f} s", size, bool(title))
-        _draw_legend(draw, legend, size, muscles)
+        entries = legend
+        if now is not None:  # says which observation is drawn
+            entries = [(f"observed, t = {now[1]:.2f} s" if name == "observed" else name, rgb)
+                       for name, rgb in legend]
+        _draw_legend(draw, entries, size, muscles)
         frames.append(np.array(image))
     return frames
 
@@ -199,28 +211,32 @@ def _draw_legend(draw, entries, size, muscles) -> None:
 
 
 def _frame_2d(x, colors, domain, size, ground_height, tool, center, target_point,
-              target_cells, title, observed) -> Image.Image:
-    scale = size / domain
-    image = Image.new("RGB", (size, size), SKY_RGB)
+              target_cells, title, observed, bounds) -> Image.Image:
+    xmin, xmax, ymin, ymax = (0.0, domain, 0.0, domain) if bounds is None else bounds
+    scale = size / (xmax - xmin)
+    height = round((ymax - ymin) * scale)
+    image = Image.new("RGB", (size, height), SKY_RGB)
     draw = ImageDraw.Draw(image)
 
     def px(p):
-        return p[0] * scale, size - p[1] * scale
+        p = np.asarray(p, dtype=np.float64)
+        return (p[..., 0] - xmin) * scale, height - (p[..., 1] - ymin) * scale
 
     if target_cells is not None:
         for x0, y0, x1, y1 in target_cells.tolist():
-            draw.rectangle((x0 * scale, size - y1 * scale, x1 * scale, size - y0 * scale),
-                           fill=TARGET_CELL_RGB)
-    floor = size - 1 if ground_height is None else size - ground_height * scale
+            (u0, v0), (u1, v1) = px((x0, y0)), px((x1, y1))
+            draw.rectangle((u0, v1, u1, v0), fill=TARGET_CELL_RGB)
+    floor = height - 1 if ground_height is None else px((0.0, ground_height))[1]
     if ground_height is not None:
-        draw.rectangle((0, floor, size, size), fill=GROUND_RGB)
+        draw.rectangle((0, floor, size, height), fill=GROUND_RGB)
     font_size = max(9, size // 40)
     font = _font(font_size)
     # Ticks point into the ground band where it fits their numbers, else up from the floor.
-    down = ground_height is not None and size - floor >= font_size + 14
+    down = ground_height is not None and height - floor >= font_size + 14
     sign = 1 if down else -1
-    for k in range(int(domain / _TICK_SPACING + 1e-9) + 1):
-        u = k * _TICK_SPACING * scale
+    first = int(np.ceil(xmin / _TICK_SPACING - 1e-9))
+    for k in range(first, int(xmax / _TICK_SPACING + 1e-9) + 1):
+        u = px((k * _TICK_SPACING, 0.0))[0]
         numbered = k % 2 == 0
         draw.line((u, floor, u, floor + sign * (10 if numbered else 5)), fill=_TICK_RGB)
         if numbered and k > 0:
@@ -229,7 +245,8 @@ def _frame_2d(x, colors, domain, size, ground_height, tool, center, target_point
             y = floor + 10 if down else floor - 12 - font_size
             draw.text((min(u - w / 2, size - w - 2), y), text, fill=_TICK_RGB, font=font)
     radius = max(1.0, 0.004 * size)
-    for (u, v), color in zip((x * [scale, -scale] + [0, size]).tolist(), colors.tolist()):
+    us, vs = px(x)
+    for u, v, color in zip(us.tolist(), vs.tolist(), colors.tolist()):
         draw.ellipse((u - radius, v - radius, u + radius, v + radius), fill=tuple(color))
     if tool is not None:
         shape, extent = tool[0], tool[1]
@@ -241,12 +258,14 @@ def _frame_2d(x, colors, domain, size, ground_height, tool, center, target_point
             hx, hy = extent[0] * scale, extent[1] * scale
             draw.rectangle((u - hx, v - hy, u + hx, v + hy), outline=_TOOL_RGB, width=2)
     if target_point is not None:
-        u, v = px(target_point)
+        u, v = px(target_point[:2])
         draw.line((u - 6, v - 6, u + 6, v + 6), fill=TARGET_RGB, width=2)
         draw.line((u - 6, v + 6, u + 6, v - 6), fill=TARGET_RGB, width=2)
     if observed is not None:
-        r = max(1.0, 0.0025 * size)
-        for u, v in (observed[0] * [scale, -scale] + [0, size]).tolist():
+        # Many particles: single pixels, so the observed pile does not hide the simulated one.
+        r = 0 if len(observed[0]) > 300 else max(1.0, 0.0025 * size)
+        us, vs = px(observed[0])
+        for u, v in zip(us.tolist(), vs.tolist()):
             draw.rectangle((u - r, v - r, u + r, v + r), fill=OBSERVED_RGB)
     if title:
         draw.text((6, 4), title, fill=_TEXT_RGB, font=_font(max(10, size // 24)))
