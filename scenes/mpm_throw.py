@@ -47,6 +47,7 @@ def scene(*, steps: int = 40, grid_size: int = 48, substeps: int = 10, dt: float
         render_every=2,
         train={"precision": "float64", "lr": 0.1, "iters": 40},
         design=lambda sim: LaunchVelocity(torch.tensor(start, dtype=torch.float64)),
+        truth=lambda sim: LaunchVelocity(hidden),
         objective=throw_objective(target, steps),
         render_options={"target_point": target[0].tolist()},
     )

@@ -134,9 +134,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sim = make_simulator(scene, backend, batch_size=args.batch)
     check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
                        force=args.force)
-    controller = None
+    controller, caption = None, None
     if scene.design is not None:
-        controller = scene.design(sim).to(backend.torch_dtype)
+        # An inverse problem shows what it is about: the hidden answer, or the fitted one; the
+        # initial guess only where there is no answer, and then says so.
+        if weights is not None:
+            build, caption = scene.design, f"fitted ({Path(args.weights).name})"
+        elif scene.truth is not None:
+            build, caption = scene.truth, "true parameters (hidden)"
+        else:
+            build, caption = scene.design, "initial guess (untrained)"
+        controller = build(sim).to(backend.torch_dtype)
+        print(f"rendering the {caption}")
     elif args.controller:
         torch.manual_seed(args.seed)
         controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
@@ -150,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
     print(_figures(metrics))
     out = Path(args.out or f"renders/{scene.name}.mp4")
-    write_rollout_video(scene, result, out)
+    write_rollout_video(scene, result, out, caption=caption)
     print(f"wrote {out}")
     for path in write_rollout_plots(scene, result, out.with_suffix("")):
         print(f"wrote {path}")
@@ -198,7 +207,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
                                    seed=config.seed, health=config.health)
         print("best iteration: " + _figures(figures))
-        written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
+        caption = "fitted (best iteration)" if result.scene.design is not None else None
+        written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4",
+                                           caption=caption))
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
         print(f"wrote {path}")
@@ -348,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     _scene_args(p)
     _backend_args(p)
     p.add_argument("--controller", help="controller name or file (default: no actuation)")
-    p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`)")
+    p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`); "
+                   "for an inverse problem, the fitted design (default: its true hidden "
+                   "parameters where it has them, else its initial guess)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
