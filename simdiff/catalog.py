@@ -314,16 +314,31 @@ def _scene_path(name_or_path: str | Path) -> Path:
 
 
 def _pass_through_calls(function: ast.FunctionDef, var_keyword: str
-                        ) -> list[tuple[str, set[str], int]]:
-    """``(callee, keywords it is given explicitly, positional arguments)`` of each call in
-    ``function`` that receives ``**var_keyword``."""
+                        ) -> list[tuple[str, set[str], int, list[str]]]:
+    """``(callee, keywords it is given explicitly, positional arguments, names of the dicts
+    merged under the options)`` of each call in ``function`` that receives
+    ``**var_keyword``, alone or merged last as in ``**{**DEFAULTS, **var_keyword}``."""
+
+    def passes(value: ast.expr) -> list[str] | None:
+        if isinstance(value, ast.Name) and value.id == var_keyword:
+            return []
+        if isinstance(value, ast.Dict) and all(k is None for k in value.keys) and value.values:
+            *under, last = value.values
+            if isinstance(last, ast.Name) and last.id == var_keyword and all(
+                    isinstance(v, ast.Name) for v in under):
+                return [v.id for v in under]
+        return None
+
     calls = []
     for node in ast.walk(function):
-        if isinstance(node, ast.Call) and any(
-                k.arg is None and isinstance(k.value, ast.Name) and k.value.id == var_keyword
-                for k in node.keywords):
-            calls.append((ast.unparse(node.func), {k.arg for k in node.keywords if k.arg},
-                          len(node.args)))
+        if not isinstance(node, ast.Call):
+            continue
+        for k in node.keywords:
+            merged = passes(k.value) if k.arg is None else None
+            if merged is not None:
+                calls.append((ast.unparse(node.func), {k.arg for k in node.keywords if k.arg},
+                              len(node.args), merged))
+                break
     return calls
 
 
@@ -391,7 +406,10 @@ def describe_scene(name_or_path: str | Path, **options: Any) -> str:
         tree = ast.parse(path.read_text())
         function = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
                         and n.name == "scene")
-        for callee, given, positional in _pass_through_calls(function, var_keyword):
+        for callee, given, positional, merged in _pass_through_calls(function, var_keyword):
+            overrides: dict[str, Any] = {}
+            for name in merged:  # the scene's own defaults for the builder's options
+                overrides.update(getattr(module, name, None) or {})
             target: Any = module
             for part in callee.split("."):
                 target = getattr(target, part, None)
@@ -403,6 +421,8 @@ def describe_scene(name_or_path: str | Path, **options: Any) -> str:
             for parameter in rest:
                 if parameter.name not in given and parameter.kind in (
                         parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    if parameter.name in overrides:
+                        parameter = parameter.replace(default=overrides[parameter.name])
                     lines.append(f"    {_parameter_text(parameter)}")
     if not signature.parameters:
         lines.append("  (none)")

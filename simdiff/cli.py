@@ -70,6 +70,20 @@ def _scene_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` items as a dict, values parsed as JSON where they parse."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _cmd_list_catalog(args: argparse.Namespace) -> int:
     """Scenes read from their files (simulator, what trains, backend), nothing built: no
     torch, no backend, well under a second."""
@@ -156,9 +170,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sim = make_simulator(scene, backend, batch_size=args.batch)
     check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
                        force=args.force)
-    controller, name = None, None
+    controller, name, caption = None, None, None
     if scene.design is not None:
-        controller, name = scene.design(sim).to(backend.torch_dtype), "design"
+        # An inverse problem shows what it is about: the hidden answer, or the fitted one; the
+        # initial guess only where there is no answer, and then says so.
+        if weights is not None:
+            build, caption = scene.design, f"fitted ({Path(args.weights).name})"
+        elif scene.truth is not None:
+            build, caption = scene.truth, "true parameters (hidden)"
+        else:
+            build, caption = scene.design, "initial guess (untrained)"
+        controller, name = build(sim).to(backend.torch_dtype), "design"
+        print(f"rendering the {caption}")
     elif args.controller or weights is not None:  # weights alone: the scene's controller
         torch.manual_seed(args.seed)
         name = args.controller or scene.train.get("controller", "mlp")
@@ -174,12 +197,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health,
                                     quiet=args.quiet)
         print(_figures(metrics))
-        written = [write_rollout_video(scene, result, out / f"{scene.name}.{args.video}")]
+        written = [write_rollout_video(scene, result, out / f"{scene.name}.{args.video}",
+                                       caption=caption)]
         written += write_rollout_plots(scene, result, out / scene.name)
         record = {"command": "run", "scene": scene.name, "simulator": scene.simulator,
                   "backend": backend.name, "device": backend.device, "precision": precision,
                   "steps": scene.steps, "batch": args.batch, "seed": args.seed,
-                  "controller": name,
+                  "controller": name, "rendered": caption,
                   "weights": args.weights, "options": _scene_options(args),
                   "metrics": metrics}
         (out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
@@ -208,12 +232,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         clip=args.clip,
+        grad_normalize=args.grad_normalize,
+        backprop_window=args.backprop_window,
         seed=args.seed,
         batch=args.batch,
         health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
+        controller_options=_key_values(args.controller_set, "--controller-set"),
     )
     result = train(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
@@ -228,10 +255,82 @@ def _cmd_train(args: argparse.Namespace) -> int:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
                                    seed=config.seed, health=config.health, quiet=args.quiet)
         print("best iteration: " + _figures(figures))
-        written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4"))
+        caption = "fitted (best iteration)" if result.scene.design is not None else None
+        written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4",
+                                           caption=caption))
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from simdiff.backend import resolve_backend
+    from simdiff.files import check_creatable, check_output_folder, hold_lock
+    from simdiff.locomotion import evaluate_goals, held_out_schedule
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+    from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
+
+    out = check_output_folder(args.out or f"renders/evaluate_{Path(args.scene).stem}",
+                              "goal evaluation")
+    if args.json:
+        check_creatable(args.json, "--json", folder=False)
+    scene = load_scene(args.scene, **_scene_options(args))
+    if scene.goals is None:
+        raise SceneError(f"scene {scene.name!r} is not goal-conditioned (it has no goals); "
+                         f"evaluate needs one such as walker_goals")
+    precision = args.precision or scene.train.get("precision", "float32")
+    backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
+    name = args.controller or scene.train.get("controller", "goal_mlp")
+
+    def build(batch_size: int):
+        sim = make_simulator(scene, backend, batch_size=batch_size)
+        torch.manual_seed(0)
+        options = (scene.train.get("controller_options", {})
+                   if name == scene.train.get("controller") else {})
+        controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
+        if args.weights:
+            controller.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                  weights_only=True))
+        return sim, controller
+
+    sim, controller = build(args.batch)
+    figures, result = evaluate_goals(sim, controller, held_out_schedule(scene.goals, args.batch),
+                                     record_every=1)
+    cells = getattr(scene.model, "cells", None)
+    if cells is not None:
+        from simdiff.sims.mass_spring.tasks import inverted_cells
+
+        positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
+        figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
+    print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    text = json.dumps({"command": "evaluate", "scene": scene.name, **figures}, indent=2) + "\n"
+    with hold_lock(out, "goal evaluation"):
+        (out / "evaluation.json").write_text(text)
+    print(f"wrote {out / 'evaluation.json'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+        print(f"wrote {args.json}")
+    if not args.no_video:
+        space = scene.goals
+        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
+        if space.dim == 2:
+            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+        else:
+            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
+        script = [(task, value) for task, value in script if task in space.tasks]
+        one, controller = build(1)
+        _, shown = evaluate_goals(one, controller, space.schedule(script),
+                                  record_every=scene.render_every)
+        steps = sorted(shown.frames)
+        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
+        with hold_lock(out, "goal evaluation"):
+            print(f"wrote {write_video(frames, out / f'{scene.name}.mp4')}")
     return 0
 
 
@@ -309,6 +408,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
+    if args.budget is not None:
+        if args.what != "locomotion":
+            raise SystemExit("--budget applies to `simdiff bench locomotion` only")
+        extra += ["--budget", str(args.budget)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
                        extra_args=extra, out=out)
@@ -335,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p)
     p.add_argument("--controller", help="controller name or file (default: no actuation; "
                                         "with --weights, the scene's trained controller)")
-    p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`; "
-                                     "default: the controller's initial weights)")
+    p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`); "
+                   "for an inverse problem, the fitted design (default: the controller's initial "
+                   "weights; an inverse problem's true hidden parameters where it has them, "
+                   "else its initial guess)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the controller's weights and of the worlds' variations "
                         "(default: 0)")
@@ -363,11 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
     p.add_argument("--resume", help="checkpoint.pt to continue from (default: a fresh run)")
     p.add_argument("--optimizer", default="adam",
-                   help="torch.optim optimizer name (default: adam)")
+                   help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
+                        "(lion, ademamix, grams, adamp, cautious-lion, ...) (default: adam)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: the scene's; on --resume, the checkpoint's)")
     p.add_argument("--clip", type=float, default=1.0,
                    help="max gradient norm, 0 disables (default: 1.0)")
+    p.add_argument("--grad-normalize", action="store_true",
+                   help="rescale every gradient to norm --clip, not only larger ones (default: "
+                        "clip only)")
+    p.add_argument("--controller-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="controller option, e.g. --controller-set activation=tanh (repeatable; "
+                        "default: the controller's)")
+    p.add_argument("--backprop-window", type=int, default=None, metavar="W",
+                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
@@ -386,6 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar (default: a bar on a terminal)")
     _batch_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`; "
+                                     "default: the controller's initial weights)")
+    p.add_argument("--controller", help="controller name or file (default: the scene's)")
+    p.add_argument("--batch", type=int, default=4,
+                   help="worlds (held-out commands) at once (default: 4)")
+    p.add_argument("--precision", default=None, choices=["float32", "float64"],
+                   help="default: the scene's, else float32")
+    p.add_argument("--out", help="output folder: evaluation.json (the figures) and the "
+                                 "goal-switching video SCENE.mp4 (default: "
+                                 "renders/evaluate_SCENE)")
+    p.add_argument("--json", help="also write the figures as JSON to this file (default: only "
+                                  "OUT/evaluation.json)")
+    p.add_argument("--no-video", action="store_true",
+                   help="skip the goal-switching video (default: write it)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences, on "
                                          "Taichi and Warp")
@@ -406,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None,
                    help="timed repetitions per configuration (default: the benchmark's)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="locomotion: wall-clock seconds of training per method (default 1200)")
     p.add_argument("--quick", action="store_true",
                    help="toy sizes, a smoke test, not figures (default: full sizes)")
     p.add_argument("--out", help="also write the results as JSON into this folder, "

@@ -125,6 +125,7 @@ _SIGNATURES = {
     "rollout": ("metrics.json",),
     "RL policy": ("policy.json", "policy.checkpoint.pt"),
     "RL evaluation": ("evaluation.md",),
+    "goal evaluation": ("evaluation.json",),
     "benchmark": ("bench_*.json",),
 }
 
@@ -135,8 +136,9 @@ _FILE_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".png", ".jpg", ".jso
 
 def folder_kind(path: str | Path) -> str | None:
     """The kind of run an output folder holds (``"training run"``, ``"design"``, ``"sweep"``,
-    ``"rollout"``, ``"RL policy"``, ``"RL evaluation"``, ``"benchmark"``), from the files that
-    command writes; None for a missing or empty folder or one no command wrote."""
+    ``"rollout"``, ``"RL policy"``, ``"RL evaluation"``, ``"goal evaluation"``,
+    ``"benchmark"``), from the files that command writes; None for a missing or empty folder or
+    one no command wrote."""
     path = Path(path)
     if not path.is_dir():
         return None

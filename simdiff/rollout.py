@@ -221,6 +221,7 @@ def rollout(
     check_every: int = 1,
     capture: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    truncate_every: int | None = None,
 ) -> Rollout:
     """Advance the B worlds of ``state`` by ``steps`` steps, asking the controller for actions.
 
@@ -251,6 +252,10 @@ def rollout(
             ``update``), after each step or captured segment of the forward pass; a
             checkpointed segment recomputed in backward does not call it again. Default:
             the callback of an enclosing :func:`reporting_progress`, if any.
+        truncate_every: If given, detach the state every this many steps (truncated
+            backpropagation through time): gradients of a quantity measured at step t flow
+            back only to the last multiple of ``truncate_every`` before t (the controller's and
+            model's parameters still receive every window's gradient). Not captured.
 
     Raises:
         SimulationError: with ``health="stop"``, naming the world, step and quantity of the
@@ -261,6 +266,8 @@ def rollout(
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
+    if truncate_every is not None and truncate_every < 1:
+        raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
     progress = progress if progress is not None else _PROGRESS.get()
@@ -282,7 +289,7 @@ def rollout(
                 result.goals[t] = goal.detach().clone()
 
     spec = None
-    if capture is not False:
+    if capture is not False and truncate_every is None:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop and goals is None and health == "stop" else None
         if spec is not None and not set(spec.shared) <= set(params.field_names()):
@@ -315,6 +322,8 @@ def rollout(
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
+            if truncate_every is not None and t > 0 and t % truncate_every == 0:
+                s = s.detach()
             goal = goals(t) if goals is not None else None
             if controller is None:
                 action = None

@@ -63,10 +63,16 @@ class Scene:
             (masses, initial conditions, a period...) instead of a controller.
         objective: For inverse problems: ``objective(sim, design, record_every=0)`` runs the
             simulation with the design and returns ``(loss, rollout, metrics)``.
+        truth: For inverse problems with hidden parameters (observations or a target made by
+            them): builds the design holding them, which ``simdiff run`` renders unless given
+            fitted ``--weights``. None: the problem has no hidden answer.
         render_options: Extra keyword arguments of the simulator's frame painter (targets).
         worlds: How the worlds of a batch differ: ``worlds(sim, state, params, generator) ->
             (state, params)`` perturbs the initial state ``[B, ...]`` or sets per-world params
             fields, drawing from the seeded ``generator``. None: every world is the same.
+        goals: For goal-conditioned scenes: the goal distribution
+            (:class:`simdiff.locomotion.GoalSpace`); the trainer draws a goal schedule per
+            iteration and world, and the controller receives ``forward(step, state, goal)``.
     """
 
     name: str
@@ -81,14 +87,18 @@ class Scene:
     train: dict[str, Any] = field(default_factory=dict)
     design: Callable[[Simulator], torch.nn.Module] | None = None
     objective: Callable[..., tuple[torch.Tensor, Rollout, dict[str, float]]] | None = None
+    truth: Callable[[Simulator], torch.nn.Module] | None = None
     render_options: dict[str, Any] = field(default_factory=dict)
     worlds: Callable[..., tuple[Any, Any]] | None = None
+    goals: Any = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise SceneError(f"scene {self.name!r}: steps={self.steps} must be at least 1")
         if (self.design is None) != (self.objective is None):
             raise SceneError(f"scene {self.name!r}: design and objective come together")
+        if self.truth is not None and self.design is None:
+            raise SceneError(f"scene {self.name!r}: truth is the hidden design; it needs a design")
         if self.simulator not in SIMULATORS:
             raise SceneError(
                 f"scene {self.name!r}: simulator={self.simulator!r} is unknown; "

@@ -81,7 +81,7 @@ def test_show_prints_the_scene(capsys):
     for line in ("simulator:       mass_spring", "default backend: warp",
                  "trains:          yes: a controller (default: mlp)", "horizon:         680",
                  "  steps: int = 680", "  dt: float = 0.004",
-                 "**robot: passed to robot_from_ascii():", "    stiffness: float = 10000.0",
+                 "**robot: passed to robot_from_ascii():", "    stiffness: float = 15000.0",
                  "    friction: float = 1.0"):
         assert line in out, line
     assert "    dt:" not in out  # walker_small passes dt itself

@@ -353,7 +353,7 @@ def test_scenes_train_and_write_videos_from_the_cli(tmp_path, capsys, name):
 
 def test_render_draws_dye_solids_and_3d_projections():
     from simdiff.render import render_fluid
-    from simdiff.render.fluid import BACKGROUND_RGB
+    from simdiff.render.fluid import BACKGROUND_RGB, SOLID_RGB
 
     dye = np.zeros((1, 16, 16))
     dye[0, 2:6, 2:6] = 5.0
@@ -363,7 +363,7 @@ def test_render_draws_dye_solids_and_3d_projections():
     assert frame.shape == (160, 160, 3)
     # Cell (x=3, y=3) is near the bottom left, (12, 12) near the top right; y points up.
     assert frame[160 - 35, 35].mean() > 200  # thick dye is nearly white
-    assert abs(frame[160 - 125, 125].astype(int) - [110, 112, 120]).max() <= 1  # solid gray
+    assert abs(frame[160 - 125, 125].astype(int) - SOLID_RGB).max() <= 1  # solid
     assert abs(frame[160 - 125, 35].astype(int) - BACKGROUND_RGB).max() <= 1
     (frame3,) = render_fluid([np.ones((2, 8, 8, 8))], pixels=80)
     assert frame3.shape == (80, 80, 3) and frame3[40, 40].mean() > 100

@@ -55,14 +55,19 @@ def _horizon_row(image: np.ndarray) -> int:
 
 def test_2d_ground_band_lies_below_the_ground_line_only():
     """With bounds [0,1]x[0,1] on 100x100 pixels, ground y=0.25 is pixel row 75: below it (past
-    the tick marks) every pixel is ground, above it none is, and the sky is untouched away from
-    the robot."""
+    the tick marks) every pixel is ground but for the ticks' numbers, which sit under the
+    numbered ticks at x = 0, 0.5 and 1 only; above it no pixel is ground, and the sky is
+    untouched away from the robot."""
     positions, springs = _square(0.4, 0.5, 0.2)
     (frame,) = render_mass_spring(
         positions, springs, ground_height=0.25, size=(100, 100), bounds=(0, 1, 0, 1), follow=False
     )
     assert frame.shape == (100, 100, 3) and frame.dtype == np.uint8
-    assert _count(frame[90:], GROUND_RGB) == 10 * 100
+    band = _mask(frame[90:], GROUND_RGB)
+    text_columns = np.flatnonzero(~band.all(axis=0))
+    assert text_columns.size and _count(frame[90:], SKY_RGB) == 0
+    assert all(min(abs(c - 0), abs(c - 50), abs(c - 100)) <= 10 for c in text_columns)
+    assert band[:, 12:40].all() and band[:, 60:88].all()
     assert _count(frame[:73], GROUND_RGB) == 0
     assert _count(frame[:25], SKY_RGB) == 25 * 100  # the robot spans rows 30..50
     horizon = frame[74:77, 20:30].reshape(-1, 3).astype(int)
@@ -100,7 +105,8 @@ def test_2d_view_without_follow_contains_the_whole_trajectory():
 @pytest.mark.parametrize("value, expected", [(1.0, EXTEND_RGB), (-1.0, CONTRACT_RGB)])
 def test_2d_actuated_spring_color_at_its_location(value, expected):
     """One horizontal spring across the middle: at +1 its pixels are the extension red, at -1
-    the contraction blue, and passive (NaN) grey."""
+    the contraction blue, and passive (NaN) grey; the color bar top right (rows above 40)
+    shows both ends, and a passive robot has none."""
     positions = np.array([[0.2, 0.5], [0.8, 0.5]])
     springs = np.array([[0, 1]])
     kwargs = {"ground_height": None, "size": (200, 200), "bounds": (0, 1, 0, 1), "follow": False}
@@ -108,9 +114,12 @@ def test_2d_actuated_spring_color_at_its_location(value, expected):
     window = frame[95:106, 90:111]  # around the midpoint, away from the particle dots
     assert _count(window, expected) >= 10
     other = CONTRACT_RGB if value > 0 else EXTEND_RGB
-    assert _count(frame, other) == 0
+    assert _count(frame[40:], other) == 0
+    legend = frame[:40, 100:]
+    assert _count(legend, CONTRACT_RGB) > 0 and _count(legend, EXTEND_RGB) > 0
     (passive,) = render_mass_spring(positions, springs, actuation=np.array([[np.nan]]), **kwargs)
     assert _count(passive[95:106, 90:111], PASSIVE_RGB) >= 10
+    assert _count(passive, CONTRACT_RGB) == _count(passive, EXTEND_RGB) == 0
     assert _count(passive, expected) == 0
 
 
@@ -274,8 +283,8 @@ def test_plot_loss_and_series_validate(tmp_path):
 
 def test_batched_frames_draw_the_chosen_world():
     """Frames [T, B, n, dim] draw one world: world 1 (red, moved right) gives the frame its own
-    [T, n, dim] trajectory gives, and differs from world 0 (blue); a world out of range is
-    refused, naming it."""
+    [T, n, dim] trajectory gives, and differs from world 0 (blue), below the color bar (rows
+    under 28); a world out of range is refused, naming it."""
     left, springs = _square(0.1, 0.1, 0.2)
     right, _ = _square(0.5, 0.1, 0.2)
     positions = np.stack([left, right])[None]  # [T=1, B=2, 4, 2]
@@ -285,6 +294,7 @@ def test_batched_frames_draw_the_chosen_world():
     (alone,) = render_mass_spring(right, springs, actuation=np.ones((1, 6)), **kwargs)
     (world0,) = render_mass_spring(positions, springs, actuation=actuation, **kwargs)
     assert np.array_equal(world1, alone)
+    world1, world0 = world1[28:], world0[28:]
     assert _count(world1, EXTEND_RGB) > 0 and _count(world1, CONTRACT_RGB) == 0
     assert _count(world0, CONTRACT_RGB) > 0 and _count(world0, EXTEND_RGB) == 0
     with pytest.raises(ValueError, match="world=2: positions holds 2 worlds"):

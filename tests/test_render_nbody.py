@@ -186,7 +186,7 @@ def test_many_bodies_render_fast_as_dots():
     rng = np.random.default_rng(0)
     positions = rng.normal(size=(20, 5000, 3))
     start = time.perf_counter()
-    frames = render_nbody(positions, np.ones(5000), title="cloud")
+    frames = render_nbody(positions, np.ones(5000), title="cloud", scale_bar=False)
     assert time.perf_counter() - start < 2.0
     assert len(frames) == 20
     lit = _distance_from_background(frames[5][40:]) > 0  # below the title

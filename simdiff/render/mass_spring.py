@@ -4,7 +4,9 @@ Reads positions as numpy arrays, never a simulator. 2D trajectories are drawn in
 side view (x right, y up) over a ground band with tick marks every 0.1 length units; 3D
 trajectories in a perspective view from slightly above, over a ground grid with a shadow. Spring
 colors show the actuation: passive springs grey, actuated springs blue (contracting, -1) through
-grey (0) to red (extending, +1).
+grey (0) to red (extending, +1), explained by a color bar top right when springs are actuated.
+Every fifth 2D ground tick is numbered (its x), and given the frames' times a readout under
+the title says the time.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def render_mass_spring(
     follow: bool = True,
     title: str | None = None,
     world: int = 0,
+    times: Sequence[float] | None = None,
 ) -> LazyFrames:
     """Render a mass-spring trajectory, one RGB frame per time step (of one world).
 
@@ -92,6 +95,7 @@ def render_mass_spring(
             view covers the whole trajectory.
         title: Text drawn in the top-left corner of every frame, e.g. ``"step 120"``.
         world: Which world of batched frames to draw (0 by default).
+        times: The time of each frame [s], shape [T], written under the title.
 
     Returns:
         T frames, each an [H, W, 3] ``uint8`` array, as a sequence that paints a frame when it
@@ -116,8 +120,11 @@ def render_mass_spring(
         ground_height = float(ground_height)
     colors = [_as_tuples(spring_colors(a)) for a in act] if act is not None else None
     passive = [PASSIVE_RGB] * len(springs)
+    if times is not None and len(times) != num_frames:
+        raise ValueError(f"times: need one time per frame ({num_frames}), got {len(times)}")
+    driven = act is not None and bool(np.any(np.nan_to_num(act) != 0))
     renderer = _render_2d if dim == 2 else _render_3d
-    return renderer(
+    frames = renderer(
         traj,
         springs,
         colors if colors is not None else [passive] * num_frames,
@@ -127,6 +134,46 @@ def render_mass_spring(
         follow=follow,
         title=title,
     )
+    if times is None and not driven:
+        return frames
+
+    def paint(t: int) -> np.ndarray:
+        image = Image.fromarray(frames[t])
+        draw = ImageDraw.Draw(image)
+        if times is not None:
+            draw_readout(draw, f"t = {float(times[t]):.2f} s", height, title is not None)
+        if driven:
+            draw_actuation_legend(draw, width, height)
+        return np.array(image)
+
+    return LazyFrames(num_frames, paint)
+
+
+def draw_readout(draw: ImageDraw.ImageDraw, text: str, height: int, below_title: bool) -> None:
+    """A line of text (the time) at the top left, under the title if there is one."""
+    size = max(10, height // 24)
+    y = 4 + (size + 6 if below_title else 0)
+    draw.text((6, y), text, fill=_TEXT_RGB, font=_font(max(9, height // 30)))
+
+
+def draw_actuation_legend(draw: ImageDraw.ImageDraw, width: int, height: int, *,
+                          low: str = "-1 contract", high: str = "extend +1") -> None:
+    """Top right: the actuation color bar, from :data:`CONTRACT_RGB` (labeled ``low``)
+    through grey to :data:`EXTEND_RGB` (``high``)."""
+    bar_w, bar_h = max(60, width // 6), max(6, height // 45)
+    x0, y0 = width - bar_w - 10, 8
+    values = np.linspace(-1.0, 1.0, bar_w)
+    for k, color in enumerate(_as_tuples(spring_colors(values))):
+        draw.line((x0 + k, y0, x0 + k, y0 + bar_h), fill=color)
+    draw.rectangle((x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h + 1), outline=_TEXT_RGB)
+    font = _font(max(9, height // 36))
+    y = y0 + bar_h + 3
+    draw.text((x0, y), low, fill=_TEXT_RGB, font=font)
+    draw.text((x0 + bar_w - draw.textlength(high, font=font), y), high, fill=_TEXT_RGB,
+              font=font)
+    label = "actuation"
+    draw.text((x0 - draw.textlength(label, font=font) - 6, y0 - 2), label, fill=_TEXT_RGB,
+              font=font)
 
 
 def spring_colors(actuation: np.ndarray) -> np.ndarray:
@@ -174,6 +221,7 @@ def _render_2d(
             draw.line((0, ground_row, width, ground_row), fill=_HORIZON_RGB, width=2)
     spacing = _tick_spacing(scale)
     half_view = width / 2 / scale
+    tick_font = _font(max(9, height // 36))
 
     def paint(t: int) -> np.ndarray:
         image = background.copy()
@@ -191,6 +239,11 @@ def _render_2d(
                     fill=_HORIZON_RGB if long else _TICK_RGB,
                     width=1,
                 )
+                if long and ground_row + 14 < height - 8:
+                    text = f"{k * spacing:.10g}"
+                    w = draw.textlength(text, font=tick_font)
+                    draw.text((u - w / 2, ground_row + 14), text, fill=_HORIZON_RGB,
+                              font=tick_font)
         u = width / 2 + (traj[t, :, 0] - cx) * scale
         v = height / 2 - (traj[t, :, 1] - center_y) * scale
         pixels = np.stack([u, v], axis=1).tolist()

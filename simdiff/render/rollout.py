@@ -31,7 +31,8 @@ def _actuation(rollout: Rollout, steps: list[int], actuator: np.ndarray,
     return frames
 
 
-def _mass_spring_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
+def _mass_spring_frames(scene: Scene, rollout: Rollout, caption: str | None = None,
+                        world: int = 0) -> list[np.ndarray]:
     from simdiff.render.mass_spring import render_mass_spring
 
     model = scene.model
@@ -40,28 +41,44 @@ def _mass_spring_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[
     actuation = _actuation(rollout, steps, model.spring_actuator.cpu().numpy(), world)
     ground = model.ground.height if model.ground is not None else None
     return render_mass_spring(positions, model.spring_indices.cpu().numpy(), actuation=actuation,
-                              ground_height=ground, follow=True, title=scene.name, world=world)
+                              ground_height=ground, follow=True, title=_title(scene, caption),
+                              world=world, times=[t * model.dt for t in steps],
+                              **scene.render_options)
 
 
-def _nbody_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _title(scene: Scene, caption: str | None) -> str:
+    return f"{scene.name}: {caption}" if caption else scene.name
+
+
+def _nbody_frames(scene: Scene, rollout: Rollout, caption: str | None = None
+                  ) -> list[np.ndarray]:
+    """Frames of a one-world N-body rollout; ``render_options`` may add ``time_unit`` (the
+    readout's) and any keyword of :func:`~simdiff.render.nbody.render_nbody` (a target
+    point, observed positions, labels, the log-radius view)."""
     from simdiff.render.nbody import render_nbody
 
+    options = dict(scene.render_options)
+    unit = options.pop("time_unit", "")
     steps = sorted(rollout.frames)  # one world: fields [1, ...]
     positions = np.stack([rollout.frames[t].body_x[0].cpu().numpy() for t in steps])
     times = [float(rollout.frames[t].time[0]) for t in steps]
     masses = scene.model.body_mass.detach().cpu().numpy().reshape(-1, positions.shape[1])[0]
-    return render_nbody(positions, masses, title=scene.name,
-                        subtitles=[f"t = {t:.3f}" for t in times])
+    suffix = f" {unit}" if unit else ""
+    return render_nbody(positions, masses, title=_title(scene, caption),
+                        subtitles=[f"t = {t:.3f}{suffix}" for t in times], **options)
 
 
-def _fluid_frames(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def _fluid_frames(scene: Scene, rollout: Rollout, caption: str | None = None
+                  ) -> list[np.ndarray]:
     from simdiff.render.fluid import fluid_frames
 
-    return fluid_frames(scene, rollout)
+    return fluid_frames(scene, rollout, caption=caption)
 
 
-def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarray]:
-    """Frames of world ``world`` of a batched MPM rollout."""
+def _mpm_frames(scene: Scene, rollout: Rollout, caption: str | None = None, world: int = 0
+                ) -> list[np.ndarray]:
+    """Frames of world ``world`` of a batched MPM rollout; ``render_options`` are keywords of
+    :func:`~simdiff.render.mpm.render_mpm` (a target point or shape, observed positions)."""
     from simdiff.render.mpm import render_mpm
 
     model = scene.model
@@ -74,7 +91,8 @@ def _mpm_frames(scene: Scene, rollout: Rollout, world: int = 0) -> list[np.ndarr
         tool = (int(model.tool.shape), model.tool.size, centers)
     return render_mpm(positions, model.particle_material.cpu().numpy(), domain=model.domain,
                       actuation=actuation, ground_height=model.ground_height
-                      if model.ground is not None else None, tool=tool, title=scene.name,
+                      if model.ground is not None else None, tool=tool,
+                      title=_title(scene, caption), times=[t * model.control_dt for t in steps],
                       **scene.render_options)
 
 
@@ -98,24 +116,28 @@ def tile(images: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
     return out
 
 
-def render_rollout(scene: Scene, rollout: Rollout) -> list[np.ndarray]:
+def render_rollout(scene: Scene, rollout: Rollout, *, caption: str | None = None
+                   ) -> list[np.ndarray]:
     """Frames (HxWx3 uint8) of a rollout recorded with ``record_every > 0``; the first
-    :data:`MAX_TILED_WORLDS` worlds of a batch are tiled into one image per frame."""
+    :data:`MAX_TILED_WORLDS` worlds of a batch are tiled into one image per frame.
+    ``caption`` is written after the scene's name in every frame (e.g. which parameters of an
+    inverse problem were rolled out)."""
     if not rollout.frames:
         raise ValueError("the rollout recorded no frames; roll out with record_every > 0")
     painter = _PAINTERS[scene.simulator]
     if rollout.batch_size == 1:
-        return painter(scene, rollout)
-    worlds = [painter(scene, rollout.world(b))
+        return painter(scene, rollout, caption)
+    worlds = [painter(scene, rollout.world(b), caption)
               for b in range(min(rollout.batch_size, MAX_TILED_WORLDS))]
     return [tile([frames[k] for frames in worlds]) for k in range(len(worlds[0]))]
 
 
-def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps: int = 30) -> Path:
+def write_rollout_video(scene: Scene, rollout: Rollout, path: str | Path, *, fps: int = 30,
+                        caption: str | None = None) -> Path:
     """Render a recorded rollout and write it as .mp4 or .gif; returns the path."""
     from simdiff.render.video import write_video
 
-    return write_video(render_rollout(scene, rollout), path, fps=fps)
+    return write_video(render_rollout(scene, rollout, caption=caption), path, fps=fps)
 
 
 def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:

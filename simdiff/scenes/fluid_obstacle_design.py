@@ -62,4 +62,6 @@ def scene(
         train={"lr": 0.05 if parameterization == "pixels" else 0.01, "iters": 30},
         design=lambda sim: build(region, walls),
         objective=jet_objective(steps, target, other, checkpoint_every=checkpoint),
+        render_options={"target": target.numpy(), "avoid": other.numpy(),
+                        "labels": ["dye", "upper outlet", "lower outlet"]},
     )

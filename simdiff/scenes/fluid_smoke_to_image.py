@@ -35,4 +35,5 @@ def scene(
         train={"lr": 0.1, "iters": 60},
         design=lambda sim: InitialVelocity(n),
         objective=smoke_objective(goal, steps, checkpoint_every=checkpoint),
+        render_options={"target": goal.numpy(), "target_image": goal.numpy()},
     )

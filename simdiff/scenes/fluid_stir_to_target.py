@@ -44,4 +44,6 @@ def scene(
         train={"lr": 0.1, "iters": 40},
         design=lambda sim: PaddleTrajectory(steps, 2, paddle.max_speed),
         objective=stir_objective(steps, region=region, checkpoint_every=checkpoint),
+        render_options={} if region is None else {"target": region.numpy(),
+                                                  "labels": ["dye", "target third"]},
     )

@@ -36,5 +36,8 @@ def scene(*, observations: int = 6, every: int = 4, grid_size: int = 32, substep
         render_every=1,
         train={"precision": "float64", "lr": 0.2, "iters": 30},
         design=lambda sim: ModulusFit(start),
+        truth=lambda sim: ModulusFit(HIDDEN_E),
         objective=identify_modulus_objective(observed, HIDDEN_E, every),
+        render_options={"observed": observed.numpy(), "observed_times":
+                        [(k + 1) * every * model.control_dt for k in range(observations)]},
     )

@@ -54,5 +54,7 @@ def scene(*, steps: int = 30, grid_size: int = 32, substeps: int = 10, dt: float
         render_every=1,
         train={"precision": "float64", "lr": 0.05, "iters": 40},
         design=lambda sim: ToolPath(torch.tensor([0.0, -0.3], dtype=torch.float64).repeat(steps, 1)),
+        truth=lambda sim: ToolPath(path),
         objective=shape_objective(target, steps, REGION, cells, sigma),
+        render_options={"target_cells": target.numpy(), "target_box": REGION},
     )

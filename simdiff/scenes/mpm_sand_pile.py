@@ -1,6 +1,8 @@
 """Sand pile (MPM): a column of Drucker-Prager sand collapses into a pile on a rough ground.
 
-``simdiff run mpm_sand_pile`` renders the collapse (``--set friction_angle=25``); the loss of a
+``simdiff run mpm_sand_pile`` renders the collapse with the true (hidden) friction angle
+(``--set friction_angle=25``), in a domain ``domain`` = 2 m wide, which the runout (about 1 m at
+35 degrees) does not reach; ``grid_size`` counts nodes per meter. The loss of a
 plain rollout is the pile's spread (the standard deviation of the sand's horizontal positions)
 and the metrics report the flank angle (about 0.7 times the friction angle after the collapse:
 the flow overshoots the static angle of repose) and the runout.
@@ -9,7 +11,7 @@ the flow overshoots the static angle of repose) and the runout.
 (hidden, ``friction_angle``) from the positions of its grains observed at a few times of the
 collapse, starting from ``start`` degrees.
 
-Default backend Warp, measured at this size (1,216 particles, 64^2 grid, 40 steps of 50
+Default backend Warp, measured on a 1 m domain (1,216 particles, 64^2 grid, 40 steps of 50
 substeps, float32, 2 shared CPU cores, kernels compiled beforehand, same script for both): a
 rollout takes 1.12 s on Warp against 1.85 s on Taichi (1.65x), forward and backward (loss in
 the initial velocities) 3.9 s against 6.0 s (1.55x). Both backends give the same states and
@@ -35,13 +37,17 @@ from simdiff.sims.mpm.tasks import (
 
 def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float = 4e-4,
           friction_angle: float = 35.0, width: float = 0.25, height: float = 0.3,
-          start: float = 25.0, observations: int = 4) -> Scene:
+          start: float = 25.0, observations: int = 4, domain: float = 2.0) -> Scene:
     check_grid_size(grid_size)
+    if not domain >= 1.0:
+        raise ValueError(f"domain={domain} m must be at least 1 (the column's room to spread)")
+    # grid_size nodes per meter; the domain is wider than the runout of the collapse, whose
+    # flow would otherwise reach the walls (0.93 m of a 1 m domain at 25 degrees).
     dx = 1 / grid_size
-    column = Body((0.5 - width / 2, 3 * dx), (width, height), material=Material.SAND,
+    column = Body((domain / 2 - width / 2, 3 * dx), (width, height), material=Material.SAND,
                   E=200.0, nu=0.3, friction_angle=friction_angle)
-    model = build_model([column], grid_size=grid_size, dt=dt, substeps=substeps,
-                        ground=Ground(friction=math.inf))
+    model = build_model([column], grid_size=round(domain * grid_size), dx=dx, dt=dt,
+                        substeps=substeps, ground=Ground(friction=math.inf))
     observations = min(observations, steps)
     every = steps // observations
     with torch.no_grad():
@@ -67,9 +73,13 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
         metrics=metrics,
         train={"precision": "float64", "lr": 0.1, "iters": 25},
         design=lambda sim: FrictionAngleFit(start),
+        truth=lambda sim: FrictionAngleFit(friction_angle),
         objective=identify_friction_objective(observed, friction_angle, every),
         description=f"a sand column ({friction_angle:g} degrees) collapses into a pile, "
                     f"{model.particle_count} particles",
         default_backend="warp",
         render_every=1,
+        render_options={"observed": observed.numpy(), "observed_times":
+                        [(k + 1) * every * model.control_dt for k in range(observations)],
+                        "bounds": (0.0, domain, 0.0, 0.3 * domain), "size": 640},
     )

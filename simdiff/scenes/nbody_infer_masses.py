@@ -38,5 +38,7 @@ def scene(*, observations: int = 20, every: int = 25, dt: float = 2e-3, noise: f
         render_every=5,
         train={"precision": "float64", "lr": 0.05, "iters": 60},
         design=lambda sim: MassFit(torch.ones(3, dtype=torch.float64)),
+        truth=lambda sim: MassFit(hidden),
         objective=infer_masses_objective(observed, hidden, every),
+        render_options={"observed": observed[0].numpy()},
     )

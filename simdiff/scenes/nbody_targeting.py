@@ -29,4 +29,5 @@ def scene(*, steps: int = 500, t_final: float = 2.5) -> Scene:
         train={"precision": "float64", "lr": 0.02, "iters": 80},
         design=lambda sim: LaunchFit(v[2]),
         objective=targeting_objective(2, target, steps),
+        render_options={"target_point": list(TARGET)},
     )
