@@ -161,7 +161,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.train import check_rollout_size
 
-    out = check_output_folder(args.out or f"renders/{Path(args.scene).stem}", "rollout",
+    out = check_output_folder(args.out or f"renders/run_{Path(args.scene).stem}", "rollout",
                               hint=f" (and --video {args.video} for the video's format)")
     weights = load_data(args.weights, "controller weights") if args.weights else None
     scene = load_scene(args.scene, **_scene_options(args))
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--out", help="output folder: the video SCENE.mp4, plots and metrics.json "
-                                 "(default: renders/SCENE)")
+                                 "(default: renders/run_SCENE)")
     p.add_argument("--video", choices=["mp4", "gif"], default="mp4",
                    help="the video's format (default: mp4)")
     p.add_argument("--force", action="store_true",
@@ -496,8 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "memory; default: keep every step)")
     p.add_argument("--no-video", action="store_true",
                    help="skip the final video (default: render the best iteration)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bar (default: a bar on a terminal)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     _batch_args(p)
     p.set_defaults(func=_cmd_train)
 

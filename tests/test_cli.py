@@ -63,7 +63,7 @@ def test_run_writes_a_video_and_its_metrics_into_a_folder(tmp_path, capsys, scen
     assert float(loss.split("=")[1]) == pytest.approx(record["metrics"]["loss"], rel=1e-3)
 
 
-def test_run_out_names_a_folder_checked_before_any_work(tmp_path, capsys):
+def test_run_out_names_a_folder_checked_before_any_work(tmp_path, capsys, monkeypatch):
     # A video path, as --out took before, says what to pass instead.
     assert main(["run", "walker_small", "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
@@ -80,6 +80,13 @@ def test_run_out_names_a_folder_checked_before_any_work(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["run", "no_such_scene", "--out", str(tmp_path / "file" / "sub")]) == 2
     assert "cannot be created: " in capsys.readouterr().err
+    # By default a run goes beside, not into, the scene's training run (renders/train_SCENE,
+    # or the demo's renders/walker_small).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "renders" / "walker_small").mkdir(parents=True)
+    (tmp_path / "renders" / "walker_small" / "checkpoint.pt").write_text("")
+    assert main(["run", "walker_small", "--steps", "2", "--backend", "warp"]) == 0
+    assert (tmp_path / "renders" / "run_walker_small" / "walker_small.mp4").is_file()
 
 
 @pytest.mark.parametrize("argv, name", [

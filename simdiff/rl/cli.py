@@ -135,7 +135,7 @@ def add_rl_parser(sub) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10_000,
                    help="environment steps between checkpoints (default 10000)")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bar (default: a bar on a terminal)")
+                   help="no progress bar (default: show it)")
     p.set_defaults(func=_cmd_train)
 
     p = rl_sub.add_parser("eval", help="policy against every fixed eta on held-out systems")

@@ -43,5 +43,5 @@ def add_sweep_parser(sub) -> None:
                    help="local worker processes (default: cores / the spec's num_cpus)")
     p.add_argument("--out", default=None, help="output folder (default: the spec's 'out')")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bar (default: a bar on a terminal)")
+                   help="no progress bar (default: show it)")
     p.set_defaults(func=_cmd_sweep)
