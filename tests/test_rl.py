@@ -254,6 +254,12 @@ def test_cli_rl_bad_input(tmp_path, capsys):
 
     assert main(["rl", "eval", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "trained").mkdir()  # a folder `rl train --out` writes: its policy.pt is read
+    assert main(["rl", "eval", str(tmp_path / "trained"), "--out", str(tmp_path / "e")]) == 2
+    assert f"policy file {tmp_path / 'trained' / 'policy.pt'} does not exist" in \
+        capsys.readouterr().err
+    assert main(["rl", "train", "--out", str(tmp_path / "p.pt")]) == 2
+    assert f"pass --out {tmp_path / 'p'}" in capsys.readouterr().err
     assert main(["rl", "train", "--steps", "0", "--out", str(tmp_path / "p")]) == 2
     assert "steps=0 must be >= 1" in capsys.readouterr().err
     assert main(["rl", "train", "--steps", "10", "--w-cost", "-1", "--out",

@@ -395,6 +395,11 @@ def test_a_trusted_stable_baselines3_zip_converts_to_the_same_policy(tmp_path, c
     assert policy.act(obs).tolist() == expected.tolist()
     assert main(["rl", "convert", str(tmp_path / "old.zip")]) == 2  # never overwrites
     assert "not overwritten" in capsys.readouterr().err
+    # --out is a folder: the weights and their settings (NAME.json) go there together, and
+    # `rl eval` is given the weights file the folder holds.
+    assert main(["rl", "convert", str(tmp_path / "old.zip"), "--out", str(tmp_path / "c")]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["old.json", "old.pt"]
+    assert load_policy(tmp_path / "c" / "old").act(obs).tolist() == expected.tolist()
 
 
 def test_a_controller_of_the_wrong_action_shape_is_one_line(tmp_path, capsys):
