@@ -295,3 +295,21 @@ def test_the_caption_is_written_after_the_title():
     for a, b in zip(plain, captioned):
         assert not np.array_equal(a[:30], b[:30])
         assert np.array_equal(a[60:], b[60:])
+
+
+def test_nbody_pythagorean_frames_are_evenly_spaced_in_time_to_t70():
+    """The default scene reaches t = 70, and each IAS15 step is one output interval dt (its
+    own substeps adapt), so frames every ``render_every`` steps are evenly spaced in time."""
+    from simdiff.rollout import rollout
+
+    full = load_scene("nbody_pythagorean")
+    assert full.steps * full.model.dt == pytest.approx(70.0)
+    scene = load_scene("nbody_pythagorean", steps=8, t_end=8.0)
+    sim = make_simulator(scene, resolve_backend(scene.default_backend, "cpu", "float64"))
+    with torch.no_grad():
+        result = rollout(sim, sim.initial_state(), None, scene.steps,
+                         record_every=scene.render_every)
+    times = np.array([float(result.frames[t].time[0]) for t in sorted(result.frames)])
+    assert len(times) >= 4
+    np.testing.assert_allclose(np.diff(times), scene.render_every * 1.0, rtol=1e-12)
+    assert float(result.final.time[0]) == pytest.approx(8.0, rel=1e-12)

@@ -160,13 +160,13 @@ def draw_actuation_legend(draw: ImageDraw.ImageDraw, width: int, height: int, *,
                           low: str = "-1 contract", high: str = "extend +1") -> None:
     """Top right: the actuation color bar, from :data:`CONTRACT_RGB` (labeled ``low``)
     through grey to :data:`EXTEND_RGB` (``high``)."""
-    bar_w, bar_h = max(60, width // 6), max(6, height // 45)
+    bar_w, bar_h = max(110, width // 5), max(6, height // 45)
     x0, y0 = width - bar_w - 10, 8
     values = np.linspace(-1.0, 1.0, bar_w)
     for k, color in enumerate(_as_tuples(spring_colors(values))):
         draw.line((x0 + k, y0, x0 + k, y0 + bar_h), fill=color)
     draw.rectangle((x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h + 1), outline=_TEXT_RGB)
-    font = _font(max(9, height // 36))
+    font = _font(max(9, min(height, width) // 40))
     y = y0 + bar_h + 3
     draw.text((x0, y), low, fill=_TEXT_RGB, font=font)
     draw.text((x0 + bar_w - draw.textlength(high, font=font), y), high, fill=_TEXT_RGB,
