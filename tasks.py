@@ -3,6 +3,7 @@
 
     python3 tasks.py demo   # create/reuse .venv, install, train the default walker, write renders/
     python3 tasks.py test   # create/reuse .venv, install, run the test suite
+    python3 tasks.py sample # the demo, then its video as the README's renders/samples/walker_small.gif
 
 Extra arguments after ``test`` go to pytest (e.g. ``python3 tasks.py test -m slow``).
 """
@@ -41,10 +42,19 @@ def setup() -> None:
 
 def main() -> int:
     job = sys.argv[1] if len(sys.argv) > 1 else ""
-    if job not in ("demo", "test", "setup"):
+    if job not in ("demo", "test", "setup", "sample"):
         print(__doc__)
         return 2
     setup()
+    if job == "sample":
+        code = subprocess.run([sys.executable, __file__, "demo"], cwd=ROOT, check=False).returncode
+        if code == 0:
+            # Every 4th frame at half size: the README's sample stays a few hundred kB.
+            convert = ("import imageio.v3 as iio; f = iio.imread('renders/walker_small/"
+                       "walker_small.mp4')[::4, ::2, ::2]; iio.imwrite('renders/samples/"
+                       "walker_small.gif', f, duration=132, loop=0)")
+            code = subprocess.run([str(PYTHON), "-c", convert], cwd=ROOT, check=False).returncode
+        return code
     if job == "demo":
         out = ROOT / "renders" / "walker_small"
         cmd = [str(BIN / "simdiff"), "train", "walker_small", "--out", str(out)]

@@ -6,7 +6,8 @@ rollout of the crawler (sinusoidal muscle signals, a phase per world) with B wor
 simulator, forward only (under ``torch.no_grad``) and forward + backward (the locomotion loss,
 averaged over the worlds, differentiated in the actions); then the same B worlds as B
 single-world rollouts one after the other. Each figure is the best of ``repeats`` runs after a
-warm-up (kernels compiled or loaded from the cache). Rows hold ``world_steps_per_s`` (worlds
+warm-up (kernels compiled or loaded from the cache), with torch's intra-op threads chosen as
+training chooses them (``simdiff.threads.threads_for``). Rows hold ``world_steps_per_s`` (worlds
 times control steps per second), ``speedup_vs_b1`` (against B = 1 of the same backend and
 mode), ``vs_loop`` (against the loop of the same run) and ``peak_rss_mb`` (of the batched runs
 alone, before the loop runs).
@@ -24,7 +25,32 @@ import subprocess
 import sys
 import time
 
-MEASURED = """(filled in from a run: see the report of the branch that added this file)"""
+MEASURED = """
+2026-12-02, 2 CPU cores shared with other jobs (load average 9-16 throughout, so figures drift
+by 2x between minutes; ``vs_loop``, measured in the same process right after the batched runs,
+is the steadier ratio), float32, 376 particles, 64^2 grid, 10 substeps per control step.
+
+Warp, 100 control steps, best of 2:
+  B   forward w-steps/s  vs B=1  vs loop   fwd+bwd w-steps/s  vs B=1  vs loop   peak MB
+  1        44.0           1.00    1.06          13.6          1.00    1.08       423
+  2        82.9           1.88    2.14          20.5          1.51    1.63       431
+  4       112.0           2.54    3.71          19.8          1.46    1.14       449
+  8       111.9           2.54    2.77          26.6          1.96    1.94       488
+Warp and Taichi, 30 control steps, best of 2 (torch threads as training picks them):
+  warp    B=8: forward 246 w-steps/s (3.2x the loop), fwd+bwd 42.9 (2.1x the loop); 452 MB
+          against 418 MB at B=1
+  taichi  B=8: forward 230 w-steps/s (4.7x the loop), fwd+bwd 17.1 (1.9x the loop); 388 MB
+          against 354 MB at B=1
+The forward is launch-bound at B=1 and gains most; the backward (Warp's single-threaded
+adjoints, whose cost grows with the worlds' particles and nodes, plus the grid recompute) is
+closer to compute-bound, so forward+backward gains about 2x at B=8. Memory per world: about
+5 MB (the grids of one control step, recomputed in backward, and the particle states).
+Before torch was kept to one intra-op thread here, Taichi's forward+backward at B=8 ran
+slower than the loop: the bridge's torch copies of grid-sized adjoints (above torch's
+32,768-element grain) waited for a second thread on the busy cores (grid_update's adjoint at
+B=8: 14.5 ms with two threads, 3.8 ms with one). The bridge now copies them with numpy
+(``bridge._copy``): 4.9 ms with two torch threads.
+"""
 
 SCENE = "mpm_crawler"
 
@@ -46,6 +72,7 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int,
     from simdiff.rollout import rollout
     from simdiff.scene import load_scene
     from simdiff.sims.mpm import MPM
+    from simdiff.threads import intra_op_threads, threads_for
 
     scene = load_scene(SCENE, **_options(quick, steps))
     backend = resolve_backend(backend_name, precision="float32")
@@ -58,10 +85,12 @@ def measure(backend_name: str, batch: int, *, quick: bool, repeats: int,
 
     def run(sim, acts, grad: bool) -> float:
         leaf = acts.clone().requires_grad_(grad)
+        state = sim.initial_state()
         started = time.perf_counter()
-        with torch.set_grad_enabled(grad):
-            result = rollout(sim, sim.initial_state(), lambda k, s: leaf[k], steps,
-                             check_every=10)
+        # Torch's intra-op threads as training picks them (simdiff.threads): one for these
+        # sizes, where a threaded copy of a grid waited milliseconds on shared cores.
+        with torch.set_grad_enabled(grad), intra_op_threads(threads_for(state)):
+            result = rollout(sim, state, lambda k, s: leaf[k], steps, check_every=10)
             loss = scene.loss(result)
             if grad:
                 loss.backward()

@@ -7,6 +7,12 @@ Default backend Warp, measured at this size (36 particles, 48^2 grid, 400 subste
 shared CPU cores): a rollout takes 0.14 s on Warp against 0.49 s on Taichi (3.6x), forward and
 backward 0.24 s against 1.54 s (6.4x). Small MPM scenes are launch-bound, where Warp's launches
 win.
+
+`simdiff gradcheck mpm_throw` (100 steps) passes on both backends with the initial positions
+"non-smooth here": the blob lands and spreads on the ground within the horizon, and central
+differences of the loss along the random direction wander by 2e-4 (relative) between steps of
+1e-8 and 2.5e-6 without settling, identically on Taichi and Warp (whose autodiff values agree
+to round-off); the other quantities agree with autodiff.
 """
 
 import torch

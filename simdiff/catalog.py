@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,8 @@ __all__ = [
     "SceneInfo",
     "check_against",
     "controller_dir",
+    "describe_scene",
+    "format_list",
     "read_scene",
     "scene_catalog",
     "scene_dir",
@@ -119,8 +122,9 @@ def _first_sentence(text: str | None) -> str:
     if not text:
         return ""
     paragraph = " ".join(text.strip().split("\n\n")[0].split())
-    end = paragraph.find(". ")
-    return paragraph if end < 0 else paragraph[:end + 1]
+    # A full stop before a capital ends the sentence, except after an abbreviation.
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)\.\s+(?=[A-Z])", paragraph)
+    return paragraph if end is None else paragraph[:end.start() + 1]
 
 
 def _literals(tree: ast.Module) -> dict[str, Any]:
@@ -269,3 +273,156 @@ def check_against(info: SceneInfo, scene: Any) -> list[str]:
     if info.description != info.summary and info.description != scene.description:
         found.append(f"description: read {info.description!r}, built {scene.description!r}")
     return found
+
+
+_TRAINS_WORDS = {"controller": "controller", "design": "design", "no": "-"}
+
+
+def format_list(folder: str | Path | None = None, *, width: int | None = None) -> str:
+    """The text of ``simdiff list``: every scene's simulator, what it trains, default backend
+    and description, then the controllers; read from the files, nothing is built.
+    Descriptions are cut to ``width`` columns when given (a terminal's width)."""
+    infos = scene_catalog(folder)
+    name_width = max([len(i.name) for i in infos] + [5])
+    lines = ["scenes:",
+             (f"  {'name':<{name_width}}  {'simulator':<11}  {'trains':<10}  {'backend':<7}  "
+              "description")]
+    for info in infos:
+        head = (f"  {info.name:<{name_width}}  {info.simulator or '?':<11}  "
+                f"{_TRAINS_WORDS[info.trains]:<10}  {info.default_backend or 'by size':<7}  ")
+        text = info.description if not info.problems else f"(unreadable: {info.problems[0]})"
+        room = max(width - len(head), 20) if width else len(text)
+        lines.append(head + (text if len(text) <= room else text[:room - 1] + "…"))
+    lines.append("controllers:")
+    folder = controller_dir()
+    names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")) \
+        if folder.is_dir() else []
+    for name in names:
+        doc = _first_sentence(ast.get_docstring(ast.parse((folder / f"{name}.py").read_text())))
+        lines.append(f"  {name:<{name_width}}  {doc}")
+    lines.append("`simdiff show NAME` prints a scene's options; `trains`: what `simdiff train` "
+                 "optimizes")
+    return "\n".join(lines)
+
+
+def _scene_path(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    if text.endswith(".py") or os.sep in text:
+        return Path(text)
+    return scene_dir() / f"{text}.py"
+
+
+def _pass_through_calls(function: ast.FunctionDef, var_keyword: str
+                        ) -> list[tuple[str, set[str], int, list[str]]]:
+    """``(callee, keywords it is given explicitly, positional arguments, names of the dicts
+    merged under the options)`` of each call in ``function`` that receives
+    ``**var_keyword``, alone or merged last as in ``**{**DEFAULTS, **var_keyword}``."""
+
+    def passes(value: ast.expr) -> list[str] | None:
+        if isinstance(value, ast.Name) and value.id == var_keyword:
+            return []
+        if isinstance(value, ast.Dict) and all(k is None for k in value.keys) and value.values:
+            *under, last = value.values
+            if isinstance(last, ast.Name) and last.id == var_keyword and all(
+                    isinstance(v, ast.Name) for v in under):
+                return [v.id for v in under]
+        return None
+
+    calls = []
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        for k in node.keywords:
+            merged = passes(k.value) if k.arg is None else None
+            if merged is not None:
+                calls.append((ast.unparse(node.func), {k.arg for k in node.keywords if k.arg},
+                              len(node.args), merged))
+                break
+    return calls
+
+
+def _parameter_text(parameter: Any) -> str:
+    import inspect
+
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        kind = ""
+    elif isinstance(annotation, type):
+        kind = annotation.__name__
+    else:
+        kind = str(annotation).replace("typing.", "")
+    text = parameter.name + (f": {kind}" if kind else "")
+    if parameter.default is not inspect.Parameter.empty:
+        text += f" = {parameter.default!r}"
+    return text
+
+
+def describe_scene(name_or_path: str | Path, **options: Any) -> str:
+    """The text of ``simdiff show``: a scene built with ``options`` (its description,
+    simulator, default backend, horizon, what it trains) and its options with types and
+    defaults, including those a ``**options`` parameter passes on to a builder.
+
+    Raises:
+        SceneError: the scene does not exist or does not build (from
+            :func:`simdiff.scene.load_scene`).
+    """
+    import inspect
+
+    from simdiff.scene import _load_module, load_scene
+    from simdiff.train import _has_actuators
+
+    scene = load_scene(name_or_path, **options)
+    path = _scene_path(name_or_path)
+    module = _load_module(name_or_path, scene_dir(), "scene")
+    info = read_scene(path)
+    train = scene.train
+    if scene.design is not None:
+        trains = "yes: an inverse problem; `simdiff train` fits its design"
+    elif _has_actuators(scene):
+        trains = f"yes: a controller (default: {train.get('controller', 'mlp')})"
+    else:
+        trains = f"no: nothing to act on; `simdiff run {info.name}` rolls it out"
+    if trains.startswith("yes"):
+        trains += "".join(f", {k} {train[k]}" for k in ("lr", "iters") if k in train)
+    lines = [
+        f"{info.name}: {scene.description or info.summary}",
+        f"  file:            {path}",
+        f"  simulator:       {scene.simulator}",
+        f"  default backend: {scene.default_backend}",
+        f"  precision:       {train.get('precision', 'float32')}",
+        f"  horizon:         {scene.steps} steps",
+        f"  trains:          {trains}",
+        "options (--set NAME=VALUE):",
+    ]
+    signature = inspect.signature(module.scene)
+    var_keyword = None
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            var_keyword = parameter.name
+        elif parameter.kind is not parameter.VAR_POSITIONAL:
+            lines.append(f"  {_parameter_text(parameter)}")
+    if var_keyword is not None:
+        tree = ast.parse(path.read_text())
+        function = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+                        and n.name == "scene")
+        for callee, given, positional, merged in _pass_through_calls(function, var_keyword):
+            overrides: dict[str, Any] = {}
+            for name in merged:  # the scene's own defaults for the builder's options
+                overrides.update(getattr(module, name, None) or {})
+            target: Any = module
+            for part in callee.split("."):
+                target = getattr(target, part, None)
+            lines.append(f"  **{var_keyword}: passed to {callee}():")
+            if target is None:
+                lines.append("    (not found in the scene file)")
+                continue
+            rest = list(inspect.signature(target).parameters.values())[positional:]
+            for parameter in rest:
+                if parameter.name not in given and parameter.kind in (
+                        parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    if parameter.name in overrides:
+                        parameter = parameter.replace(default=overrides[parameter.name])
+                    lines.append(f"    {_parameter_text(parameter)}")
+    if not signature.parameters:
+        lines.append("  (none)")
+    return "\n".join(lines)

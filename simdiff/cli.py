@@ -48,19 +48,44 @@ def _scene_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from simdiff.scene import SceneError, list_controllers, list_scenes, load_scene
-
-    print("scenes:")
-    for name in list_scenes():
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` items as a dict, values parsed as JSON where they parse."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
-            description = load_scene(name).description
-        except (SceneError, ValueError) as err:
-            description = f"(invalid: {err})"
-        print(f"  {name:<16} {description}")
-    print("controllers:")
-    for name in list_controllers():
-        print(f"  {name}")
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _cmd_list_catalog(args: argparse.Namespace) -> int:
+    """Scenes read from their files (simulator, what trains, backend), nothing built: no
+    torch, no backend, well under a second."""
+    import shutil
+
+    from simdiff.catalog import format_list
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_list(width=width))
+    return 0
+
+
+def _list_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simdiff list", description=(
+        "List the scenes (simulator, what `simdiff train` optimizes, default backend, "
+        "description) and the controllers, read from their files without building them."))
+    p.set_defaults(func=_cmd_list_catalog, command="list")
+    return p
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from simdiff.catalog import describe_scene
+
+    print(describe_scene(args.scene, **_scene_options(args)))
     return 0
 
 
@@ -159,12 +184,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         clip=args.clip,
+        grad_normalize=args.grad_normalize,
+        backprop_window=args.backprop_window,
         seed=args.seed,
         batch=args.batch,
         health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
         scene_options=_scene_options(args),
+        controller_options=_key_values(args.controller_set, "--controller-set"),
     )
     result = train(config, out, resume=args.resume, progress=not args.quiet, force=args.force)
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
@@ -185,6 +213,67 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written += write_rollout_plots(result.scene, final, out / result.scene.name)
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from simdiff.backend import resolve_backend
+    from simdiff.locomotion import evaluate_goals, held_out_schedule
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+    from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
+
+    scene = load_scene(args.scene, **_scene_options(args))
+    if scene.goals is None:
+        raise SceneError(f"scene {scene.name!r} is not goal-conditioned (it has no goals); "
+                         f"evaluate needs one such as walker_goals")
+    precision = args.precision or scene.train.get("precision", "float32")
+    backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
+    name = args.controller or scene.train.get("controller", "goal_mlp")
+
+    def build(batch_size: int):
+        sim = make_simulator(scene, backend, batch_size=batch_size)
+        torch.manual_seed(0)
+        options = (scene.train.get("controller_options", {})
+                   if name == scene.train.get("controller") else {})
+        controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
+        if args.weights:
+            controller.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                  weights_only=True))
+        return sim, controller
+
+    sim, controller = build(args.batch)
+    figures, result = evaluate_goals(sim, controller, held_out_schedule(scene.goals, args.batch),
+                                     record_every=1)
+    cells = getattr(scene.model, "cells", None)
+    if cells is not None:
+        from simdiff.sims.mass_spring.tasks import inverted_cells
+
+        positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
+        figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
+    print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"scene": scene.name, **figures}, indent=2))
+        print(f"wrote {args.json}")
+    if not args.no_video:
+        space = scene.goals
+        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
+        if space.dim == 2:
+            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+        else:
+            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
+        script = [(task, value) for task, value in script if task in space.tasks]
+        one, controller = build(1)
+        _, shown = evaluate_goals(one, controller, space.schedule(script),
+                                  record_every=scene.render_every)
+        steps = sorted(shown.frames)
+        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
+        out = Path(args.out or f"renders/{scene.name}_goals.mp4")
+        print(f"wrote {write_video(frames, out)}")
     return 0
 
 
@@ -242,6 +331,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     extra = []
     if args.iters is not None:
         extra += ["--iters", str(args.iters)]
+    if args.budget is not None:
+        if args.what != "locomotion":
+            raise SystemExit("--budget applies to `simdiff bench locomotion` only")
+        extra += ["--budget", str(args.budget)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
                        extra_args=extra, out=out)
@@ -253,8 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list scenes and controllers")
-    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("list", help="list scenes (simulator, what trains) and controllers",
+                       description=_list_parser().description)
+    p.set_defaults(func=_cmd_list_catalog)
+
+    p = sub.add_parser("show", help="a scene's description, simulator, backend, whether it "
+                                    "trains, and its options with types and defaults")
+    _scene_args(p)
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("run", help="roll a scene out and write its video")
     _scene_args(p)
@@ -279,10 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations (default: the scene's)")
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
     p.add_argument("--resume", help="checkpoint.pt to continue from")
-    p.add_argument("--optimizer", default="adam", help="torch.optim optimizer name")
+    p.add_argument("--optimizer", default="adam",
+                   help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
+                        "(lion, ademamix, grams, adamp, cautious-lion, ...)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: the scene's; on --resume, the checkpoint's)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    p.add_argument("--grad-normalize", action="store_true",
+                   help="rescale every gradient to norm --clip (not only larger ones)")
+    p.add_argument("--controller-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="controller option, e.g. --controller-set activation=tanh (repeatable)")
+    p.add_argument("--backprop-window", type=int, default=None, metavar="W",
+                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
@@ -296,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _batch_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")
+    _scene_args(p)
+    _backend_args(p)
+    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`)")
+    p.add_argument("--controller", help="controller name or file (default: the scene's)")
+    p.add_argument("--batch", type=int, default=4, help="worlds (held-out commands) at once")
+    p.add_argument("--precision", default=None, choices=["float32", "float64"])
+    p.add_argument("--json", help="also write the figures as JSON to this path")
+    p.add_argument("--out", help="goal-switching video (default: renders/SCENE_goals.mp4)")
+    p.add_argument("--no-video", action="store_true", help="skip the goal-switching video")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
     _scene_args(p)
@@ -312,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark name (default: every simulator's benchmark)")
     _backend_args(p, allow_all=True)
     p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
+    p.add_argument("--budget", type=float, default=None,
+                   help="locomotion: wall-clock seconds of training per method (default 1200)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
     p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
     p.add_argument("--difftaichi", metavar="DIR",
@@ -341,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     (``SIMDIFF_TRACEBACK=1`` shows the traceback instead)."""
     import os
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["list"]:  # answered from the scene files: before torch is imported
+        args = _list_parser().parse_args(argv[1:])
+        return args.func(args)
     from simdiff.backend import BackendError
     from simdiff.sims.base import SimulationError
 

@@ -232,6 +232,16 @@ class _Probe:
         return loss.detach(), result, derivatives
 
 
+class _OpenLoopGoals:
+    """The checked action sequence as a goal-conditioned controller that ignores its goal."""
+
+    def __init__(self, actions: torch.Tensor, goal_dim: int) -> None:
+        self.actions, self.goal_dim = actions, goal_dim
+
+    def __call__(self, step: int, state, goal: torch.Tensor) -> torch.Tensor:
+        return self.actions[step]
+
+
 def _probe(scene: Scene, be, steps: int, seed: int, batch: int = 1) -> _Probe:
     sim = make_simulator(scene, be, batch_size=batch)
     if hasattr(sim, "tolerance"):
@@ -268,6 +278,9 @@ def _probe(scene: Scene, be, steps: int, seed: int, batch: int = 1) -> _Probe:
         for n in sim.initial_fields
     }
 
+    schedule = (scene.goals.sample(batch, steps, seed=seed)
+                if getattr(scene, "goals", None) is not None else None)
+
     def loss_of(values: dict[str, torch.Tensor]):
         saved = {n: getattr(model, n) for n in fields}
         try:
@@ -276,7 +289,14 @@ def _probe(scene: Scene, be, steps: int, seed: int, batch: int = 1) -> _Probe:
             state = sim.state_from(**{n: values[f"initial_{n}"] for n in sim.initial_fields})
             actions = values.get("actions")
             controller = (lambda k, s: actions[k]) if actions is not None else None  # [B, A]
-            result = rollout(sim, state, controller, steps)
+            if getattr(scene, "goals", None) is not None and controller is not None:
+                # A goal-conditioned task: a fixed goal schedule; the actions stay open loop.
+                from simdiff.locomotion import goal_rollout
+
+                result = goal_rollout(sim, state, _OpenLoopGoals(actions, schedule.goal_dim),
+                                      schedule, steps)
+            else:
+                result = rollout(sim, state, controller, steps)
             projection = sum((w * getattr(result.final, n)).sum() for n, w in final_weights.items())
             return scene.loss(result) + 1e-2 * projection, result
         finally:

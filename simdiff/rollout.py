@@ -200,6 +200,7 @@ def rollout(
     record_every: int = 0,
     check_every: int = 1,
     capture: bool | None = None,
+    truncate_every: int | None = None,
 ) -> Rollout:
     """Advance the B worlds of ``state`` by ``steps`` steps, asking the controller for actions.
 
@@ -226,6 +227,10 @@ def rollout(
             (it has ``actions(steps)``), no goals and ``health="stop"``. ``True`` refuses to
             run otherwise. States are checked at segment ends, then step by step inside a
             segment that failed.
+        truncate_every: If given, detach the state every this many steps (truncated
+            backpropagation through time): gradients of a quantity measured at step t flow
+            back only to the last multiple of ``truncate_every`` before t (the controller's and
+            model's parameters still receive every window's gradient). Not captured.
 
     Raises:
         SimulationError: with ``health="stop"``, naming the world, step and quantity of the
@@ -236,6 +241,8 @@ def rollout(
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
+    if truncate_every is not None and truncate_every < 1:
+        raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
     batch = sim.batch_size
@@ -256,7 +263,7 @@ def rollout(
                 result.goals[t] = goal.detach().clone()
 
     spec = None
-    if capture is not False:
+    if capture is not False and truncate_every is None:
         open_loop = controller is None or callable(getattr(controller, "actions", None))
         spec = capturable(sim) if open_loop and goals is None and health == "stop" else None
         if spec is not None and not set(spec.shared) <= set(params.field_names()):
@@ -282,6 +289,8 @@ def rollout(
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
+            if truncate_every is not None and t > 0 and t % truncate_every == 0:
+                s = s.detach()
             goal = goals(t) if goals is not None else None
             if controller is None:
                 action = None

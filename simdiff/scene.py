@@ -70,6 +70,9 @@ class Scene:
         worlds: How the worlds of a batch differ: ``worlds(sim, state, params, generator) ->
             (state, params)`` perturbs the initial state ``[B, ...]`` or sets per-world params
             fields, drawing from the seeded ``generator``. None: every world is the same.
+        goals: For goal-conditioned scenes: the goal distribution
+            (:class:`simdiff.locomotion.GoalSpace`); the trainer draws a goal schedule per
+            iteration and world, and the controller receives ``forward(step, state, goal)``.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Scene:
     truth: Callable[[Simulator], torch.nn.Module] | None = None
     render_options: dict[str, Any] = field(default_factory=dict)
     worlds: Callable[..., tuple[Any, Any]] | None = None
+    goals: Any = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:

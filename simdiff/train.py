@@ -19,10 +19,25 @@ process training into the same folder is refused.
 Long contact-rich rollouts have exploding, noisy gradients (the loss landscape of a walking gait
 is rough), so losses do not fall monotonically: the run also keeps the controller of its best
 iteration (``best_controller.pt``), which is what ``simdiff train`` renders.
+
+Gradient health: every iteration logs the gradient's norm before clipping (``grad_norm``, null
+when it is not finite) and ``grad_finite``. An iteration whose loss or gradient is not finite is
+skipped: the optimizer does not step (its moments are untouched) and the iteration is never
+chosen as best. Against the growth of gradients through contact over long horizons,
+``backprop_window=W`` truncates backpropagation to windows of W steps (the state is detached
+every W steps; losses measured per window, such as the locomotion losses, keep their gradient
+within their window), and ``grad_normalize`` rescales every gradient to norm ``clip``
+(DiffTaichi's normalized steps) instead of only clipping larger ones. Measured in
+``benchmarks/_gradient_health.py``: the walker's shape-keeping physics is what keeps gradients
+bounded; windows cap their growth with the horizon where the physics does not.
+
+Goal-conditioned scenes (``scene.goals``) draw a goal schedule per world every iteration
+(seeded by the seed and the iteration) and roll out with :func:`simdiff.locomotion.goal_rollout`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -37,6 +52,7 @@ from tqdm import tqdm
 
 from simdiff.backend import Backend, resolve_backend
 from simdiff.files import DataFileError, hold_lock, load_data, save_data
+from simdiff.locomotion import goal_rollout
 from simdiff.rollout import rollout
 from simdiff.scene import (
     Scene,
@@ -72,9 +88,12 @@ class TrainConfig:
         backend: ``taichi`` or ``warp``; None takes the scene's default.
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
-        optimizer: Name of a ``torch.optim`` optimizer (case-insensitive): adam, sgd, ...
+        optimizer: Optimizer name (case-insensitive), see :func:`make_optimizer`.
         lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
+        grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
+        backprop_window: Truncate backpropagation to windows of this many steps (None: the
+            whole horizon).
         seed: Seed of the controller's initial weights and of the worlds' variation; None
             takes 0 (on resume, the checkpoint's).
         batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
@@ -96,6 +115,8 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None
     clip: float = 1.0
+    grad_normalize: bool = False
+    backprop_window: int | None = None
     seed: int | None = None
     batch: int = 1
     health: str = "stop"
@@ -126,22 +147,95 @@ class TrainResult:
         return self.controller
 
 
-def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+def _optimizer_classes() -> dict[str, type]:
+    """Optimizer classes by lower-case name: ``torch.optim``'s, then those of the
+    ``pytorch-optimizer`` package (Lion, AdEMAMix, Grams, AdamP, ...) not already named."""
     classes = {
         k.lower(): v
         for k, v in vars(torch.optim).items()
         if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
         and v is not torch.optim.Optimizer
     }
-    cls = classes.get(str(name).lower())
+    try:
+        import pytorch_optimizer
+    except ImportError:  # a dependency in pyproject.toml; torch.optim's still work without it
+        return classes
+    for name in pytorch_optimizer.get_supported_optimizers():
+        if name.lower() not in classes:
+            try:
+                classes[name.lower()] = pytorch_optimizer.load_optimizer(name)
+            except (ImportError, NotImplementedError):  # needs CUDA or another package
+                continue
+    return classes
+
+
+def _offers_cautious(cls: type) -> bool:
+    """Whether the optimizer reads a ``cautious`` option (``pytorch-optimizer`` passes it
+    through ``**kwargs`` into the parameter groups, so the signature alone does not say)."""
+    if "cautious" in inspect.signature(cls.__init__).parameters:
+        return True
+    try:
+        return "'cautious'" in inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+
+
+def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], bool]:
+    """The class named and whether its cautious variant is asked for (``cautious-NAME``)."""
+    key = str(name).lower()
+    cautious = key.startswith("cautious-")
+    base = key.removeprefix("cautious-")
+    own = {k.lower(): v for k, v in vars(torch.optim).items() if isinstance(v, type)}
+    if not cautious and base in own and issubclass(own[base], torch.optim.Optimizer):
+        return own[base], False  # torch's own: pytorch-optimizer is not even imported
+    classes = _optimizer_classes()
+    cls = classes.get(base)
     if cls is None:
-        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))}")
-    return cls
+        raise ValueError(f"optimizer={name!r} is unknown; allowed: {', '.join(sorted(classes))} "
+                         f"(and cautious-NAME where NAME offers it)")
+    if cautious and not _offers_cautious(cls):
+        offering = sorted(k for k, c in classes.items() if _offers_cautious(c))
+        raise ValueError(f"optimizer={name!r}: {base} has no cautious variant; "
+                         f"cautious-NAME is allowed for: {', '.join(offering)}")
+    return cls, cautious
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """A ``torch.optim`` optimizer by case-insensitive name."""
-    return _optimizer_class(name)(params, lr=lr)
+    """An optimizer by case-insensitive name, from ``torch.optim`` (adam, sgd, lbfgs, ...) or
+    the ``pytorch-optimizer`` package (lion, ademamix, grams, adamp, ...). ``cautious-NAME``
+    turns on the cautious masking (Liang et al. 2024) of optimizers that offer it
+    (``cautious-lion``, ``cautious-ademamix``, ...).
+
+    Raises:
+        ValueError: an unknown name (listing the allowed ones) or a cautious variant of an
+            optimizer without one.
+    """
+    cls, cautious = _optimizer_class(name)
+    return cls(params, lr=lr, cautious=True) if cautious else cls(params, lr=lr)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``step`` must re-evaluate the loss (line-search methods such as L-BFGS)."""
+    return isinstance(optimizer, torch.optim.LBFGS)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """Euclidean norm of all gradients together (inf or nan when one is not finite)."""
+    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.cat(grads)))
+
+
+def _condition_gradient(params: list[torch.Tensor], norm: float, config: TrainConfig) -> None:
+    """Clip the (finite) gradient to norm ``clip``, or rescale it to that norm."""
+    if config.clip <= 0 or norm == 0.0:
+        return
+    if config.grad_normalize or norm > config.clip:
+        scale = config.clip / norm
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -178,6 +272,8 @@ def _check_settings(config: TrainConfig) -> None:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
     if config.iters is not None and config.iters < 0:
         raise ValueError(f"iters={config.iters} must be >= 0")
+    if config.backprop_window is not None and config.backprop_window < 1:
+        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
     _optimizer_class(config.optimizer)
 
 
@@ -295,6 +391,9 @@ def train(
             f"design (inverse problem); roll it out with `simdiff run {scene.name}`"
         )
     config.controller = config.controller or scene.train.get("controller", "mlp")
+    if config.controller == scene.train.get("controller"):
+        config.controller_options = {**scene.train.get("controller_options", {}),
+                                     **config.controller_options}
     if scene.design is not None:
         config.controller = "design"
     config.backend = config.backend or scene.default_backend
@@ -390,41 +489,56 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
     flat = 0  # consecutive iterations with a gradient of exactly zero
+    trainable = [p for p in controller.parameters() if p.requires_grad]
     with open(log_path, "a") as log:
         for iteration in bar:
             started = time.perf_counter()
             before_step = {k: v.detach().clone() for k, v in controller.state_dict().items()}
-            first: dict[str, Any] = {}
 
-            def closure(first: dict[str, Any] = first, iteration: int = iteration) -> torch.Tensor:
-                # Optimizers that evaluate several times per step (L-BFGS) call this again;
-                # the row logged is the first evaluation, at the parameters before the step.
+            def evaluate(iteration: int = iteration) -> tuple[torch.Tensor, Any, dict, float]:
                 if scene.objective is not None:
                     loss, result, extra = scene.objective(sim, controller)
                 else:
                     state, params = initial_worlds(
                         scene, sim, seed=config.seed * 1_000_003 + iteration)
-                    result = rollout(sim, state, controller, scene.steps, params=params,
-                                     health=config.health,
-                                     checkpoint_every=config.rollout_checkpoint)
+                    if scene.goals is not None:
+                        # Fresh goals every iteration, reproducible from seed and iteration.
+                        schedule = scene.goals.sample(sim.batch_size, scene.steps,
+                                                      seed=config.seed * 1_000_003 + iteration)
+                        result = goal_rollout(sim, state, controller, schedule, scene.steps,
+                                              params=params, health=config.health,
+                                              truncate_every=config.backprop_window)
+                    else:
+                        result = rollout(sim, state, controller, scene.steps, params=params,
+                                         health=config.health,
+                                         checkpoint_every=config.rollout_checkpoint,
+                                         truncate_every=config.backprop_window)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    controller.parameters(), config.clip if config.clip > 0 else math.inf
-                )
-                if not first:
-                    first.update(loss=loss, result=result, extra=extra, grad_norm=grad_norm)
-                return loss
+                return loss, result, extra, _grad_norm(trainable)
 
             with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
-                optimizer.step(closure)
-            loss, result, extra, grad_norm = (first[k] for k in ("loss", "result", "extra",
-                                                                  "grad_norm"))
+                # The row logged is this first evaluation, at the parameters before the step.
+                loss, result, extra, grad_norm = evaluate()
+                healthy = math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach()))
+                if healthy:  # a non-finite iteration is skipped: no step, never best
+                    _condition_gradient(trainable, grad_norm, config)
+                    if _needs_closure(optimizer):
+                        def closure() -> torch.Tensor:
+                            again, *_, norm = evaluate()
+                            _condition_gradient(trainable, norm, config)
+                            return again
+
+                        optimizer.step(closure)
+                    else:
+                        optimizer.step()
+                optimizer.zero_grad()
             row = {
                 "iteration": iteration,
                 "loss": float(loss.detach()),
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                "grad_finite": healthy,
                 "seconds": time.perf_counter() - started,
                 **scene.metrics(result),
                 **extra,
@@ -439,7 +553,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                     f"iterations (since iteration {iteration + 1 - flat}): the controller is "
                     f"probably saturated and will not learn; try a smaller --lr (now "
                     f"{config.lr:g})", file=sys.stderr)
-            if row["loss"] < best["loss"]:
+            if healthy and row["loss"] < best["loss"]:
                 best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
             log.write(json.dumps(row) + "\n")
             log.flush()

@@ -20,11 +20,13 @@ TOY = {
     "walker_small": ({}, 40),
     "walker_large": ({}, 25),
     "walker_3d": ({}, 25),
-    "nbody_figure_eight": ({"steps": 40}, 40),
+    "walker_goals": ({"steps": 40, "period": 20, "window": 10}, 40),
+    "mpm_walker_goals": ({"steps": 6, "grid_size": 32, "period": 3, "window": 3}, 6),
+    "nbody_figure_eight": ({"steps": 10, "periods": 0.1}, 10),  # IAS15: t = 0.63
     "nbody_infer_masses": ({"observations": 3, "every": 5}, 15),
     "nbody_periodic_orbit": ({"steps": 60}, 30),
     "nbody_plummer": ({"n": 48, "steps": 8}, 8),
-    "nbody_pythagorean": ({"steps": 40}, 40),
+    "nbody_pythagorean": ({"steps": 10, "t_end": 0.5}, 10),  # IAS15: t = 0.5
     "nbody_solar_system": ({"planets": 3, "steps": 30}, 30),
     "nbody_targeting": ({"steps": 40}, 40),
     "fluid_smoke_to_image": ({"resolution": 16, "steps": 6}, 6),

@@ -5,6 +5,10 @@ Memory: a step saves only its packed particle input; its grids are recomputed in
 With ``rollout(..., checkpoint_every=K)`` only every K-th control step's particle state is
 kept, so the gradient of a long horizon holds ``steps / K`` particle states plus one segment;
 per world, memory does not grow with the number of worlds.
+
+Batching (``benchmarks/batch_mpm.py``, mpm_crawler on 2 shared cores): at B = 8 a batched
+rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forward and about
+2x forward and backward, on both backends; the step's kernels serve every world per launch.
 """
 
 from __future__ import annotations

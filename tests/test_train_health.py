@@ -1,0 +1,104 @@
+"""Gradient health in training: non-finite iterations are skipped and never chosen as best,
+truncated backpropagation cuts exactly the gradient paths it should, optimizers by name."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from simdiff.backend import resolve_backend
+from simdiff.rollout import rollout
+from simdiff.scene import load_scene, make_simulator
+from simdiff.train import TrainConfig, make_optimizer, train
+
+POISONED_SCENE = textwrap.dedent('''
+    import torch
+    from simdiff.scene import load_scene
+
+    CALLS = {"n": 0}
+
+
+    class Poison(torch.autograd.Function):
+        """Identity forward; an infinite gradient backward."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+
+    def scene(**options):
+        base = load_scene("walker_small", **options)
+        walk = base.loss
+
+        def loss(rollout):
+            CALLS["n"] += 1
+            value = walk(rollout)
+            # The second evaluation has the lowest loss of the run and an infinite gradient.
+            return Poison.apply(value) - 100.0 if CALLS["n"] == 2 else value
+
+        base.loss = loss
+        return base
+''')
+
+
+def test_non_finite_gradient_iteration_is_skipped_and_never_best(tmp_path):
+    path = tmp_path / "poisoned.py"
+    path.write_text(POISONED_SCENE)
+    config = TrainConfig(scene=str(path), controller="sinusoid", iters=3, backend="warp",
+                         lr=0.05, scene_options={"steps": 20}, checkpoint_every=10)
+    result = train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["grad_finite"] for r in rows] == [True, False, True]
+    assert rows[1]["grad_norm"] is None and rows[0]["grad_norm"] > 0
+    assert rows[1]["loss"] < min(rows[0]["loss"], rows[2]["loss"])  # the lowest, yet not best
+    best = torch.load(tmp_path / "run" / "best_controller.pt")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert saved["best"]["iteration"] != 1
+    for name, value in best.items():
+        assert torch.isfinite(value).all(), name
+    # The skipped iteration did not step: Adam counted two steps in three iterations.
+    assert [float(s["step"]) for s in saved["optimizer"]["state"].values()] == [2.0, 2.0]
+    assert all(torch.isfinite(p).all() for p in result.controller.parameters())
+
+
+def test_truncated_backprop_cuts_gradients_at_window_starts():
+    """Gradients of the final state reach only the actions of the last window, and there they
+    equal the untruncated gradients (the forward trajectory is the same)."""
+    scene = load_scene("walker_small", steps=12)
+    sim = make_simulator(scene, resolve_backend("warp", "cpu", "float64"))
+    actions = (0.5 * torch.randn(12, 1, sim.action_dim, dtype=torch.float64)).requires_grad_(True)
+
+    def grad(truncate_every):
+        result = rollout(sim, sim.initial_state(), lambda t, s: actions[t], 12,
+                         truncate_every=truncate_every)
+        (g,) = torch.autograd.grad(result.final.particle_x[..., 0].sum(), actions)
+        return g, result.final.particle_x.detach()
+
+    full, x_full = grad(None)
+    cut, x_cut = grad(5)
+    assert torch.equal(x_full, x_cut)
+    assert torch.count_nonzero(cut[:10]) == 0
+    assert torch.count_nonzero(full[:10]) > 0
+    torch.testing.assert_close(cut[10:], full[10:], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="truncate_every=0 must be at least 1"):
+        rollout(sim, sim.initial_state(), None, 3, truncate_every=0)
+
+
+def test_optimizers_by_name_from_torch_and_pytorch_optimizer():
+    weight = torch.nn.Parameter(torch.ones(3))
+    for name in ("adam", "SGD", "lion", "ademamix", "grams", "adamp", "cautious-lion"):
+        optimizer = make_optimizer(name, [weight], 1e-3)
+        weight.grad = torch.ones(3)
+        optimizer.step()
+    assert type(make_optimizer("adam", [weight], 1e-3)) is torch.optim.Adam
+    assert make_optimizer("cautious-lion", [weight], 1e-3).defaults["cautious"] is True
+    assert float(weight.detach().max()) < 1.0  # every step moved the weight down
+    with pytest.raises(ValueError, match="optimizer='cautious-sgd': sgd has no cautious variant"):
+        make_optimizer("cautious-sgd", [weight], 1e-3)
+    with pytest.raises(ValueError, match="optimizer='lyon' is unknown; allowed: .*lion"):
+        make_optimizer("lyon", [weight], 1e-3)
