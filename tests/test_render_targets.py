@@ -148,6 +148,17 @@ def test_fluid_scenes_outline_their_regions(name, keys):
             assert _near(frames[-1], colors[key], at), (key, at)
 
 
+def test_fluid_plume_draws_its_target_height():
+    """The plume's target height is a dashed line across the field at its height (16 cells of
+    24 pixels: row 384 - height / dx * 24), and nowhere else."""
+    from simdiff.render.fluid import TARGET_RGB
+
+    scene, _, frames = _frames("fluid_plume_3d", resolution=16, steps=2)
+    row = 384 - scene.render_options["target_height"] / scene.model.dx * 24
+    lit = np.flatnonzero(_mask(frames[-1][:384], TARGET_RGB).sum(1) > 100)
+    assert lit.size and np.abs(lit - row).max() <= 2
+
+
 def test_fluid_smoke_to_image_shows_the_target_image_inset():
     """The inset (top right, a fifth of the frame, 4 pixels a cell at 16 cells) shows the
     target ring bright where the target is 1 and dark where it is 0."""
