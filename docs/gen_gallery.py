@@ -2,8 +2,8 @@
 
     python docs/gen_gallery.py [--quick] [--only walker_small,nbody_plummer] [--out DIR]
 
-For every shipped scene (``scenes/*.py``) it builds the scene with its default options, rolls
-it out once on its default backend as ``simdiff run`` does (an inverse problem's objective with
+For every shipped scene (``simdiff/scenes/*.py``) it builds the scene with its default options,
+rolls it out once on its default backend as ``simdiff run`` does (an inverse problem's objective with
 its initial design; a scene with actuators with its default controller, untrained, seed 0; the
 others unactuated), renders the recorded frames and writes ``DIR/NAME.png`` (the last frame, at
 most 320 pixels wide) and ``DIR/NAME.gif`` (at most 40 frames, 240 pixels wide). ``--quick``

@@ -1,7 +1,7 @@
 """MkDocs hooks: the gallery page is generated from the scene files at build time.
 
-Every scene in ``scenes/`` gets a section, read by :mod:`simdiff.catalog` without running the
-scene, so the page lists exactly the shipped scenes. Poster frames and videos come from
+Every scene in ``simdiff/scenes/`` gets a section, read by :mod:`simdiff.catalog` without running
+the scene, so the page lists exactly the shipped scenes. Poster frames and videos come from
 ``python docs/gen_gallery.py`` (``docs/gallery/NAME.png`` and ``NAME.gif``); a scene whose files
 are absent is listed without them, so the build never depends on renders being present.
 The home page's animations are the README's samples, copied into the built site.
@@ -29,7 +29,7 @@ def gallery_markdown(docs_dir: Path) -> str:
     from simdiff.catalog import scene_catalog
 
     lines = []
-    for info in scene_catalog(ROOT / "scenes"):
+    for info in scene_catalog(ROOT / "simdiff" / "scenes"):
         lines += [f"## {info.name}", "", info.description, ""]
         if info.summary and info.summary != info.description:
             lines += [f"*{info.summary}*", ""]
@@ -50,7 +50,7 @@ def gallery_markdown(docs_dir: Path) -> str:
             f"- options: {', '.join(f'`{o}`' for o in info.options) or 'none'}"
             + (f", and those of `{'`, `'.join(info.passes_to)}`" if info.passes_to else ""),
             (f"- `simdiff {command} {info.name}` · `simdiff show {info.name}` · "
-             f"source: `scenes/{info.name}.py`"),
+             f"source: `simdiff/scenes/{info.name}.py`"),
             "",
         ]
     return "\n".join(lines)

@@ -16,8 +16,12 @@ Warp kernels are compiled per precision and coexist.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -112,11 +116,42 @@ class Backend:
             import warp as wp
 
             wp.config.log_level = wp.LOG_WARNING
-            wp.init()
+            with _no_cuda_driver_warning() if self.device == "cpu" else contextlib.nullcontext():
+                wp.init()
             _warp_initialized = True
 
     def __str__(self) -> str:
         return f"{self.name.value}:{self.device}:{self.precision.value}"
+
+
+# What Warp's native init prints on a machine without an NVIDIA driver; noise on a CPU run.
+_CUDA_DRIVER_WARNING = "Could not find or load the NVIDIA CUDA driver"
+
+
+@contextlib.contextmanager
+def _no_cuda_driver_warning() -> Iterator[None]:
+    """Drop Warp's "no CUDA driver" line from the process's stderr while the block runs.
+
+    Warp's native library prints it with C ``fprintf(stderr)`` and has no setting to stop it, so
+    file descriptor 2 is pointed at a temporary file for the block; every other line written
+    there is passed on to stderr afterwards.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if _CUDA_DRIVER_WARNING not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _taichi_cache_option() -> dict[str, bool]:
@@ -129,7 +164,7 @@ def _cuda_available(name: BackendName) -> bool:
     if name is BackendName.WARP:
         import warp as wp
 
-        Backend(name).ensure_initialized()
+        Backend(name, device="cuda").ensure_initialized()  # a missing driver is worth a word here
         return wp.get_cuda_device_count() > 0
     return torch.cuda.is_available()
 

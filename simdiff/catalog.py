@@ -46,21 +46,22 @@ __all__ = [
 DEFAULT_BACKEND = "warp"
 """The backend of a scene that names none (``Scene.default_backend``'s default)."""
 
-# The repository's scenes/ and controllers/ folders; override with SIMDIFF_SCENES and
-# SIMDIFF_CONTROLLERS (useful when simdiff is installed without the repository).
-_ROOT = Path(__file__).resolve().parents[1]
+# The shipped scenes and controllers live inside the package (simdiff/scenes/,
+# simdiff/controllers/: package data, so an installed wheel has them); SIMDIFF_SCENES and
+# SIMDIFF_CONTROLLERS point simdiff at other folders.
+_PACKAGE = Path(__file__).resolve().parent
 
 Trains = Literal["controller", "design", "no"]
 
 
 def scene_dir() -> Path:
     """The folder of the shipped scenes (``$SIMDIFF_SCENES`` if set)."""
-    return Path(os.environ.get("SIMDIFF_SCENES", _ROOT / "scenes"))
+    return Path(os.environ.get("SIMDIFF_SCENES") or _PACKAGE / "scenes")
 
 
 def controller_dir() -> Path:
     """The folder of the shipped controllers (``$SIMDIFF_CONTROLLERS`` if set)."""
-    return Path(os.environ.get("SIMDIFF_CONTROLLERS", _ROOT / "controllers"))
+    return Path(os.environ.get("SIMDIFF_CONTROLLERS") or _PACKAGE / "controllers")
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,33 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
                         "(default: stop)")
 
 
-def _scene_args(p: argparse.ArgumentParser) -> None:
+DESCRIPTION = """\
+simdiff: differentiable simulation. Mass-spring robots, MPM soft bodies and sand, smoke
+and fluids, and N-body gravity run as Taichi or Warp kernels inside PyTorch autograd, so a
+controller, a design or a physical parameter is optimized by gradient descent through the
+physics. A scene (shipped, or a Python file of your own) says what is simulated and what the
+loss is; the verbs below roll it out, train through it and check its gradients."""
+
+EPILOG = """\
+example:
+  simdiff show walker_small
+  simdiff train walker_small --iters 20 --out runs/walker
+  simdiff run walker_small --weights runs/walker/best_controller.pt --out runs/walker_video
+
+`simdiff VERB --help` lists a verb's options, each with its default."""
+
+GRADCHECK_STEPS = 100
+"""Steps ``simdiff gradcheck`` rolls out when ``--steps`` is not given."""
+
+
+def _scene_args(p: argparse.ArgumentParser, *,
+                steps_help: str = "the scene's horizon, steps rolled out (default: the scene's)"
+                ) -> None:
     p.add_argument("scene", help="scene name (see `simdiff list`) or path to a scene file")
-    p.add_argument("--steps", type=int, default=None, help="override the scene's horizon")
+    p.add_argument("--steps", type=int, default=None, help=steps_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="scene option, e.g. --set friction=0.5 (repeatable; values parsed as JSON)")
+                   help="scene option, e.g. --set friction=0.5 (repeatable; values parsed as JSON; "
+                        "default: the scene's; `simdiff show SCENE` lists them)")
 
 
 def _scene_options(args: argparse.Namespace) -> dict:
@@ -89,17 +111,31 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop"
-              ) -> tuple[dict, object]:
+def _progress_bar(total: int | None, desc: str, unit: str, *, quiet: bool):
+    """A progress bar on stderr, shown only on a terminal (captured output stays clean) and
+    not with ``--quiet``; cleared when closed."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+
+
+def _evaluate(scene, sim, controller, *, seed: int = 0, health: str = "stop",
+              quiet: bool = True) -> tuple[dict, object]:
     """One recorded rollout of the scene (with the design of an inverse problem) and its
-    figures."""
+    figures; a bar counts its steps unless ``quiet``."""
     import torch
 
-    from simdiff.rollout import rollout
+    from simdiff.rollout import reporting_progress, rollout
     from simdiff.scene import initial_worlds
     from simdiff.threads import intra_op_threads, threads_for
 
-    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
+    # An inverse problem's objective runs rollouts of its own (observations, then the
+    # design's): their steps are counted without a total.
+    total = scene.steps if scene.objective is None else None
+    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())), \
+            _progress_bar(total, scene.name, "step", quiet=quiet) as bar, \
+            reporting_progress(bar.update):
         if scene.objective is not None:
             loss, result, extra = scene.objective(sim, controller, record_every=scene.render_every)
         else:
@@ -120,13 +156,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
-    from simdiff.files import check_creatable, load_data
+    from simdiff.files import check_output_folder, hold_lock, load_data
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.train import check_rollout_size
 
-    if args.out:
-        check_creatable(args.out, "--out", folder=False)
+    out = check_output_folder(args.out or f"renders/run_{Path(args.scene).stem}", "rollout",
+                              hint=f" (and --video {args.video} for the video's format)")
     weights = load_data(args.weights, "controller weights") if args.weights else None
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")
@@ -134,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sim = make_simulator(scene, backend, batch_size=args.batch)
     check_rollout_size(sim, scene.steps, backward=False, record_every=scene.render_every,
                        force=args.force)
-    controller, caption = None, None
+    controller, name, caption = None, None, None
     if scene.design is not None:
         # An inverse problem shows what it is about: the hidden answer, or the fitted one; the
         # initial guess only where there is no answer, and then says so.
@@ -144,11 +180,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             build, caption = scene.truth, "true parameters (hidden)"
         else:
             build, caption = scene.design, "initial guess (untrained)"
-        controller = build(sim).to(backend.torch_dtype)
+        controller, name = build(sim).to(backend.torch_dtype), "design"
         print(f"rendering the {caption}")
-    elif args.controller:
+    elif args.controller or weights is not None:  # weights alone: the scene's controller
         torch.manual_seed(args.seed)
-        controller = load_controller(args.controller, sim, scene).to(backend.torch_dtype)
+        name = args.controller or scene.train.get("controller", "mlp")
+        controller = load_controller(name, sim, scene).to(backend.torch_dtype)
     if controller is not None and weights is not None:
         try:
             controller.load_state_dict(weights)
@@ -156,23 +193,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
             first = str(err).strip().splitlines()[0]
             raise ValueError(f"--weights {args.weights} do not fit this controller ({first})") \
                 from None
-    metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health)
-    print(_figures(metrics))
-    out = Path(args.out or f"renders/{scene.name}.mp4")
-    write_rollout_video(scene, result, out, caption=caption)
-    print(f"wrote {out}")
-    for path in write_rollout_plots(scene, result, out.with_suffix("")):
+    with hold_lock(out, "rollout"):  # from the rollout on: a second writer is refused first
+        metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health,
+                                    quiet=args.quiet)
+        print(_figures(metrics))
+        written = [write_rollout_video(scene, result, out / f"{scene.name}.{args.video}",
+                                       caption=caption)]
+        written += write_rollout_plots(scene, result, out / scene.name)
+        record = {"command": "run", "scene": scene.name, "simulator": scene.simulator,
+                  "backend": backend.name, "device": backend.device, "precision": precision,
+                  "steps": scene.steps, "batch": args.batch, "seed": args.seed,
+                  "controller": name, "rendered": caption,
+                  "weights": args.weights, "options": _scene_options(args),
+                  "metrics": metrics}
+        (out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+        written.append(out / "metrics.json")
+    for path in written:
         print(f"wrote {path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from simdiff.files import check_creatable
+    from simdiff.files import check_output_folder
     from simdiff.render import plot_loss
     from simdiff.render.rollout import write_rollout_plots, write_rollout_video
     from simdiff.train import TrainConfig, train
 
-    out = check_creatable(args.out or f"renders/train_{Path(args.scene).stem}")
+    out = check_output_folder(args.out or f"renders/train_{Path(args.scene).stem}",
+                              "training run")
 
     config = TrainConfig(
         scene=args.scene,
@@ -205,7 +253,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
     if not args.no_video:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
-                                   seed=config.seed, health=config.health)
+                                   seed=config.seed, health=config.health, quiet=args.quiet)
         print("best iteration: " + _figures(figures))
         caption = "fitted (best iteration)" if result.scene.design is not None else None
         written.append(write_rollout_video(result.scene, final, out / f"{result.scene.name}.mp4",
@@ -220,12 +268,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
+    from simdiff.files import check_creatable, check_output_folder, hold_lock
     from simdiff.locomotion import evaluate_goals, held_out_schedule
     from simdiff.render.goals import annotate_goals
     from simdiff.render.rollout import render_rollout
     from simdiff.render.video import write_video
     from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
 
+    out = check_output_folder(args.out or f"renders/evaluate_{Path(args.scene).stem}",
+                              "goal evaluation")
+    if args.json:
+        check_creatable(args.json, "--json", folder=False)
     scene = load_scene(args.scene, **_scene_options(args))
     if scene.goals is None:
         raise SceneError(f"scene {scene.name!r} is not goal-conditioned (it has no goals); "
@@ -255,9 +308,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
         figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
     print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    text = json.dumps({"command": "evaluate", "scene": scene.name, **figures}, indent=2) + "\n"
+    with hold_lock(out, "goal evaluation"):
+        (out / "evaluation.json").write_text(text)
+    print(f"wrote {out / 'evaluation.json'}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"scene": scene.name, **figures}, indent=2))
+        Path(args.json).write_text(text)
         print(f"wrote {args.json}")
     if not args.no_video:
         space = scene.goals
@@ -272,8 +329,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                   record_every=scene.render_every)
         steps = sorted(shown.frames)
         frames = annotate_goals(render_rollout(scene, shown), steps, shown)
-        out = Path(args.out or f"renders/{scene.name}_goals.mp4")
-        print(f"wrote {write_video(frames, out)}")
+        with hold_lock(out, "goal evaluation"):
+            print(f"wrote {write_video(frames, out / f'{scene.name}.mp4')}")
     return 0
 
 
@@ -281,23 +338,34 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from simdiff.gradcheck import Verdict, backends_for, check_gradients
     from simdiff.scene import load_scene
 
-    if args.horizon < 1:
-        raise ValueError(f"horizon={args.horizon} must be >= 1 (steps rolled out)")
-    scene = load_scene(args.scene, **_scene_options(args))
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps} must be >= 1 (steps rolled out)")
+    steps = args.steps if args.steps is not None else GRADCHECK_STEPS
+    # The check rolls out the first STEPS steps of the scene as built with its own horizon:
+    # a scene whose horizon sets its time step (N-body output intervals over a fixed end time)
+    # would otherwise change its physics with --steps.
+    scene = load_scene(args.scene, **{k: v for k, v in _scene_options(args).items()
+                                      if k != "steps"})
     backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
     counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
-        for r in check_gradients(scene, backend, steps=args.horizon, device=args.device,
-                                 batch=args.batch):
-            rel = r.error / max(abs(r.finite_difference), 1e-30)
-            counts[r.verdict] += 1
-            mark = {Verdict.OK: "ok", Verdict.MISMATCH: "MISMATCH",
-                    Verdict.NON_SMOOTH: "non-smooth here"}[r.verdict]
-            print(f"{backend:<8} {r.quantity:<22} {r.autodiff:>14.6e} {r.finite_difference:>14.6e} "
-                  f"{rel:>9.1e} {mark}")
-            if r.evidence and r.verdict is not Verdict.OK:
-                print(f"         {r.evidence}")
+        with _progress_bar(None, f"gradcheck {backend}", "quantity", quiet=args.quiet) as bar:
+
+            def row(r, total: int, bar=bar, backend=backend) -> None:
+                bar.total = total  # known once the autodiff pass has named the quantities
+                rel = r.error / max(abs(r.finite_difference), 1e-30)
+                counts[r.verdict] += 1
+                mark = {Verdict.OK: "ok", Verdict.MISMATCH: "MISMATCH",
+                        Verdict.NON_SMOOTH: "non-smooth here"}[r.verdict]
+                bar.write(f"{backend:<8} {r.quantity:<22} {r.autodiff:>14.6e} "
+                          f"{r.finite_difference:>14.6e} {rel:>9.1e} {mark}", file=sys.stdout)
+                if r.evidence and r.verdict is not Verdict.OK:
+                    bar.write(f"         {r.evidence}", file=sys.stdout)
+                bar.update(1)
+
+            check_gradients(scene, backend, steps=steps, device=args.device, batch=args.batch,
+                            progress=row)
     mismatches, rough = counts[Verdict.MISMATCH], counts[Verdict.NON_SMOOTH]
     note = (f" ({rough} quantities non-smooth at this point: finite differences cannot check "
             "them there)") if rough else ""
@@ -311,8 +379,17 @@ _DIFFTAICHI_WORKLOADS = {"mass_spring": "mass_spring", "mpm": "mpm", "fluid": "s
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simdiff.bench import run_all, run_benchmark
+    from simdiff.files import check_creatable, check_output_folder
 
-    out = args.out
+    if args.out and args.json:
+        raise ValueError("--out (a folder) and --json (a file) both name where the results go: "
+                         "pass one")
+    out = args.json and check_creatable(args.json, "--json", folder=False)
+    if args.out:  # one bench_NAME.json per benchmark in the folder
+        folder = check_output_folder(args.out, "benchmark",
+                                     hint=f" (or --json {args.out} for one file)")
+        name = "difftaichi" if args.difftaichi is not None else args.what
+        out = folder / f"bench_{name}.json" if name else folder / "bench.json"
     if args.difftaichi is not None:
         from simdiff.difftaichi import compare, format_rows
 
@@ -343,8 +420,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simdiff", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="simdiff", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, title="verbs", metavar="VERB")
 
     p = sub.add_parser("list", help="list scenes (simulator, what trains) and controllers",
                        description=_list_parser().description)
@@ -355,39 +433,53 @@ def build_parser() -> argparse.ArgumentParser:
     _scene_args(p)
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("run", help="roll a scene out and write its video")
+    p = sub.add_parser("run", help="roll a scene out: its video, plots and metrics.json")
     _scene_args(p)
     _backend_args(p)
-    p.add_argument("--controller", help="controller name or file (default: no actuation)")
+    p.add_argument("--controller", help="controller name or file (default: no actuation; "
+                                        "with --weights, the scene's trained controller)")
     p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`); "
-                   "for an inverse problem, the fitted design (default: its true hidden "
-                   "parameters where it has them, else its initial guess)")
-    p.add_argument("--seed", type=int, default=0)
+                   "for an inverse problem, the fitted design (default: the controller's initial "
+                   "weights; an inverse problem's true hidden parameters where it has them, "
+                   "else its initial guess)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the controller's weights and of the worlds' variations "
+                        "(default: 0)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
-    p.add_argument("--out", help="video path, .mp4 or .gif (default: renders/SCENE.mp4)")
+    p.add_argument("--out", help="output folder: the video SCENE.mp4, plots and metrics.json "
+                                 "(default: renders/run_SCENE)")
+    p.add_argument("--video", choices=["mp4", "gif"], default="mp4",
+                   help="the video's format (default: mp4)")
     p.add_argument("--force", action="store_true",
-                   help="run even if the recorded frames' estimated memory exceeds this machine's")
+                   help="run even if the recorded frames' estimated memory exceeds this "
+                        "machine's (default: refuse)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: a bar on a terminal)")
     _batch_args(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("train", help="train a controller through the physics")
+    p = sub.add_parser("train", help="train a controller (or an inverse problem's design) "
+                                     "through the physics")
     _scene_args(p)
     _backend_args(p)
     p.add_argument("--controller", help="controller name or file (default: the scene's)")
     p.add_argument("--iters", type=int, help="iterations (default: the scene's)")
     p.add_argument("--out", help="output folder (default: renders/train_SCENE)")
-    p.add_argument("--resume", help="checkpoint.pt to continue from")
+    p.add_argument("--resume", help="checkpoint.pt to continue from (default: a fresh run)")
     p.add_argument("--optimizer", default="adam",
                    help="optimizer name: torch.optim's (adam, sgd, ...) or pytorch-optimizer's "
-                        "(lion, ademamix, grams, adamp, cautious-lion, ...)")
+                        "(lion, ademamix, grams, adamp, cautious-lion, ...) (default: adam)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: the scene's; on --resume, the checkpoint's)")
-    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="max gradient norm, 0 disables (default: 1.0)")
     p.add_argument("--grad-normalize", action="store_true",
-                   help="rescale every gradient to norm --clip (not only larger ones)")
+                   help="rescale every gradient to norm --clip, not only larger ones (default: "
+                        "clip only)")
     p.add_argument("--controller-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="controller option, e.g. --controller-set activation=tanh (repeatable)")
+                   help="controller option, e.g. --controller-set activation=tanh (repeatable; "
+                        "default: the controller's)")
     p.add_argument("--backprop-window", type=int, default=None, metavar="W",
                    help="truncate backpropagation to windows of W steps (default: whole horizon)")
     p.add_argument("--seed", type=int, default=None,
@@ -395,33 +487,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--force", action="store_true",
-                   help="run even if the rollout's estimated memory exceeds this machine's")
-    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+                   help="run even if the rollout's estimated memory exceeds this machine's "
+                        "(default: refuse)")
+    p.add_argument("--checkpoint-every", type=int, default=10,
+                   help="iterations between checkpoints (default: 10)")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
-                   help="keep one state every K steps and recompute in backward (bounded memory)")
-    p.add_argument("--no-video", action="store_true", help="skip the final video")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="keep one state every K steps and recompute in backward (bounded "
+                        "memory; default: keep every step)")
+    p.add_argument("--no-video", action="store_true",
+                   help="skip the final video (default: render the best iteration)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     _batch_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")
     _scene_args(p)
     _backend_args(p)
-    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`)")
+    p.add_argument("--weights", help="controller weights (best_controller.pt of `simdiff train`; "
+                                     "default: the controller's initial weights)")
     p.add_argument("--controller", help="controller name or file (default: the scene's)")
-    p.add_argument("--batch", type=int, default=4, help="worlds (held-out commands) at once")
-    p.add_argument("--precision", default=None, choices=["float32", "float64"])
-    p.add_argument("--json", help="also write the figures as JSON to this path")
-    p.add_argument("--out", help="goal-switching video (default: renders/SCENE_goals.mp4)")
-    p.add_argument("--no-video", action="store_true", help="skip the goal-switching video")
+    p.add_argument("--batch", type=int, default=4,
+                   help="worlds (held-out commands) at once (default: 4)")
+    p.add_argument("--precision", default=None, choices=["float32", "float64"],
+                   help="default: the scene's, else float32")
+    p.add_argument("--out", help="output folder: evaluation.json (the figures) and the "
+                                 "goal-switching video SCENE.mp4 (default: "
+                                 "renders/evaluate_SCENE)")
+    p.add_argument("--json", help="also write the figures as JSON to this file (default: only "
+                                  "OUT/evaluation.json)")
+    p.add_argument("--no-video", action="store_true",
+                   help="skip the goal-switching video (default: write it)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences")
-    _scene_args(p)
+    p = sub.add_parser("gradcheck", help="autodiff against float64 finite differences, on "
+                                         "Taichi and Warp")
+    _scene_args(p, steps_help="steps rolled out by the check: the first STEPS steps of the "
+                              f"scene as built with its own options (default: {GRADCHECK_STEPS})")
     _backend_args(p, allow_all=True)
-    p.add_argument("--horizon", type=int, default=100, help="steps rolled out (default: 100)")
     p.add_argument("--batch", type=int, default=1,
                    help="worlds rolled out at once, each slightly different (default: 1)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: a bar on a terminal)")
     p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser("bench", help="measure speed against baselines run beside it")
@@ -430,17 +536,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default=None, choices=list_benchmarks(),
                    help="benchmark name (default: every simulator's benchmark)")
     _backend_args(p, allow_all=True)
-    p.add_argument("--iters", type=int, default=None, help="timed repetitions per configuration")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed repetitions per configuration (default: the benchmark's)")
     p.add_argument("--budget", type=float, default=None,
                    help="locomotion: wall-clock seconds of training per method (default 1200)")
-    p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test, not figures)")
-    p.add_argument("--out", "--json", dest="out", help="also write the results as JSON to this path")
+    p.add_argument("--quick", action="store_true",
+                   help="toy sizes, a smoke test, not figures (default: full sizes)")
+    p.add_argument("--out", help="also write the results as JSON into this folder, "
+                                 "bench_NAME.json per benchmark (default: none)")
+    p.add_argument("--json", help="also write the results as JSON to this file (default: none)")
     p.add_argument("--difftaichi", metavar="DIR",
                    help="DiffTaichi's examples/ folder: time its mass_spring.py, diffmpm.py and "
                         "smoke_taichi.py (patched to run on the CPU, headless) interleaved with "
-                        "simdiff's mass_spring, mpm and fluid, and report the ratios")
+                        "simdiff's mass_spring, mpm and fluid, and report the ratios "
+                        "(default: no comparison)")
     p.add_argument("--rounds", type=int, default=3,
-                   help="with --difftaichi: interleaved rounds of --iters iterations each")
+                   help="with --difftaichi: interleaved rounds of --iters iterations each "
+                        "(default: 3)")
     p.set_defaults(func=_cmd_bench)
 
     from simdiff.rl.cli import add_rl_parser

@@ -30,6 +30,8 @@ __all__ = [
     "DataFileError",
     "FolderBusyError",
     "check_creatable",
+    "check_output_folder",
+    "folder_kind",
     "hold_lock",
     "load_data",
     "save_data",
@@ -111,6 +113,68 @@ def check_creatable(path: str | Path, what: str = "--out", *, folder: bool = Tru
             raise ValueError(f"{what} {path} cannot be created: {target} is a file")
     if not os.access(target, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} cannot be created: {target} is not writable")
+    return path
+
+
+# What each command leaves in its output folder, so that a folder holding one kind of run is
+# recognised before another kind's files are mixed into it (or replace its own).
+_SIGNATURES = {
+    "training run": ("checkpoint.pt", "config.json"),
+    "design": ("design.npy", "stiffness_layout.png", "results.csv"),
+    "sweep": ("sweep.json",),
+    "rollout": ("metrics.json",),
+    "RL policy": ("policy.json", "policy.checkpoint.pt"),
+    "RL evaluation": ("evaluation.md",),
+    "goal evaluation": ("evaluation.json",),
+    "benchmark": ("bench_*.json",),
+}
+
+# Suffixes that make ``--out x.mp4`` a file the user meant, not a folder's name.
+_FILE_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".png", ".jpg", ".json", ".jsonl",
+                  ".pt", ".csv", ".md")
+
+
+def folder_kind(path: str | Path) -> str | None:
+    """The kind of run an output folder holds (``"training run"``, ``"design"``, ``"sweep"``,
+    ``"rollout"``, ``"RL policy"``, ``"RL evaluation"``, ``"goal evaluation"``,
+    ``"benchmark"``), from the files that command writes; None for a missing or empty folder or
+    one no command wrote."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for kind, names in _SIGNATURES.items():
+        if any(next(path.glob(name), None) is not None for name in names):
+            return kind
+    return None
+
+
+def check_output_folder(path: str | Path, kind: str, what: str = "--out", *,
+                        hint: str = "") -> Path:
+    """Check, before any work, that ``path`` can be the output folder of a ``kind`` run:
+    creatable and writable (:func:`check_creatable`), not a file's name (``x.mp4``), and not
+    holding another kind of run. A folder holding the same kind is accepted; whether its files
+    may be replaced is the command's to decide. Nothing is created.
+
+    Args:
+        path: The folder.
+        kind: What will be written there (a key of the signatures: ``"rollout"``).
+        what: The option, for messages.
+        hint: What to pass instead of a file path, appended to that message.
+
+    Raises:
+        ValueError: ``path`` cannot be created or written, or names a file.
+        FileExistsError: ``path`` holds another kind of run.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _FILE_SUFFIXES and not path.is_dir():
+        raise ValueError(f"{what} {path} names a {path.suffix} file; {what} takes a folder "
+                         f"(its files are written inside it): pass {what} "
+                         f"{path.with_suffix('')}{hint}")
+    check_creatable(path, what)
+    found = folder_kind(path)
+    if found is not None and found != kind:
+        raise FileExistsError(f"{what} {path} holds a {found}; a {kind} would mix its files "
+                              f"into it: choose another {what}")
     return path
 
 

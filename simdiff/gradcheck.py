@@ -317,6 +317,7 @@ def check_gradients(
     seed: int = 0,
     device: str = "cpu",
     batch: int = 1,
+    progress: Callable[[GradCheck, int], None] | None = None,
 ) -> list[GradCheck]:
     """Compare autodiff and finite differences for the scene's loss on ``backend`` in float64.
 
@@ -339,6 +340,8 @@ def check_gradients(
         device: Device of the backend.
         batch: Worlds rolled out at once; each but the first starts slightly elsewhere and
             has its own actions, and every checked quantity holds all worlds.
+        progress: Called with each result as soon as it is known and the number of
+            quantities checked in all (to print rows and advance a bar while it runs).
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps={steps} must be >= 1 (None: the scene's horizon)")
@@ -357,6 +360,8 @@ def check_gradients(
 
             results.append(directional_check(name, loss_at, derivatives[name], scale,
                                              rtol=rtol, atol=atol))
+            if progress is not None:
+                progress(results[-1], len(probe.base))
     return results
 
 

@@ -15,7 +15,9 @@ world, so a mask never hides a failure.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,12 +27,28 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.bridge import apply_segment, capturable
 from simdiff.sims.base import Params, SimulationError, Simulator, State
 
-__all__ = ["Controller", "Health", "Rollout", "rollout", "world_metrics"]
+__all__ = ["Controller", "Health", "Rollout", "reporting_progress", "rollout", "world_metrics"]
 
 Controller = Callable[..., torch.Tensor | None]
 """``controller(step, state) -> [B, action_dim]`` (or ``controller(step, state, goal)``)."""
 
 Health = Literal["stop", "mask"]
+
+# The progress callback of rollouts that are not given one: rollouts inside a scene's own
+# objective (an inverse problem) report to the command line's bar without a parameter.
+_PROGRESS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "simdiff_rollout_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_progress(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, every :func:`rollout` without its own ``progress`` reports its
+    steps to ``callback`` (called with the number of steps just advanced)."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def world_metrics(name: str, values: torch.Tensor | float) -> dict[str, Any]:
@@ -152,7 +170,7 @@ def _batched_actions(actions: torch.Tensor, steps: int, sim: Simulator) -> torch
 
 
 def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
-                      record_every, check_every) -> Rollout:
+                      record_every, check_every, progress=None) -> Rollout:
     like = getattr(state, spec.state_fields[0])
     if controller is None or sim.action_dim == 0:
         actions = like.new_zeros(steps, sim.batch_size, max(sim.action_dim, 1))
@@ -181,6 +199,8 @@ def _captured_rollout(sim, spec, state, controller, steps, result, shared, segme
                 found = _failures(sim, state_at(t))
                 if found:
                     _raise_failures(found, t, steps)
+        if progress is not None:
+            progress(t1 - t0)
     if record_every > 0:
         result.frames[steps] = current.detach()
     result.final = current
@@ -200,6 +220,7 @@ def rollout(
     record_every: int = 0,
     check_every: int = 1,
     capture: bool | None = None,
+    progress: Callable[[int], None] | None = None,
     truncate_every: int | None = None,
 ) -> Rollout:
     """Advance the B worlds of ``state`` by ``steps`` steps, asking the controller for actions.
@@ -227,6 +248,10 @@ def rollout(
             (it has ``actions(steps)``), no goals and ``health="stop"``. ``True`` refuses to
             run otherwise. States are checked at segment ends, then step by step inside a
             segment that failed.
+        progress: Called with the number of steps just advanced (a progress bar's
+            ``update``), after each step or captured segment of the forward pass; a
+            checkpointed segment recomputed in backward does not call it again. Default:
+            the callback of an enclosing :func:`reporting_progress`, if any.
         truncate_every: If given, detach the state every this many steps (truncated
             backpropagation through time): gradients of a quantity measured at step t flow
             back only to the last multiple of ``truncate_every`` before t (the controller's and
@@ -245,6 +270,7 @@ def rollout(
         raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
+    progress = progress if progress is not None else _PROGRESS.get()
     batch = sim.batch_size
     if state.batch_size != batch:
         raise ValueError(f"state has {state.batch_size} worlds; the simulator has "
@@ -277,7 +303,7 @@ def rollout(
     if spec is not None:
         values = [getattr(params, n) for n in spec.shared]
         return _captured_rollout(sim, spec, state, controller, steps, result, values,
-                                 checkpoint_every or steps, record_every, check_every)
+                                 checkpoint_every or steps, record_every, check_every, progress)
 
     # Step at which each world failed (steps + 1: not failed); decided in forward and read
     # again when checkpointed segments are recomputed, so both passes freeze alike.
@@ -286,6 +312,13 @@ def rollout(
 
     def masked(t: torch.Tensor) -> torch.Tensor:
         return _ZeroFailedRows.apply(final_failed, t) if health == "mask" else t
+
+    reported = [0]  # steps reported to ``progress``: a recomputed segment reports none
+
+    def report(done: int) -> None:
+        if progress is not None and done > reported[0]:
+            progress(done - reported[0])
+            reported[0] = done
 
     def advance(t0: int, t1: int, s: State) -> State:
         for t in range(t0, t1):
@@ -320,6 +353,7 @@ def rollout(
                 if found:
                     _raise_failures(found, t + 1, steps)
             s = nxt
+            report(t + 1)
         return s
 
     if checkpoint_every is None or not torch.is_grad_enabled():

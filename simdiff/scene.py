@@ -1,7 +1,7 @@
 """Scenes and controllers: what a user defines in Python, and how simdiff finds it.
 
-A scene file (``scenes/NAME.py`` or any path) defines ``scene(**options) -> Scene``. A
-controller file (``controllers/NAME.py`` or any path) defines
+A scene file (``simdiff/scenes/NAME.py`` or any path) defines ``scene(**options) -> Scene``. A
+controller file (``simdiff/controllers/NAME.py`` or any path) defines
 ``controller(sim, scene, **options) -> torch.nn.Module`` whose ``forward(step, state)`` returns
 the action for that step. Both are loaded by name or by path.
 """
@@ -236,7 +236,7 @@ def _load_module(name_or_path: str | Path, folder: Path, kind: str) -> ModuleTyp
 
 
 def load_scene(name_or_path: str | Path, **options: Any) -> Scene:
-    """Build a scene by name (``scenes/NAME.py``) or from a file path.
+    """Build a scene by name (``simdiff/scenes/NAME.py``) or from a file path.
 
     Raises:
         SceneError: the file does not exist, defines no ``scene`` function, or it returns no
@@ -285,14 +285,17 @@ def _check_options(module: ModuleType, build: Callable, options: dict[str, Any],
     unknown = [k for k in options if k not in names]
     if unknown and (force or not open_ended):
         name = Path(module.__file__).stem
-        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}; its options: "
+        # A length set otherwise (observations x interval, a final time) is no horizon to set.
+        why = (" (it has no horizon: its length follows from its other options, so --steps "
+               "does not apply)") if unknown[0] == "steps" else ""
+        raise SceneError(f"scene {name!r} has no option {unknown[0]!r}{why}; its options: "
                          f"{', '.join(sorted(names)) or '(none)'}")
 
 
 def load_controller(
     name_or_path: str | Path, sim: Simulator, scene: Scene, **options: Any
 ) -> torch.nn.Module:
-    """Build a controller by name (``controllers/NAME.py``) or from a file path."""
+    """Build a controller by name (``simdiff/controllers/NAME.py``) or from a file path."""
     module = _load_module(name_or_path, controller_dir(), "controller")
     build = getattr(module, "controller", None)
     if not callable(build):

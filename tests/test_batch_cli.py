@@ -49,11 +49,12 @@ def test_vary_worlds_state_noise_recomputes_derived_fields():
 
 
 def test_run_batch_writes_a_tiled_video(tmp_path):
-    out1, out4 = tmp_path / "one.mp4", tmp_path / "four.mp4"
+    out1, out4 = tmp_path / "one", tmp_path / "four"
     common = ["run", "mpm_crawler", "--steps", "2", "--set", "grid_size=32"]
     assert main([*common, "--out", str(out1)]) == 0
     assert main([*common, "--batch", "4", "--out", str(out4)]) == 0
-    one, four = iio.imread(out1, index=0), iio.imread(out4, index=0)
+    one = iio.imread(out1 / "mpm_crawler.mp4", index=0)
+    four = iio.imread(out4 / "mpm_crawler.mp4", index=0)
     # Four worlds tile 2 x 2 with a gap (the encoder may pad sizes to a multiple of 16).
     assert four.shape[0] >= 2 * one.shape[0] - 16 and four.shape[1] >= 2 * one.shape[1] - 16
 
@@ -73,7 +74,7 @@ def test_train_batch_logs_per_world_figures(tmp_path):
 @pytest.mark.parametrize("bad", ["0", "-2"])
 def test_batch_below_one_is_one_line_and_exit_code_2(tmp_path, capsys, bad):
     code = main(["run", "mpm_crawler", "--steps", "2", "--batch", bad,
-                 "--out", str(tmp_path / "x.mp4")])
+                 "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"batch_size={bad} must be an integer >= 1" in err

@@ -428,7 +428,7 @@ def test_bench_design_runs_at_toy_size(tmp_path, capsys):
     from simdiff.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "design", "--quick", "--iters", "2", "--out", str(out)]) == 0
+    assert main(["bench", "design", "--quick", "--iters", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert {r["config"] for r in rows} == {"direct", "mgcg", "jacobi", "scipy"}
     assert all(r["seconds_per_iteration"] > 0 for r in rows)

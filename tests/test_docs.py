@@ -45,7 +45,7 @@ def test_docs_build_strict(tmp_path):
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     gallery = (site / "gallery" / "index.html").read_text()
-    for scene in sorted(p.stem for p in (ROOT / "scenes").glob("*.py")):
+    for scene in sorted(p.stem for p in (ROOT / "simdiff" / "scenes").glob("*.py")):
         assert f'id="{scene}"' in gallery, f"gallery has no section for {scene}"
     api = (site / "api" / "rollout" / "index.html").read_text()
     assert "world_metrics" in api and "health" in api

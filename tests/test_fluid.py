@@ -344,8 +344,9 @@ def test_scenes_train_and_write_videos_from_the_cli(tmp_path, capsys, name):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "loss" in printed and (out / f"{name}.mp4").is_file()
-    video = tmp_path / f"{name}.gif"
-    assert main(["run", name, "--steps", "6", "--set", "resolution=16", "--out", str(video)]) == 0
+    video = tmp_path / "rollout" / f"{name}.gif"
+    assert main(["run", name, "--steps", "6", "--set", "resolution=16", "--out", str(video.parent),
+                 "--video", "gif"]) == 0
     frames = iio.imread(video)
     assert frames.shape[0] == 7 and frames[-1].std() > 0
 
@@ -374,7 +375,7 @@ def test_bench_runs_at_toy_size(tmp_path, capsys):
     from simdiff.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "fluid", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "fluid", "--quick", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert {r["config"] for r in rows} == {"torch", "warp", "plain_torch"}
     ours = [r for r in rows if r["config"] == "torch"]

@@ -274,6 +274,7 @@ def test_scenes_run_and_train_with_warp_from_the_cli(tmp_path, capsys, name):
     assert main([*args, "--no-video"]) == 0
     captured = capsys.readouterr()
     assert "warp:cpu:float32" in captured.err and (out / "metrics.jsonl").is_file()
-    video = tmp_path / f"{name}.gif"
-    assert main(["run", name, *size, "--backend", "warp", "--out", str(video)]) == 0
+    video = tmp_path / "rollout" / f"{name}.gif"
+    assert main(["run", name, *size, "--backend", "warp", "--out", str(video.parent),
+                 "--video", "gif"]) == 0
     assert iio.imread(video).shape[0] == 5

@@ -182,14 +182,15 @@ def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
 
     from simdiff.cli import main
 
-    out = tmp_path / "goals.mp4"
+    out = tmp_path / "goals"
     assert main(["evaluate", "walker_goals", "--set", "period=20", "--set", "window=10",
                  "--batch", "2", "--json", str(tmp_path / "ev.json"), "--out", str(out)]) == 0
     figures = json.loads((tmp_path / "ev.json").read_text())
-    assert set(figures) == {"scene", "velocity_error", "jump_height_error", "crawl_violation",
-                            "inverted_cells"}
+    assert figures == json.loads((out / "evaluation.json").read_text())
+    assert set(figures) == {"command", "scene", "velocity_error", "jump_height_error",
+                            "crawl_violation", "inverted_cells"}
     assert 0 <= figures["crawl_violation"] <= 1 and figures["velocity_error"] > 0
-    assert out.stat().st_size > 0
+    assert (out / "walker_goals.mp4").stat().st_size > 0
     assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
 
 

@@ -201,10 +201,10 @@ def test_sand_pile_scene_runs_and_renders(tmp_path, capsys, backend_name):
     from simdiff.cli import main
     from simdiff.render.mpm import MATERIAL_RGB
 
-    path = tmp_path / "pile.gif"
+    path = tmp_path / "pile" / "mpm_sand_pile.gif"
     assert main(["run", "mpm_sand_pile", "--backend", backend_name, "--steps", "3",
-                 "--set", "grid_size=32",
-                 "--set", "dt=8e-4", "--set", "substeps=10", "--out", str(path)]) == 0
+                 "--set", "grid_size=32", "--set", "dt=8e-4", "--set", "substeps=10",
+                 "--out", str(path.parent), "--video", "gif"]) == 0
     assert f"wrote {path}" in capsys.readouterr().out
     frames = iio.imread(path)
     assert frames.shape[0] == 4

@@ -39,9 +39,9 @@ def test_modulus_is_recovered(tmp_path):
 
 
 def test_cli_runs_and_renders_mpm_scenes(tmp_path, capsys):
-    path = tmp_path / "crawler.gif"
+    path = tmp_path / "crawler" / "mpm_crawler.gif"
     assert main(["run", "mpm_crawler", "--steps", "6", "--controller", "sinusoid",
-                 "--out", str(path)]) == 0
+                 "--out", str(path.parent), "--video", "gif"]) == 0
     assert f"wrote {path}" in capsys.readouterr().out
     frames = iio.imread(path)
     assert frames.shape[0] == 4  # steps 0, 2, 4, 6
@@ -93,7 +93,7 @@ def test_render_mpm_draws_one_world_of_batched_frames():
 
 def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "mpm", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "mpm", "--quick", "--json", str(out)]) == 0
     rows = {(r["config"], r["part"]): r for r in json.loads(out.read_text())}
     assert set(rows) == {(c, p) for c in ("taichi", "warp", "torch") for p in "abc"}
     for config in ("taichi", "warp"):

@@ -283,19 +283,19 @@ def test_run_renders_the_hidden_parameters_unless_given_fitted_weights(tmp_path,
     from simdiff.sims.mpm.tasks import ModulusFit
 
     args = ["run", "mpm_identify"]  # 24 steps: the block bounces, so E shows
-    assert main([*args, "--out", str(tmp_path / "truth.gif")]) == 0
+    assert main([*args, "--out", str(tmp_path / "truth")]) == 0
     printed = capsys.readouterr().out
     assert "rendering the true parameters (hidden)" in printed
     figures = _figures(printed)
     assert figures["modulus"] == pytest.approx(60.0) and figures["loss"] < 1e-8
     save_data(ModulusFit(45.0).state_dict(), tmp_path / "fit.pt")
     assert main([*args, "--weights", str(tmp_path / "fit.pt"),
-                 "--out", str(tmp_path / "fit.gif")]) == 0
+                 "--out", str(tmp_path / "fit")]) == 0
     printed = capsys.readouterr().out
     assert "rendering the fitted (fit.pt)" in printed
     figures = _figures(printed)
     assert figures["modulus"] == pytest.approx(45.0) and figures["loss"] > 1e-6
-    assert main(["run", "nbody_targeting", "--steps", "3", "--out", str(tmp_path / "t.gif")]) == 0
+    assert main(["run", "nbody_targeting", "--steps", "3", "--out", str(tmp_path / "t")]) == 0
     assert "rendering the initial guess (untrained)" in capsys.readouterr().out
 
 

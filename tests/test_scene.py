@@ -56,3 +56,34 @@ def test_scene_options_reach_the_model():
     scene = load_scene("walker_small", friction=0.25, steps=7)
     assert scene.steps == 7 and scene.model.ground.friction == 0.25
     assert scene.model.spring_stiffness.dtype == torch.float64
+
+
+def test_shipped_files_live_in_the_package_and_the_environment_overrides_them(tmp_path,
+                                                                                monkeypatch):
+    """Scenes and controllers are found in ``simdiff/scenes`` and ``simdiff/controllers`` (so
+    an installed wheel has them); ``SIMDIFF_SCENES``/``SIMDIFF_CONTROLLERS`` point elsewhere,
+    for names, the catalog that ``simdiff list`` reads, and loading."""
+    from pathlib import Path
+
+    import simdiff
+    from simdiff.catalog import controller_dir, scene_catalog, scene_dir
+
+    package = Path(simdiff.__file__).resolve().parent
+    assert scene_dir() == package / "scenes" and controller_dir() == package / "controllers"
+    assert (package / "scenes" / "walker_small.py").is_file()
+    walker = (package / "scenes" / "walker_small.py").read_text()
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "my_walker.py").write_text(walker)
+    (tmp_path / "controllers").mkdir()
+    (tmp_path / "controllers" / "my_gait.py").write_text(
+        (package / "controllers" / "sinusoid.py").read_text())
+    monkeypatch.setenv("SIMDIFF_SCENES", str(tmp_path / "scenes"))
+    monkeypatch.setenv("SIMDIFF_CONTROLLERS", str(tmp_path / "controllers"))
+    assert list_scenes() == ["my_walker"] and list_controllers() == ["my_gait"]
+    assert [info.name for info in scene_catalog()] == ["my_walker"]
+    scene = load_scene("my_walker", steps=3)
+    sim = make_simulator(scene, resolve_backend("warp"))
+    action = load_controller("my_gait", sim, scene)(0, sim.initial_state())
+    assert action.shape == (1, sim.action_dim)
+    with pytest.raises(SceneError, match="scene 'walker_small' not found"):
+        load_scene("walker_small")  # the override replaces the shipped folder

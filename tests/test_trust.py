@@ -58,7 +58,7 @@ def test_a_payload_file_is_refused_and_its_code_never_runs(tmp_path, capsys, com
                 "--out", str(out), "--resume", str(_payload_file(tmp_path / "c.pt", marker))]
     elif command == "run --weights":
         argv = ["run", "walker_small", "--controller", "sinusoid", "--steps", "5", "--out",
-                str(tmp_path / "v.gif"), "--weights",
+                str(tmp_path / "v"), "--weights",
                 str(_payload_file(tmp_path / "w.pt", marker))]
     elif command == "rl eval":
         argv = ["rl", "eval", str(_payload_file(tmp_path / "policy.pt", marker, policy={})),
@@ -66,7 +66,7 @@ def test_a_payload_file_is_refused_and_its_code_never_runs(tmp_path, capsys, com
     else:
         out.mkdir()
         _payload_file(out / "policy.checkpoint.pt", marker)
-        argv = ["rl", "train", "--steps", "10", "--out", str(out / "policy"), "--resume"]
+        argv = ["rl", "train", "--steps", "10", "--out", str(out), "--resume"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "need unpickling (os.makedirs)" in err and "refused" in err
@@ -107,18 +107,21 @@ def _hold_in_another_process(folder: Path, lock_name: str = LOCK_NAME) -> subpro
     return holder
 
 
-@pytest.mark.parametrize("command", ["train", "design", "design robot", "rl train", "sweep"])
+@pytest.mark.parametrize("command", ["train", "run", "design", "design robot", "rl train",
+                                     "sweep"])
 def test_a_folder_another_process_writes_into_is_refused(tmp_path, capsys, command):
     out = tmp_path / "out"
     lock_name = LOCK_NAME
-    if command == "train":
+    if command == "run":
+        argv = ["run", "walker_small", "--steps", "5", "--backend", "warp", "--out", str(out)]
+    elif command == "train":
         argv = ["train", "walker_small", "--steps", "5", "--iters", "1", "--out", str(out)]
     elif command == "design":
         argv = ["design", "mbb_beam", "--iters", "2", "--out", str(out), "--quiet"]
     elif command == "design robot":
         argv = ["design", "robot", "--iters", "1", "--out", str(out), "--quiet"]
     elif command == "rl train":
-        argv, lock_name = ["rl", "train", "--steps", "8", "--out", str(out / "p")], "p.lock"
+        argv, lock_name = ["rl", "train", "--steps", "8", "--out", str(out)], "policy.lock"
     else:
         spec = tmp_path / "spec.json"
         spec.write_text(json.dumps({"command": "train", "out": str(out),
@@ -273,7 +276,7 @@ _ONE_LINE = [
     (["design", "robot", "--volfrac", "1.5"], "volfrac=1.5 must lie strictly between 0 and 1"),
     (["train", "walker_small", "--resume", "{tmp}/noconfig.pt"], "lacks config"),
     (["train", "walker_small", "--out", "{tmp}/file/sub"], "--out {tmp}/file/sub cannot be"),
-    (["gradcheck", "walker_small", "--horizon", "0"], "horizon=0 must be >= 1"),
+    (["gradcheck", "walker_small", "--steps", "0"], "--steps 0 must be >= 1"),
     (["train", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
      "steps=1000000000000: the rollout would keep at least"),
     (["rl", "train", "--checkpoint-every", "0", "--out", "{tmp}/p"], "checkpoint_every=0"),
@@ -403,6 +406,6 @@ def test_a_controller_of_the_wrong_action_shape_is_one_line(tmp_path, capsys):
                     "def controller(sim, scene):\n"
                     "    return Wrong()\n")
     assert main(["run", "walker_small", "--backend", "warp", "--controller", str(path),
-                 "--steps", "3", "--out", str(tmp_path / "v.gif")]) == 2
+                 "--steps", "3", "--out", str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "action" in err and "7, 5" in err

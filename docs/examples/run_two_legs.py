@@ -16,7 +16,7 @@ result = rollout(sim, state, None, scene.steps, params=params, record_every=10)
 print("unactuated:", scene.metrics(result))
 print("final positions:", tuple(result.final.particle_x.shape))  # [B, particles, 2]
 
-controller = load_controller("mlp", sim, scene)              # controllers/mlp.py
+controller = load_controller("mlp", sim, scene)              # simdiff/controllers/mlp.py
 result = rollout(sim, state, controller, scene.steps, params=params)
 loss = scene.loss(result)
 loss.backward()                                              # through 60 steps of physics

@@ -22,25 +22,32 @@ def register(sub) -> None:
     p.add_argument("problem", help="a problem name or family (see `simdiff design list`), "
                                    "`suite`, `list` or `robot` (a mass-spring bridge whose "
                                    "stiffness layout the CNN designs through the simulator)")
-    p.add_argument("--param", choices=["pixel", "cnn"], default="pixel")
+    p.add_argument("--param", choices=["pixel", "cnn"], default="pixel",
+                   help="what is optimized: the densities, or a CNN's weights (default: pixel)")
     p.add_argument("--optimizer", choices=["oc", "mma", "lbfgs", "adam"], default=None,
                    help="default: oc for pixels, lbfgs for the CNN")
     p.add_argument("--iters", type=int, default=100, help="compliance evaluations (default 100)")
     p.add_argument("--out", help="output folder (default renders/design_PROBLEM_PARAM_OPT, "
                                  "renders/design_suite)")
-    p.add_argument("--solver", choices=["auto", "direct", "mgcg", "jacobi"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (adam, lbfgs)")
-    p.add_argument("--volfrac", type=float, default=None, help="override the volume fraction")
-    p.add_argument("--rmin", type=float, default=None, help="override the filter radius")
-    p.add_argument("--penal", type=float, default=None, help="override the SIMP penalty")
+    p.add_argument("--solver", choices=["auto", "direct", "mgcg", "jacobi"], default="auto",
+                   help="linear solver of the FEM (default: auto, by problem size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the CNN's weights (default: 0)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of adam and lbfgs (default: the optimizer's)")
+    p.add_argument("--volfrac", type=float, default=None,
+                   help="volume fraction (default: the problem's)")
+    p.add_argument("--rmin", type=float, default=None,
+                   help="filter radius in elements (default: the problem's)")
+    p.add_argument("--penal", type=float, default=None,
+                   help="SIMP penalty (default: the problem's)")
     p.add_argument("--problems", default=None,
                    help="suite: comma-separated problems (default: each family's smallest)")
     p.add_argument("--methods", default=None,
                    help="suite: comma-separated PARAM-OPTIMIZER (default "
                         "pixel-oc,pixel-mma,pixel-lbfgs,cnn-lbfgs)")
     p.add_argument("--workers", type=int, default=None, help="suite: processes (default: cores)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (default: print them)")
     p.set_defaults(func=run)
 
 
@@ -59,13 +66,9 @@ def run(args: argparse.Namespace) -> int:
 def _claim(out: Path) -> None:
     """Check ``--out`` first: writable, and not another command's run (a training run's log
     and checkpoint would be replaced by the design's)."""
-    from simdiff.files import check_creatable
+    from simdiff.files import check_output_folder
 
-    check_creatable(out, "--out")
-    if (out / "checkpoint.pt").exists() or (out / "sweep.json").exists():
-        kind = "a training run" if (out / "checkpoint.pt").exists() else "a sweep"
-        raise FileExistsError(f"{out} holds {kind}; a design would overwrite its files: "
-                              "choose another --out")
+    check_output_folder(out, "design")
 
 
 def _locked(out: Path):

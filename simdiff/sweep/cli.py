@@ -9,10 +9,12 @@ __all__ = ["add_sweep_parser"]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from simdiff.files import check_output_folder
     from simdiff.sweep import SpecError, SweepError, load_spec, run_sweep
 
     try:
         spec = load_spec(args.spec, out=args.out)
+        check_output_folder(spec.out, "sweep")
         result = run_sweep(spec, engine=args.engine, address=args.address,
                            workers=args.workers, progress=not args.quiet)
     except (SpecError, SweepError) as err:
@@ -40,5 +42,6 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: cores / the spec's num_cpus)")
     p.add_argument("--out", default=None, help="output folder (default: the spec's 'out')")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: show it)")
     p.set_defaults(func=_cmd_sweep)
