@@ -106,7 +106,7 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
             p, tool = sim.pack(state), torch.zeros(1, 2 * model.dim, dtype=backend.torch_dtype)
             x0 = state.particle_x
             for t in range(steps):
-                action = controller(t, None)[None]
+                action = controller(t, None)  # [B = 1, action_dim]
                 for _ in range(model.substeps):
                     p = torch_substep(model, p, params, action, tool)
             return -(p[..., 0].mean() - x0[..., 0].mean())
@@ -223,7 +223,7 @@ def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cp
         params, state = sim.params().per_world(1).particle, sim.initial_state()
         p, tool = sim.pack(state), torch.zeros(1, 2 * model.dim, dtype=backend.torch_dtype)
         for t in range(steps):
-            action = controller(t, None)[None]
+            action = controller(t, None)  # [B = 1, action_dim]
             for _ in range(model.substeps):
                 p = torch_substep(model, p, params, action, tool)
         loss = -(p[..., 0].mean() - state.particle_x[..., 0].mean())

@@ -261,7 +261,8 @@ def _taichi_resident(tensor: torch.Tensor, annotation: Any) -> Any:
     import taichi as ti
     from taichi.types.ndarray_type import NdarrayType
 
-    if not isinstance(annotation, NdarrayType) or tensor.dtype not in _TAICHI_DTYPES:
+    if (not isinstance(annotation, NdarrayType) or tensor.dtype not in _TAICHI_DTYPES
+            or tensor.numel() == 0):  # Taichi makes no empty ndarray (a robot without springs)
         return None
     element = annotation.dtype
     shape = tuple(tensor.shape)

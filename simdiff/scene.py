@@ -66,7 +66,12 @@ class Scene:
         truth: For inverse problems with hidden parameters (observations or a target made by
             them): builds the design holding them, which ``simdiff run`` renders unless given
             fitted ``--weights``. None: the problem has no hidden answer.
-        render_options: Extra keyword arguments of the simulator's frame painter (targets).
+        render_options: Keyword arguments of the simulator's frame renderer
+            (:func:`~simdiff.render.render_nbody`, ``render_mpm``, ``render_fluid``,
+            ``render_mass_spring``): what the task is about (a target point, shape, region or
+            image, observed positions) and the view (bounds, a log-radius view, labels);
+            N-body scenes may add ``time_unit`` for the time readout. Data, read by the
+            renderers; never a simulator.
         worlds: How the worlds of a batch differ: ``worlds(sim, state, params, generator) ->
             (state, params)`` perturbs the initial state ``[B, ...]`` or sets per-world params
             fields, drawing from the seeded ``generator``. None: every world is the same.

@@ -3,6 +3,8 @@ parameterizations, optimizers, problem suite and bad inputs."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -411,8 +413,12 @@ def test_design_through_simulation_runs_and_renders(tmp_path):
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     assert result.uniform_sag > 0 and result.density.shape == (8, 8)
     assert result.density.mean() == pytest.approx(0.5, abs=1e-9)
-    assert [p.name for p in result.paths] == ["stiffness_layout.png", "settling.gif", "sag.png"]
+    assert [p.name for p in result.paths] == ["design.png", "settling.gif", "sag.png",
+                                              "metrics.jsonl", "design.npy"]
     assert all(p.is_file() for p in result.paths)
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and json.loads(rows[-1])["sag_m"] == pytest.approx(result.losses[-1])
+    assert np.load(tmp_path / "design.npy").shape == (8, 8)
 
 
 @pytest.mark.slow  # subprocesses: about a minute on 2 shared cores

@@ -146,7 +146,7 @@ def test_bad_step_inputs():
     assert state.body_x.shape == (2, 3, 3) and state.time.shape == (2,)
     wrong = dataclasses.replace(sim.params(), body_mass=mass.expand(3, 3))
     with pytest.raises(ValueError, match=r"params.body_mass has shape \[3, 3\]; expected 1 "
-                                         r"dimensions .* or 2 with a leading world axis \[B=2"):
+                                         r"dimensions .* or 2 with a leading world axis of size B=2"):
         sim.step(state, None, wrong)
     with pytest.raises(ValueError, match=r"takes no action \(action_dim = 0\)"):
         sim.step(state, torch.zeros(2, 1, dtype=F64))

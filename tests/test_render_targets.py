@@ -148,6 +148,17 @@ def test_fluid_scenes_outline_their_regions(name, keys):
             assert _near(frames[-1], colors[key], at), (key, at)
 
 
+def test_fluid_plume_draws_its_target_height():
+    """The plume's target height is a dashed line across the field at its height (16 cells of
+    24 pixels: row 384 - height / dx * 24), and nowhere else."""
+    from simdiff.render.fluid import TARGET_RGB
+
+    scene, _, frames = _frames("fluid_plume_3d", resolution=16, steps=2)
+    row = 384 - scene.render_options["target_height"] / scene.model.dx * 24
+    lit = np.flatnonzero(_mask(frames[-1][:384], TARGET_RGB).sum(1) > 100)
+    assert lit.size and np.abs(lit - row).max() <= 2
+
+
 def test_fluid_smoke_to_image_shows_the_target_image_inset():
     """The inset (top right, a fifth of the frame, 4 pixels a cell at 16 cells) shows the
     target ring bright where the target is 1 and dark where it is 0."""
@@ -295,3 +306,21 @@ def test_the_caption_is_written_after_the_title():
     for a, b in zip(plain, captioned):
         assert not np.array_equal(a[:30], b[:30])
         assert np.array_equal(a[60:], b[60:])
+
+
+def test_nbody_pythagorean_frames_are_evenly_spaced_in_time_to_t70():
+    """The default scene reaches t = 70, and each IAS15 step is one output interval dt (its
+    own substeps adapt), so frames every ``render_every`` steps are evenly spaced in time."""
+    from simdiff.rollout import rollout
+
+    full = load_scene("nbody_pythagorean")
+    assert full.steps * full.model.dt == pytest.approx(70.0)
+    scene = load_scene("nbody_pythagorean", steps=8, t_end=8.0)
+    sim = make_simulator(scene, resolve_backend(scene.default_backend, "cpu", "float64"))
+    with torch.no_grad():
+        result = rollout(sim, sim.initial_state(), None, scene.steps,
+                         record_every=scene.render_every)
+    times = np.array([float(result.frames[t].time[0]) for t in sorted(result.frames)])
+    assert len(times) >= 4
+    np.testing.assert_allclose(np.diff(times), scene.render_every * 1.0, rtol=1e-12)
+    assert float(result.final.time[0]) == pytest.approx(8.0, rel=1e-12)

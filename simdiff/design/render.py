@@ -11,7 +11,7 @@ import numpy as np
 
 from simdiff.render import plot_loss, write_video
 
-__all__ = ["LOAD_COLOR", "SUPPORT_COLOR", "design_figure", "design_image",
+__all__ = ["LOAD_COLOR", "SUPPORT_COLOR", "density_figure", "design_figure", "design_image",
            "write_design_outputs"]
 
 LOAD_COLOR = "#d62728"
@@ -113,6 +113,28 @@ def design_figure(problem, density: np.ndarray, path: str | Path, *,
                          label="support (> x, ^ y, square both)")[0]]
     figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8,
                   frameon=False)
+    path = Path(path)
+    figure.savefig(path, format="png")
+    return path
+
+
+def density_figure(density: np.ndarray, path: str | Path, *, title: str,
+                   label: str = "density (solid fraction)") -> Path:
+    """Write a PNG of a ``(rows, cols)`` density field (row 0 on top) with a color bar from 0
+    (white) to 1 (black) named ``label``, on axes in cells."""
+    from matplotlib.figure import Figure
+
+    x = np.clip(np.asarray(density, dtype=np.float64), 0.0, 1.0)
+    rows, cols = x.shape
+    figure = Figure(figsize=(7.0, min(10.0, 7.0 * rows / cols * 0.8 + 1.6)), dpi=100,
+                    layout="constrained")
+    axes = figure.add_subplot()
+    shown = axes.imshow(x, cmap="gray_r", vmin=0.0, vmax=1.0, extent=(0, cols, rows, 0),
+                        interpolation="nearest")
+    figure.colorbar(shown, ax=axes, shrink=0.9, pad=0.01).set_label(label)
+    axes.set_xlabel("x [cells]")
+    axes.set_ylabel("y [cells, down]")
+    axes.set_title(title, fontsize=10)
     path = Path(path)
     figure.savefig(path, format="png")
     return path

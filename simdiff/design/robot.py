@@ -151,25 +151,40 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
 
 
 def _write(out: Path, sim, density, losses, sag, volfrac, nx, ny) -> list[Path]:
-    from PIL import Image
+    """The outputs every design run writes: ``design.png`` (the layout, a color bar and the
+    sag), ``settling.gif`` (the loaded bridge settling), ``sag.png`` (the loss curve),
+    ``metrics.jsonl`` and ``design.npy``."""
+    import json
 
-    from simdiff.design.render import design_image
-    from simdiff.render import plot_loss, render_mass_spring, write_video
+    from simdiff.design.render import density_figure
+    from simdiff.render import plot_series, render_mass_spring, write_video
 
     out.mkdir(parents=True, exist_ok=True)
-    png = out / "stiffness_layout.png"
-    Image.fromarray(design_image(density.numpy(), width=480)).save(png)
+    best = min(losses)
+    png = density_figure(density.numpy(), out / "design.png",
+                         title=f"CNN stiffness layout, {nx}x{ny} deck, volfrac {volfrac}\n"
+                               f"payload sag {1e3 * best:.3f} mm",
+                         label="stiffness density (cell stiffness ~ density^3)")
     with torch.no_grad():
         _, result = sag(density, record_every=5)
     states = result.recorded()
     positions = np.stack([s.particle_x.numpy() for s in states])
     springs = sim.model.spring_indices.numpy()
     stiffness = sim.model.spring_stiffness.detach().numpy()
-    # draw stiff springs as "actuated" red, soft ones pale: a view of the layout in motion
+    # stiff springs drawn red, soft ones grey: the layout in motion
     shade = np.clip(stiffness / stiffness.max(), 0, 1)
+    dt = float(sim.model.dt)
     frames = render_mass_spring(positions, springs, actuation=np.tile(shade, (len(states), 1)),
-                                follow=False, title=f"CNN stiffness layout, volfrac {volfrac}")
+                                follow=False, title=f"CNN stiffness layout, volfrac {volfrac}",
+                                times=[t * dt for t in sorted(result.frames)],
+                                legend=("stiffness", "soft", "stiff"), legend_range=(0.0, 1.0))
     gif = write_video(frames, out / "settling.gif", fps=20)
-    curve = plot_loss([{"iteration": i, "sag": s} for i, s in enumerate(losses)],
-                      out / "sag.png", key="sag", title=f"payload sag, {nx}x{ny} deck")
-    return [png, gif, curve]
+    curve = plot_series(list(range(len(losses))), {"sag": losses}, out / "sag.png",
+                        xlabel="iteration", ylabel="payload sag [m]",
+                        title=f"payload sag, {nx}x{ny} deck")
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"iteration": i, "sag_m": v}) + "\n"
+                               for i, v in enumerate(losses)))
+    npy = out / "design.npy"
+    np.save(npy, density.numpy())
+    return [png, gif, curve, metrics, npy]

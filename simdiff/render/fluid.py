@@ -65,6 +65,7 @@ def render_fluid(
     target: np.ndarray | None = None,
     avoid: np.ndarray | None = None,
     target_image: np.ndarray | None = None,
+    target_height: float | None = None,
     vorticities: Sequence[np.ndarray] | None = None,
     title: str | None = None,
     subtitles: Sequence[str] | None = None,
@@ -84,6 +85,8 @@ def render_fluid(
         avoid: A region [n0, n1] the dye should avoid, outlined in :data:`AVOID_RGB`.
         target_image: A target density [n0, n1] shown as an inset in the top right corner, in
             dye channel 0's colors, bordered in :data:`TARGET_RGB`.
+        target_height: A target height [m] (needs ``dx``), drawn as a dashed line across the
+            field in :data:`TARGET_RGB`.
         vorticities: Per frame, a 2D field [n0, n1] tinted red (positive) and blue.
         title: Drawn top left; ``subtitles`` per frame below it.
         times: Per frame, the time [s]: with ``dx`` (the cell size [m]), a strip under the
@@ -140,6 +143,16 @@ def render_fluid(
                 _outline(draw, np.asarray(region), scale, color)
         if target_image is not None:
             _inset(picture, np.asarray(target_image, dtype=np.float64))
+        if target_height is not None:
+            if dx is None:
+                raise ValueError("target_height: needs dx, the cell size [m]")
+            row = picture.height - target_height / dx * scale
+            for x in range(0, picture.width, 12):
+                draw.line((x, row, x + 6, row), fill=TARGET_RGB, width=2)
+            label_font = _font(max(9, picture.height // 34))
+            draw.text((picture.width - draw.textlength("target height", font=label_font) - 6,
+                       row - 4 - max(9, picture.height // 34)), "target height",
+                      fill=TARGET_RGB, font=label_font)
         title_size = max(10, picture.height // 26)
         font = _font(title_size)
         if title:

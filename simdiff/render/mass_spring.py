@@ -69,6 +69,8 @@ def render_mass_spring(
     title: str | None = None,
     world: int = 0,
     times: Sequence[float] | None = None,
+    legend: tuple[str, str, str] = ("actuation", "-1 contract", "extend +1"),
+    legend_range: tuple[float, float] = (-1.0, 1.0),
 ) -> LazyFrames:
     """Render a mass-spring trajectory, one RGB frame per time step (of one world).
 
@@ -96,6 +98,10 @@ def render_mass_spring(
         title: Text drawn in the top-left corner of every frame, e.g. ``"step 120"``.
         world: Which world of batched frames to draw (0 by default).
         times: The time of each frame [s], shape [T], written under the title.
+        legend: What the spring colors mean, for the color bar drawn when some spring's
+            value is nonzero: (name, label of the low end, label of the high end).
+        legend_range: The values at the color bar's ends (e.g. ``(0, 1)`` for a stiffness
+            shown from grey to red).
 
     Returns:
         T frames, each an [H, W, 3] ``uint8`` array, as a sequence that paints a frame when it
@@ -143,7 +149,8 @@ def render_mass_spring(
         if times is not None:
             draw_readout(draw, f"t = {float(times[t]):.2f} s", height, title is not None)
         if driven:
-            draw_actuation_legend(draw, width, height)
+            draw_actuation_legend(draw, width, height, label=legend[0], low=legend[1],
+                                  high=legend[2], values=legend_range)
         return np.array(image)
 
     return LazyFrames(num_frames, paint)
@@ -157,21 +164,22 @@ def draw_readout(draw: ImageDraw.ImageDraw, text: str, height: int, below_title:
 
 
 def draw_actuation_legend(draw: ImageDraw.ImageDraw, width: int, height: int, *,
-                          low: str = "-1 contract", high: str = "extend +1") -> None:
-    """Top right: the actuation color bar, from :data:`CONTRACT_RGB` (labeled ``low``)
-    through grey to :data:`EXTEND_RGB` (``high``)."""
-    bar_w, bar_h = max(60, width // 6), max(6, height // 45)
+                          low: str = "-1 contract", high: str = "extend +1",
+                          label: str = "actuation",
+                          values: tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Top right: the color bar of :func:`spring_colors` from ``values[0]`` (labeled ``low``)
+    to ``values[1]`` (``high``): -1 is :data:`CONTRACT_RGB`, 0 grey, +1 :data:`EXTEND_RGB`."""
+    bar_w, bar_h = max(110, width // 5), max(6, height // 45)
     x0, y0 = width - bar_w - 10, 8
-    values = np.linspace(-1.0, 1.0, bar_w)
+    values = np.linspace(values[0], values[1], bar_w)
     for k, color in enumerate(_as_tuples(spring_colors(values))):
         draw.line((x0 + k, y0, x0 + k, y0 + bar_h), fill=color)
     draw.rectangle((x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h + 1), outline=_TEXT_RGB)
-    font = _font(max(9, height // 36))
+    font = _font(max(9, min(height, width) // 40))
     y = y0 + bar_h + 3
     draw.text((x0, y), low, fill=_TEXT_RGB, font=font)
     draw.text((x0 + bar_w - draw.textlength(high, font=font), y), high, fill=_TEXT_RGB,
               font=font)
-    label = "actuation"
     draw.text((x0 - draw.textlength(label, font=font) - 6, y0 - 2), label, fill=_TEXT_RGB,
               font=font)
 

@@ -158,13 +158,14 @@ def render_mpm(
         else:
             image = _frame_3d(traj[t], colors, domain, size, ground_height, title)
         draw = ImageDraw.Draw(image)
+        text = max(240, min(image.size))  # text scales with the frame's shorter side
         if times is not None:
-            draw_readout(draw, f"t = {float(times[t]):.3f} s", size, bool(title))
+            draw_readout(draw, f"t = {float(times[t]):.3f} s", text, bool(title))
         entries = legend
         if now is not None:  # says which observation is drawn
             entries = [(f"observed, t = {now[1]:.2f} s" if name == "observed" else name, rgb)
                        for name, rgb in legend]
-        _draw_legend(draw, entries, size, muscles)
+        _draw_legend(draw, entries, size, text, muscles)
         frames.append(np.array(image))
     return frames
 
@@ -193,14 +194,16 @@ def _target_cells(target_cells, target_box, domain):
     return np.concatenate([nodes - step / 2, nodes + step / 2], 1)
 
 
-def _draw_legend(draw, entries, size, muscles) -> None:
-    """Top right: a swatch and a name per color, then the muscles' actuation bar."""
-    font_size = max(9, size // 40)
+def _draw_legend(draw, entries, width, text, muscles) -> None:
+    """Top right of a frame ``width`` wide: the muscles' actuation bar, then a swatch and a
+    name per color, in text sized for a frame ``text`` high."""
+    size = width
+    font_size = max(9, text // 40)
     y = 8
     if muscles:
         # Positive actions pull (contract), drawn like a contracting spring.
-        draw_actuation_legend(draw, size, size, low="+1 pull", high="push -1")
-        y += max(6, size // 45) + font_size + 10
+        draw_actuation_legend(draw, width, text, low="+1 pull", high="push -1")
+        y += max(6, text // 45) + font_size + 10
     for name, color in entries:
         w = draw.textlength(name, font=_font(font_size))
         x = size - 10 - w
@@ -229,20 +232,20 @@ def _frame_2d(x, colors, domain, size, ground_height, tool, center, target_point
     floor = height - 1 if ground_height is None else px((0.0, ground_height))[1]
     if ground_height is not None:
         draw.rectangle((0, floor, size, height), fill=GROUND_RGB)
-    font_size = max(9, size // 40)
+    font_size = max(9, size // 48)
     font = _font(font_size)
     # Ticks point into the ground band where it fits their numbers, else up from the floor.
-    down = ground_height is not None and height - floor >= font_size + 14
+    down = ground_height is not None and height - floor >= font_size + 8
     sign = 1 if down else -1
     first = int(np.ceil(xmin / _TICK_SPACING - 1e-9))
     for k in range(first, int(xmax / _TICK_SPACING + 1e-9) + 1):
         u = px((k * _TICK_SPACING, 0.0))[0]
         numbered = k % 2 == 0
-        draw.line((u, floor, u, floor + sign * (10 if numbered else 5)), fill=_TICK_RGB)
+        draw.line((u, floor, u, floor + sign * (6 if numbered else 3)), fill=_TICK_RGB)
         if numbered and k > 0:
             text = f"{k * _TICK_SPACING:.1f}" + (" m" if k == 2 else "")
             w = draw.textlength(text, font=font)
-            y = floor + 10 if down else floor - 12 - font_size
+            y = floor + 5 if down else floor - 8 - font_size
             draw.text((min(u - w / 2, size - w - 2), y), text, fill=_TICK_RGB, font=font)
     radius = max(1.0, 0.004 * size)
     us, vs = px(x)
@@ -268,7 +271,8 @@ def _frame_2d(x, colors, domain, size, ground_height, tool, center, target_point
         for u, v in zip(us.tolist(), vs.tolist()):
             draw.rectangle((u - r, v - r, u + r, v + r), fill=OBSERVED_RGB)
     if title:
-        draw.text((6, 4), title, fill=_TEXT_RGB, font=_font(max(10, size // 24)))
+        draw.text((6, 4), title, fill=_TEXT_RGB, font=_font(max(10, max(240, min(size, height))
+                                                               // 24)))
     return image
 
 

@@ -106,6 +106,7 @@ def render_nbody(
     subtitles: Sequence[str] | None = None,
     target_point: Sequence[float] | None = None,
     observed: np.ndarray | None = None,
+    observed_label: str = "observed",
     log_radius: float | None = None,
     length_unit: str = "",
     scale_bar: bool = True,
@@ -145,6 +146,8 @@ def render_nbody(
         observed: Observed positions of the bodies, shape [K, n, 2 or 3] (K observation
             times), each a cross in its body's light tint (:func:`observed_rgb`); the fitted
             view includes them.
+        observed_label: The legend's name for ``observed`` (e.g. ``"start: the orbit closes
+            here"``).
         log_radius: If given, the log-radius view about the first frame's center of mass
             (:func:`log_radial` with this inner length): for planetary systems whose orbits
             span decades of radius; rings and labels mark distances at powers of ten.
@@ -214,6 +217,7 @@ def render_nbody(
             underlay=underlay,
         )
     legend = [kind for kind, mark in (("target", target), ("observed", seen)) if mark is not None]
+    names = {"target": "target", "observed": observed_label}
     for t, frame in enumerate(frames):
         image = Image.fromarray(frame)
         draw = ImageDraw.Draw(image)
@@ -224,7 +228,7 @@ def render_nbody(
         if scale_bar and log_radius is None:
             _draw_scale_bar(draw, scale, length_unit, (width, height))
         if legend:
-            _draw_legend(draw, legend, height)
+            _draw_legend(draw, legend, height, names)
         if log_radius is not None:
             draw.text((8, height - 8 - max(9, height // 40)), "log-radius view",
                       fill=_DIM_TEXT_RGB, font=_font(max(9, height // 40)))
@@ -443,7 +447,8 @@ def _draw_observed(draw: ImageDraw.ImageDraw, at: np.ndarray, height: int) -> No
             draw.line((x - r, y + r, x + r, y - r), fill=color, width=1)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, kinds: Sequence[str], height: int) -> None:
+def _draw_legend(draw: ImageDraw.ImageDraw, kinds: Sequence[str], height: int,
+                 names: Mapping[str, str]) -> None:
     """Bottom left, one line per kind of mark: the mark, then what it is."""
     pixel_size = max(9, height // 40)
     font = _font(pixel_size)
@@ -454,7 +459,7 @@ def _draw_legend(draw: ImageDraw.ImageDraw, kinds: Sequence[str], height: int) -
             _draw_target(draw, at, min(height, 360))
         else:
             _draw_observed(draw, at[None, None], height)
-        draw.text((28, y), kind, fill=TEXT_RGB, font=font, stroke_width=1,
+        draw.text((28, y), names[kind], fill=TEXT_RGB, font=font, stroke_width=1,
                   stroke_fill=BACKGROUND_RGB)
         y += pixel_size + 4
 

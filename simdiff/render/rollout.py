@@ -145,6 +145,7 @@ def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:
     from simdiff.render.plots import plot_series
 
     sim = rollout.simulator
+    unit = scene.render_options.get("time_unit", "")
     steps = sorted(rollout.frames)
     times = [float(rollout.frames[t].time[0]) for t in steps]
     errors = torch.stack([sim.energy_error(rollout.frames[t]) for t in steps]).clamp_min(1e-17)
@@ -152,7 +153,8 @@ def _nbody_plots(scene: Scene, rollout: Rollout, stem: Path) -> list[Path]:
     series = {scene.name if worlds == 1 else f"world {b}": errors[:, b].tolist()
               for b in range(worlds)}
     path = plot_series(times, series, stem.with_name(stem.name + "_energy.png"),
-                       xlabel="time", ylabel="|relative energy error|", logy=True,
+                       xlabel=f"time [{unit}]" if unit else "time",
+                       ylabel="|relative energy error|", logy=True,
                        title=f"{scene.name}: energy error")
     return [path]
 

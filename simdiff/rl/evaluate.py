@@ -51,7 +51,7 @@ from simdiff.rl.env import (
 )
 
 __all__ = ["HELD_OUT_SEED", "MethodResult", "error_feedback_rule", "evaluate", "front_gap",
-           "write_pareto_plot", "write_table"]
+           "pareto_figure", "write_pareto_plot", "write_table"]
 
 HELD_OUT_SEED = 1_000_000
 
@@ -229,46 +229,73 @@ def write_table(results: list[MethodResult], trusted: np.ndarray, stem: str | Pa
 
 def write_pareto_plot(results: list[MethodResult], path: str | Path,
                       title: str = "energy error against cost") -> Path:
-    """Final energy error against force evaluations: every system faint, medians bold; the
-    fixed choices joined as a front, the policy as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    fixed = [r for r in results if r.name.startswith("fixed")]
-    colors = plt.cm.viridis(np.linspace(0, 1, max(len(fixed), 1)))
-    for r, color in zip(fixed, colors):
-        ax.scatter(r.evaluations, r.energy_error, s=6, color=color, alpha=0.25)
-    if fixed:
-        med = np.array([[np.median(r.evaluations), np.median(r.energy_error)] for r in fixed])
-        ax.plot(med[:, 0], med[:, 1], "-o", color="0.3", label="fixed eta (medians)")
-        for r, (x, y) in zip(fixed, med):
-            ax.annotate(r.name.split("=")[1], (x, y), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    for r in results:
-        if r.name == RULE_NAME:
-            ax.scatter([np.median(r.evaluations)], [np.median(r.energy_error)], marker="D",
-                       s=80, color="tab:orange", edgecolor="k", label="error-feedback rule (median)",
-                       zorder=4)
-        if r.name == "policy":
-            ax.scatter(r.evaluations, r.energy_error, s=10, color="crimson", alpha=0.4)
-            ax.scatter([np.median(r.evaluations)], [np.median(r.energy_error)], marker="*",
-                       s=250, color="crimson", edgecolor="k", label="policy (median)", zorder=5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("force evaluations")
-    ax.set_ylabel("final relative energy error")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.2)
+    """Final energy error against force evaluations: every finished system faint, medians
+    bold; the fixed choices joined as a front (each labeled with its eta), the error-feedback
+    rule as orange diamonds, the policy as crimson stars. Systems a method did not finish
+    (stopped at the step cap) are left out of its points and medians, and counted in its
+    legend entry."""
+    # The object-oriented Figure renders with Agg without pyplot, so it neither needs a
+    # display nor switches the backend of a caller's session.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    pareto_figure(results, title).savefig(path)
     return path
+
+
+def pareto_figure(results: list[MethodResult], title: str = "energy error against cost"):
+    """The matplotlib ``Figure`` that :func:`write_pareto_plot` saves."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patheffects import withStroke
+
+    def done(r: MethodResult) -> tuple[np.ndarray, np.ndarray, str]:
+        keep = np.asarray(r.finished, dtype=bool)
+        left = int((~keep).sum())
+        return (np.asarray(r.evaluations)[keep], np.asarray(r.energy_error)[keep],
+                f", {left} unfinished left out" if left else "")
+
+    figure = Figure(figsize=(7.5, 5.2), dpi=110, layout="constrained")
+    ax = figure.add_subplot()
+    fixed = [r for r in results if r.name.startswith("fixed")]
+    colors = colormaps["viridis"](np.linspace(0, 0.9, max(len(fixed), 1)))
+    medians, skipped = [], 0
+    for r, color in zip(fixed, colors):
+        x, y, _ = done(r)
+        skipped += int(np.size(r.finished) - x.size)
+        ax.scatter(x, y, s=6, color=color, alpha=0.25)
+        if x.size:
+            medians.append((np.median(x), np.median(y), r.name.split("=")[1]))
+    if medians:
+        med = np.array([m[:2] for m in medians])
+        note = f", {skipped} unfinished left out" if skipped else ""
+        ax.plot(med[:, 0], med[:, 1], "-o", color="0.3", label=f"fixed eta (medians{note})")
+        for k, (x, y, eta) in enumerate(medians):
+            # Alternating sides keep neighbouring labels apart on a dense front.
+            ax.annotate(f"eta {eta}", (x, y), fontsize=8, textcoords="offset points",
+                        xytext=(6, -12) if k % 2 else (6, 5),
+                        path_effects=[withStroke(linewidth=3, foreground="white")])
+    for r in results:
+        x, y, note = done(r)
+        if r.name == RULE_NAME:
+            ax.scatter(x, y, s=10, marker="D", color="tab:orange", alpha=0.35)
+            if x.size:
+                ax.scatter([np.median(x)], [np.median(y)], marker="D", s=90,
+                           color="tab:orange", edgecolor="k", zorder=4,
+                           label=f"error-feedback rule (median{note})")
+        elif r.name == "policy":
+            ax.scatter(x, y, s=14, marker="*", color="crimson", alpha=0.4)
+            if x.size:
+                ax.scatter([np.median(x)], [np.median(y)], marker="*", s=260, color="crimson",
+                           edgecolor="k", zorder=5, label=f"policy (median{note})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.margins(x=0.12)  # room for the last labels
+    ax.set_xlabel("force evaluations per system")
+    ax.set_ylabel("final |relative energy error|")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    return figure
 
 
 def episode_video(policy, path: str | Path, *, seed: int = HELD_OUT_SEED,

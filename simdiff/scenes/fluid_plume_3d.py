@@ -35,4 +35,5 @@ def scene(
         train={"lr": 0.1, "iters": 20},
         design=lambda sim: InflowSpeed(max_speed),
         objective=plume_objective(steps, height, checkpoint_every=checkpoint),
+        render_options={"target_height": height},
     )

@@ -81,5 +81,5 @@ def scene(*, steps: int = 40, grid_size: int = 64, substeps: int = 50, dt: float
         render_every=1,
         render_options={"observed": observed.numpy(), "observed_times":
                         [(k + 1) * every * model.control_dt for k in range(observations)],
-                        "bounds": (0.0, domain, 0.0, 0.3 * domain), "size": 640},
+                        "bounds": (0.0, domain, -0.05, 0.3 * domain), "size": 640},
     )

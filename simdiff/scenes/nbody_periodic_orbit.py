@@ -28,4 +28,6 @@ def scene(*, steps: int = 500, perturbation: float = 0.02, seed: int = 1) -> Sce
         train={"precision": "float64", "lr": 3e-3, "iters": 150},
         design=lambda sim: OrbitFit(x0, v0, FIGURE_EIGHT_PERIOD),
         objective=periodic_orbit_objective(steps),
+        render_options={"observed": x0[None].numpy(),
+                        "observed_label": "start: the orbit should close here"},
     )
