@@ -152,6 +152,24 @@ def _figures(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
+def _controller_for(name: str | None, weights: str | None, scene) -> tuple[str, dict]:
+    """The controller to build and its options: ``name`` (``--controller``), else the one that
+    weights from ``simdiff train`` belong to, named with its options by that run's
+    ``config.json`` beside them (plain JSON), else the scene's default; the scene's default
+    controller gets the scene's ``controller_options``, as in training."""
+    if name is None and weights is not None:
+        try:
+            config = json.loads((Path(weights).parent / "config.json").read_text())
+        except (OSError, ValueError):
+            config = None
+        if isinstance(config, dict) and isinstance(config.get("controller"), str) \
+                and config["controller"] != "design":
+            return config["controller"], dict(config.get("controller_options") or {})
+    name = name or scene.train.get("controller", "mlp")
+    default = name == scene.train.get("controller")
+    return name, dict(scene.train.get("controller_options", {})) if default else {}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -182,10 +200,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             build, caption = scene.design, "initial guess (untrained)"
         controller, name = build(sim).to(backend.torch_dtype), "design"
         print(f"rendering the {caption}")
-    elif args.controller or weights is not None:  # weights alone: the scene's controller
+    elif args.controller or weights is not None:  # weights alone: the one they were trained for
         torch.manual_seed(args.seed)
-        name = args.controller or scene.train.get("controller", "mlp")
-        controller = load_controller(name, sim, scene).to(backend.torch_dtype)
+        name, options = _controller_for(args.controller, args.weights, scene)
+        controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
     if controller is not None and weights is not None:
         try:
             controller.load_state_dict(weights)
@@ -436,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="roll a scene out: its video, plots and metrics.json")
     _scene_args(p)
     _backend_args(p)
-    p.add_argument("--controller", help="controller name or file (default: no actuation; "
-                                        "with --weights, the scene's trained controller)")
+    p.add_argument("--controller", help="controller name or file (default: no actuation; with "
+                                        "--weights, the controller they were trained for)")
     p.add_argument("--weights", help="controller weights (controller.pt from `simdiff train`); "
                    "for an inverse problem, the fitted design (default: the controller's initial "
                    "weights; an inverse problem's true hidden parameters where it has them, "

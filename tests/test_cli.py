@@ -123,6 +123,11 @@ def test_train_then_resume(tmp_path, capsys):
     assert main(more + ["--resume", str(out / "checkpoint.pt"), "--no-video"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
+    # Weights alone replay the controller they were trained for (the run's config names it).
+    replay = tmp_path / "replay"
+    assert main(["run", "walker_small", "--steps", "60", "--weights",
+                 str(out / "best_controller.pt"), "--out", str(replay)]) == 0
+    assert json.loads((replay / "metrics.json").read_text())["controller"] == "sinusoid"
 
 
 class _Terminal(io.StringIO):
