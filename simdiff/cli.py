@@ -179,8 +179,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.train import check_rollout_size
 
-    out = check_output_folder(args.out or f"renders/run_{Path(args.scene).stem}", "rollout",
-                              hint=f" (and --video {args.video} for the video's format)")
+    out = args.out or f"renders/run_{Path(args.scene).stem}"
+    video = Path(out).suffix.lower().lstrip(".")  # a video's path, as --out took before
+    out = check_output_folder(out, "rollout", hint=" (and --video "
+                              f"{video if video in ('mp4', 'gif') else args.video} for the "
+                              "video's format)")
     weights = load_data(args.weights, "controller weights") if args.weights else None
     scene = load_scene(args.scene, **_scene_options(args))
     precision = args.precision or scene.train.get("precision", "float32")

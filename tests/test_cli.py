@@ -70,6 +70,8 @@ def test_run_out_names_a_folder_checked_before_any_work(tmp_path, capsys, monkey
     assert f"--out {tmp_path / 'x.mp4'} names a .mp4 file" in err
     assert f"pass --out {tmp_path / 'x'} (and --video mp4" in err
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x").exists()
+    assert main(["run", "walker_small", "--out", str(tmp_path / "x.gif")]) == 2
+    assert f"pass --out {tmp_path / 'x'} (and --video gif" in capsys.readouterr().err
     # A folder holding another kind of run is refused, and left as it was.
     train = tmp_path / "train"
     train.mkdir()
