@@ -3,7 +3,7 @@
 Task: move the center of mass as far as possible along +x within the horizon.
 """
 
-from simdiff.scene import Scene
+from simdiff.scene import Scene, vary_worlds
 from simdiff.sims.mass_spring.builder import robot_from_ascii
 from simdiff.sims.mass_spring.tasks import locomotion_loss, locomotion_metrics
 
@@ -24,4 +24,6 @@ def scene(*, steps: int = 680, dt: float = 0.0035, depth: int = 2, **robot) -> S
         description="3D walker, 48 masses, 284 springs, 2 muscles; walk along +x",
         default_backend="warp",
         train={"controller": "mlp", "lr": 0.01, "iters": 80},
+        # In a batch, every world but the first has its own spring stiffness (within 20%).
+        worlds=vary_worlds(param_spread={"spring_params": (0, 0.2)}),
     )

@@ -3,7 +3,7 @@
 Task: move the center of mass as far as possible to the right within the horizon.
 """
 
-from simdiff.scene import Scene
+from simdiff.scene import Scene, vary_worlds
 from simdiff.sims.mass_spring.builder import robot_from_ascii
 from simdiff.sims.mass_spring.tasks import locomotion_loss, locomotion_metrics
 
@@ -26,4 +26,6 @@ def scene(*, steps: int = 680, dt: float = 0.004, **robot) -> Scene:
         description="2D walker, 63 masses, 182 springs, 4 muscles; walk right",
         default_backend="warp",
         train={"controller": "mlp", "lr": 0.01, "iters": 80},
+        # In a batch, every world but the first has its own spring stiffness (within 20%).
+        worlds=vary_worlds(param_spread={"spring_params": (0, 0.2)}),
     )

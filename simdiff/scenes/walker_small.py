@@ -17,7 +17,7 @@ with 33% of cell-steps inverted (a crumpled body sliding), gradient norms up to 
 58 iterations non-finite (skipped by the trainer).
 """
 
-from simdiff.scene import Scene
+from simdiff.scene import Scene, vary_worlds
 from simdiff.sims.mass_spring.builder import SHAPE_KEEPING, robot_from_ascii
 from simdiff.sims.mass_spring.tasks import locomotion_loss, locomotion_metrics
 
@@ -38,4 +38,6 @@ def scene(*, steps: int = 680, dt: float = 0.004, **robot) -> Scene:
         description="2D walker, 20 masses, 49 springs, 2 muscles; walk right",
         default_backend="warp",
         train={"controller": "mlp", "lr": 0.01, "iters": 80},
+        # In a batch, every world but the first has its own spring stiffness (within 20%).
+        worlds=vary_worlds(param_spread={"spring_params": (0, 0.2)}),
     )
