@@ -51,6 +51,8 @@ __all__ = [
     "LossWeights",
     "check_goal_controller",
     "evaluate_goals",
+    "goal_loss",
+    "goal_metrics",
     "goal_rollout",
     "held_out_schedule",
     "locomotion_losses",
@@ -320,6 +322,24 @@ def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str
         total = total + getattr(weights, name) * value
     terms["total"] = total
     return terms
+
+
+def goal_loss(rollout) -> torch.Tensor:
+    """A goal-conditioned scene's loss: the total locomotion loss, mean over alive worlds."""
+    return rollout.mean(locomotion_losses(rollout)["total"])
+
+
+def goal_metrics(rollout, base) -> dict:
+    """``base(rollout)`` (the simulator's locomotion figures) and every tracking figure over
+    the worlds where it is defined (a task a world never had is NaN there)."""
+    from simdiff.rollout import world_metrics
+
+    out = base(rollout)
+    for name, values in tracking_metrics(rollout).items():
+        kept = values[~values.isnan()]
+        if kept.numel():
+            out.update(world_metrics(name, kept))
+    return out
 
 
 def tracking_metrics(rollout) -> dict[str, torch.Tensor]:

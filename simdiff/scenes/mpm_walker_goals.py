@@ -8,10 +8,10 @@ control step is ``substeps`` MPM substeps (0.01 s); goals are held for ``period`
 inputs are 64 of the particles (``goal_mlp``'s ``points``).
 """
 
+import functools
 import importlib.util
 
-from simdiff.locomotion import GoalSpace, locomotion_losses, tracking_metrics
-from simdiff.rollout import world_metrics
+from simdiff.locomotion import GoalSpace, goal_loss, goal_metrics
 from simdiff.scene import Scene, scene_dir
 from simdiff.sims.mpm import Ground, build_model
 from simdiff.sims.mpm.tasks import locomotion_metrics
@@ -34,24 +34,13 @@ def scene(*, steps: int = 200, grid_size: int = 64, substeps: int = 10, dt: floa
     goals = GoalSpace(dim=2, vmax=vmax, dt=model.control_dt, tasks=tuple(tasks), period=period,
                       window=window)
 
-    def loss(rollout):
-        return rollout.mean(locomotion_losses(rollout)["total"])
-
-    def metrics(rollout):
-        out = locomotion_metrics(rollout)
-        for name, values in tracking_metrics(rollout).items():
-            kept = values[~values.isnan()]
-            if kept.numel():
-                out.update(world_metrics(name, kept))
-        return out
-
     return Scene(
         name="mpm_walker_goals",
         simulator="mpm",
         model=model,
         steps=steps,
-        loss=loss,
-        metrics=metrics,
+        loss=goal_loss,
+        metrics=functools.partial(goal_metrics, base=locomotion_metrics),
         description=f"2D MPM soft crawler, {model.particle_count} particles, goal-conditioned "
                     f"speed tracking",
         default_backend="warp",

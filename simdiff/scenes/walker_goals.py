@@ -19,8 +19,9 @@ yet, the target is 0.2 vmax = 0.010), jump_height_error 0.0013 m (untrained 0.01
 crawl_violation 0.92 (untrained 1.0), inverted_cells 0.
 """
 
-from simdiff.locomotion import GoalSpace, locomotion_losses, tracking_metrics
-from simdiff.rollout import world_metrics
+import functools
+
+from simdiff.locomotion import GoalSpace, goal_loss, goal_metrics
 from simdiff.scene import Scene
 from simdiff.sims.mass_spring.builder import SHAPE_KEEPING, robot_from_ascii
 from simdiff.sims.mass_spring.tasks import locomotion_metrics
@@ -41,24 +42,13 @@ def scene(*, steps: int = 1000, dt: float = 0.004, vmax: float = 0.05,
                       crawl_height=float(x[:, 1].max()) - lift - 0.01,
                       stand_height=float(x[:, 1].mean()) - lift, period=period, window=window)
 
-    def loss(rollout):
-        return rollout.mean(locomotion_losses(rollout)["total"])
-
-    def metrics(rollout):
-        out = locomotion_metrics(rollout)
-        for name, values in tracking_metrics(rollout).items():
-            kept = values[~values.isnan()]
-            if kept.numel():
-                out.update(world_metrics(name, kept))
-        return out
-
     return Scene(
         name="walker_goals",
         simulator="mass_spring",
         model=model,
         steps=steps,
-        loss=loss,
-        metrics=metrics,
+        loss=goal_loss,
+        metrics=functools.partial(goal_metrics, base=locomotion_metrics),
         description="2D walker, goal-conditioned: stand, walk at +-vmax, jump, crawl",
         default_backend="warp",
         # A 3 Hz gait clock: the fastest of the sine gaits measured below 4 Hz.
