@@ -51,6 +51,14 @@ class Fluid(Simulator):
             and the smoother's residual on every multigrid level) by Warp kernels. Off by
             default: on the CPU these single-threaded kernels are slower than torch's
             vectorized operator (see the package docstring).
+        fused_solve: Solve each projection (and its adjoint) by one Warp launch that runs the
+            whole multigrid-preconditioned conjugate-gradient solve, one thread per world
+            (:class:`~simdiff.sims.fluid.warp.FusedSolve`, on either backend). None (default):
+            wherever it applies (CPU tensors, ``adjoint=True``, the multigrid preconditioner,
+            a grid that coarsens to at most 64 cells); False: the vectorized-torch solve.
+        warm_start: Start each step's pressure solve from the previous step's pressure (and
+            its adjoint from the next step's adjoint), when the state came from :meth:`step`.
+            The solves still reach the tolerance relative to their right-hand side.
         blowup: A speed beyond this [m/s] fails a world.
 
     Attributes:
@@ -73,6 +81,8 @@ class Fluid(Simulator):
         adjoint: bool = True,
         preconditioner: str = "multigrid",
         solver_kernels: bool = False,
+        fused_solve: bool | None = None,
+        warm_start: bool = True,
         blowup: float = 1e6,
     ) -> None:
         if backend.name not in BACKENDS:
@@ -89,6 +99,16 @@ class Fluid(Simulator):
             self.Params = params_class(3)
         self.adjoint = adjoint
         self.preconditioner = preconditioner
+        if fused_solve and not (adjoint and preconditioner == "multigrid"):
+            raise ValueError("fused_solve=True needs adjoint=True and preconditioner='multigrid'")
+        self.fused_solve = (
+            backend.torch_device.type == "cpu" and adjoint and preconditioner == "multigrid"
+            if fused_solve is None
+            else fused_solve
+        )
+        self.warm_start = warm_start
+        self._fused_cache = None
+        self._warm_out = None
         self.blowup = blowup
         self.stats = SolveStats()
         self.tolerance = model.tolerance or (
@@ -259,7 +279,9 @@ class Fluid(Simulator):
         else:
             weights, imposed = self._solids(paddle_x, still, p, impose=False)
             velocity = g.join(self.project(g.split(velocity), weights, imposed, where=where))
-        return State(velocity, dye, paddle_x, torch.zeros(b, dtype=g.dtype, device=g.device))
+        return self._warm_state(
+            State(velocity, dye, paddle_x, torch.zeros(b, dtype=g.dtype, device=g.device))
+        )
 
     def state_from(self, **fields: torch.Tensor) -> State:
         return self.initial_state(fields.get("velocity"), fields.get("dye"))
@@ -318,6 +340,7 @@ class Fluid(Simulator):
         solid_velocity: list[torch.Tensor] | None,
         *,
         where: list[tuple[int, str]],
+        warm: tuple | None = None,
     ) -> list[torch.Tensor]:
         """Blend in the solids' velocity and remove the divergence in every world: ``u = w u*
         + (1-w) u_s - w grad p`` with ``div(w grad p) = div(w u* + (1-w) u_s)``."""
@@ -325,11 +348,35 @@ class Fluid(Simulator):
         blended = [w * u for w, u in zip(weights, comps)]
         if solid_velocity is not None:
             blended = [b + s for b, s in zip(blended, solid_velocity)]
-        pressure = self._pressure(weights, g.divergence(blended), where=where)
+        pressure = self._pressure(weights, g.divergence(blended), where=where, warm=warm)
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
+    def _fused(self, system: PressureSystem, detached: list[torch.Tensor], fixed: torch.Tensor):
+        """The one-launch solve of ``system`` (None: the torch solve), reused while the
+        operator stays the same from step to step (static solids: no rebuild of its levels
+        and coarsest pseudo-inverse)."""
+        if not self.fused_solve:
+            return None
+        from simdiff.sims.fluid.warp import FusedSolve
+
+        cached = self._fused_cache
+        if (
+            cached is not None
+            and torch.equal(cached[1], fixed)
+            and all(torch.equal(a, b) for a, b in zip(cached[0], detached))
+        ):
+            return cached[2]
+        fused = FusedSolve.build(system)
+        self._fused_cache = ([w.clone() for w in detached], fixed.clone(), fused)
+        return fused
+
     def _pressure(
-        self, weights: list[torch.Tensor], divergence: torch.Tensor, *, where: list
+        self,
+        weights: list[torch.Tensor],
+        divergence: torch.Tensor,
+        *,
+        where: list,
+        warm: tuple | None = None,
     ) -> torch.Tensor:
         """The pressure [cell units] ``[B, *n]`` solving ``div(w grad p) = divergence`` (the
         divergence of the blended velocity) in every world, differentiable in both."""
@@ -350,8 +397,14 @@ class Fluid(Simulator):
                 "tolerance": self.tolerance,
                 "max_iterations": m.max_iterations,
                 "where": where,
+                "fused": self._fused(system, detached, fixed),
+                "link": {},
             }
-            return SymmetricSolve.apply(options, rhs, *weights)
+            if warm is not None:
+                options["guess"], options["previous"] = warm
+            pressure = SymmetricSolve.apply(options, rhs, *weights)
+            self._warm_out = (pressure.detach(), options["link"]) if self.warm_start else None
+            return pressure
         system = PressureSystem(weights, fixed, sides)
         rhs = system.project(-divergence)
         pressure, iterations, residual = pcg(
@@ -376,6 +429,7 @@ class Fluid(Simulator):
         *,
         impose: bool,
         where: list,
+        warm: tuple | None = None,
     ) -> torch.Tensor:
         """:meth:`project` by Warp kernels, from the padded velocity ``[B, dim, *(n + 1)]``
         (solids computed by a kernel too); returns the projected velocity, same shape."""
@@ -399,7 +453,7 @@ class Fluid(Simulator):
         # Contiguous copies: the solve's many array operations on strided views of the padded
         # tensor measured twice as slow.
         weights = [c.contiguous() for c in g.split(w.view(velocity.shape))]
-        pressure = self._pressure(weights, div.view(b, *g.n), where=where)
+        pressure = self._pressure(weights, div.view(b, *g.n), where=where, warm=warm)
         (out,) = apply_step(k.subtract, blended, w, as_grid(pressure, m.dim))
         return out.view(velocity.shape)
 
@@ -436,8 +490,20 @@ class Fluid(Simulator):
         padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
         comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
         weights, imposed = self._solids(paddle_x, paddle_v, p, impose=True)
-        comps = self.project(comps, weights, imposed, where=where)
-        return State(g.join(comps), dye, paddle_x, state.time + m.dt)
+        comps = self.project(comps, weights, imposed, where=where, warm=self._warm_in(state))
+        return self._warm_state(State(g.join(comps), dye, paddle_x, state.time + m.dt))
+
+    def _warm_in(self, state: State) -> tuple | None:
+        """The warm start a state from :meth:`step` carries (its pressure and solve), if any."""
+        return getattr(state, "_warm", None) if self.warm_start else None
+
+    def _warm_state(self, state: State) -> State:
+        """``state`` carrying the pressure just solved, the next step's initial guess (an
+        attribute, not a field: a state rebuilt from its tensors starts cold)."""
+        if self._warm_out is not None:
+            state._warm = self._warm_out
+        self._warm_out = None
+        return state
 
     def _step_kernels(
         self,
@@ -463,9 +529,12 @@ class Fluid(Simulator):
             p.buoyancy,
         )
         velocity = self._project_kernels(
-            velocity.view(state.velocity.shape), paddle_x, paddle_v, p, impose=True, where=where
+            velocity.view(state.velocity.shape), paddle_x, paddle_v, p, impose=True, where=where,
+            warm=self._warm_in(state),
         )
-        return State(velocity, dye.view(state.dye.shape), paddle_x, state.time + m.dt)
+        return self._warm_state(
+            State(velocity, dye.view(state.dye.shape), paddle_x, state.time + m.dt)
+        )
 
     # Diagnostics -----------------------------------------------------------------------------
     def divergence(self, state: State, params: Params | None = None) -> torch.Tensor:

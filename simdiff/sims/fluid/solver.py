@@ -352,6 +352,7 @@ def pcg(
     tolerance: float,
     max_iterations: int,
     preconditioner: str = "multigrid",
+    guess: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve every world's ``A x = b`` (``b`` ``[B, *n]`` in the range of ``A``) by
     preconditioned conjugate gradients to ``|b - A x| <= tolerance |b|`` per world.
@@ -360,7 +361,8 @@ def pcg(
 
     Each world has its own step lengths; a converged world is frozen (zero step lengths), so
     its iterates are those of a solve of that world alone. A world with a non-finite ``b`` is
-    left out and its solution is NaN.
+    left out and its solution is NaN. ``guess`` (``[B, *n]``, in the range of ``A``; default
+    zero) is the initial iterate (a warm start): the tolerance stays relative to ``|b|``.
 
     Returns:
         The solutions ``[B, *n]``, and per world ``[B]`` the iterations taken and the final
@@ -382,6 +384,13 @@ def pcg(
 
     if bool(active.any()):
         r = b
+        if guess is not None:
+            x = torch.where(_per_world(active, b), guess.detach().to(b.dtype), x)
+            r = b - system.apply(x)
+            now = torch.linalg.vector_norm(r.detach(), dim=space) / safe_norm
+            relative = torch.where(active, now, relative)
+            active = active & (now > tolerance)
+    if bool(active.any()):
         z = precondition(r)
         d = z
         rz = (r * z).sum(space)
@@ -437,18 +446,38 @@ def unconverged(
     )
 
 
+def _solve(options: dict, b: torch.Tensor, guess: torch.Tensor | None):
+    """One solve of ``options["system"]`` to the tolerance: by ``options["fused"]`` (the
+    one-launch kernel, :class:`simdiff.sims.fluid.warp.FusedSolve`) where given, else by
+    :func:`pcg`; from ``guess`` (projected onto the operator's range) or zero."""
+    system: PressureSystem = options["system"]
+    if guess is not None:
+        guess = system.project(guess.to(b.dtype)) if guess.shape == b.shape else None
+    fused = options.get("fused")
+    if fused is not None:
+        return fused.solve(b, options["tolerance"], options["max_iterations"], guess)
+    return pcg(system, b, tolerance=options["tolerance"],
+               max_iterations=options["max_iterations"], guess=guess)
+
+
 class SymmetricSolve(torch.autograd.Function):
     """``p = A(w)^-1 b`` per world with the adjoint derivative (see the module docstring for
-    why)."""
+    why).
+
+    Warm starts: ``options["guess"]`` (the previous step's pressure) starts the forward solve,
+    and the adjoint of the solve that follows it in the rollout starts this one's adjoint: it
+    leaves it in ``options["previous"]``, the ``options["link"]`` dict of the solve that
+    warm-started it (small dicts, so that a state's warm start does not keep the solves of
+    every earlier step alive). Both solves still reach the tolerance relative to their
+    right-hand side, so the solution and gradient differ from a cold start's only within the
+    tolerance (tests/test_fluid.py checks the gradient against central differences).
+    """
 
     @staticmethod
     def forward(ctx, options: dict, b: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        system: PressureSystem = options["system"]
         stats: SolveStats = options["stats"]
         tolerance = options["tolerance"]
-        p, iterations, residual = pcg(
-            system, b.detach(), tolerance=tolerance, max_iterations=options["max_iterations"]
-        )
+        p, iterations, residual = _solve(options, b.detach(), options.pop("guess", None))
         stats.record(iterations, residual)
         error = unconverged("pressure projection", residual, iterations, tolerance,
                             options["where"])
@@ -466,9 +495,13 @@ class SymmetricSolve(torch.autograd.Function):
         tolerance = options["tolerance"]
         (p,) = ctx.saved_tensors
         g = system.project(grad_p.contiguous())
-        lam, iterations, residual = pcg(
-            system, g, tolerance=tolerance, max_iterations=options["max_iterations"]
-        )
+        link = options.get("link", {})
+        lam, iterations, residual = _solve(options, g, link.pop("adjoint_guess", None))
+        previous = options.get("previous")
+        if previous is not None:
+            # The solve that warm-started this one runs its adjoint next in backward (this
+            # step's right-hand side depends on its pressure): start it from this adjoint.
+            previous["adjoint_guess"] = lam.detach()
         stats.adjoint_solves += 1
         stats.adjoint_iterations += int(iterations.max())
         error = unconverged("adjoint pressure solve", residual, iterations, tolerance,

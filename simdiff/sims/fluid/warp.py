@@ -731,3 +731,451 @@ class Laplacian:
         step = self._launches(tuple(fixed.shape), system.dim)[1]
         (out,) = run_forward(step, w, fixed, as_grid(x, system.dim), as_grid(r, system.dim))
         return out.view(x.shape)
+
+
+# The whole pressure solve in one launch ------------------------------------------------------
+#
+# Conjugate gradients preconditioned by one symmetric multigrid V-cycle, every level and every
+# iteration inside one kernel thread per world. Why one thread: on the CPU a Warp launch runs
+# its threads one after another anyway, and the solve of a 128^2 smoke made of vectorized torch
+# operations spent most of its time in per-operation overhead (about 360 operations per
+# iteration, most of them on coarse levels that do almost no arithmetic). Inside one thread
+# that overhead is gone, the coarse levels cost what their cells cost, and the smoother can be
+# lexicographic Gauss-Seidel: a forward sweep before the coarse correction and a backward one
+# after it (its transpose), so the cycle stays symmetric, as conjugate gradients require.
+#
+# Layout: each level's cells are flattened (index (i * n1 + j) * n2 + k, n2 = 1 in 2D) and the
+# levels concatenated, finest first, per world: coef[b, row, cell] holds the weight of the
+# face to the lower and upper neighbor along each axis (rows 0..5), the diagonal (row 6), the
+# fluid mask of the transfers (row 7) and the diagonal's inverse (row 8); rhs and sol hold
+# each level's right-hand side and solution (level 0's are the iteration's residual r and preconditioned residual z);
+# levels[l] = (n0, n1, n2, offset, coarsened mask of the transfer to level l + 1).
+
+
+@functools.cache
+def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
+    scalar = wp.float64 if double else wp.float32
+    acc = wp.float64  # dot products and norms accumulate in double precision
+    module = f"simdiff_fluid_pcg_{dim}d_{'f64' if double else 'f32'}"
+    three = dim == 3
+
+    @wp.func(module=module)
+    def stencil(coef: wp.array3d(dtype=scalar), x: wp.array2d(dtype=scalar), b: int, c: int,
+                i: int, j: int, k: int, n0: int, n1: int, n2: int) -> scalar:
+        # (A x)[c]: the diagonal times x minus each neighbor's face weight times its value
+        # (zero pressure beyond the box: no term there).
+        out = coef[b, 6, c] * x[b, c]
+        if i > 0:
+            out = out - coef[b, 0, c] * x[b, c - n1 * n2]
+        if i < n0 - 1:
+            out = out - coef[b, 1, c] * x[b, c + n1 * n2]
+        if j > 0:
+            out = out - coef[b, 2, c] * x[b, c - n2]
+        if j < n1 - 1:
+            out = out - coef[b, 3, c] * x[b, c + n2]
+        if wp.static(three):
+            if k > 0:
+                out = out - coef[b, 4, c] * x[b, c - 1]
+            if k < n2 - 1:
+                out = out - coef[b, 5, c] * x[b, c + 1]
+        return out
+
+    @wp.func(module=module)
+    def lower_sum(coef: wp.array3d(dtype=scalar), x: wp.array2d(dtype=scalar), b: int, c: int,
+                  i: int, j: int, k: int, n1: int, n2: int) -> scalar:
+        out = scalar(0.0)
+        if i > 0:
+            out = out + coef[b, 0, c] * x[b, c - n1 * n2]
+        if j > 0:
+            out = out + coef[b, 2, c] * x[b, c - n2]
+        if wp.static(three):  # noqa: SIM102 - wp.static is resolved when the kernel compiles
+            if k > 0:
+                out = out + coef[b, 4, c] * x[b, c - 1]
+        return out
+
+    @wp.func(module=module)
+    def upper_sum(coef: wp.array3d(dtype=scalar), x: wp.array2d(dtype=scalar), b: int, c: int,
+                  i: int, j: int, k: int, n0: int, n1: int, n2: int) -> scalar:
+        out = scalar(0.0)
+        if i < n0 - 1:
+            out = out + coef[b, 1, c] * x[b, c + n1 * n2]
+        if j < n1 - 1:
+            out = out + coef[b, 3, c] * x[b, c + n2]
+        if wp.static(three):  # noqa: SIM102 - wp.static is resolved when the kernel compiles
+            if k < n2 - 1:
+                out = out + coef[b, 5, c] * x[b, c + 1]
+        return out
+
+    @wp.func(module=module)
+    def own_cell(i: int, coarsened: int) -> int:
+        return wp.where(coarsened == 1, i // 2, i)
+
+    @wp.func(module=module)
+    def beside_cell(i: int, m: int, coarsened: int) -> int:
+        # The coarse cell beside fine cell i's own on its side (cell-centered linear
+        # interpolation); beyond the box its own (a wall mirrors; an open side's zero is a
+        # zero weight). An axis not coarsened keeps i.
+        own = i // 2
+        other = wp.where(i % 2 == 0, own - 1, own + 1)
+        other = wp.where(other < 0 or other >= m, own, other)
+        return wp.where(coarsened == 1, other, i)
+
+    @wp.func(module=module)
+    def own_weight(coarsened: int) -> scalar:
+        return wp.where(coarsened == 1, scalar(0.75), scalar(1.0))
+
+    @wp.func(module=module)
+    def beside_weight(i: int, m: int, coarsened: int, open_mask: int, axis: int) -> scalar:
+        # 1/4 from the coarse cell beside, 0 beyond an open side (zero pressure there).
+        own = i // 2
+        other = wp.where(i % 2 == 0, own - 1, own + 1)
+        lo_open = (open_mask >> (2 * axis)) & 1
+        hi_open = (open_mask >> (2 * axis + 1)) & 1
+        out = scalar(0.25)
+        if (other < 0 and lo_open == 1) or (other >= m and hi_open == 1):
+            out = scalar(0.0)
+        return wp.where(coarsened == 1, out, scalar(0.0))
+
+    @wp.func(module=module)
+    def transfer(fine: wp.array2d(dtype=scalar), coarse: wp.array2d(dtype=scalar), b: int,
+                 restrict: int, off: int, n0: int, n1: int, n2: int,
+                 coef: wp.array3d(dtype=scalar), coff: int, m0: int, m1: int, m2: int,
+                 mask: int, open_mask: int):
+        # Between level l (n cells from off) and l + 1 (m cells from coff); bit a of mask: axis
+        # a is coarsened. restrict == 1: coarse += 2^-dim times the prolongation's transpose of
+        # fluid * fine (fixed cells are skipped); else fine += fluid * the prolongation of
+        # coarse.
+        c0 = mask & 1
+        c1 = (mask >> 1) & 1
+        c2 = (mask >> 2) & 1
+        scale = scalar(1.0)
+        for a in range(3):
+            if (mask >> a) & 1 == 1:
+                scale = scale * scalar(0.5)
+        for i in range(n0):
+            i0 = own_cell(i, c0)
+            i1 = beside_cell(i, m0, c0)
+            a0 = own_weight(c0)
+            a1 = beside_weight(i, m0, c0, open_mask, 0)
+            for j in range(n1):
+                j0 = own_cell(j, c1)
+                j1 = beside_cell(j, m1, c1)
+                b0 = own_weight(c1)
+                b1 = beside_weight(j, m1, c1, open_mask, 1)
+                for k in range(n2):
+                    c = off + (i * n1 + j) * n2 + k
+                    fluid = coef[b, 7, c]
+                    if fluid != scalar(0.0):
+                        r00 = coff + (i0 * m1 + j0) * m2
+                        r01 = coff + (i0 * m1 + j1) * m2
+                        r10 = coff + (i1 * m1 + j0) * m2
+                        r11 = coff + (i1 * m1 + j1) * m2
+                        k0 = k
+                        k1 = k
+                        g0 = scalar(1.0)
+                        g1 = scalar(0.0)
+                        if wp.static(three):
+                            k0 = own_cell(k, c2)
+                            k1 = beside_cell(k, m2, c2)
+                            g0 = own_weight(c2)
+                            g1 = beside_weight(k, m2, c2, open_mask, 2)
+                        if restrict == 1:
+                            v = scale * fluid * fine[b, c]
+                            coarse[b, r00 + k0] += a0 * b0 * g0 * v
+                            coarse[b, r01 + k0] += a0 * b1 * g0 * v
+                            coarse[b, r10 + k0] += a1 * b0 * g0 * v
+                            coarse[b, r11 + k0] += a1 * b1 * g0 * v
+                            if wp.static(three):
+                                coarse[b, r00 + k1] += a0 * b0 * g1 * v
+                                coarse[b, r01 + k1] += a0 * b1 * g1 * v
+                                coarse[b, r10 + k1] += a1 * b0 * g1 * v
+                                coarse[b, r11 + k1] += a1 * b1 * g1 * v
+                        else:
+                            v = a0 * (b0 * coarse[b, r00 + k0] + b1 * coarse[b, r01 + k0]) + a1 * (
+                                b0 * coarse[b, r10 + k0] + b1 * coarse[b, r11 + k0]
+                            )
+                            v = g0 * v
+                            if wp.static(three):
+                                v = v + g1 * (
+                                    a0 * (b0 * coarse[b, r00 + k1] + b1 * coarse[b, r01 + k1])
+                                    + a1 * (b0 * coarse[b, r10 + k1] + b1 * coarse[b, r11 + k1])
+                                )
+                            fine[b, c] = fine[b, c] + fluid * v
+
+    @wp.func(module=module)
+    def vcycle(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
+               dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
+               sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar), b: int,
+               count: int, open_mask: int):
+        # sol[level 0] = M^-1 rhs[level 0]: one symmetric V-cycle from zero.
+        for l in range(count - 1):
+            n0 = levels[l, 0]
+            n1 = levels[l, 1]
+            n2 = levels[l, 2]
+            off = levels[l, 3]
+            coff = levels[l + 1, 3]
+            # Forward Gauss-Seidel from zero (the upper neighbors are still zero).
+            for i in range(n0):
+                for j in range(n1):
+                    for k in range(n2):
+                        c = off + (i * n1 + j) * n2 + k
+                        sol[b, c] = (rhs[b, c] + lower_sum(coef, sol, b, c, i, j, k, n1, n2)) * (
+                            coef[b, 8, c]
+                        )
+            # Its residual is what the upper neighbors contribute now.
+            for i in range(n0):
+                for j in range(n1):
+                    for k in range(n2):
+                        c = off + (i * n1 + j) * n2 + k
+                        tmp[b, c] = upper_sum(coef, sol, b, c, i, j, k, n0, n1, n2)
+            m = levels[l + 1, 0] * levels[l + 1, 1] * levels[l + 1, 2]
+            for c in range(m):
+                rhs[b, coff + c] = scalar(0.0)
+            transfer(tmp, rhs, b, 1, off, n0, n1, n2, coef, coff, levels[l + 1, 0],
+                     levels[l + 1, 1], levels[l + 1, 2], levels[l, 4], open_mask)
+        # The coarsest level: its dense pseudo-inverse.
+        last = count - 1
+        m = levels[last, 0] * levels[last, 1] * levels[last, 2]
+        off = levels[last, 3]
+        for q in range(m):
+            s = scalar(0.0)
+            for p in range(m):
+                s = s + dense[b, q, p] * rhs[b, off + p]
+            sol[b, off + q] = s
+        for up in range(count - 1):
+            l = count - 2 - up
+            n0 = levels[l, 0]
+            n1 = levels[l, 1]
+            n2 = levels[l, 2]
+            off = levels[l, 3]
+            transfer(sol, sol, b, 0, off, n0, n1, n2, coef, levels[l + 1, 3], levels[l + 1, 0],
+                     levels[l + 1, 1], levels[l + 1, 2], levels[l, 4], open_mask)
+            # Backward Gauss-Seidel: the forward sweep's transpose.
+            for ri in range(n0):
+                i = n0 - 1 - ri
+                for rj in range(n1):
+                    j = n1 - 1 - rj
+                    for rk in range(n2):
+                        k = n2 - 1 - rk
+                        c = off + (i * n1 + j) * n2 + k
+                        ax = stencil(coef, sol, b, c, i, j, k, n0, n1, n2)
+                        sol[b, c] = sol[b, c] + (rhs[b, c] - ax) * coef[b, 8, c]
+
+    @wp.func(module=module)
+    def precondition(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
+                     dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
+                     sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar), b: int,
+                     count: int, open_mask: int, n: int) -> acc:
+        # z = project(M^-1 r) into sol's level 0; returns r . z.
+        vcycle(coef, levels, dense, rhs, sol, tmp, b, count, open_mask)
+        singular = open_mask == 0
+        mean = acc(0.0)
+        if singular:
+            total = acc(0.0)
+            cells = acc(0.0)
+            for c in range(n):
+                fluid = coef[b, 7, c]
+                total = total + acc(sol[b, c] * fluid)
+                cells = cells + acc(fluid)
+            mean = total / wp.max(cells, acc(1.0))
+        rz = acc(0.0)
+        for c in range(n):
+            fluid = coef[b, 7, c]
+            z = (sol[b, c] - scalar(mean)) * fluid
+            sol[b, c] = z
+            rz = rz + acc(rhs[b, c]) * acc(z)
+        return rz
+
+    @wp.kernel(enable_backward=False, module=module)
+    def pcg(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
+            dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
+            sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar),
+            bvec: wp.array2d(dtype=scalar),
+            x: wp.array2d(dtype=scalar), d: wp.array2d(dtype=scalar),
+            q: wp.array2d(dtype=scalar), iterations: wp.array(dtype=int),
+            relative: wp.array(dtype=acc), count: int, open_mask: int, tolerance: acc,
+            max_iterations: int, warm: int):
+        b = wp.tid()
+        n0 = levels[0, 0]
+        n1 = levels[0, 1]
+        n2 = levels[0, 2]
+        n = n0 * n1 * n2
+        bb = acc(0.0)
+        for c in range(n):
+            bb = bb + acc(bvec[b, c]) * acc(bvec[b, c])
+        iterations[b] = 0
+        if not wp.isfinite(bb):
+            for c in range(n):
+                x[b, c] = scalar(wp.nan)
+            relative[b] = acc(wp.nan)
+            return
+        if bb == acc(0.0):
+            for c in range(n):
+                x[b, c] = scalar(0.0)
+            relative[b] = acc(0.0)
+            return
+        norm_b = wp.sqrt(bb)
+        # r = b - A x0 (a warm start from the given x) or b; r lives in rhs's level 0.
+        rr = acc(0.0)
+        for i in range(n0):
+            for j in range(n1):
+                for k in range(n2):
+                    c = (i * n1 + j) * n2 + k
+                    r = bvec[b, c]
+                    if warm == 1:
+                        r = r - stencil(coef, x, b, c, i, j, k, n0, n1, n2)
+                    else:
+                        x[b, c] = scalar(0.0)
+                    rhs[b, c] = r
+                    rr = rr + acc(r) * acc(r)
+        now = wp.sqrt(rr) / norm_b
+        relative[b] = now
+        if now <= tolerance:
+            return
+        rz = precondition(coef, levels, dense, rhs, sol, tmp, b, count, open_mask, n)
+        for c in range(n):
+            d[b, c] = sol[b, c]
+        for it in range(max_iterations):
+            dad = acc(0.0)
+            for i in range(n0):
+                for j in range(n1):
+                    for k in range(n2):
+                        c = (i * n1 + j) * n2 + k
+                        ad = stencil(coef, d, b, c, i, j, k, n0, n1, n2)
+                        q[b, c] = ad
+                        dad = dad + acc(d[b, c]) * acc(ad)
+            iterations[b] = it + 1
+            if dad <= acc(0.0):
+                break  # no descent left (round-off): report the residual reached
+            alpha = scalar(rz / dad)
+            rr = acc(0.0)
+            for c in range(n):
+                x[b, c] = x[b, c] + alpha * d[b, c]
+                r = rhs[b, c] - alpha * q[b, c]
+                rhs[b, c] = r
+                rr = rr + acc(r) * acc(r)
+            now = wp.sqrt(rr) / norm_b
+            relative[b] = now
+            if now <= tolerance:
+                break
+            rz_new = precondition(coef, levels, dense, rhs, sol, tmp, b, count, open_mask, n)
+            beta = scalar(rz_new / rz)
+            for c in range(n):
+                d[b, c] = sol[b, c] + beta * d[b, c]
+            rz = rz_new
+
+    @wp.kernel(enable_backward=False, module=module)
+    def apply_preconditioner(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
+                             dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
+                             sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar),
+                             r: wp.array2d(dtype=scalar), count: int, open_mask: int):
+        # z = M^-1 r alone (no projection), for tests of the cycle's symmetry.
+        b = wp.tid()
+        n = levels[0, 0] * levels[0, 1] * levels[0, 2]
+        for c in range(n):
+            rhs[b, c] = r[b, c]
+        vcycle(coef, levels, dense, rhs, sol, tmp, b, count, open_mask)
+
+    return SimpleNamespace(pcg=pcg, apply_preconditioner=apply_preconditioner)
+
+
+class FusedSolve:
+    """The pressure solve of one step's :class:`~simdiff.sims.fluid.solver.PressureSystem`
+    by the one-launch kernel above (CPU only; every world one thread).
+
+    Built from the system's multigrid hierarchy, which must end on a level of at most
+    ``solver._COARSEST`` cells (solved by its dense pseudo-inverse); :meth:`build` returns None
+    otherwise. One instance serves a step's forward solve and its adjoint solve, and every
+    later step whose operator is the same (see ``Fluid._pressure``).
+    """
+
+    def __init__(self, system, levels: list, dense: torch.Tensor) -> None:
+        from simdiff.backend import resolve_backend
+
+        double = system.diag.dtype == torch.float64
+        resolve_backend("warp", precision="float64" if double else "float32").ensure_initialized()
+        self.kernels = _solve_kernels(system.dim, double)
+        self.batch = system.batch
+        self.n = system.n
+        self.cells = levels[0][0] * levels[0][1] * levels[0][2]
+        self.count = len(levels)
+        self.open_mask = sum(1 << (2 * a + end) for a, end in system.open_sides)
+        dtype = system.diag.dtype
+        rows = []
+        for s in _hierarchy(system):
+            zero = torch.zeros_like(s.diag)
+            faces = []
+            for a in range(3):
+                faces += [s.lower[a], s.upper[a]] if a < s.dim else [zero, zero]
+            diag = s.diag.detach()
+            rows.append(torch.stack([f.detach() for f in faces] + [diag, s.fluid, 1 / diag],
+                                    1).reshape(s.batch, 9, -1))
+        self._coef = torch.cat(rows, 2).to(dtype).contiguous()
+        total = self._coef.shape[2]
+        self._levels = torch.tensor(levels, dtype=torch.int32)
+        self._dense = dense.to(dtype).contiguous()
+        self._rhs = torch.zeros(self.batch, total, dtype=dtype)
+        self._sol = torch.zeros(self.batch, total, dtype=dtype)
+        self._tmp = torch.zeros(self.batch, total, dtype=dtype)
+        self._d = torch.zeros(self.batch, self.cells, dtype=dtype)
+        self._q = torch.zeros(self.batch, self.cells, dtype=dtype)
+        self._iterations = torch.zeros(self.batch, dtype=torch.int32)
+        self._relative = torch.zeros(self.batch, dtype=torch.float64)
+        self._wp = [wp.from_torch(t) for t in (self._coef, self._levels, self._dense,
+                                               self._rhs, self._sol, self._tmp)]
+        self._scratch = [wp.from_torch(t) for t in (self._d, self._q, self._iterations,
+                                                    self._relative)]
+
+    @classmethod
+    def build(cls, system):
+        """The fused solve of ``system`` (on the CPU), or None where it does not apply."""
+        if system.diag.device.type != "cpu":
+            return None
+        from simdiff.sims.fluid.solver import _COARSEST, _prod
+
+        levels, offset = [], 0
+        chain = _hierarchy(system)
+        last = chain[-1]
+        if _prod(last.n) > _COARSEST:
+            return None  # odd sizes ending on a Jacobi polynomial: the torch path
+        for index, s in enumerate(chain):
+            n = (*s.n, 1) if s.dim == 2 else s.n
+            mask = 0
+            if index + 1 < len(chain):
+                mask = sum(1 << a for a in range(s.dim) if chain[index + 1].n[a] != s.n[a])
+            levels.append([*n, offset, mask])
+            offset += _prod(n)
+        return cls(system, levels, last._dense_inverse())
+
+    def solve(self, b: torch.Tensor, tolerance: float, max_iterations: int,
+              guess: torch.Tensor | None = None):
+        """``A x = b`` per world, from ``guess`` (in the operator's range) or zero; returns
+        the solutions ``[B, *n]`` and per world the iterations and final relative residual
+        (as :func:`~simdiff.sims.fluid.solver.pcg`)."""
+        flat = b.detach().reshape(self.batch, -1).contiguous()
+        if guess is not None:
+            x = guess.detach().reshape(self.batch, -1).to(flat.dtype).clone()
+        else:
+            x = torch.empty_like(flat)
+        wp.launch(self.kernels.pcg, dim=self.batch,
+                  inputs=[*self._wp, wp.from_torch(flat), wp.from_torch(x), *self._scratch,
+                          self.count, self.open_mask, float(tolerance), int(max_iterations),
+                          int(guess is not None)],
+                  device="cpu")
+        return (x.view(b.shape), self._iterations.to(torch.long),
+                self._relative.to(b.dtype))
+
+    def precondition(self, r: torch.Tensor) -> torch.Tensor:
+        """One V-cycle ``M^-1 r`` (no projection), ``[B, *n]``; for tests."""
+        flat = r.detach().reshape(self.batch, -1).to(self._coef.dtype).contiguous()
+        wp.launch(self.kernels.apply_preconditioner, dim=self.batch,
+                  inputs=[*self._wp, wp.from_torch(flat), self.count, self.open_mask],
+                  device="cpu")
+        return self._sol[:, : self.cells].clone().view(r.shape)
+
+
+def _hierarchy(system) -> list:
+    chain = [system]
+    while chain[-1].coarse() is not None:
+        chain.append(chain[-1].coarse())
+    return chain
