@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -269,19 +270,32 @@ def _simdiff_smoke(backend_name: str) -> tuple[Callable[[], None], dict]:
     from simdiff.bench import _folder, _load
     from simdiff.rollout import rollout
     from simdiff.sims.fluid import Fluid
+    from simdiff.threads import intra_op_threads, threads_for
 
     model = _load(_folder() / "fluid.py").plume((128, 128))  # the fluid benchmark's plume
     sim = Fluid(model, resolve_backend(backend_name, precision="float32"))
     gen = torch.Generator().manual_seed(0)
     v0 = 0.05 * torch.randn(2, 129, 129, generator=gen)
     steps = 100
+    threads = threads_for(sim.initial_state())
+    stats = sim.stats
 
-    def iteration() -> None:
-        v = v0.clone().requires_grad_()
-        final = rollout(sim, sim.initial_state(velocity=v), None, steps).final
-        final.dye.square().sum().backward()
+    def iteration() -> None:  # what `simdiff train` does per iteration (threads included)
+        stats.solves = stats.iterations = stats.adjoint_solves = stats.adjoint_iterations = 0
+        with intra_op_threads(threads):
+            v = v0.clone().requires_grad_()
+            final = rollout(sim, sim.initial_state(velocity=v), None, steps).final
+            final.dye.square().sum().backward()
 
-    return iteration, {"grid": "128x128", "steps": steps, "tolerance": model.tolerance}
+    def facts() -> dict:  # CG iterations per solve of the last iteration
+        return {"cg_iterations": round(stats.iterations / max(stats.solves, 1), 2),
+                "adjoint_cg_iterations": round(stats.adjoint_iterations
+                                               / max(stats.adjoint_solves, 1), 2),
+                "torch_threads": threads}
+
+    iteration.facts = facts
+    return iteration, {"grid": "128x128", "steps": steps, "tolerance": model.tolerance,
+                       "fused_solve": sim.fused_solve, "warm_start": sim.warm_start}
 
 
 _DIFFTAICHI = {"mass_spring": _difftaichi_mass_spring, "mpm": _difftaichi_mpm,
@@ -315,7 +329,9 @@ def _worker(workload: str, config: str, folder: str) -> None:
             started = time.perf_counter()
             iteration()
             times.append(time.perf_counter() - started)
-        channel.write(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}) + "\n")
+        extra = iteration.facts() if hasattr(iteration, "facts") else {}
+        channel.write(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb(), **extra,
+                                  "load_average": os.getloadavg()[0]}) + "\n")
         channel.flush()
 
 
@@ -373,11 +389,14 @@ def compare(folder: str | Path, workloads: list[str] | None = None, *, rounds: i
             facts = {w.config: w.read() for w in workers}
             times: dict[str, list[float]] = {c: [] for c in configs}
             peaks: dict[str, float] = {}
+            loads: list[float] = []
             for _ in range(rounds):
                 for w in workers:
                     answer = w.run(iters)
-                    times[w.config] += answer["times"]
-                    peaks[w.config] = answer["peak_rss_mb"]
+                    times[w.config] += answer.pop("times")
+                    peaks[w.config] = answer.pop("peak_rss_mb")
+                    loads.append(answer.pop("load_average"))
+                    facts[w.config].update(answer)  # e.g. the fluid's CG iterations
         finally:
             for w in workers:
                 w.close()
@@ -386,7 +405,8 @@ def compare(folder: str | Path, workloads: list[str] | None = None, *, rounds: i
             median = statistics.median(times[config])
             rows.append({"workload": workload, "config": config, "seconds_per_iter": median,
                          "vs_difftaichi": median / base, "peak_rss_mb": peaks[config],
-                         "rounds": rounds, "iters": len(times[config]), **facts[config]})
+                         "rounds": rounds, "iters": len(times[config]),
+                         "load_average": round(statistics.mean(loads), 2), **facts[config]})
     return rows
 
 

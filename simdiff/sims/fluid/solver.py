@@ -386,7 +386,7 @@ def pcg(
         r = b
         if guess is not None:
             x = torch.where(_per_world(active, b), guess.detach().to(b.dtype), x)
-            r = b - system.apply(x)
+            r = system.project(b - system.apply(x))  # no round-off outside A's range
             now = torch.linalg.vector_norm(r.detach(), dim=space) / safe_norm
             relative = torch.where(active, now, relative)
             active = active & (now > tolerance)

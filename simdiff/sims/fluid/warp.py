@@ -843,8 +843,8 @@ def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
                  mask: int, open_mask: int):
         # Between level l (n cells from off) and l + 1 (m cells from coff); bit a of mask: axis
         # a is coarsened. restrict == 1: coarse += 2^-dim times the prolongation's transpose of
-        # fluid * fine (fixed cells are skipped); else fine += fluid * the prolongation of
-        # coarse.
+        # fluid * the residual of fine (a solution just swept forward from zero; fixed cells
+        # are skipped); else fine += fluid * the prolongation of coarse.
         c0 = mask & 1
         c1 = (mask >> 1) & 1
         c2 = (mask >> 2) & 1
@@ -880,7 +880,9 @@ def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
                             g0 = own_weight(c2)
                             g1 = beside_weight(k, m2, c2, open_mask, 2)
                         if restrict == 1:
-                            v = scale * fluid * fine[b, c]
+                            # The residual after the forward sweep from zero: what the
+                            # upper neighbors contribute now.
+                            v = scale * fluid * upper_sum(coef, fine, b, c, i, j, k, n0, n1, n2)
                             coarse[b, r00 + k0] += a0 * b0 * g0 * v
                             coarse[b, r01 + k0] += a0 * b1 * g0 * v
                             coarse[b, r10 + k0] += a1 * b0 * g0 * v
@@ -903,45 +905,71 @@ def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
                             fine[b, c] = fine[b, c] + fluid * v
 
     @wp.func(module=module)
-    def vcycle(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
-               dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
-               sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar), b: int,
-               count: int, open_mask: int):
-        # sol[level 0] = M^-1 rhs[level 0]: one symmetric V-cycle from zero.
+    def forward_sweep(coef: wp.array3d(dtype=scalar), sol: wp.array2d(dtype=scalar),
+                      rhs: wp.array2d(dtype=scalar), b: int, off: int, n0: int, n1: int,
+                      n2: int):
+        # Forward Gauss-Seidel from zero on one level (the upper neighbors are still zero).
+        for i in range(n0):
+            for j in range(n1):
+                for k in range(n2):
+                    c = off + (i * n1 + j) * n2 + k
+                    sol[b, c] = (rhs[b, c] + lower_sum(coef, sol, b, c, i, j, k, n1, n2)) * (
+                        coef[b, 8, c]
+                    )
+
+    @wp.func(module=module)
+    def update_and_sweep(coef: wp.array3d(dtype=scalar), sol: wp.array2d(dtype=scalar),
+                         rhs: wp.array2d(dtype=scalar), x: wp.array2d(dtype=scalar),
+                         d: wp.array2d(dtype=scalar), q: wp.array2d(dtype=scalar), b: int,
+                         n0: int, n1: int, n2: int, alpha: scalar, q_mean: scalar) -> acc:
+        # The iteration's update x += alpha d, r -= alpha A d, in one pass with level 0's
+        # forward sweep on the new r (wasted only on the last iteration); returns |r|^2.
+        rr = acc(0.0)
+        for i in range(n0):
+            for j in range(n1):
+                for k in range(n2):
+                    c = (i * n1 + j) * n2 + k
+                    x[b, c] = x[b, c] + alpha * d[b, c]
+                    r = rhs[b, c] - alpha * (q[b, c] - q_mean * coef[b, 7, c])
+                    rhs[b, c] = r
+                    rr = rr + acc(r) * acc(r)
+                    sol[b, c] = (r + lower_sum(coef, sol, b, c, i, j, k, n1, n2)) * coef[b, 8, c]
+        return rr
+
+    @wp.func(module=module)
+    def finish_vcycle(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
+                      dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
+                      sol: wp.array2d(dtype=scalar), b: int, count: int,
+                      open_mask: int) -> acc:
+        # The symmetric V-cycle from zero, sol[level 0] = M^-1 rhs[level 0], after the forward
+        # sweep of level 0 (made by the caller). Level 0's last sweep also masks fixed cells
+        # and returns r . z.
         for l in range(count - 1):
             n0 = levels[l, 0]
             n1 = levels[l, 1]
             n2 = levels[l, 2]
             off = levels[l, 3]
             coff = levels[l + 1, 3]
-            # Forward Gauss-Seidel from zero (the upper neighbors are still zero).
-            for i in range(n0):
-                for j in range(n1):
-                    for k in range(n2):
-                        c = off + (i * n1 + j) * n2 + k
-                        sol[b, c] = (rhs[b, c] + lower_sum(coef, sol, b, c, i, j, k, n1, n2)) * (
-                            coef[b, 8, c]
-                        )
-            # Its residual is what the upper neighbors contribute now.
-            for i in range(n0):
-                for j in range(n1):
-                    for k in range(n2):
-                        c = off + (i * n1 + j) * n2 + k
-                        tmp[b, c] = upper_sum(coef, sol, b, c, i, j, k, n0, n1, n2)
+            if l > 0:
+                forward_sweep(coef, sol, rhs, b, off, n0, n1, n2)
             m = levels[l + 1, 0] * levels[l + 1, 1] * levels[l + 1, 2]
             for c in range(m):
                 rhs[b, coff + c] = scalar(0.0)
-            transfer(tmp, rhs, b, 1, off, n0, n1, n2, coef, coff, levels[l + 1, 0],
+            transfer(sol, rhs, b, 1, off, n0, n1, n2, coef, coff, levels[l + 1, 0],
                      levels[l + 1, 1], levels[l + 1, 2], levels[l, 4], open_mask)
         # The coarsest level: its dense pseudo-inverse.
         last = count - 1
         m = levels[last, 0] * levels[last, 1] * levels[last, 2]
         off = levels[last, 3]
-        for q in range(m):
+        rz = acc(0.0)
+        for row in range(m):
             s = scalar(0.0)
-            for p in range(m):
-                s = s + dense[b, q, p] * rhs[b, off + p]
-            sol[b, off + q] = s
+            for col in range(m):
+                s = s + dense[b, row, col] * rhs[b, off + col]
+            if count == 1:
+                s = s * coef[b, 7, off + row]
+                rz = rz + acc(rhs[b, off + row]) * acc(s)
+            sol[b, off + row] = s
         for up in range(count - 1):
             l = count - 2 - up
             n0 = levels[l, 0]
@@ -959,38 +987,39 @@ def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
                         k = n2 - 1 - rk
                         c = off + (i * n1 + j) * n2 + k
                         ax = stencil(coef, sol, b, c, i, j, k, n0, n1, n2)
-                        sol[b, c] = sol[b, c] + (rhs[b, c] - ax) * coef[b, 8, c]
+                        z = sol[b, c] + (rhs[b, c] - ax) * coef[b, 8, c]
+                        if l == 0:
+                            z = z * coef[b, 7, c]
+                            rz = rz + acc(rhs[b, c]) * acc(z)
+                        sol[b, c] = z
+        return rz
 
     @wp.func(module=module)
     def precondition(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
                      dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
-                     sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar), b: int,
-                     count: int, open_mask: int, n: int) -> acc:
-        # z = project(M^-1 r) into sol's level 0; returns r . z.
-        vcycle(coef, levels, dense, rhs, sol, tmp, b, count, open_mask)
-        singular = open_mask == 0
-        mean = acc(0.0)
-        if singular:
+                     sol: wp.array2d(dtype=scalar), b: int, count: int, open_mask: int,
+                     n: int) -> acc:
+        # z = project(M^-1 r) into sol's level 0 (level 0's forward sweep made); returns r . z.
+        rz = finish_vcycle(coef, levels, dense, rhs, sol, b, count, open_mask)
+        if open_mask == 0:  # a closed box: z's mean over the fluid is removed
             total = acc(0.0)
             cells = acc(0.0)
             for c in range(n):
                 fluid = coef[b, 7, c]
                 total = total + acc(sol[b, c] * fluid)
                 cells = cells + acc(fluid)
-            mean = total / wp.max(cells, acc(1.0))
-        rz = acc(0.0)
-        for c in range(n):
-            fluid = coef[b, 7, c]
-            z = (sol[b, c] - scalar(mean)) * fluid
-            sol[b, c] = z
-            rz = rz + acc(rhs[b, c]) * acc(z)
+            mean = scalar(total / wp.max(cells, acc(1.0)))
+            rz = acc(0.0)
+            for c in range(n):
+                z = (sol[b, c] - mean) * coef[b, 7, c]
+                sol[b, c] = z
+                rz = rz + acc(rhs[b, c]) * acc(z)
         return rz
 
     @wp.kernel(enable_backward=False, module=module)
     def pcg(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
             dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
-            sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar),
-            bvec: wp.array2d(dtype=scalar),
+            sol: wp.array2d(dtype=scalar), bvec: wp.array2d(dtype=scalar),
             x: wp.array2d(dtype=scalar), d: wp.array2d(dtype=scalar),
             q: wp.array2d(dtype=scalar), iterations: wp.array(dtype=int),
             relative: wp.array(dtype=acc), count: int, open_mask: int, tolerance: acc,
@@ -1028,53 +1057,82 @@ def _solve_kernels(dim: int, double: bool) -> SimpleNamespace:
                         x[b, c] = scalar(0.0)
                     rhs[b, c] = r
                     rr = rr + acc(r) * acc(r)
+        if warm == 1 and open_mask == 0:
+            # In a closed box, b - A x0 has a round-off mean over the fluid that no iteration
+            # removes: project it away.
+            r_sum = acc(0.0)
+            cells = acc(0.0)
+            for c in range(n):
+                r_sum = r_sum + acc(rhs[b, c] * coef[b, 7, c])
+                cells = cells + acc(coef[b, 7, c])
+            r_mean = scalar(r_sum / wp.max(cells, acc(1.0)))
+            rr = acc(0.0)
+            for c in range(n):
+                r = rhs[b, c] - r_mean * coef[b, 7, c]
+                rhs[b, c] = r
+                rr = rr + acc(r) * acc(r)
         now = wp.sqrt(rr) / norm_b
         relative[b] = now
         if now <= tolerance:
             return
-        rz = precondition(coef, levels, dense, rhs, sol, tmp, b, count, open_mask, n)
-        for c in range(n):
-            d[b, c] = sol[b, c]
+        forward_sweep(coef, sol, rhs, b, 0, n0, n1, n2)
+        rz = precondition(coef, levels, dense, rhs, sol, b, count, open_mask, n)
+        beta = scalar(0.0)
+        slab = n1 * n2
         for it in range(max_iterations):
+            # d = z + beta d and q = A d in one pass, A d one slab (of fixed i) behind.
             dad = acc(0.0)
-            for i in range(n0):
-                for j in range(n1):
-                    for k in range(n2):
-                        c = (i * n1 + j) * n2 + k
-                        ad = stencil(coef, d, b, c, i, j, k, n0, n1, n2)
-                        q[b, c] = ad
-                        dad = dad + acc(d[b, c]) * acc(ad)
+            q_sum = acc(0.0)
+            cells = acc(0.0)
+            for s in range(n0 + 1):
+                if s < n0:
+                    for c in range(s * slab, (s + 1) * slab):
+                        if it == 0:
+                            d[b, c] = sol[b, c]
+                        else:
+                            d[b, c] = sol[b, c] + beta * d[b, c]
+                if s >= 1:
+                    i = s - 1
+                    for j in range(n1):
+                        for k in range(n2):
+                            c = (i * n1 + j) * n2 + k
+                            ad = stencil(coef, d, b, c, i, j, k, n0, n1, n2)
+                            q[b, c] = ad
+                            dad = dad + acc(d[b, c]) * acc(ad)
+                            q_sum = q_sum + acc(ad * coef[b, 7, c])
+                            cells = cells + acc(coef[b, 7, c])
             iterations[b] = it + 1
             if dad <= acc(0.0):
                 break  # no descent left (round-off): report the residual reached
             alpha = scalar(rz / dad)
-            rr = acc(0.0)
-            for c in range(n):
-                x[b, c] = x[b, c] + alpha * d[b, c]
-                r = rhs[b, c] - alpha * q[b, c]
-                rhs[b, c] = r
-                rr = rr + acc(r) * acc(r)
+            # In a closed box A d has zero mean over the fluid; removing its round-off mean
+            # keeps r in the range of A, or |r| stalls at that mean's size.
+            q_mean = scalar(0.0)
+            if open_mask == 0:
+                q_mean = scalar(q_sum / wp.max(cells, acc(1.0)))
+            rr = update_and_sweep(coef, sol, rhs, x, d, q, b, n0, n1, n2, alpha, q_mean)
             now = wp.sqrt(rr) / norm_b
             relative[b] = now
             if now <= tolerance:
                 break
-            rz_new = precondition(coef, levels, dense, rhs, sol, tmp, b, count, open_mask, n)
+            rz_new = precondition(coef, levels, dense, rhs, sol, b, count, open_mask, n)
             beta = scalar(rz_new / rz)
-            for c in range(n):
-                d[b, c] = sol[b, c] + beta * d[b, c]
             rz = rz_new
 
     @wp.kernel(enable_backward=False, module=module)
     def apply_preconditioner(coef: wp.array3d(dtype=scalar), levels: wp.array2d(dtype=int),
                              dense: wp.array3d(dtype=scalar), rhs: wp.array2d(dtype=scalar),
-                             sol: wp.array2d(dtype=scalar), tmp: wp.array2d(dtype=scalar),
-                             r: wp.array2d(dtype=scalar), count: int, open_mask: int):
-        # z = M^-1 r alone (no projection), for tests of the cycle's symmetry.
+                             sol: wp.array2d(dtype=scalar), r: wp.array2d(dtype=scalar),
+                             count: int, open_mask: int):
+        # z = M^-1 r alone (fixed cells masked, no mean removed), for tests of its symmetry.
         b = wp.tid()
-        n = levels[0, 0] * levels[0, 1] * levels[0, 2]
-        for c in range(n):
+        n0 = levels[0, 0]
+        n1 = levels[0, 1]
+        n2 = levels[0, 2]
+        for c in range(n0 * n1 * n2):
             rhs[b, c] = r[b, c]
-        vcycle(coef, levels, dense, rhs, sol, tmp, b, count, open_mask)
+        forward_sweep(coef, sol, rhs, b, 0, n0, n1, n2)
+        finish_vcycle(coef, levels, dense, rhs, sol, b, count, open_mask)
 
     return SimpleNamespace(pcg=pcg, apply_preconditioner=apply_preconditioner)
 
@@ -1116,13 +1174,12 @@ class FusedSolve:
         self._dense = dense.to(dtype).contiguous()
         self._rhs = torch.zeros(self.batch, total, dtype=dtype)
         self._sol = torch.zeros(self.batch, total, dtype=dtype)
-        self._tmp = torch.zeros(self.batch, total, dtype=dtype)
         self._d = torch.zeros(self.batch, self.cells, dtype=dtype)
         self._q = torch.zeros(self.batch, self.cells, dtype=dtype)
         self._iterations = torch.zeros(self.batch, dtype=torch.int32)
         self._relative = torch.zeros(self.batch, dtype=torch.float64)
         self._wp = [wp.from_torch(t) for t in (self._coef, self._levels, self._dense,
-                                               self._rhs, self._sol, self._tmp)]
+                                               self._rhs, self._sol)]
         self._scratch = [wp.from_torch(t) for t in (self._d, self._q, self._iterations,
                                                     self._relative)]
 
