@@ -29,6 +29,15 @@ a relative residual of 1e-6: 8 for a Poisson problem in a closed or open box at 
 from 32^2 to 256^2; 9 to 22 with inflows and obstacles (benchmarks/fluid.py), where
 Jacobi-preconditioned CG needs hundreds.
 
+One launch per solve: on the CPU the solve runs by default as one Warp kernel thread per
+world (:class:`simdiff.sims.fluid.warp.FusedSolve`): the same operator, transfers, coarsest
+pseudo-inverse and per-world convergence test, with a lexicographic Gauss-Seidel sweep as the
+smoother (forward before the coarse correction, backward after it: still symmetric), which
+takes fewer iterations than damped Jacobi and cannot be vectorized in torch. The functions
+here stay the reference (``Fluid(..., fused_solve=False)``) and the path for autograd
+through the iterations. Warm starts (``guess``) begin a solve from the previous step's
+pressure; the tolerance stays relative to the right-hand side.
+
 Gradient: :class:`SymmetricSolve` is a ``torch.autograd.Function``. This hand-written
 derivative replaces autograd through the CG iterations because those would store every
 iterate (memory grows with the iteration count) and differentiate round-off of an
