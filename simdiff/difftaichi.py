@@ -11,7 +11,9 @@ fixed number of iterations and times them itself.
 Every configuration of a workload runs in a worker process of its own (one Taichi runtime per
 process; peak memory its own), set up and warmed up once (kernels compiled); the timed rounds
 then alternate between the workers (``--rounds``), so a ratio compares iterations measured
-seconds apart, not minutes, on a host whose load drifts. Workloads (issue 18):
+seconds apart, not minutes, on a host whose load drifts. Each row also gives the median CPU
+seconds per iteration (all threads of the worker) and the load average while it ran: on a
+shared host a single-threaded worker waits for a core longer than a multi-threaded one. Workloads (issue 18):
 
 * ``mass_spring``: DiffTaichi's robot 2 (its MLP, 682 steps) against ``walker_small`` with the
   MLP controller (680 steps): one training iteration (rollout, backward, update).
@@ -324,13 +326,17 @@ def _worker(workload: str, config: str, folder: str) -> None:
     for line in sys.stdin:
         if not line.startswith("run "):
             break
-        times = []
+        times, cpu = [], []
         for _ in range(int(line.split()[1])):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             iteration()
             times.append(time.perf_counter() - started)
+            # CPU seconds of every thread of the process: what the work costs apart from the
+            # time it waited for a core on a shared host.
+            cpu.append(time.process_time() - cpu_started)
         extra = iteration.facts() if hasattr(iteration, "facts") else {}
-        channel.write(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb(), **extra,
+        channel.write(json.dumps({"times": times, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
+                                  **extra,
                                   "load_average": os.getloadavg()[0]}) + "\n")
         channel.flush()
 
@@ -388,12 +394,14 @@ def compare(folder: str | Path, workloads: list[str] | None = None, *, rounds: i
         try:
             facts = {w.config: w.read() for w in workers}
             times: dict[str, list[float]] = {c: [] for c in configs}
+            cpu: dict[str, list[float]] = {c: [] for c in configs}
             peaks: dict[str, float] = {}
             loads: list[float] = []
             for _ in range(rounds):
                 for w in workers:
                     answer = w.run(iters)
                     times[w.config] += answer.pop("times")
+                    cpu[w.config] += answer.pop("cpu")
                     peaks[w.config] = answer.pop("peak_rss_mb")
                     loads.append(answer.pop("load_average"))
                     facts[w.config].update(answer)  # e.g. the fluid's CG iterations
@@ -404,7 +412,9 @@ def compare(folder: str | Path, workloads: list[str] | None = None, *, rounds: i
         for config in configs:
             median = statistics.median(times[config])
             rows.append({"workload": workload, "config": config, "seconds_per_iter": median,
-                         "vs_difftaichi": median / base, "peak_rss_mb": peaks[config],
+                         "vs_difftaichi": median / base,
+                         "cpu_seconds_per_iter": round(statistics.median(cpu[config]), 3),
+                         "peak_rss_mb": peaks[config],
                          "rounds": rounds, "iters": len(times[config]),
                          "load_average": round(statistics.mean(loads), 2), **facts[config]})
     return rows
