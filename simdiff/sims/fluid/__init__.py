@@ -68,10 +68,11 @@ multigrid-preconditioned CG of each world in one kernel thread, with a symmetric
 V-cycle, warm-started from the previous step's pressure (the adjoint from the next step's
 adjoint) and reused while the operator is unchanged. On the 128^2 plume, 100 steps forward and
 backward at a tolerance of 1e-6 (``simdiff bench fluid --difftaichi DIR``): CG iterations per
-solve 14.0 forward and 14.7 adjoint before, 8.2 and 10.1 now; one iteration used 4.1-4.6 CPU
-seconds on one torch thread (load average about 20, so 14-18 s of wall time), and the
-interleaved comparison with DiffTaichi's ``smoke_taichi.py`` (ten unconverged Jacobi sweeps)
-went from 55.6x (load 11, torch on two threads) to 30.6x its time (load 21).
+solve 14.0 forward and 14.7 adjoint before, 8.2 and 10.1 now. Interleaved with DiffTaichi's
+``smoke_taichi.py`` (ten unconverged Jacobi sweeps) on this shared 2-core host: 55.6x its
+wall time before (load 11, torch on two threads); now 3.7x its wall time and 3.9x its CPU
+seconds (5.0 s against 1.3 s per iteration, load 18), and 30.6x in another run (load 21):
+wall-time ratios swing with the load, CPU seconds much less (benchmarks/results/).
 
 Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``torch`` and
 ``warp``, against a plain-PyTorch baseline, side by side with ``warp/torch``), worlds per second
