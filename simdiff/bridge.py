@@ -99,6 +99,8 @@ class KernelStep:
     launches: tuple[KernelLaunch, ...]
     outputs: tuple[str, ...]
     recompute: bool = False
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    """The bridge's facts about the step (when each buffer is last read)."""
 
 
 _NUMPY_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -303,13 +305,28 @@ def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
     return tuple(args)
 
 
-def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+def _last_reads(step: KernelStep) -> dict[str, int]:
+    """The index of the last launch reading each buffer (the step's inputs and outputs: past
+    the end, they are kept)."""
+    last = {name: k for k, launch in enumerate(step.launches) for name, _ in launch.inputs}
+    last.update({name: len(step.launches) for name in (*step.inputs, *step.outputs)})
+    return last
+
+
+def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor],
+                 keep: bool = True) -> dict[str, torch.Tensor]:
+    """Every buffer of the step after running its launches; with ``keep=False`` only its
+    outputs (intermediates are freed after their last read: a step of 20 MPM substeps then
+    holds one substep's grids at a time, not 20)."""
     buffers = dict(zip(step.inputs, inputs))
+    last = None if keep else step.cache.get("last_reads")
+    if not keep and last is None:
+        last = step.cache["last_reads"] = _last_reads(step)
     like = inputs[0]
     # Cheap when nothing changed; re-initializes Taichi if another precision ran meanwhile.
     for backend in {launch.backend for launch in step.launches}:
         backend.ensure_initialized()
-    for launch in step.launches:
+    for k, launch in enumerate(step.launches):
         args = [buffers[name] for name, _ in launch.inputs]
         outs = [
             _zeros(o.shape, like) if o.accumulates
@@ -322,6 +339,11 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
             kernel = launch.forward_kernel or launch.kernel
             kernel(*_taichi_static_args(launch, kernel), *args, *outs)
         buffers.update(zip((name for name, _ in launch.outputs), outs))
+        if last is not None:
+            del args, outs
+            for name, _ in launch.inputs:
+                if last.get(name, -1) <= k and name in buffers:
+                    del buffers[name]
     return buffers
 
 
@@ -334,8 +356,8 @@ def _run_adjoint(
 ) -> list[torch.Tensor]:
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
 
-    On Warp, a tensor in ``accumulate`` (one entry per input, or none) receives that input's
-    gradient in place (Warp's adjoints add into their arrays) and is returned; Taichi ignores it.
+    A tensor in ``accumulate`` (one entry per input, or none) receives that input's gradient
+    in place and is returned: both backends' adjoints add into their input adjoints.
     """
     if launch.backend.name is BackendName.WARP:
         into = list(accumulate) or [None] * len(inputs)
@@ -345,16 +367,20 @@ def _run_adjoint(
         _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
         return grads_in
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``: the inputs'
-    # are fresh zeros it may add into; the outputs' are copies, so torch's incoming gradients
-    # stay as they were.
+    # are the buffers to accumulate into (or fresh zeros), which it adds into, as Warp does
+    # (a torch addition per input and launch stalled for milliseconds on shared cores: 26 s of
+    # a 95 s MPM iteration); the outputs' are copies, so torch's incoming gradients stay as
+    # they were.
+    into = list(accumulate) or [None] * len(inputs)
+    grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
     leaves = []
-    for value, grad in [*((t, _zeros(t.shape, t)) for t in inputs),
+    for value, grad in [*zip(inputs, grads_in),
                         *((t, _copy(g)) for t, g in zip(outputs, grad_outputs))]:
         leaf = value.detach().requires_grad_(True)
         leaf.grad = grad
         leaves.append(leaf)
     launch.kernel.grad(*_taichi_static_args(launch, launch.kernel), *leaves)
-    return [leaf.grad for leaf in leaves[: len(inputs)]]
+    return grads_in
 
 
 def _check_dtypes(step: KernelStep, inputs: Sequence[torch.Tensor]) -> None:
@@ -375,7 +401,7 @@ class _StepFunction(torch.autograd.Function):
     def forward(ctx, step: KernelStep, *inputs: torch.Tensor):
         inputs = tuple(t.detach().contiguous() for t in inputs)
         _check_dtypes(step, inputs)
-        buffers = _run_forward(step, inputs)
+        buffers = _run_forward(step, inputs, keep=not step.recompute)
         ctx.step = step
         ctx.names = list(step.inputs) if step.recompute else list(buffers)
         ctx.save_for_backward(*(buffers[name] for name in ctx.names))
@@ -391,10 +417,14 @@ class _StepFunction(torch.autograd.Function):
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
-        # Adjoint buffers this backward made (not torch's incoming gradients): Warp adds into
-        # them in place, sparing a torch addition per input and launch (a parallel op that
-        # stalled for milliseconds on shared cores, most of a 2D MPM backward).
+        # Adjoint buffers this backward made (not torch's incoming gradients): the adjoints
+        # add into them in place, sparing a torch addition per input and launch (a parallel op
+        # that stalled for milliseconds on shared cores, most of a 2D MPM backward).
         owned: set[str] = set()
+        # Where a buffer is last needed going backward: once the launch that wrote it has run
+        # its adjoint, neither its value nor its adjoint is read again, so a recomputed
+        # substep's grids are freed as the backward passes them (memory of one substep's
+        # grids, not of the whole step's).
         for launch in reversed(step.launches):
             outs = [buffers[name] for name, _ in launch.outputs]
             grads = _run_adjoint(
@@ -410,6 +440,11 @@ class _StepFunction(torch.autograd.Function):
                     continue  # accumulated in place
                 adjoints[name] = adjoints[name] + g if name in adjoints else g
                 owned.add(name)
+            for name, _ in launch.outputs:
+                if name not in step.outputs:
+                    buffers.pop(name, None)
+                    adjoints.pop(name, None)
+            del outs, grads
         grads_in = [adjoints.get(name) for name in step.inputs]
         return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
 
@@ -422,7 +457,7 @@ def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, .
 def run_forward(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Run ``step`` outside autograd, for operators with no derivative of their own (the
     Warp Laplacian inside a pressure solve, whose derivative is the adjoint solve)."""
-    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs])
+    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs], keep=False)
     return tuple(buffers[name] for name in step.outputs)
 
 
