@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from simdiff.backend import resolve_backend
+from simdiff.bench import saved_bytes
 from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError, ValidationError
 from simdiff.sims.mpm import MPM, Body, Ground, Material, Params, Tool, ToolShape, build_model
@@ -150,6 +151,32 @@ def test_checkpointed_rollout_gives_the_same_gradients(backend):
     for a, b in zip(*grads):
         assert torch.equal(a, b)
         assert a.abs().max() > 0
+
+
+def test_long_rollout_saves_bounded_bytes(backend):
+    """Bytes autograd holds for backward (measured from the saved tensors): without
+    checkpoints one packed particle state per control step and no grid; past the memory
+    rule's threshold, the default checkpoints hold about sqrt(steps) states; the gradients
+    are the same bits."""
+    sim = MPM(mixed_model(substeps=1), backend)
+    steps = 100
+    state_bytes = sim.model.particle_count * 12 * 8  # x, v, C, F in 2D, float64
+    sim.checkpoint_bytes = 10 * state_bytes  # the rule's threshold, scaled to a toy robot
+    assert sim.default_checkpoint_every(10) is None
+    assert sim.default_checkpoint_every(steps) == 10
+    measured, grads = {}, {}
+    for every in (0, None):
+        actions = actions_for(sim, steps).requires_grad_()
+        with saved_bytes() as saved:
+            result = rollout(sim, sim.initial_state(), lambda k, s, a=actions: a[k][None],
+                             steps, checkpoint_every=every)
+            loss = result.final.particle_x.square().sum()
+        loss.backward()
+        measured[every], grads[every] = saved.bytes, actions.grad
+    assert steps * state_bytes <= measured[0] < (steps + 3) * state_bytes  # + params, actions
+    assert measured[None] <= 2 * math.isqrt(steps) * state_bytes
+    assert torch.equal(grads[0], grads[None])
+    assert grads[0].abs().max() > 0
 
 
 def test_p2g_conserves_mass_and_momentum(backend):
