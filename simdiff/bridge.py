@@ -301,8 +301,118 @@ def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
         resident = _taichi_resident(tensor, arguments[k].annotation)
         if resident is not None:
             args[k] = resident
-    launch.cache[("taichi_static", kernel)] = (versions, tuple(args))
-    return tuple(args)
+    static = tuple(args)  # the same object while it holds: a launcher compares identities
+    launch.cache[("taichi_static", kernel)] = (versions, static)
+    return static
+
+
+class _TaichiLauncher:
+    """A Taichi kernel's launch with its static arguments set once, then only the tensors'
+    pointers per call.
+
+    Taichi's own ``kernel(*args)`` re-derives, for every argument of every launch, its
+    template key, type checks, dtype limits and environment lookups (about 200 us per launch
+    on the walker, more than the kernel). The launcher makes that first call through Taichi
+    (which compiles), then keeps the compiled kernel and a setter per static argument, and
+    sets each torch tensor's pointer, byte size, shape and gradient pointer directly. A call
+    whose tensors differ in dtype, dimensions or ``requires_grad`` from the first, a CUDA
+    tensor, or a Taichi that lacks these internals goes through Taichi's call instead.
+    """
+
+    def __init__(self, kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
+        kernel(*static, *tensors)  # compiles (or loads) it and checks every argument
+        self.kernel, self.static = kernel, static
+        self.signature = self._signature(tensors)
+        self.plan = None
+        try:
+            self.plan = self._plan(kernel, static, tensors)
+        except (AttributeError, ImportError, KeyError, TypeError):  # pragma: no cover
+            self.plan = None  # another Taichi: its own call path stays
+
+    @staticmethod
+    def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
+        return tuple((t.dtype, t.dim(), t.requires_grad, t.device.type) for t in tensors)
+
+    @staticmethod
+    def _plan(kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]):
+        from taichi.lang import impl
+        from taichi.lang._ndarray import Ndarray
+        from taichi.lang.enums import Layout
+        from taichi.lang.matrix import MatrixType
+        from taichi.lang.util import cook_dtype
+        from taichi.types import primitive_types
+        from taichi.types.ndarray_type import NdarrayType
+        from taichi.types.utils import is_signed
+
+        if any(t.device.type != "cpu" for t in tensors):
+            return None
+        primal = getattr(kernel, "_primal", kernel)
+        arguments = primal.arguments
+        if len(arguments) != len(static) + len(tensors):
+            return None
+        prog = impl.get_runtime().prog
+        target = kernel if hasattr(kernel, "compiled_kernels") else primal  # a Kernel object
+        instance, _ = target.mapper.lookup((*static, *tensors))
+        t_kernel = target.compiled_kernels[(target.func, instance, target.autodiff_mode)]
+        compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
+        setters = []
+        for k, (value, argument) in enumerate(zip(static, arguments)):
+            needed = argument.annotation
+            if id(needed) in primitive_types.real_type_ids:
+                setters.append(("set_arg_float", (k,), float(value)))
+            elif id(needed) in primitive_types.integer_type_ids and is_signed(cook_dtype(needed)):
+                setters.append(("set_arg_int", (k,), int(value)))
+            elif isinstance(needed, NdarrayType) and isinstance(value, Ndarray):
+                if value.grad:
+                    return None
+                setters.append(("set_arg_ndarray", (k,), value.arr))
+            elif isinstance(needed, MatrixType) and needed.ndim == 1 \
+                    and needed.dtype in primitive_types.real_types:
+                setters += [("set_struct_arg_float", (k, i), float(value[i]))
+                            for i in range(needed.n)]
+            else:
+                return None
+        element_dims = []
+        for argument in arguments[len(static):]:
+            needed = argument.annotation
+            if not isinstance(needed, NdarrayType) or needed.layout != Layout.AOS:
+                return None
+            dtype = needed.dtype
+            element_dims.append(0 if dtype is None or id(dtype) in primitive_types.type_ids
+                                else dtype.ndim)
+        first = len(static)
+        return prog, compiled, t_kernel, setters, first, element_dims
+
+    def __call__(self, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
+        if (self.plan is None or static is not self.static
+                or self._signature(tensors) != self.signature):
+            self.kernel(*static, *tensors)
+            return
+        prog, compiled, t_kernel, setters, first, element_dims = self.plan
+        ctx = t_kernel.make_launch_context()
+        for method, index, value in setters:
+            getattr(ctx, method)(index, value)
+        for k, (t, element) in enumerate(zip(tensors, element_dims)):
+            shape = t.shape[:-element] if element else t.shape
+            grad = t.grad if t.requires_grad else None
+            ctx.set_arg_external_array_with_shape(
+                (first + k,), t.data_ptr(), t.element_size() * t.numel(), list(shape),
+                grad.data_ptr() if grad is not None else 0)
+        prog.launch_kernel(compiled, ctx)
+
+
+def _taichi_launch(launch: KernelLaunch, kernel: Any, tensors: Sequence[torch.Tensor],
+                   owner: Any = None) -> None:
+    """``kernel(*static_args, *tensors)`` through a :class:`_TaichiLauncher` kept per launch,
+    kernel and Taichi runtime; ``owner`` is the ``@ti.kernel`` whose resident arguments a
+    gradient kernel shares (default ``kernel``)."""
+    static = _taichi_static_args(launch, owner or kernel)
+    key = ("taichi_launcher", kernel)
+    launcher = launch.cache.get(key)
+    if launcher is None or launcher[0] != taichi_runtime():
+        launch.cache[key] = (taichi_runtime(), _TaichiLauncher(kernel, static, tensors))
+        return
+    launcher[1](static, tensors)
 
 
 def _last_reads(step: KernelStep) -> dict[str, int]:
@@ -336,8 +446,7 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor],
         if launch.backend.name is BackendName.WARP:
             _warp_run(launch, [*args, *outs])
         else:
-            kernel = launch.forward_kernel or launch.kernel
-            kernel(*_taichi_static_args(launch, kernel), *args, *outs)
+            _taichi_launch(launch, launch.forward_kernel or launch.kernel, [*args, *outs])
         buffers.update(zip((name for name, _ in launch.outputs), outs))
         if last is not None:
             del args, outs
@@ -379,7 +488,7 @@ def _run_adjoint(
         leaf = value.detach().requires_grad_(True)
         leaf.grad = grad
         leaves.append(leaf)
-    launch.kernel.grad(*_taichi_static_args(launch, launch.kernel), *leaves)
+    _taichi_launch(launch, launch.kernel.grad, leaves, owner=launch.kernel)
     return grads_in
 
 
