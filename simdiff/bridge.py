@@ -462,11 +462,14 @@ def _run_adjoint(
     outputs: Sequence[torch.Tensor],
     grad_outputs: Sequence[torch.Tensor],
     accumulate: Sequence[torch.Tensor | None] = (),
+    scratch: Sequence[bool] = (),
 ) -> list[torch.Tensor]:
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
 
     A tensor in ``accumulate`` (one entry per input, or none) receives that input's gradient
-    in place and is returned: both backends' adjoints add into their input adjoints.
+    in place and is returned: both backends' adjoints add into their input adjoints. An
+    output gradient marked in ``scratch`` (one entry per output, or none) is not read again
+    by the caller, so Taichi may be given it without a copy.
     """
     if launch.backend.name is BackendName.WARP:
         into = list(accumulate) or [None] * len(inputs)
@@ -482,9 +485,11 @@ def _run_adjoint(
     # they were.
     into = list(accumulate) or [None] * len(inputs)
     grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
+    spare = list(scratch) or [False] * len(outputs)
     leaves = []
     for value, grad in [*zip(inputs, grads_in),
-                        *((t, _copy(g)) for t, g in zip(outputs, grad_outputs))]:
+                        *((t, g if free else _copy(g))
+                          for t, g, free in zip(outputs, grad_outputs, spare))]:
         leaf = value.detach().requires_grad_(True)
         leaf.grad = grad
         leaves.append(leaf)
@@ -543,6 +548,9 @@ class _StepFunction(torch.autograd.Function):
                 [adjoints[name] if name in adjoints else _zeros(o.shape, o)
                  for (name, _), o in zip(launch.outputs, outs)],
                 [adjoints[name] if name in owned else None for name, _ in launch.inputs],
+                # Adjoints of this launch's outputs are freed right after it (below), and
+                # those this backward made are not torch's incoming gradients.
+                [name in owned or name not in adjoints for name, _ in launch.outputs],
             )
             for (name, _), g in zip(launch.inputs, grads):
                 if name in owned and g is adjoints[name]:
