@@ -318,8 +318,10 @@ def summarize(rows: list[dict]) -> str:
         base = find(BASELINE, "c", substeps=n)
         text = (f"(c) gradient at {n} substeps: {row['config']} peak {row['peak_rss_mb']:.0f} MB "
                 f"(+{row['rss_growth_mb']:.0f} MB over {row['import_rss_mb']:.0f} MB of imports, "
-                f"{row['seconds']:.3g} s, checkpoint every {row['checkpoint']} steps, "
-                f"{row['saved_mb']:.1f} MB saved for backward)")
+                f"{row['seconds']:.3g} s, "
+                + (f"checkpoint every {row['checkpoint']} steps" if row["checkpoint"]
+                   else "no checkpoints")
+                + f", {row['saved_mb']:.1f} MB saved for backward)")
         if base and base.get("peak_rss_mb"):
             text += (f"; torch peak {base['peak_rss_mb']:.0f} MB (+{base['rss_growth_mb']:.0f} "
                      f"MB): {base['peak_rss_mb'] / row['peak_rss_mb']:.3g}x less memory")
