@@ -20,6 +20,12 @@ seconds apart, not minutes, on a host whose load drifts. Workloads (issue 18):
 * ``smoke``: ``smoke_taichi.py`` (128^2, 100 steps, ten unconverged Jacobi sweeps) against the
   fluid's plume at 128^2, 100 steps, forward and backward, projection converged to 1e-6, on
   Warp and on the fluid's vectorized-torch step (the fluid has no Taichi kernels).
+
+Memory: each row has the worker's peak RSS and ``memory_vs_difftaichi``; the MPM rows also
+``import_rss_mb`` (peak RSS once the libraries are imported and initialized: torch and the
+backend for simdiff, Taichi for DiffTaichi), ``above_import_mb`` (the peak less that, the
+workload's own memory) with its ratio, and simdiff's ``saved_for_backward_mb`` (bytes autograd
+saved for backward in one iteration, :func:`simdiff.bench.saved_bytes`).
 """
 
 from __future__ import annotations

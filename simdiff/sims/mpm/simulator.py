@@ -2,17 +2,19 @@
 one torch op, each substep three kernel launches that serve every world.
 
 Memory: backward needs only each control step's packed particle input ``[B, n, 2d + 2d^2]``
-(x, v, C, F; 286 kB for 2,976 particles in 2D, float64) and the step's small action and tool
-inputs; the substeps' grids and particle states are recomputed from it in backward (a Taichi
-tape over a grid reused across substeps gives NaN gradients) and freed substep by substep.
-The rule for long horizons (:meth:`MPM.default_checkpoint_every`, applied by
-:func:`simdiff.rollout.rollout` when ``checkpoint_every`` is not given): while the saved
-particle states of the horizon stay within :data:`CHECKPOINT_BYTES` (64 MiB: 234 control steps
-of that robot), every control step's state is kept; beyond it, segments of
-``ceil(sqrt(steps))`` control steps are checkpointed, so about ``2 sqrt(steps)`` particle
-states are held (the segment starts, then one segment recomputed in backward) at the cost of
-one more forward pass. Measured with :func:`simdiff.bench.saved_bytes` (``benchmarks/mpm.py``
-part (d)): 10,000 substeps of that robot save 7 MB instead of 143 MB.
+(x, v, C, F; 155 kB for the 3,220 particles of ``benchmarks/mpm.py``'s crawler in 2D, float32)
+and the step's small action and tool inputs; the substeps' grids and particle states are
+recomputed from it in backward (a Taichi tape over a grid reused across substeps gives NaN
+gradients) and freed substep by substep. The rule for long horizons
+(:meth:`MPM.default_checkpoint_every`, applied by :func:`simdiff.rollout.rollout` when
+``checkpoint_every`` is not given): while the saved particle states of the horizon stay within
+:data:`CHECKPOINT_BYTES` (64 MiB: 434 control steps of that crawler), every control step's
+state is kept; beyond it, segments of ``ceil(sqrt(steps))`` control steps are checkpointed, so
+about ``2 sqrt(steps)`` particle states are held (the segment starts, then one segment
+recomputed in backward) at the cost of one more forward pass. Measured with
+:func:`simdiff.bench.saved_bytes` (``benchmarks/mpm.py`` part (c), Warp): 1,000 substeps save
+7.5 MB for backward, 4,000 save 29.6 MB, 10,000 (segments of 23 control steps) 3.3 MB; the
+process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp.
 
 Batching (``benchmarks/batch_mpm.py``, mpm_crawler on 2 shared cores): at B = 8 a batched
 rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forward and about
