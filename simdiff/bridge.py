@@ -331,7 +331,7 @@ class _TaichiLauncher:
 
     @staticmethod
     def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
-        return tuple((t.dtype, t.dim(), t.requires_grad, t.device.type) for t in tensors)
+        return tuple([(t.dtype, t.dim(), t.requires_grad, t.is_cpu) for t in tensors])
 
     @staticmethod
     def _plan(kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]):
