@@ -13,9 +13,13 @@ against the baseline measured in the same run.
 (b) 3D forward: an elastic cube of 29,791 particles (2 per cell and axis) falling on a 64^3
     grid, seconds per substep and particle-substeps per second (no gradient).
 (c) Peak memory of the gradient (forward and backward of the crawler's loss, as in (a)) at
-    1,000, 4,000 and 10,000 substeps; simdiff with rollout checkpoints every 10 control steps
-    (200 substeps), the torch baseline without (plain autograd) at the sizes that fit in
-    memory (estimated from a 100-substep probe; the rest reported as an estimate).
+    1,000, 4,000 and 10,000 substeps; simdiff with the MPM's default rule
+    (``MPM.default_checkpoint_every``: every control step's particle state while they take
+    at most 64 MiB, else checkpointed segments of ``ceil(sqrt(steps))`` control steps), with
+    the bytes autograd saved for backward (``saved_mb``, :func:`simdiff.bench.saved_bytes`)
+    and the peak RSS right after importing torch and the backend (``import_rss_mb``); the
+    torch baseline without checkpoints (plain autograd) at the sizes that fit in memory
+    (estimated from a 100-substep probe; the rest reported as an estimate).
 
 ``--part a|b|c`` runs one part (default: all); ``--quick`` is a smoke test at toy sizes (the
 whole benchmark in under a minute once kernels are cached). Run through ``simdiff bench mpm``.
@@ -74,7 +78,6 @@ KEYS: tuple[str, ...] = ("part", "substeps")
 METRIC, HIGHER_IS_BETTER = "seconds_per_iter", False
 
 MEMORY_SUBSTEPS = (1000, 4000, 10000)
-MEMORY_CHECKPOINT = 10  # control steps (200 substeps) between kept states in part (c)
 PROBE_SUBSTEPS = 100  # the torch baseline's memory per substep is measured at this size
 
 
@@ -216,8 +219,10 @@ def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cp
     model = scene.model
     torch.manual_seed(0)
     controller = load_controller("sinusoid", sim, scene).to(backend.torch_dtype)
-    checkpoint = None if config == "torch" else min(MEMORY_CHECKPOINT, steps)
+    # simdiff: the simulator's default rule (checkpoint_every=None).
+    checkpoint = None if config == "torch" else sim.default_checkpoint_every(steps)
     base_rss = peak_rss_mb()
+    from simdiff.bench import saved_bytes
     started = time.perf_counter()
     if config == "torch":
         params, state = sim.params().per_world(1).particle, sim.initial_state()
@@ -228,15 +233,18 @@ def measure_memory(config: str, *, substeps: int, quick: bool, device: str = "cp
                 p = torch_substep(model, p, params, action, tool)
         loss = -(p[..., 0].mean() - state.particle_x[..., 0].mean())
     else:
-        loss = scene.loss(rollout(sim, sim.initial_state(), controller, steps,
-                                  checkpoint_every=checkpoint, check_every=10))
+        with saved_bytes() as saved:
+            loss = scene.loss(rollout(sim, sim.initial_state(), controller, steps,
+                                      check_every=10))
     loss.backward()
     # One iteration, including loading the kernels: not a speed figure, so not the metric.
     return {"config": config, "part": "c", "seconds_per_iter": None,
             "seconds": time.perf_counter() - started,
             "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - base_rss,
             "particles": model.particle_count, "grid": model.grid_size,
-            "substeps": steps * model.substeps, "checkpoint": checkpoint}
+            "substeps": steps * model.substeps, "checkpoint": checkpoint,
+            "import_rss_mb": base_rss,
+            "saved_mb": saved.mb if config != "torch" else None}
 
 
 def _available_mb() -> float:
@@ -309,8 +317,11 @@ def summarize(rows: list[dict]) -> str:
         n = row["substeps"]
         base = find(BASELINE, "c", substeps=n)
         text = (f"(c) gradient at {n} substeps: {row['config']} peak {row['peak_rss_mb']:.0f} MB "
-                f"(+{row['rss_growth_mb']:.0f} MB, {row['seconds']:.3g} s, checkpoint "
-                f"every {row['checkpoint']} steps)")
+                f"(+{row['rss_growth_mb']:.0f} MB over {row['import_rss_mb']:.0f} MB of imports, "
+                f"{row['seconds']:.3g} s, "
+                + (f"checkpoint every {row['checkpoint']} steps" if row["checkpoint"]
+                   else "no checkpoints")
+                + f", {row['saved_mb']:.1f} MB saved for backward)")
         if base and base.get("peak_rss_mb"):
             text += (f"; torch peak {base['peak_rss_mb']:.0f} MB (+{base['rss_growth_mb']:.0f} "
                      f"MB): {base['peak_rss_mb'] / row['peak_rss_mb']:.3g}x less memory")

@@ -15,15 +15,19 @@ second table puts them side by side per row key with the ratio ``warp / taichi``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import resource
 import subprocess
 import sys
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["SIMULATOR_BENCHMARKS", "list_benchmarks", "peak_rss_mb", "run_all", "run_benchmark"]
+__all__ = ["SIMULATOR_BENCHMARKS", "SavedBytes", "list_benchmarks", "peak_rss_mb", "run_all",
+           "run_benchmark", "saved_bytes"]
 
 SIMULATOR_BENCHMARKS = ("mass_spring", "mpm", "fluid", "nbody")
 """The benchmarks of the four simulators, run by ``simdiff bench`` without a name."""
@@ -34,6 +38,53 @@ _ROOT = Path(__file__).resolve().parents[1]
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far [MiB] (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class SavedBytes:
+    """What autograd saved for backward in a :func:`saved_bytes` block.
+
+    Attributes:
+        bytes: Bytes of the distinct storages saved (a storage saved by several nodes, such
+            as parameters every step reads, counts once).
+        tensors: Number of tensors saved (with repeats).
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.tensors = 0
+        self._seen: dict[int, weakref.ref] = {}
+
+    def _pack(self, tensor):
+        self.tensors += 1
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        known = self._seen.get(key)
+        # A storage freed and another made at the same address counts again.
+        if known is None or known() is None:
+            self._seen[key] = weakref.ref(tensor)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    @property
+    def mb(self) -> float:
+        """:attr:`bytes` in MiB."""
+        return self.bytes / 2**20
+
+
+@contextlib.contextmanager
+def saved_bytes() -> Iterator[SavedBytes]:
+    """Measure the tensors autograd saves for backward while the block runs (the forward
+    pass): what a gradient holds in memory until backward, counted from the saved tensors
+    themselves (``torch.autograd.graph.saved_tensors_hooks``), not from the process's RSS.
+
+    A checkpointed segment (``torch.utils.checkpoint``) saves its inputs here and nothing
+    else; what it recomputes in backward is held one segment at a time and is not counted.
+    """
+    import torch
+
+    record = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(record._pack, lambda tensor: tensor):
+        yield record
 
 
 def _folder() -> Path:

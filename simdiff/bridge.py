@@ -99,6 +99,8 @@ class KernelStep:
     launches: tuple[KernelLaunch, ...]
     outputs: tuple[str, ...]
     recompute: bool = False
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    """The bridge's facts about the step (when each buffer is last read)."""
 
 
 _NUMPY_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -299,17 +301,142 @@ def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
         resident = _taichi_resident(tensor, arguments[k].annotation)
         if resident is not None:
             args[k] = resident
-    launch.cache[("taichi_static", kernel)] = (versions, tuple(args))
-    return tuple(args)
+    static = tuple(args)  # the same object while it holds: a launcher compares identities
+    launch.cache[("taichi_static", kernel)] = (versions, static)
+    return static
 
 
-def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+class _TaichiLauncher:
+    """A Taichi kernel's launch with its static arguments set once, then only the tensors'
+    pointers per call.
+
+    Taichi's own ``kernel(*args)`` re-derives, for every argument of every launch, its
+    template key, type checks, dtype limits and environment lookups (about 200 us per launch
+    on the walker, more than the kernel). The launcher makes that first call through Taichi
+    (which compiles), then keeps the compiled kernel and a setter per static argument, and
+    sets each torch tensor's pointer, byte size, shape and gradient pointer directly. A call
+    whose tensors differ in dtype, dimensions or ``requires_grad`` from the first, a CUDA
+    tensor, or a Taichi that lacks these internals goes through Taichi's call instead.
+    """
+
+    def __init__(self, kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
+        kernel(*static, *tensors)  # compiles (or loads) it and checks every argument
+        self.kernel, self.static = kernel, static
+        self.signature = self._signature(tensors)
+        self.plan = None
+        try:
+            self.plan = self._plan(kernel, static, tensors)
+        except (AttributeError, ImportError, KeyError, TypeError):  # pragma: no cover
+            self.plan = None  # another Taichi: its own call path stays
+
+    @staticmethod
+    def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
+        return tuple([(t.dtype, t.dim(), t.requires_grad, t.is_cpu) for t in tensors])
+
+    @staticmethod
+    def _plan(kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]):
+        from taichi.lang import impl
+        from taichi.lang._ndarray import Ndarray
+        from taichi.lang.enums import Layout
+        from taichi.lang.matrix import MatrixType
+        from taichi.lang.util import cook_dtype
+        from taichi.types import primitive_types
+        from taichi.types.ndarray_type import NdarrayType
+        from taichi.types.utils import is_signed
+
+        if any(t.device.type != "cpu" for t in tensors):
+            return None
+        primal = getattr(kernel, "_primal", kernel)
+        arguments = primal.arguments
+        if len(arguments) != len(static) + len(tensors):
+            return None
+        prog = impl.get_runtime().prog
+        target = kernel if hasattr(kernel, "compiled_kernels") else primal  # a Kernel object
+        instance, _ = target.mapper.lookup((*static, *tensors))
+        t_kernel = target.compiled_kernels[(target.func, instance, target.autodiff_mode)]
+        compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
+        setters = []
+        for k, (value, argument) in enumerate(zip(static, arguments)):
+            needed = argument.annotation
+            if id(needed) in primitive_types.real_type_ids:
+                setters.append(("set_arg_float", (k,), float(value)))
+            elif id(needed) in primitive_types.integer_type_ids and is_signed(cook_dtype(needed)):
+                setters.append(("set_arg_int", (k,), int(value)))
+            elif isinstance(needed, NdarrayType) and isinstance(value, Ndarray):
+                if value.grad:
+                    return None
+                setters.append(("set_arg_ndarray", (k,), value.arr))
+            elif isinstance(needed, MatrixType) and needed.ndim == 1 \
+                    and needed.dtype in primitive_types.real_types:
+                setters += [("set_struct_arg_float", (k, i), float(value[i]))
+                            for i in range(needed.n)]
+            else:
+                return None
+        element_dims = []
+        for argument in arguments[len(static):]:
+            needed = argument.annotation
+            if not isinstance(needed, NdarrayType) or needed.layout != Layout.AOS:
+                return None
+            dtype = needed.dtype
+            element_dims.append(0 if dtype is None or id(dtype) in primitive_types.type_ids
+                                else dtype.ndim)
+        first = len(static)
+        return prog, compiled, t_kernel, setters, first, element_dims
+
+    def __call__(self, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
+        if (self.plan is None or static is not self.static
+                or self._signature(tensors) != self.signature):
+            self.kernel(*static, *tensors)
+            return
+        prog, compiled, t_kernel, setters, first, element_dims = self.plan
+        ctx = t_kernel.make_launch_context()
+        for method, index, value in setters:
+            getattr(ctx, method)(index, value)
+        for k, (t, element) in enumerate(zip(tensors, element_dims)):
+            shape = t.shape[:-element] if element else t.shape
+            grad = t.grad if t.requires_grad else None
+            ctx.set_arg_external_array_with_shape(
+                (first + k,), t.data_ptr(), t.element_size() * t.numel(), list(shape),
+                grad.data_ptr() if grad is not None else 0)
+        prog.launch_kernel(compiled, ctx)
+
+
+def _taichi_launch(launch: KernelLaunch, kernel: Any, tensors: Sequence[torch.Tensor],
+                   owner: Any = None) -> None:
+    """``kernel(*static_args, *tensors)`` through a :class:`_TaichiLauncher` kept per launch,
+    kernel and Taichi runtime; ``owner`` is the ``@ti.kernel`` whose resident arguments a
+    gradient kernel shares (default ``kernel``)."""
+    static = _taichi_static_args(launch, owner or kernel)
+    key = ("taichi_launcher", kernel)
+    launcher = launch.cache.get(key)
+    if launcher is None or launcher[0] != taichi_runtime():
+        launch.cache[key] = (taichi_runtime(), _TaichiLauncher(kernel, static, tensors))
+        return
+    launcher[1](static, tensors)
+
+
+def _last_reads(step: KernelStep) -> dict[str, int]:
+    """The index of the last launch reading each buffer (the step's inputs and outputs: past
+    the end, they are kept)."""
+    last = {name: k for k, launch in enumerate(step.launches) for name, _ in launch.inputs}
+    last.update({name: len(step.launches) for name in (*step.inputs, *step.outputs)})
+    return last
+
+
+def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor],
+                 keep: bool = True) -> dict[str, torch.Tensor]:
+    """Every buffer of the step after running its launches; with ``keep=False`` only its
+    outputs (intermediates are freed after their last read: a step of 20 MPM substeps then
+    holds one substep's grids at a time, not 20)."""
     buffers = dict(zip(step.inputs, inputs))
+    last = None if keep else step.cache.get("last_reads")
+    if not keep and last is None:
+        last = step.cache["last_reads"] = _last_reads(step)
     like = inputs[0]
     # Cheap when nothing changed; re-initializes Taichi if another precision ran meanwhile.
     for backend in {launch.backend for launch in step.launches}:
         backend.ensure_initialized()
-    for launch in step.launches:
+    for k, launch in enumerate(step.launches):
         args = [buffers[name] for name, _ in launch.inputs]
         outs = [
             _zeros(o.shape, like) if o.accumulates
@@ -319,9 +446,13 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor]) -> dict[str, 
         if launch.backend.name is BackendName.WARP:
             _warp_run(launch, [*args, *outs])
         else:
-            kernel = launch.forward_kernel or launch.kernel
-            kernel(*_taichi_static_args(launch, kernel), *args, *outs)
+            _taichi_launch(launch, launch.forward_kernel or launch.kernel, [*args, *outs])
         buffers.update(zip((name for name, _ in launch.outputs), outs))
+        if last is not None:
+            del args, outs
+            for name, _ in launch.inputs:
+                if last.get(name, -1) <= k and name in buffers:
+                    del buffers[name]
     return buffers
 
 
@@ -331,11 +462,14 @@ def _run_adjoint(
     outputs: Sequence[torch.Tensor],
     grad_outputs: Sequence[torch.Tensor],
     accumulate: Sequence[torch.Tensor | None] = (),
+    scratch: Sequence[bool] = (),
 ) -> list[torch.Tensor]:
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
 
-    On Warp, a tensor in ``accumulate`` (one entry per input, or none) receives that input's
-    gradient in place (Warp's adjoints add into their arrays) and is returned; Taichi ignores it.
+    A tensor in ``accumulate`` (one entry per input, or none) receives that input's gradient
+    in place and is returned: both backends' adjoints add into their input adjoints. An
+    output gradient marked in ``scratch`` (one entry per output, or none) is not read again
+    by the caller, so Taichi may be given it without a copy.
     """
     if launch.backend.name is BackendName.WARP:
         into = list(accumulate) or [None] * len(inputs)
@@ -345,16 +479,22 @@ def _run_adjoint(
         _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
         return grads_in
     # Taichi reads and accumulates adjoints through each torch tensor's ``.grad``: the inputs'
-    # are fresh zeros it may add into; the outputs' are copies, so torch's incoming gradients
-    # stay as they were.
+    # are the buffers to accumulate into (or fresh zeros), which it adds into, as Warp does
+    # (a torch addition per input and launch stalled for milliseconds on shared cores: 26 s of
+    # a 95 s MPM iteration); the outputs' are copies, so torch's incoming gradients stay as
+    # they were.
+    into = list(accumulate) or [None] * len(inputs)
+    grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
+    spare = list(scratch) or [False] * len(outputs)
     leaves = []
-    for value, grad in [*((t, _zeros(t.shape, t)) for t in inputs),
-                        *((t, _copy(g)) for t, g in zip(outputs, grad_outputs))]:
+    for value, grad in [*zip(inputs, grads_in),
+                        *((t, g if free else _copy(g))
+                          for t, g, free in zip(outputs, grad_outputs, spare))]:
         leaf = value.detach().requires_grad_(True)
         leaf.grad = grad
         leaves.append(leaf)
-    launch.kernel.grad(*_taichi_static_args(launch, launch.kernel), *leaves)
-    return [leaf.grad for leaf in leaves[: len(inputs)]]
+    _taichi_launch(launch, launch.kernel.grad, leaves, owner=launch.kernel)
+    return grads_in
 
 
 def _check_dtypes(step: KernelStep, inputs: Sequence[torch.Tensor]) -> None:
@@ -375,7 +515,7 @@ class _StepFunction(torch.autograd.Function):
     def forward(ctx, step: KernelStep, *inputs: torch.Tensor):
         inputs = tuple(t.detach().contiguous() for t in inputs)
         _check_dtypes(step, inputs)
-        buffers = _run_forward(step, inputs)
+        buffers = _run_forward(step, inputs, keep=not step.recompute)
         ctx.step = step
         ctx.names = list(step.inputs) if step.recompute else list(buffers)
         ctx.save_for_backward(*(buffers[name] for name in ctx.names))
@@ -391,10 +531,14 @@ class _StepFunction(torch.autograd.Function):
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
-        # Adjoint buffers this backward made (not torch's incoming gradients): Warp adds into
-        # them in place, sparing a torch addition per input and launch (a parallel op that
-        # stalled for milliseconds on shared cores, most of a 2D MPM backward).
+        # Adjoint buffers this backward made (not torch's incoming gradients): the adjoints
+        # add into them in place, sparing a torch addition per input and launch (a parallel op
+        # that stalled for milliseconds on shared cores, most of a 2D MPM backward).
         owned: set[str] = set()
+        # Where a buffer is last needed going backward: once the launch that wrote it has run
+        # its adjoint, neither its value nor its adjoint is read again, so a recomputed
+        # substep's grids are freed as the backward passes them (memory of one substep's
+        # grids, not of the whole step's).
         for launch in reversed(step.launches):
             outs = [buffers[name] for name, _ in launch.outputs]
             grads = _run_adjoint(
@@ -404,12 +548,20 @@ class _StepFunction(torch.autograd.Function):
                 [adjoints[name] if name in adjoints else _zeros(o.shape, o)
                  for (name, _), o in zip(launch.outputs, outs)],
                 [adjoints[name] if name in owned else None for name, _ in launch.inputs],
+                # Adjoints of this launch's outputs are freed right after it (below), and
+                # those this backward made are not torch's incoming gradients.
+                [name in owned or name not in adjoints for name, _ in launch.outputs],
             )
             for (name, _), g in zip(launch.inputs, grads):
                 if name in owned and g is adjoints[name]:
                     continue  # accumulated in place
                 adjoints[name] = adjoints[name] + g if name in adjoints else g
                 owned.add(name)
+            for name, _ in launch.outputs:
+                if name not in step.outputs:
+                    buffers.pop(name, None)
+                    adjoints.pop(name, None)
+            del outs, grads
         grads_in = [adjoints.get(name) for name in step.inputs]
         return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
 
@@ -422,7 +574,7 @@ def apply_step(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, .
 def run_forward(step: KernelStep, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Run ``step`` outside autograd, for operators with no derivative of their own (the
     Warp Laplacian inside a pressure solve, whose derivative is the adjoint solve)."""
-    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs])
+    buffers = _run_forward(step, [t.detach().contiguous() for t in inputs], keep=False)
     return tuple(buffers[name] for name in step.outputs)
 
 

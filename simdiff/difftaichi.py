@@ -22,6 +22,12 @@ shared host a single-threaded worker waits for a core longer than a multi-thread
 * ``smoke``: ``smoke_taichi.py`` (128^2, 100 steps, ten unconverged Jacobi sweeps) against the
   fluid's plume at 128^2, 100 steps, forward and backward, projection converged to 1e-6, on
   Warp and on the fluid's vectorized-torch step (the fluid has no Taichi kernels).
+
+Memory: each row has the worker's peak RSS and ``memory_vs_difftaichi``; the MPM rows also
+``import_rss_mb`` (peak RSS once the libraries are imported and initialized: torch and the
+backend for simdiff, Taichi for DiffTaichi), ``above_import_mb`` (the peak less that, the
+workload's own memory) with its ratio, and simdiff's ``saved_for_backward_mb`` (bytes autograd
+saved for backward in one iteration, :func:`simdiff.bench.saved_bytes`).
 """
 
 from __future__ import annotations
@@ -169,6 +175,7 @@ def _difftaichi_mpm(folder: Path) -> tuple[Callable[[], None], dict]:
     import numpy as np
 
     ex = load_example(folder / EXAMPLES["mpm"], [])
+    import_rss = _peak_rss_mb()  # Taichi imported and initialized, no field allocated yet
     scene = ex.Scene()  # what its main() does before its loop
     ex.robot(scene)
     scene.finalize()
@@ -191,7 +198,7 @@ def _difftaichi_mpm(folder: Path) -> tuple[Callable[[], None], dict]:
             ex.bias[i] -= 0.1 * ex.bias.grad[i]
 
     return iteration, {"particles": scene.n_particles, "grid": ex.n_grid,
-                       "substeps": ex.steps}
+                       "substeps": ex.steps, "import_rss_mb": import_rss}
 
 
 def _difftaichi_smoke(folder: Path) -> tuple[Callable[[], None], dict]:
@@ -244,25 +251,34 @@ def _simdiff_mpm(backend_name: str) -> tuple[Callable[[], None], dict]:
     from torch.optim import Adam
 
     from simdiff.backend import resolve_backend
+    from simdiff.bench import saved_bytes
     from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.threads import intra_op_threads, threads_for
 
     scene = load_scene("mpm_crawler", steps=51, grid_size=128, dt=5e-4, substeps=20, scale=1.5)
     sim = make_simulator(scene, resolve_backend(backend_name))
+    import_rss = _peak_rss_mb()  # torch and the backend imported and initialized
     torch.manual_seed(0)
     controller = load_controller("sinusoid", sim, scene)
     optimizer = Adam(controller.parameters(), lr=0.05)
+    threads = threads_for(sim.initial_state())
+    measured: dict = {}
 
-    def iteration() -> None:
-        loss = scene.loss(rollout(sim, sim.initial_state(), controller, scene.steps,
-                                  check_every=10))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    def iteration() -> None:  # what `simdiff train` does per iteration
+        with intra_op_threads(threads):
+            with saved_bytes() as saved:
+                loss = scene.loss(rollout(sim, sim.initial_state(), controller, scene.steps,
+                                          check_every=10))
+            measured.setdefault("saved_for_backward_mb", saved.mb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
     model = scene.model
     return iteration, {"particles": model.particle_count, "grid": model.grid_size,
-                       "substeps": scene.steps * model.substeps}
+                       "substeps": scene.steps * model.substeps, "import_rss_mb": import_rss,
+                       "measured": measured}
 
 
 def _simdiff_smoke(backend_name: str) -> tuple[Callable[[], None], dict]:
@@ -305,13 +321,17 @@ _DIFFTAICHI = {"mass_spring": _difftaichi_mass_spring, "mpm": _difftaichi_mpm,
 _SIMDIFF = {"mass_spring": _simdiff_mass_spring, "mpm": _simdiff_mpm, "smoke": _simdiff_smoke}
 
 
-def _worker(workload: str, config: str, folder: str) -> None:
-    """Set up, warm up, then answer ``run K`` lines with K iteration times as JSON lines."""
+def _peak_rss_mb() -> float:
+    """As :func:`simdiff.bench.peak_rss_mb`, without importing simdiff's package (and torch)
+    into a DiffTaichi worker."""
     import resource
 
-    def peak_rss_mb() -> float:  # as simdiff.bench's, without importing simdiff (and torch)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
+
+def _worker(workload: str, config: str, folder: str) -> None:
+    """Set up, warm up, then answer ``run K`` lines with K iteration times as JSON lines."""
+    peak_rss_mb = _peak_rss_mb
     channel = sys.stdout
     sys.stdout = sys.stderr  # the scripts print every iteration; the channel stays clean
     if config == "difftaichi":
@@ -321,6 +341,7 @@ def _worker(workload: str, config: str, folder: str) -> None:
     started = time.perf_counter()
     iteration()  # compiles the kernels (or loads them from a cache)
     facts["first_iter_seconds"] = time.perf_counter() - started
+    facts.update(facts.pop("measured", {}))  # figures the first iteration measured
     channel.write(json.dumps(facts) + "\n")
     channel.flush()
     for line in sys.stdin:
@@ -411,12 +432,23 @@ def compare(folder: str | Path, workloads: list[str] | None = None, *, rounds: i
         base = statistics.median(times["difftaichi"])
         for config in configs:
             median = statistics.median(times[config])
-            rows.append({"workload": workload, "config": config, "seconds_per_iter": median,
-                         "vs_difftaichi": median / base,
-                         "cpu_seconds_per_iter": round(statistics.median(cpu[config]), 3),
-                         "peak_rss_mb": peaks[config],
-                         "rounds": rounds, "iters": len(times[config]),
-                         "load_average": round(statistics.mean(loads), 2), **facts[config]})
+            row = {"workload": workload, "config": config, "seconds_per_iter": median,
+                   "vs_difftaichi": median / base,
+                   "cpu_seconds_per_iter": round(statistics.median(cpu[config]), 3),
+                   "peak_rss_mb": peaks[config],
+                   "memory_vs_difftaichi": peaks[config] / peaks["difftaichi"],
+                   "rounds": rounds, "iters": len(times[config]),
+                   "load_average": round(statistics.mean(loads), 2), **facts[config]}
+            # Peak memory less what importing and initializing the libraries took: the
+            # workload's own memory, compared where both sides report their import.
+            if "import_rss_mb" in row:
+                row["above_import_mb"] = peaks[config] - row["import_rss_mb"]
+            rows.append(row)
+        base_row = next(r for r in rows[-len(configs):] if r["config"] == "difftaichi")
+        for row in rows[-len(configs):]:
+            if "above_import_mb" in row and "above_import_mb" in base_row:
+                row["above_import_vs_difftaichi"] = (row["above_import_mb"]
+                                                     / base_row["above_import_mb"])
     return rows
 
 

@@ -243,7 +243,10 @@ def rollout(
         health: ``"stop"`` raises on the first failed world; ``"mask"`` freezes failed worlds
             and excludes them from :meth:`Rollout.mean` (see the module docstring).
         checkpoint_every: If given, keep only one state every this many steps and recompute
-            the segments in backward; gradients are unchanged, memory is bounded.
+            the segments in backward; gradients are unchanged, memory is bounded. ``None``
+            (default): the simulator's rule for long horizons, if it has one
+            (``sim.default_checkpoint_every(steps)``; MPM checkpoints once its saved states
+            would pass 64 MiB), for rollouts without goals or truncation. ``0``: never.
         record_every: If positive, keep a detached copy of every such step's state (for
             rendering), including the first and last.
         check_every: Check for NaN or blow-up every this many steps (0 disables; default
@@ -274,8 +277,12 @@ def rollout(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1 or None")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool)
+                                         or checkpoint_every < 0):
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 0 or None")
+    if checkpoint_every is None and goals is None and truncate_every is None:
+        checkpoint_every = getattr(sim, "default_checkpoint_every", lambda steps: None)(steps)
+    checkpoint_every = checkpoint_every or None  # 0: never
     if truncate_every is not None and truncate_every < 1:
         raise ValueError(f"truncate_every={truncate_every} must be at least 1 or None")
     if health not in ("stop", "mask"):

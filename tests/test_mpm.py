@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from simdiff.backend import resolve_backend
+from simdiff.bench import saved_bytes
 from simdiff.rollout import rollout
 from simdiff.sims.base import SimulationError, ValidationError
 from simdiff.sims.mpm import MPM, Body, Ground, Material, Params, Tool, ToolShape, build_model
@@ -150,6 +151,54 @@ def test_checkpointed_rollout_gives_the_same_gradients(backend):
     for a, b in zip(*grads):
         assert torch.equal(a, b)
         assert a.abs().max() > 0
+
+
+def test_long_rollout_saves_bounded_bytes(backend):
+    """Bytes autograd holds for backward (measured from the saved tensors): without
+    checkpoints one packed particle state per control step and no grid; past the memory
+    rule's threshold, the default checkpoints hold about sqrt(steps) states; the gradients
+    are the same bits."""
+    sim = MPM(mixed_model(substeps=1), backend)
+    steps = 100
+    state_bytes = sim.model.particle_count * 12 * 8  # x, v, C, F in 2D, float64
+    sim.checkpoint_bytes = 10 * state_bytes  # the rule's threshold, scaled to a toy robot
+    assert sim.default_checkpoint_every(10) is None
+    assert sim.default_checkpoint_every(steps) == 10
+    measured, grads = {}, {}
+    for every in (0, None):
+        actions = actions_for(sim, steps).requires_grad_()
+        with saved_bytes() as saved:
+            result = rollout(sim, sim.initial_state(), lambda k, s, a=actions: a[k][None],
+                             steps, checkpoint_every=every)
+            loss = result.final.particle_x.square().sum()
+        loss.backward()
+        measured[every], grads[every] = saved.bytes, actions.grad
+    assert steps * state_bytes <= measured[0] < (steps + 3) * state_bytes  # + params, actions
+    assert measured[None] <= 2 * math.isqrt(steps) * state_bytes
+    assert torch.equal(grads[0], grads[None])
+    assert grads[0].abs().max() > 0
+
+
+def test_taichi_launcher_matches_taichis_own_call(backend):
+    """The bridge launches Taichi kernels with their static arguments set once (after a
+    first call through Taichi's own path): the fast path is taken, and a step and its
+    gradient through it equal the first call's."""
+    sim = MPM(mixed_model(substeps=2), backend)
+    action = actions_for(sim, 1)
+    results = []
+    for _ in range(2):  # the first builds the launchers through Taichi's call
+        v0 = sim.model.particle_v.clone()[None].requires_grad_()
+        state = sim.state_from(particle_x=sim.model.particle_x.clone()[None], particle_v=v0)
+        final = sim.step(state, action)
+        final.particle_x.square().sum().backward()
+        results.append((final.particle_x.detach(), v0.grad))
+    launchers = [value[1] for launch in sim._launch.launches
+                 for key, value in launch.cache.items() if key[0] == "taichi_launcher"]
+    assert len(launchers) == 2 * len(sim._launch.launches)  # forward and adjoint kernels
+    assert all(launcher.plan is not None for launcher in launchers)
+    for a, b in zip(*results):  # equal up to the atomics' order of addition
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert results[0][1].abs().max() > 0
 
 
 def test_p2g_conserves_mass_and_momentum(backend):

@@ -100,7 +100,10 @@ def test_bench_mpm_runs_at_toy_size(tmp_path, capsys):
         a, b = rows[config, "a"], rows[config, "b"]
         assert a["vs_baseline"] > 0 and a["particle_substeps_per_s"] > 0
         assert b["dim"] == 3 and b["particle_substeps_per_s"] > 0
-        assert rows[config, "c"]["checkpoint"] >= 1
+        memory = rows[config, "c"]
+        # A toy horizon keeps every control step (the default rule checkpoints long ones).
+        assert memory["checkpoint"] is None and memory["saved_mb"] > 0
+        assert 0 < memory["import_rss_mb"] <= memory["peak_rss_mb"]
     assert rows["torch", "c"]["peak_rss_mb"] > 0
     printed = capsys.readouterr().out
     assert "vs_baseline" in printed and "(b) 3D forward" in printed

@@ -1,6 +1,7 @@
 """Taichi kernels of the mass-spring step (see ``model.py`` for the physics), for ``B`` worlds.
 
-Two kernels, each one parallel loop over every world: ``spring_forces`` over
+Two kernels, each one loop over every world (serialized for small systems,
+:data:`SERIAL_ITERATIONS`): ``spring_forces`` over
 ``ti.ndrange(B, spring_count)`` (springs scatter their forces into a zeroed force buffer with
 atomic adds) and ``integrate`` over ``ti.ndrange(B, particle_count)``. Unlike the Warp
 kernel's per-particle gather, no loop body carries a local across iterations: Taichi's autodiff
@@ -18,8 +19,16 @@ from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
 __all__ = ["build_step"]
 
 
+SERIAL_ITERATIONS = 4096
+"""Loops of at most this many iterations (all worlds) run serialized on the calling thread.
+
+Taichi hands a parallel loop to its thread pool and waits for every worker: for a small
+robot's 20-40 iterations that wait is the launch (1.47x on a 40-element loop on an idle host;
+on 2 cores shared by other jobs, 3.3 ms per launch, each worker waiting for a time slice)."""
+
+
 @functools.cache
-def _kernels(dim: int, double: bool):
+def _kernels(dim: int, double: bool, serial: bool = False):
     del double  # keys the cache: Taichi is re-initialized when the precision changes
     vec = ti.types.vector(dim, float)
     arr_vec = ti.types.ndarray(dtype=vec, ndim=2)  # [B, n] of vectors
@@ -37,6 +46,7 @@ def _kernels(dim: int, double: bool):
         spring_params: arr3,
         force: arr_vec,
     ):
+        ti.loop_config(serialize=serial)
         for b, s in ti.ndrange(x.shape[0], spring_indices.shape[0]):
             a = spring_indices[s, 0]
             c = spring_indices[s, 1]
@@ -66,6 +76,7 @@ def _kernels(dim: int, double: bool):
         x_out: arr_vec,
         v_out: arr_vec,
     ):
+        ti.loop_config(serialize=serial)
         for b, i in ti.ndrange(x.shape[0], x.shape[1]):
             xi = x[b, i]
             v_free = v[b, i] * drag_factor + dt * (force[b, i] * inv_mass[b, i] + gravity * up)
@@ -88,9 +99,11 @@ def build_step(backend: Backend, dim: int, batch_size: int, resident: dict,
                scalars: tuple) -> KernelStep:
     """The step's launches for ``batch_size`` worlds; ``resident`` holds the model's index
     tensors on the device (shared by every world)."""
-    spring_forces, integrate, vec = _kernels(dim, backend.torch_dtype == torch.float64)
-    up = vec([1.0 if k == 1 else 0.0 for k in range(dim)])
     n = resident["particle_count"]
+    iterations = batch_size * max(n, int(resident["spring_indices"].shape[0]))
+    spring_forces, integrate, vec = _kernels(dim, backend.torch_dtype == torch.float64,
+                                             iterations <= SERIAL_ITERATIONS)
+    up = vec([1.0 if k == 1 else 0.0 for k in range(dim)])
     per_particle = OutputSpec((batch_size, n, dim))
     forces = KernelLaunch(
         backend, spring_forces, n,

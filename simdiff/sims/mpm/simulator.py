@@ -1,10 +1,20 @@
 """The MLS-MPM simulator: one control step of ``B`` worlds is ``model.substeps`` substeps in
 one torch op, each substep three kernel launches that serve every world.
 
-Memory: a step saves only its packed particle input; its grids are recomputed in backward.
-With ``rollout(..., checkpoint_every=K)`` only every K-th control step's particle state is
-kept, so the gradient of a long horizon holds ``steps / K`` particle states plus one segment;
-per world, memory does not grow with the number of worlds.
+Memory: backward needs only each control step's packed particle input ``[B, n, 2d + 2d^2]``
+(x, v, C, F; 155 kB for the 3,220 particles of ``benchmarks/mpm.py``'s crawler in 2D, float32)
+and the step's small action and tool inputs; the substeps' grids and particle states are
+recomputed from it in backward (a Taichi tape over a grid reused across substeps gives NaN
+gradients) and freed substep by substep. The rule for long horizons
+(:meth:`MPM.default_checkpoint_every`, applied by :func:`simdiff.rollout.rollout` when
+``checkpoint_every`` is not given): while the saved particle states of the horizon stay within
+:data:`CHECKPOINT_BYTES` (64 MiB: 434 control steps of that crawler), every control step's
+state is kept; beyond it, segments of ``ceil(sqrt(steps))`` control steps are checkpointed, so
+about ``2 sqrt(steps)`` particle states are held (the segment starts, then one segment
+recomputed in backward) at the cost of one more forward pass. Measured with
+:func:`simdiff.bench.saved_bytes` (``benchmarks/mpm.py`` part (c), Warp): 1,000 substeps save
+7.5 MB for backward, 4,000 save 29.6 MB, 10,000 (segments of 23 control steps) 3.3 MB; the
+process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp.
 
 Batching (``benchmarks/batch_mpm.py``, mpm_crawler on 2 shared cores): at B = 8 a batched
 rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forward and about
@@ -12,6 +22,8 @@ rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forwar
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,7 +33,10 @@ from simdiff.sims.base import Simulator
 from simdiff.sims.mpm.model import Material, Model, drucker_prager_alpha
 from simdiff.sims.mpm.state import Params, State
 
-__all__ = ["MPM", "Params", "State"]
+__all__ = ["CHECKPOINT_BYTES", "MPM", "Params", "State"]
+
+CHECKPOINT_BYTES = 64 * 2**20
+"""Saved particle states [bytes] above which a rollout checkpoints by default."""
 
 _PER_PARTICLE = ("particle_E", "particle_nu", "particle_yield", "particle_friction_angle",
                  "particle_active_stress", "particle_volume", "particle_density")
@@ -45,6 +60,8 @@ class MPM(Simulator):
     """
 
     name = "mpm"
+    checkpoint_bytes = CHECKPOINT_BYTES
+    """Saved particle states [bytes] above which :meth:`default_checkpoint_every` checkpoints."""
     initial_fields = ("particle_x", "particle_v")
     Params = Params
 
@@ -80,6 +97,17 @@ class MPM(Simulator):
     def _worlds(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` repeated for every world: ``[B, *t.shape]`` (a copy, not a view)."""
         return t.expand(self.batch_size, *t.shape).clone()
+
+    def default_checkpoint_every(self, steps: int) -> int | None:
+        """Control steps per checkpointed segment for a rollout of ``steps`` steps by
+        default: ``None`` (keep every step's particle state) while those states take at most
+        :attr:`checkpoint_bytes` (:data:`CHECKPOINT_BYTES`), else ``ceil(sqrt(steps))``."""
+        m = self.model
+        per_step = (self.batch_size * m.particle_count * (2 * m.dim + 2 * m.dim * m.dim)
+                    * self.backend.torch_dtype.itemsize)
+        if steps * per_step <= self.checkpoint_bytes:
+            return None
+        return math.isqrt(steps - 1) + 1
 
     def initial_state(self) -> State:
         return self.state_from(particle_x=self._worlds(self._tensor(self.model.particle_x)),
