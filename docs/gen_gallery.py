@@ -3,14 +3,14 @@
     python docs/gen_gallery.py [--quick] [--only walker_small,nbody_plummer] [--out DIR]
 
 For every shipped scene (``simdiff/scenes/*.py``) it builds the scene with its default options,
-rolls it out once on its default backend as ``simdiff run`` does (an inverse problem's objective with
-its hidden true parameters, as ``simdiff run`` renders it; a goal-conditioned scene on the
-held-out goal schedule of ``simdiff evaluate`` for one world, the command drawn in; a scene with
-actuators with its default controller, untrained, seed 0; the others unactuated), captions what
-was rolled out, renders the recorded frames and writes ``DIR/NAME.png`` (the last frame, at
-most 320 pixels wide) and ``DIR/NAME.gif`` (at most 40 frames, 240 pixels wide). ``--quick``
-caps each scene's horizon (``steps``) at 60 and leaves out the 3D scenes' slow compiles
-(``--only`` still takes them). DIR defaults to ``docs/gallery/``: git keeps the posters (small
+rolls it out once on its default backend (an inverse problem's objective with its hidden true
+parameters, as ``simdiff run`` renders it, else its initial guess; a goal-conditioned scene on
+the held-out goal schedule of ``simdiff evaluate`` for one world, the command drawn in; a scene
+with actuators with its default controller, untrained, seed 0; the others unactuated),
+captions what was rolled out, renders the recorded frames and writes ``DIR/NAME.png`` (the
+last frame, 320 pixels wide, wide views up to 640) and ``DIR/NAME.gif`` (at most 40 frames,
+240 pixels wide). ``--quick`` caps each scene's horizon (``steps``) at 60 and leaves out the 3D
+scenes' slow compiles (``--only`` still takes them). DIR defaults to ``docs/gallery/``: git keeps the posters (small
 PNGs) and ignores the GIFs; the gallery page shows what is there and lists the rest without
 pictures.
 
@@ -121,7 +121,12 @@ def write_gallery(name: str, out: Path, *, quick: bool) -> list[Path]:
         raise RuntimeError(f"{name}: the rollout recorded no frames")
     out.mkdir(parents=True, exist_ok=True)
     poster = out / f"{name}.png"
-    _resize(frames[-1], POSTER_WIDTH).save(poster, optimize=True)
+    # A wide view (the sand pile's strip along the ground) gets the area of a 4:3 poster, up
+    # to twice as wide, so that its labels stay legible.
+    h, w = frames[-1].shape[:2]
+    width = max(POSTER_WIDTH, min(2 * POSTER_WIDTH, round((POSTER_WIDTH ** 2 * 0.75 * w / h)
+                                                          ** 0.5)))
+    _resize(frames[-1], width).save(poster, optimize=True)
     stride = max(1, -(-len(frames) // GIF_FRAMES))
     picked = frames[::stride]
     if picked[-1] is not frames[-1]:
