@@ -5,6 +5,7 @@ README's Python example runs, its test command is CI's, and its pictures and lin
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -160,3 +161,28 @@ def test_readme_pictures_and_links_exist():
     assert any(t.endswith((".png", ".gif")) for t in local)
     missing = [t for t in local if not (ROOT / t).is_file()]
     assert not missing, f"README names missing files: {missing}"
+
+
+def test_benchmarks_page_says_when_where_and_under_what_load(tmp_path, monkeypatch):
+    """docs/benchmarks.md is written from the stored `simdiff bench --json` rows alone: each
+    table with its date, machine and host load, full runs unmarked, the benchmarks not run
+    named, and the chart drawn from the same rows."""
+    spec = importlib.util.spec_from_file_location("gen_benchmarks",
+                                                  ROOT / "docs" / "gen_benchmarks.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    monkeypatch.setattr(gen, "DATA", tmp_path)
+    rows = [{"config": "warp", "controller": "mlp", "seconds_per_iter": 0.5, "vs_baseline": 2.0},
+            {"config": "torch", "controller": "mlp", "seconds_per_iter": 1.0, "vs_baseline": 1.0}]
+    gen.store("mass_spring", rows, quick=False, date="2026-12-02 17:34 UTC", where="a host",
+              command="simdiff bench mass_spring",
+              load={"before": [20.33, 18.5, 14.3], "after": [20.35, 20.0, 18.5], "cpus": 2})
+    page = gen.render()
+    assert "| [mass_spring](#mass_spring) | full | 2026-12-02 17:34 UTC | 20.3 / 20.4 on 2 " \
+           "cores |" in page
+    assert "- machine: a host" in page and "Quick-mode data" not in page
+    assert "| warp | 2 | mlp | 0.5 |" in page
+    assert "Not run for this page: `simdiff bench mpm`, `simdiff bench fluid`, " \
+           "`simdiff bench nbody`, `simdiff bench design`" in page
+    assert gen.chart([json.loads(p.read_text()) for p in tmp_path.glob("*.json")],
+                     tmp_path / "chart.png").stat().st_size > 0
