@@ -199,6 +199,13 @@ def render() -> str:
                   f"{'quick (toy sizes)' if r['quick'] else 'full'} | {r['date']} | "
                   f"{_load(r.get('load'))} |" for r in records]
         lines += [""]
+        busy = [r["benchmark"] for r in records if (r.get("load") or {}).get("before")
+                and r["load"]["before"][0] > (r["load"].get("cpus") or 1)]
+        if busy:
+            lines += [(f"{', '.join(busy)}: the host's load exceeded its cores (other jobs "
+                       "shared them): absolute times are several times an idle host's, and "
+                       "the ratios are approximate (a benchmark's configurations run one "
+                       "after another, under whatever load there was)."), ""]
     missing = [name for name in BENCHMARKS if name not in {r["benchmark"] for r in records}]
     if missing:
         lines += [("Not run for this page: " + ", ".join(f"`simdiff bench {m}`" for m in missing)
