@@ -4,6 +4,7 @@
     python3 tasks.py demo   # create/reuse .venv, install, train the default walker, write renders/
     python3 tasks.py test   # create/reuse .venv, install, run the test suite
     python3 tasks.py sample # the demo, then its video as the README's renders/samples/walker_small.gif
+    python3 tasks.py media  # regenerate the gallery, docs/benchmarks.md and the README's stills
 
 Extra arguments after ``test`` go to pytest (e.g. ``python3 tasks.py test -m slow``).
 """
@@ -42,7 +43,7 @@ def setup() -> None:
 
 def main() -> int:
     job = sys.argv[1] if len(sys.argv) > 1 else ""
-    if job not in ("demo", "test", "setup", "sample"):
+    if job not in ("demo", "test", "setup", "sample", "media"):
         print(__doc__)
         return 2
     setup()
@@ -55,6 +56,12 @@ def main() -> int:
                        "walker_small.gif', f, duration=132, loop=0)")
             code = subprocess.run([str(PYTHON), "-c", convert], cwd=ROOT, check=False).returncode
         return code
+    if job == "media":
+        # One after the other (each is heavy); every one runs even if an earlier one failed.
+        scripts = ("docs/gen_gallery.py", "docs/gen_benchmarks.py", "docs/gen_samples.py")
+        codes = [subprocess.run([str(PYTHON), s], cwd=ROOT, check=False).returncode
+                 for s in scripts]
+        return max(codes)
     if job == "demo":
         out = ROOT / "renders" / "walker_small"
         cmd = [str(BIN / "simdiff"), "train", "walker_small", "--out", str(out)]

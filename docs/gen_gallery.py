@@ -3,12 +3,14 @@
     python docs/gen_gallery.py [--quick] [--only walker_small,nbody_plummer] [--out DIR]
 
 For every shipped scene (``simdiff/scenes/*.py``) it builds the scene with its default options,
-rolls it out once on its default backend as ``simdiff run`` does (an inverse problem's objective with
-its initial design; a scene with actuators with its default controller, untrained, seed 0; the
-others unactuated), renders the recorded frames and writes ``DIR/NAME.png`` (the last frame, at
-most 320 pixels wide) and ``DIR/NAME.gif`` (at most 40 frames, 240 pixels wide). ``--quick``
-caps each scene's horizon (``steps``) at 60 and leaves out the 3D scenes' slow compiles
-(``--only`` still takes them). DIR defaults to ``docs/gallery/``: git keeps the posters (small
+rolls it out once on its default backend (an inverse problem's objective with its hidden true
+parameters, as ``simdiff run`` renders it, else its initial guess; a goal-conditioned scene on
+the held-out goal schedule of ``simdiff evaluate`` for one world, the command drawn in; a scene
+with actuators with its default controller, untrained, seed 0; the others unactuated),
+captions what was rolled out, renders the recorded frames and writes ``DIR/NAME.png`` (the
+last frame, 320 pixels wide, wide views up to 640) and ``DIR/NAME.gif`` (at most 40 frames,
+240 pixels wide). ``--quick`` caps each scene's horizon (``steps``) at 60 and leaves out the 3D
+scenes' slow compiles (``--only`` still takes them). DIR defaults to ``docs/gallery/``: git keeps the posters (small
 PNGs) and ignores the GIFs; the gallery page shows what is there and lists the rest without
 pictures.
 
@@ -45,13 +47,16 @@ def _resize(image, width: int):
 
 
 def rollout_of(name: str, *, quick: bool):
-    """The scene built with its defaults (horizon capped when ``quick``) and one recorded
-    rollout of it, as ``simdiff run`` makes it."""
+    """The scene built with its defaults (horizon capped when ``quick``), one recorded rollout
+    of it, as ``simdiff run`` (or, for a goal-conditioned scene, ``simdiff evaluate``) makes
+    it, and the caption saying what was rolled out."""
     import torch
 
     from simdiff.backend import resolve_backend
+    from simdiff.locomotion import evaluate_goals, held_out_schedule
     from simdiff.rollout import rollout
     from simdiff.scene import initial_worlds, load_controller, load_scene, make_simulator
+    from simdiff.threads import intra_op_threads, threads_for
     from simdiff.train import _has_actuators
 
     options = {}
@@ -66,24 +71,38 @@ def rollout_of(name: str, *, quick: bool):
     precision = scene.train.get("precision", "float32")
     sim = make_simulator(scene, resolve_backend(scene.default_backend, "cpu", precision))
     torch.manual_seed(0)
-    with torch.no_grad():
+
+    def controller_of():
+        controller = scene.train.get("controller", "mlp")
+        options = scene.train.get("controller_options", {})
+        built = load_controller(controller, sim, scene, **options)
+        return built.to(sim.backend.torch_dtype), "untrained"
+
+    # One torch thread for small systems, as the command line picks (simdiff.threads).
+    with torch.no_grad(), intra_op_threads(threads_for(sim.initial_state())):
         if scene.objective is not None:
             # The hidden answer where the problem has one (as `simdiff run` renders it).
-            design = (scene.truth or scene.design)(sim).to(sim.backend.torch_dtype)
+            build = scene.truth or scene.design
+            caption = "true parameters (hidden)" if scene.truth else "initial guess (untrained)"
+            design = build(sim).to(sim.backend.torch_dtype)
             objective = scene.objective
             if "record_every" in inspect.signature(objective).parameters:
                 _, result, _ = objective(sim, design, record_every=scene.render_every)
             else:
                 _, result, _ = objective(sim, design)
+        elif scene.goals is not None:
+            # The commands are the task: walk, stand, jump, crawl (turn in 3D), one period each.
+            controller, caption = controller_of()
+            _, result = evaluate_goals(sim, controller, held_out_schedule(scene.goals, 1),
+                                       record_every=scene.render_every)
         else:
-            controller = None
+            controller, caption = None, None
             if _has_actuators(scene):
-                controller = load_controller(scene.train.get("controller", "mlp"), sim, scene)
-                controller = controller.to(sim.backend.torch_dtype)
+                controller, caption = controller_of()
             state, params = initial_worlds(scene, sim, seed=0)
             result = rollout(sim, state, controller, scene.steps, params=params,
                              record_every=scene.render_every)
-    return scene, result
+    return scene, result, caption
 
 
 def write_gallery(name: str, out: Path, *, quick: bool) -> list[Path]:
@@ -92,13 +111,22 @@ def write_gallery(name: str, out: Path, *, quick: bool) -> list[Path]:
 
     from simdiff.render.rollout import render_rollout
 
-    scene, result = rollout_of(name, quick=quick)
-    frames = render_rollout(scene, result)
+    scene, result, caption = rollout_of(name, quick=quick)
+    frames = render_rollout(scene, result, caption=caption)
+    if scene.goals is not None:
+        from simdiff.render.goals import annotate_goals
+
+        frames = annotate_goals(frames, sorted(result.frames), result)
     if not frames:
         raise RuntimeError(f"{name}: the rollout recorded no frames")
     out.mkdir(parents=True, exist_ok=True)
     poster = out / f"{name}.png"
-    _resize(frames[-1], POSTER_WIDTH).save(poster, optimize=True)
+    # A wide view (the sand pile's strip along the ground) gets the area of a 4:3 poster, up
+    # to twice as wide, so that its labels stay legible.
+    h, w = frames[-1].shape[:2]
+    width = max(POSTER_WIDTH, min(2 * POSTER_WIDTH, round((POSTER_WIDTH ** 2 * 0.75 * w / h)
+                                                          ** 0.5)))
+    _resize(frames[-1], width).save(poster, optimize=True)
     stride = max(1, -(-len(frames) // GIF_FRAMES))
     picked = frames[::stride]
     if picked[-1] is not frames[-1]:

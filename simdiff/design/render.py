@@ -119,22 +119,56 @@ def design_figure(problem, density: np.ndarray, path: str | Path, *,
 
 
 def density_figure(density: np.ndarray, path: str | Path, *, title: str,
-                   label: str = "density (solid fraction)") -> Path:
+                   label: str = "density (solid fraction)",
+                   loads: Sequence[tuple[float, float]] = (),
+                   supports: Sequence[tuple[float, float, float, float]] = (),
+                   load_label: str = "load", support_label: str = "support") -> Path:
     """Write a PNG of a ``(rows, cols)`` density field (row 0 on top) with a color bar from 0
-    (white) to 1 (black) named ``label``, on axes in cells."""
+    (white) to 1 (black) named ``label``, on axes in cells.
+
+    Args:
+        loads: Points ``(x, y)`` in cells (y down) loaded downwards, drawn as red arrows.
+        supports: Rectangles ``(x0, x1, y0, y1)`` in cells that carry the field (legs, walls),
+            drawn in blue; they may lie outside the field, and the view grows to show them.
+    """
+    from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     x = np.clip(np.asarray(density, dtype=np.float64), 0.0, 1.0)
     rows, cols = x.shape
-    figure = Figure(figsize=(7.0, min(10.0, 7.0 * rows / cols * 0.8 + 1.6)), dpi=100,
+    bottom = max([rows, *(y1 for *_, y1 in supports)])
+    figure = Figure(figsize=(7.0, min(10.0, 7.0 * (bottom + 2) / cols * 0.8 + 1.6)), dpi=100,
                     layout="constrained")
     axes = figure.add_subplot()
     shown = axes.imshow(x, cmap="gray_r", vmin=0.0, vmax=1.0, extent=(0, cols, rows, 0),
                         interpolation="nearest")
     figure.colorbar(shown, ax=axes, shrink=0.9, pad=0.01).set_label(label)
+    handles = []
+    for k, (x0, x1, y0, y1) in enumerate(supports):
+        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, hatch="//",
+                                 facecolor=(*to_rgb(SUPPORT_COLOR), 0.3),
+                                 edgecolor=SUPPORT_COLOR, lw=1.5,
+                                 label=support_label if k == 0 else None))
+    if supports:
+        handles.append(axes.patches[0])
+    arrow = 0.12 * max(rows, cols)
+    for px, py in loads:
+        axes.annotate("", xy=(px, py), xytext=(px, py - arrow),
+                      arrowprops={"arrowstyle": "-|>", "color": LOAD_COLOR, "lw": 1.5})
+    if loads:
+        handles.append(axes.plot([], [], color=LOAD_COLOR, marker=r"$\downarrow$",
+                                 linestyle="none", markersize=10, label=load_label)[0])
+    top = -arrow - 0.5 if loads else 0
+    axes.set_xlim(min([0, *(x0 for x0, *_ in supports)]) - 0.5,
+                  max([cols, *(s[1] for s in supports)]) + 0.5)
+    axes.set_ylim(bottom + (0.5 if supports else 0), top)
     axes.set_xlabel("x [cells]")
     axes.set_ylabel("y [cells, down]")
     axes.set_title(title, fontsize=10)
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center", ncol=len(handles),
+                      fontsize=8, frameon=False)
     path = Path(path)
     figure.savefig(path, format="png")
     return path

@@ -105,8 +105,9 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
     from simdiff.sims.mass_spring import MassSpring
 
     start = time.perf_counter()
-    model, payload, average = _bridge(nx, ny, leg=2, leg_height=4, cell=0.05, payload=payload,
-                                      stiffness=stiffness)
+    leg, leg_height = 2, 4
+    model, payload, average = _bridge(nx, ny, leg=leg, leg_height=leg_height, cell=0.05,
+                                      payload=payload, stiffness=stiffness)
     k0, kmin = float(model.spring_stiffness[0]), 0.05
     sim = MassSpring(model, resolve_backend(backend, "cpu", "float64"))
     y0 = model.particle_x[payload, 1].mean()
@@ -145,14 +146,20 @@ def design_bridge(out: str | Path | None = None, *, nx: int = 16, ny: int = 8, i
     paths: list[Path] = []
     if out is not None:
         out = Path(out)
-        paths = _write(out, sim, best_density, losses, sag, volfrac, nx, ny)
+        # In the picture's cells (y down from the deck's top): the payload's nodes and the
+        # legs the deck stands on.
+        loads = [(c, 0.0) for c in range(nx // 3, nx - nx // 3 + 1)]
+        legs = [(0, leg, ny, ny + leg_height), (nx - leg, nx, ny, ny + leg_height)]
+        paths = _write(out, sim, best_density, losses, sag, volfrac, nx, ny, loads=loads,
+                       legs=legs, payload_kg=float(model.particle_mass[payload].sum()))
     return BridgeDesign(losses, uniform, best, best_density.numpy(),
                         time.perf_counter() - start, paths)
 
 
-def _write(out: Path, sim, density, losses, sag, volfrac, nx, ny) -> list[Path]:
-    """The outputs every design run writes: ``design.png`` (the layout, a color bar and the
-    sag), ``settling.gif`` (the loaded bridge settling), ``sag.png`` (the loss curve),
+def _write(out: Path, sim, density, losses, sag, volfrac, nx, ny, *, loads, legs,
+           payload_kg: float) -> list[Path]:
+    """The outputs every design run writes: ``design.png`` (the layout, a color bar, the
+    payload, the legs and the sag), ``settling.gif`` (the loaded bridge settling), ``sag.png`` (the loss curve),
     ``metrics.jsonl`` and ``design.npy``."""
     import json
 
@@ -164,7 +171,10 @@ def _write(out: Path, sim, density, losses, sag, volfrac, nx, ny) -> list[Path]:
     png = density_figure(density.numpy(), out / "design.png",
                          title=f"CNN stiffness layout, {nx}x{ny} deck, volfrac {volfrac}\n"
                                f"payload sag {1e3 * best:.3f} mm",
-                         label="stiffness density (cell stiffness ~ density^3)")
+                         label="stiffness density (cell stiffness ~ density^3)",
+                         loads=loads, supports=legs,
+                         load_label=f"payload {payload_kg:g} kg (on these top nodes)",
+                         support_label="legs (fixed stiffness, on the ground)")
     with torch.no_grad():
         _, result = sag(density, record_every=5)
     states = result.recorded()
