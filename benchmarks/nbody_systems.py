@@ -35,7 +35,7 @@ def simdiff_round(mass, x, v, t_end: float, tolerance: float) -> tuple[float, li
     from simdiff.sims.nbody import Model, NBody
 
     count = mass.shape[0]
-    model = Model(mass[0], x[0], v[0], dt=t_end, integrator="ias15", tolerance=tolerance)
+    model = Model(mass[0], x[0], v[0], dt=1e-3, integrator="ias15", tolerance=tolerance)
     sim = NBody(model, resolve_backend("warp", precision="float64"), batch_size=count)
     state = sim.state_from(body_x=x.double(), body_v=v.double())
     params = sim.params()
