@@ -149,7 +149,7 @@ def _advance_kernel():
     def advance(
         n: int, integrator: int, criterion: int, tolerance: F64, dt_min: F64, max_steps: int,
         capacity: int, recording: int,
-        radau: wp.array(dtype=F64),  # nodes [8], C [49], D [49], shift [49]
+        radau: wp.array(dtype=F64),  # constants: see _radau
         eta: wp.array(dtype=F64), t_end: wp.array(dtype=F64), gp: wp.array(dtype=F64),
         dt_max: wp.array(dtype=F64), mass: wp.array(dtype=F64),
         x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
@@ -328,13 +328,11 @@ def _advance_kernel():
                             hm = radau[m]
                             for i in range(n):
                                 p = base + i
-                                poly = wb[(s * 7 + 6) * n + i] * (hm / F64(72.0))
-                                poly = (poly + wb[(s * 7 + 5) * n + i] / F64(56.0)) * hm
-                                poly = (poly + wb[(s * 7 + 4) * n + i] / F64(42.0)) * hm
-                                poly = (poly + wb[(s * 7 + 3) * n + i] / F64(30.0)) * hm
-                                poly = (poly + wb[(s * 7 + 2) * n + i] / F64(20.0)) * hm
-                                poly = (poly + wb[(s * 7 + 1) * n + i] / F64(12.0)) * hm
-                                poly = (poly + wb[(s * 7 + 0) * n + i] / F64(6.0)) * hm
+                                # Multiplications by reciprocals, not divisions: divisions
+                                # were most of a three-body step's time.
+                                poly = wb[(s * 7 + 6) * n + i] * (hm * radau[225])
+                                for k in range(5, -1, -1):
+                                    poly = (poly + wb[(s * 7 + k) * n + i] * radau[219 + k]) * hm
                                 poly = poly + a[p] / F64(2.0)
                                 # The node's position as a compensated pair (sx - sv).
                                 y = dt * hm * (v[p] + dt * hm * poly) - cx[p]
@@ -347,9 +345,10 @@ def _advance_kernel():
                             changed = F64(0.0)
                             for i in range(n):
                                 p = base + i
-                                tmp = (sa[p] - a[p]) / hm
+                                tmp = (sa[p] - a[p]) * radau[155 + m * 8]
                                 for r in range(1, m):
-                                    tmp = (tmp - wg[(s * 7 + r - 1) * n + i]) / (hm - radau[r])
+                                    tmp = (tmp - wg[(s * 7 + r - 1) * n + i]) * radau[
+                                        155 + m * 8 + r]
                                 w = (s * 7 + m - 1) * n + i
                                 change = tmp - wg[w]
                                 wg[w] = tmp
@@ -461,8 +460,15 @@ def _advance_kernel():
 
 @functools.cache
 def _radau(device: str):
-    values = np.concatenate([np.array(RADAU_NODES), RADAU["C"].ravel(), RADAU["D"].ravel(),
-                             RADAU["shift"].ravel()])
+    nodes = np.array(RADAU_NODES)
+    inverse_gaps = np.zeros((8, 8))  # 1 / (h_m - h_r), r < m
+    for m in range(1, 8):
+        inverse_gaps[m, :m] = 1.0 / (nodes[m] - nodes[:m])
+    poly = 1.0 / np.array([(k + 2) * (k + 3) for k in range(7)], dtype=float)
+    # nodes [8] at 0, C [49] at 8, D [49] at 57, shift [49] at 106, 1 / gaps [64] at 155,
+    # 1 / ((k + 2)(k + 3)) [7] at 219.
+    values = np.concatenate([nodes, RADAU["C"].ravel(), RADAU["D"].ravel(),
+                             RADAU["shift"].ravel(), inverse_gaps.ravel(), poly])
     return wp.array(values, dtype=wp.float64, device=device)
 
 
