@@ -5,8 +5,8 @@ Driven from Python, every step pays kernel launches, the step criterion's reduct
 small torch calls (~0.5 ms a Hermite step, ~3 ms an IAS15 step); here one launch advances every
 world to its end time, each thread looping over its world's adaptive steps in compiled code
 (about a microsecond per three-body Hermite step). The integrators and step criteria are those
-of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation (tests
-check that both give the same trajectories); every accepted step size is recorded so that
+of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation but for
+IAS15's force evaluation (below; tests check that both give the same trajectories); every accepted step size is recorded so that
 :mod:`~simdiff.sims.nbody.evolve` can replay them differentiably. float64; positions and
 velocities are Kahan-compensated as in the torch integrators. IAS15 here evaluates its forces at
 the compensated positions (``x - x_err``, node positions kept as compensated pairs too), each
