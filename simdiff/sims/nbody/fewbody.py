@@ -5,10 +5,14 @@ Driven from Python, every step pays kernel launches, the step criterion's reduct
 small torch calls (~0.5 ms a Hermite step, ~3 ms an IAS15 step); here one launch advances every
 world to its end time, each thread looping over its world's adaptive steps in compiled code
 (about a microsecond per three-body Hermite step). The integrators and step criteria are those
-of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation (tests
-check that both give the same trajectories); every accepted step size is recorded so that
+of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation but for
+IAS15's force evaluation (below; tests check that both give the same trajectories); every accepted step size is recorded so that
 :mod:`~simdiff.sims.nbody.evolve` can replay them differentiably. float64; positions and
-velocities are Kahan-compensated as in the torch integrators.
+velocities are Kahan-compensated as in the torch integrators. IAS15 here evaluates its forces at
+the compensated positions (``x - x_err``, node positions kept as compensated pairs too), each
+pair once: the round-off of absolute positions in a close pair's separation, which set the
+energy error of close encounters (1e-10 on the Pythagorean problem, as REBOUND's), is gone
+(~1e-13); the stepped torch path evaluates at the rounded positions.
 """
 
 from __future__ import annotations
@@ -74,6 +78,29 @@ def _all_gravity(s: int, n: int, x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=
 
 
 @wp.func
+def _accelerations(s: int, n: int, x: wp.array(dtype=wp.vec3d), x_err: wp.array(dtype=wp.vec3d),
+                   mass: wp.array(dtype=F64), g: F64, eps2: F64,
+                   a_out: wp.array(dtype=wp.vec3d)):
+    """Accelerations only (IAS15 needs no jerk), each pair once and applied to both bodies, at
+    the compensated positions ``x - x_err``: a close pair's separation is then exact to far
+    below one unit in the last place of the positions (the rounding of absolute positions is
+    what limits the energy error in close encounters)."""
+    base = s * n
+    for i in range(n):
+        a_out[base + i] = wp.vec3d()
+    for i in range(1, n):
+        xi = x[base + i]
+        acc = a_out[base + i]
+        for k in range(i):
+            dx = (xi - x[base + k]) - (x_err[base + i] - x_err[base + k])
+            r = wp.sqrt(wp.dot(dx, dx) + eps2)
+            prefact = g / (r * r * r)
+            acc = acc - (prefact * mass[base + k]) * dx
+            a_out[base + k] = a_out[base + k] + (prefact * mass[base + i]) * dx
+        a_out[base + i] = acc
+
+
+@wp.func
 def _criterion(s: int, n: int, criterion: int, x: wp.array(dtype=wp.vec3d),
                v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
                jerk: wp.array(dtype=wp.vec3d), snap: wp.array(dtype=wp.vec3d),
@@ -122,7 +149,7 @@ def _advance_kernel():
     def advance(
         n: int, integrator: int, criterion: int, tolerance: F64, dt_min: F64, max_steps: int,
         capacity: int, recording: int,
-        radau: wp.array(dtype=F64),  # nodes [8], C [49], D [49], shift [49]
+        radau: wp.array(dtype=F64),  # constants: see _radau
         eta: wp.array(dtype=F64), t_end: wp.array(dtype=F64), gp: wp.array(dtype=F64),
         dt_max: wp.array(dtype=F64), mass: wp.array(dtype=F64),
         x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
@@ -137,7 +164,7 @@ def _advance_kernel():
         sa: wp.array(dtype=wp.vec3d), sj: wp.array(dtype=wp.vec3d),
         sum_x: wp.array(dtype=wp.vec3d), sum_v: wp.array(dtype=wp.vec3d),
         wb: wp.array(dtype=wp.vec3d), wg: wp.array(dtype=wp.vec3d),
-        we: wp.array(dtype=wp.vec3d),
+        we: wp.array(dtype=wp.vec3d), wcs: wp.array(dtype=wp.vec3d),
         record: wp.array(dtype=F64), recorded: wp.array(dtype=wp.int32),
         status: wp.array(dtype=wp.int32),
     ):
@@ -272,6 +299,7 @@ def _advance_kernel():
                             for k in range(j, 7):
                                 e_j = e_j + radau[106 + j * 7 + k] * ias_b[(s * 7 + k) * n + i]
                             w = (s * 7 + j) * n + i
+                            wcs[w] = wp.vec3d()
                             if predict:
                                 we[w] = q * e_j
                                 wb[w] = q * e_j + (ias_b[w] - ias_e[w])
@@ -300,30 +328,36 @@ def _advance_kernel():
                             hm = radau[m]
                             for i in range(n):
                                 p = base + i
-                                poly = wb[(s * 7 + 6) * n + i] * (hm / F64(72.0))
-                                poly = (poly + wb[(s * 7 + 5) * n + i] / F64(56.0)) * hm
-                                poly = (poly + wb[(s * 7 + 4) * n + i] / F64(42.0)) * hm
-                                poly = (poly + wb[(s * 7 + 3) * n + i] / F64(30.0)) * hm
-                                poly = (poly + wb[(s * 7 + 2) * n + i] / F64(20.0)) * hm
-                                poly = (poly + wb[(s * 7 + 1) * n + i] / F64(12.0)) * hm
-                                poly = (poly + wb[(s * 7 + 0) * n + i] / F64(6.0)) * hm
+                                # Multiplications by reciprocals, not divisions: divisions
+                                # were most of a three-body step's time.
+                                poly = wb[(s * 7 + 6) * n + i] * (hm * radau[225])
+                                for k in range(5, -1, -1):
+                                    poly = (poly + wb[(s * 7 + k) * n + i] * radau[219 + k]) * hm
                                 poly = poly + a[p] / F64(2.0)
-                                sx[p] = x[p] - cx[p] + dt * hm * (v[p] + dt * hm * poly)
-                            _all_gravity(s, n, sx, v, mass, g, eps2, sa, sj)
+                                # The node's position as a compensated pair (sx - sv).
+                                y = dt * hm * (v[p] + dt * hm * poly) - cx[p]
+                                hi = x[p] + y
+                                sx[p] = hi
+                                sv[p] = (hi - x[p]) - y
+                            _accelerations(s, n, sx, sv, mass, g, eps2, sa)
                             evaluations[s] = evaluations[s] + wp.int64(1)
                             largest = F64(0.0)
                             changed = F64(0.0)
                             for i in range(n):
                                 p = base + i
-                                tmp = (sa[p] - a[p]) / hm
+                                tmp = (sa[p] - a[p]) * radau[155 + m * 8]
                                 for r in range(1, m):
-                                    tmp = (tmp - wg[(s * 7 + r - 1) * n + i]) / (hm - radau[r])
+                                    tmp = (tmp - wg[(s * 7 + r - 1) * n + i]) * radau[
+                                        155 + m * 8 + r]
                                 w = (s * 7 + m - 1) * n + i
                                 change = tmp - wg[w]
                                 wg[w] = tmp
                                 for j in range(m):
                                     wj = (s * 7 + j) * n + i
-                                    wb[wj] = wb[wj] + radau[8 + (m - 1) * 7 + j] * change
+                                    bj, cj = _kahan(wb[wj], wcs[wj],
+                                                    radau[8 + (m - 1) * 7 + j] * change)
+                                    wb[wj] = bj
+                                    wcs[wj] = cj
                                 if m == 7:
                                     for c in range(3):
                                         largest = wp.max(largest, wp.abs(sa[p][c]))
@@ -395,7 +429,7 @@ def _advance_kernel():
                         w = (s * 7 + k) * n + i
                         ias_b[w] = wb[w]
                         ias_e[w] = we[w]
-                _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
+                _accelerations(s, n, x, cx, mass, g, eps2, a)
                 evaluations[s] = evaluations[s] + wp.int64(1)
                 last_step[s] = dt
                 time_step[s] = proposal
@@ -414,6 +448,11 @@ def _advance_kernel():
             if not (worst < F64(1.0e300)):
                 status[s] = wp.int32(3)
                 break
+        if integrator == 3:
+            # The state's jerk, which IAS15's steps do not need, once at the end.
+            _all_gravity(s, n, x, v, mass, g, eps2, sa, sj)
+            for i in range(n):
+                jerk[base + i] = sj[base + i]
         time[s] = t
 
     return advance
@@ -421,8 +460,15 @@ def _advance_kernel():
 
 @functools.cache
 def _radau(device: str):
-    values = np.concatenate([np.array(RADAU_NODES), RADAU["C"].ravel(), RADAU["D"].ravel(),
-                             RADAU["shift"].ravel()])
+    nodes = np.array(RADAU_NODES)
+    inverse_gaps = np.zeros((8, 8))  # 1 / (h_m - h_r), r < m
+    for m in range(1, 8):
+        inverse_gaps[m, :m] = 1.0 / (nodes[m] - nodes[:m])
+    poly = 1.0 / np.array([(k + 2) * (k + 3) for k in range(7)], dtype=float)
+    # nodes [8] at 0, C [49] at 8, D [49] at 57, shift [49] at 106, 1 / gaps [64] at 155,
+    # 1 / ((k + 2)(k + 3)) [7] at 219.
+    values = np.concatenate([nodes, RADAU["C"].ravel(), RADAU["D"].ravel(),
+                             RADAU["shift"].ravel(), inverse_gaps.ravel(), poly])
     return wp.array(values, dtype=wp.float64, device=device)
 
 
@@ -466,7 +512,7 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
         evaluations = state.force_evaluations.detach().to(torch.int64).contiguous().clone()
         like = values["body_x"]
         scratch = [torch.zeros_like(like) for _ in range(6)]
-        coefficient_scratch = [torch.zeros_like(zeros) for _ in range(3)]
+        coefficient_scratch = [torch.zeros_like(zeros) for _ in range(4)]
         cap = capacity if record else 1
         steps = torch.zeros(b, cap, dtype=f64, device=like.device)
         recorded = torch.zeros(b, dtype=torch.int32, device=like.device)

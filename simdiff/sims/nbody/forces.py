@@ -16,7 +16,10 @@ Given the adjoints ``alpha_i`` of ``a_i`` and ``beta_i`` of ``jerk_i``, one pair
 
 A body ``k`` gathers ``-G m_j dP/dd`` over its own row and ``+G m_k dP/dd`` over the rows
 where it is the partner (``d`` then points to it), and ``G P`` of those rows for its mass; the
-world's ``G`` and ``eps`` adjoints are per-body partial sums reduced over bodies. No atomic
+world's ``G`` and ``eps`` adjoints are per-body partial sums reduced over bodies. ``dP/dd`` and
+``dP/du`` are even in ``(d, u)`` and linear in ``(alpha, beta)``, so the two rows of a pair
+take one evaluation with the combined adjoints ``m_k alpha_j - m_j alpha_k`` (and ``beta``);
+``P`` is odd, so the partner row's ``P`` is ``-P(d, u; alpha_j, beta_j)``. No atomic
 scatter: each thread writes only its own body (the automatic adjoints scattered into every
 partner, 30-60x the forward's time at N = 4,096). Why hand-written: the automatic adjoint of
 the gather form is wrong on Taichi and slow in scatter form on both backends. Tests check it

@@ -12,7 +12,12 @@ acceleration over a step is a degree-7 polynomial in ``h = t / dt`` whose coeffi
 refined by predictor-corrector iterations at the seven Gauss-Radau nodes until the change of the
 last one falls below 1e-16 of the acceleration; the next step comes from the PRS23 criterion
 (Pham, Rein and Spiegel 2024) on the converged polynomial. Its constants are derived here from
-the nodes (:data:`RADAU_NODES`).
+the nodes (:data:`RADAU_NODES`). As in REBOUND, the node positions add the position's
+compensation to the increment before the position (one rounding) and the b coefficients'
+updates within a step are compensated sums. The compiled loop
+(:mod:`~simdiff.sims.nbody.fewbody`) goes one step further and evaluates the forces at the
+compensated positions (a close pair's separation exact far below the positions' last place):
+on the Pythagorean problem that takes the energy error from REBOUND's 1e-11..1e-10 to ~1e-13.
 """
 
 from __future__ import annotations
@@ -176,6 +181,7 @@ def ias15(forces: Forces, s: State, dt: torch.Tensor, tolerance: float) -> State
     g = torch.einsum("kj,bjnd->bknd", d_mat.T, b)  # g_k = sum_j D[j, k] b_j
     b = list(b.unbind(1))
     g = list(g.unbind(1))
+    b_err = [torch.zeros_like(x0) for _ in range(7)]  # compensation of b's sums, per step
     count = torch.zeros_like(s.force_evaluations)
     batch = x0.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=x0.device)
@@ -200,7 +206,8 @@ def ias15(forces: Forces, s: State, dt: torch.Tensor, tolerance: float) -> State
             for k, denominator in zip(range(5, -1, -1), (56, 42, 30, 20, 12, 6)):
                 poly = (poly + b[k] / denominator) * hn
             poly = poly + a0 / 2
-            x = x0 - cx + big * hn * (v0 + big * hn * poly)
+            # The compensation joins the (small) increment before the position: one rounding.
+            x = (big * hn * (v0 + big * hn * poly) - cx) + x0
             at, _ = forces(x, v0)
             # Divided differences give g_{n-1}; b changes by C[n-1, :] times its change.
             tmp = (at - a0) / hn
@@ -209,7 +216,7 @@ def ias15(forces: Forces, s: State, dt: torch.Tensor, tolerance: float) -> State
             change = torch.where(keep, tmp - g[n - 1], 0.0)
             g[n - 1] = g[n - 1] + change
             for j in range(n):
-                b[j] = b[j] + float(c_mat[n - 1, j]) * change
+                b[j], b_err[j] = add_compensated(b[j], b_err[j], float(c_mat[n - 1, j]) * change)
             if n == 7:
                 with torch.no_grad():
                     largest = at.abs().flatten(1).amax(1)

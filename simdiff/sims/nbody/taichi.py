@@ -23,7 +23,7 @@ __all__ = ["build_forces"]
 def _kernels(double: bool):
     del double  # keys the cache: Taichi is re-initialized when the precision changes
     vec3 = ti.types.vector(3, float)
-    vec8 = ti.types.vector(8, float)
+    vec6 = ti.types.vector(6, float)
     arr_vec = ti.types.ndarray(dtype=vec3, ndim=2)
     arr = ti.types.ndarray(ndim=2)
 
@@ -52,8 +52,9 @@ def _kernels(double: bool):
             jerk_out[b, i] = jerk
 
     @ti.func
-    def pair_adjoint(d, u, alpha, beta, q):
-        # (P, dP/dd, dP/du, dP/d(eps^2)) packed in 8 numbers (see forces.py).
+    def pair_gradient(d, u, alpha, beta, q):
+        # (dP/dd, dP/du) packed in 6 numbers: even in (d, u), linear in (alpha, beta), so a
+        # pair's two rows share one evaluation with combined adjoints (see warp.py).
         q2 = q * q
         q3 = q2 * q
         q5 = q3 * q2
@@ -62,12 +63,10 @@ def _kernels(double: bool):
         bu = beta.dot(u)
         bd = beta.dot(d)
         du = d.dot(u)
-        p = q3 * (ad + bu) - 3.0 * q5 * du * bd
         dd = q3 * alpha - 3.0 * q5 * (ad + bu) * d - 3.0 * q5 * (bd * u + du * beta) \
             + 15.0 * q7 * du * bd * d
         dv = q3 * beta - 3.0 * q5 * bd * d
-        de2 = -1.5 * q5 * (ad + bu) + 7.5 * q7 * du * bd
-        return vec8(p, dd[0], dd[1], dd[2], dv[0], dv[1], dv[2], de2)
+        return vec6(dd[0], dd[1], dd[2], dv[0], dv[1], dv[2])
 
     @ti.kernel
     def gravity_adjoint(x: arr_vec, v: arr_vec, mass: arr, params: arr, adj_a: arr_vec,
@@ -93,15 +92,23 @@ def _kernels(double: bool):
                 u = v[b, p] - vk
                 q = 1.0 / ti.sqrt(d.dot(d) + eps2 + own)
                 mp = mass[b, p] * live
-                r1 = pair_adjoint(d, u, alpha_k, beta_k, q)
-                gx -= g * mp * vec3(r1[1], r1[2], r1[3])
-                gv -= g * mp * vec3(r1[4], r1[5], r1[6])
-                gg += mp * r1[0]
-                ge += g * mp * r1[7]
-                r2 = pair_adjoint(-d, -u, adj_a[b, p], adj_jerk[b, p], q)
-                gx += g * mk * live * vec3(r2[1], r2[2], r2[3])
-                gv += g * mk * live * vec3(r2[4], r2[5], r2[6])
-                gm_k += g * live * r2[0]
+                alpha_p = adj_a[b, p]
+                beta_p = adj_jerk[b, p]
+                r = pair_gradient(d, u, mk * live * alpha_p - mp * alpha_k,
+                                  mk * live * beta_p - mp * beta_k, q)
+                gx += g * vec3(r[0], r[1], r[2])
+                gv += g * vec3(r[3], r[4], r[5])
+                q2 = q * q
+                q3 = q2 * q
+                q5 = q3 * q2
+                du = d.dot(u)
+                own_lin = alpha_k.dot(d) + beta_k.dot(u)
+                own_cross = du * beta_k.dot(d)
+                gg += mp * (q3 * own_lin - 3.0 * q5 * own_cross)
+                ge += g * mp * (-1.5 * q5 * own_lin + 7.5 * q5 * q2 * own_cross)
+                # Row p's P at (-d, -u) is -P(d, u): P is odd in (d, u).
+                gm_k -= g * live * (q3 * (alpha_p.dot(d) + beta_p.dot(u))
+                                    - 3.0 * q5 * du * beta_p.dot(d))
             adj_x[b, k] = gx
             adj_v[b, k] = gv
             adj_mass[b, k] = gm_k
