@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from simdiff.locomotion import locomotion_losses, tracking_metrics
+from simdiff.locomotion import locomotion_losses, period_figures, tracking_metrics
 from simdiff.scene import load_scene
 from simdiff.sims.mass_spring.builder import QUADRUPED, SHAPE_KEEPING, robot_from_ascii
 from simdiff.sims.mass_spring.model import cell_measure
@@ -105,6 +105,23 @@ def test_heading_loss_sign_for_a_constructed_left_turn():
     assert float(off) == pytest.approx(change ** 2, rel=1e-9)
     error = tracking_metrics(SimpleNamespace(goal_schedule=right, trace=trace))["heading_error"]
     assert float(error) == pytest.approx(change, rel=1e-9)
+    # What evaluate reports per period: the measured yaw rate, positive for this left turn.
+    periods = period_figures(SimpleNamespace(goal_schedule=right, trace=trace))
+    assert [p["task"] for p in periods] == ["turn", "turn"]
+    for p in periods:
+        assert p["yaw_rate"] == pytest.approx(space.turn_max, rel=1e-9)
+        assert p["goal"][2] == -space.turn_max
+        assert max(abs(v) for v in p["velocity"]) < 1e-12  # turning in place
+
+
+def test_period_figures_measure_a_turn_past_half_a_revolution():
+    scene = load_scene("quad_goals_3d", steps=400, period=200, window=20, turn_max=20.0)
+    space = scene.goals
+    rate = torch.full((400,), -20.0, dtype=torch.float64)  # 2.4 rad per period: wraps past pi
+    trace = _rotated_trace(scene.model.particle_x, rate, space.dt)
+    periods = period_figures(SimpleNamespace(goal_schedule=space.schedule([("turn", -20.0)] * 2),
+                                             trace=trace))
+    assert [round(p["yaw_rate"], 9) for p in periods] == [-20.0, -20.0]
 
 
 def test_quad_scene_refuses_bad_goals():
