@@ -333,8 +333,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for entry in periods:
         measured = ", ".join(f"{v:+.4f}" for v in entry["velocity"])
         turn = f" yaw_rate={entry['yaw_rate']:+.4f} rad/s" if "yaw_rate" in entry else ""
+        goal = ", ".join(f"{v:+.4g}" for v in entry["goal"])
         print(f"  period {entry['period']} world {entry['world']} {entry['task']}: goal "
-              f"{entry['goal']} velocity=({measured}) m/s{turn}")
+              f"({goal}) velocity=({measured}) m/s{turn}")
     text = json.dumps({"command": "evaluate", "scene": scene.name, **figures,
                        "periods": periods}, indent=2) + "\n"
     with hold_lock(out, "goal evaluation"):
@@ -359,7 +360,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         scripted = period_figures(shown)
         for entry in scripted:
             turn = f" yaw_rate={entry['yaw_rate']:+.4f} rad/s" if "yaw_rate" in entry else ""
-            print(f"  video period {entry['period']} {entry['task']}: goal {entry['goal']} "
+            goal = ", ".join(f"{v:+.4g}" for v in entry["goal"])
+            print(f"  video period {entry['period']} {entry['task']}: goal ({goal}) "
                   f"velocity=({', '.join(f'{v:+.4f}' for v in entry['velocity'])}) m/s{turn}")
         with hold_lock(out, "goal evaluation"):
             (out / "script.json").write_text(json.dumps(scripted, indent=2) + "\n")

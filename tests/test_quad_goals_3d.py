@@ -135,3 +135,21 @@ def test_quad_scene_refuses_bad_goals():
     with pytest.raises(ValueError, match=r"tasks=\('crawl',\); allowed \(dim 3\)"):
         load_scene("quad_goals_3d", tasks=("crawl",))
     assert math.isclose(space.dt, 0.003) and space.dim == 3
+
+
+def test_goal_controller_output_gain_sets_the_first_actions_and_is_checked():
+    from simdiff.backend import resolve_backend
+    from simdiff.scene import load_controller, make_simulator
+
+    scene = load_scene("quad_goals_3d", steps=4, period=4, window=2)
+    sim = make_simulator(scene, resolve_backend("warp", "cpu", "float64"), batch_size=1)
+    state, goal = sim.initial_state(), torch.zeros(1, 3)
+    actions = []
+    for gain in (0.1, 0.5):
+        torch.manual_seed(0)
+        controller = load_controller("goal_mlp", sim, scene, output_gain=gain).double()
+        actions.append(controller(0, state, goal.double()))
+    # The output layer's pre-activation scales with the gain (sin is near-linear there).
+    assert torch.allclose(torch.asin(actions[1]), 5 * torch.asin(actions[0]), rtol=1e-9)
+    with pytest.raises(ValueError, match=r"output_gain=0 must lie in \(0, 1\]"):
+        load_controller("goal_mlp", sim, scene, output_gain=0)

@@ -43,7 +43,8 @@ def scene(*, steps: int = 1000, dt: float = 0.003, vmax: float = 0.03, turn_max:
         description="3D quadruped, 56 masses, 4 legs, goal-conditioned: walk along x and z, "
                     "turn left and right",
         default_backend="warp",
-        train={"controller": "goal_mlp", "controller_options": {"frequency": 3.0}, "lr": 0.01,
+        train={"controller": "goal_mlp",
+               "controller_options": {"frequency": 3.0, "output_gain": 0.5}, "lr": 0.02,
                "iters": 60},
         goals=goals,
     )
