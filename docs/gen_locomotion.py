@@ -141,6 +141,10 @@ def render(data: dict) -> str:
     ]
     for row in data["rows"]:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    unevaluated = [r for r in data["rows"] if r.get("velocity_error") is None]
+    if unevaluated:
+        names = ", ".join(f"{r['activation']}/{r['batch']}/{r['optimizer']}" for r in unevaluated)
+        lines += ["", f"Not evaluated on the held-out schedule (blank columns): {names}."]
     failed = [r["run"] for r in data["rows"] if r["status"] != "done"]
     if failed:
         lines += ["", f"Runs not finished: {', '.join(failed)}."]
