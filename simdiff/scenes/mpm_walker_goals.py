@@ -12,8 +12,11 @@ Measured 2026-12-02, speed tracking NOT achieved yet: ``simdiff train mpm_walker
 CPU, 12.5 min wall at load average 17-19) left the body still: commanded 0.025 and 0.05 m/s
 gave -0.0002 / +0.0001 and +0.0008 / +0.0004 m/s (two 1 s periods, each less its first window;
 held-out velocity_error 0.026 m/s). Hence ``output_gain`` 1 in ``train`` below: untrained, it
-already crawls 0.010-0.015 m/s (whatever the command), a gait for training to modulate; a
-training run with it is still to be made.
+already crawls 0.010-0.015 m/s (whatever the command), a gait for training to modulate. One
+run with it (the same command, 94 s of CPU, 13 min wall): loss 0.0042 -> 0.0022 but the best
+iteration was the second; commanded 0.025 and 0.05 m/s gave -0.028 and +0.021 m/s in the first
+second and about 0 in the next (held-out velocity_error 0.038 m/s): distinct speeds, not
+tracked. Longer training (and perhaps a lower learning rate) is the next step.
 """
 
 import functools
