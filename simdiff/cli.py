@@ -290,7 +290,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from simdiff.backend import resolve_backend
     from simdiff.files import check_creatable, check_output_folder, hold_lock
-    from simdiff.locomotion import evaluate_goals, held_out_schedule
+    from simdiff.locomotion import evaluate_goals, held_out_schedule, period_figures
     from simdiff.render.goals import annotate_goals
     from simdiff.render.rollout import render_rollout
     from simdiff.render.video import write_video
@@ -306,13 +306,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          f"evaluate needs one such as walker_goals")
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
-    name = args.controller or scene.train.get("controller", "goal_mlp")
+    # Weights from `simdiff train` are replayed with the controller and options (activation,
+    # clock frequency) their run's config.json names, as `simdiff run` does.
+    name, options = _controller_for(args.controller, args.weights, scene)
 
     def build(batch_size: int):
         sim = make_simulator(scene, backend, batch_size=batch_size)
         torch.manual_seed(0)
-        options = (scene.train.get("controller_options", {})
-                   if name == scene.train.get("controller") else {})
         controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
         if args.weights:
             controller.load_state_dict(torch.load(args.weights, map_location="cpu",
@@ -329,7 +329,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         positions = torch.stack([result.frames[t].particle_x for t in sorted(result.frames)])
         figures["inverted_cells"] = float(inverted_cells(positions, cells).mean())
     print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
-    text = json.dumps({"command": "evaluate", "scene": scene.name, **figures}, indent=2) + "\n"
+    periods = period_figures(result)
+    for entry in periods:
+        measured = ", ".join(f"{v:+.4f}" for v in entry["velocity"])
+        turn = f" yaw_rate={entry['yaw_rate']:+.4f} rad/s" if "yaw_rate" in entry else ""
+        goal = ", ".join(f"{v:+.4g}" for v in entry["goal"])
+        print(f"  period {entry['period']} world {entry['world']} {entry['task']}: goal "
+              f"({goal}) velocity=({measured}) m/s{turn}")
+    text = json.dumps({"command": "evaluate", "scene": scene.name, **figures,
+                       "periods": periods}, indent=2) + "\n"
     with hold_lock(out, "goal evaluation"):
         (out / "evaluation.json").write_text(text)
     print(f"wrote {out / 'evaluation.json'}")
@@ -339,15 +347,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if not args.no_video:
         space = scene.goals
-        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
         if space.dim == 2:
-            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+            script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax),
+                      ("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
         else:
-            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
-        script = [(task, value) for task, value in script if task in space.tasks]
+            script = [("walk", space.vmax), ("turn", space.turn_max), ("turn", -space.turn_max),
+                      ("walk", 0.0, space.vmax), ("stand", 0.0)]
+        script = [task for task in script if task[0] in space.tasks]
         one, controller = build(1)
         _, shown = evaluate_goals(one, controller, space.schedule(script),
                                   record_every=scene.render_every)
+        scripted = period_figures(shown)
+        for entry in scripted:
+            turn = f" yaw_rate={entry['yaw_rate']:+.4f} rad/s" if "yaw_rate" in entry else ""
+            goal = ", ".join(f"{v:+.4g}" for v in entry["goal"])
+            print(f"  video period {entry['period']} {entry['task']}: goal ({goal}) "
+                  f"velocity=({', '.join(f'{v:+.4f}' for v in entry['velocity'])}) m/s{turn}")
+        with hold_lock(out, "goal evaluation"):
+            (out / "script.json").write_text(json.dumps(scripted, indent=2) + "\n")
         steps = sorted(shown.frames)
         frames = annotate_goals(render_rollout(scene, shown), steps, shown)
         with hold_lock(out, "goal evaluation"):
@@ -531,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worlds (held-out commands) at once (default: 4)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's, else float32")
-    p.add_argument("--out", help="output folder: evaluation.json (the figures) and the "
-                                 "goal-switching video SCENE.mp4 (default: "
+    p.add_argument("--out", help="output folder: evaluation.json (the figures), the "
+                                 "goal-switching video SCENE.mp4 and script.json (what the "
+                                 "robot did in each of its periods) (default: "
                                  "renders/evaluate_SCENE)")
     p.add_argument("--json", help="also write the figures as JSON to this file (default: only "
                                   "OUT/evaluation.json)")

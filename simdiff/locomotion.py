@@ -56,6 +56,7 @@ __all__ = [
     "goal_rollout",
     "held_out_schedule",
     "locomotion_losses",
+    "period_figures",
     "trace_state",
     "tracking_metrics",
 ]
@@ -175,11 +176,11 @@ class GoalSpace:
             labels.append(tuple(row))
         return GoalSchedule(self, goals, tuple(labels))
 
-    def schedule(self, tasks: list[tuple[str, float]], batch_size: int = 1) -> GoalSchedule:
-        """A scripted schedule: one ``(task, value)`` per period, the same in every world."""
-        goals = torch.tensor([self.goal(name, value) for name, value in tasks],
-                             dtype=torch.float64)
-        labels = tuple(tuple(name for _ in range(batch_size)) for name, _ in tasks)
+    def schedule(self, tasks: list[tuple], batch_size: int = 1) -> GoalSchedule:
+        """A scripted schedule: one ``(task, value)`` or, in 3D walks, ``(task, value,
+        value_z)`` per period (see :meth:`goal`), the same in every world."""
+        goals = torch.tensor([self.goal(*task) for task in tasks], dtype=torch.float64)
+        labels = tuple(tuple(task[0] for _ in range(batch_size)) for task in tasks)
         return GoalSchedule(self, goals[:, None].expand(-1, batch_size, -1).clone(), labels)
 
 
@@ -483,3 +484,37 @@ def evaluate_goals(sim, controller, schedule: GoalSchedule, *, record_every: int
         if kept.numel():
             metrics[name] = float(kept.double().mean())
     return metrics, result
+
+
+def period_figures(rollout) -> list[dict]:
+    """What each world did in each goal period, against its command: one dict per period and
+    world with ``period``, ``world``, ``task``, ``goal`` (the command, SI) and the measured
+    mean ``velocity`` [m/s] (x, and z in 3D) and, in 3D, ``yaw_rate`` [rad/s] (positive is a
+    left turn), over the period less its first window (the switch from the previous
+    command)."""
+    schedule: GoalSchedule = rollout.goal_schedule
+    space = schedule.space
+    com = rollout.trace["com"].detach().double()
+    steps = com.shape[0] - 1
+    yaw = None
+    if space.dim == 3:
+        x = rollout.trace["x"].detach().double()
+        step_change = torch.remainder(_yaw(x[1:], x[0, 0]) - _yaw(x[:-1], x[0, 0]) + math.pi,
+                                      2 * math.pi) - math.pi  # [T, B], unwrapped per step
+        yaw = torch.cat([torch.zeros_like(step_change[:1]), torch.cumsum(step_change, 0)])
+    out = []
+    for p in range(min(schedule.goals.shape[0], -(-steps // space.period))):
+        t0 = min(p * space.period + space.window, steps)
+        t1 = min((p + 1) * space.period, steps)
+        if t1 <= t0:
+            continue
+        seconds = (t1 - t0) * space.dt
+        for b in range(schedule.batch_size):
+            velocity = ((com[t1, b] - com[t0, b]) / seconds).tolist()
+            entry = {"period": p, "world": b, "task": schedule.tasks[p][b],
+                     "goal": schedule.goals[p, b].tolist(),
+                     "velocity": [velocity[0]] if space.dim == 2 else [velocity[0], velocity[2]]}
+            if yaw is not None:
+                entry["yaw_rate"] = float(yaw[t1, b] - yaw[t0, b]) / seconds
+            out.append(entry)
+    return out

@@ -21,6 +21,7 @@ TOY = {
     "walker_large": ({}, 25),
     "walker_3d": ({}, 25),
     "walker_goals": ({"steps": 40, "period": 20, "window": 10}, 40),
+    "quad_goals_3d": ({"steps": 20, "period": 10, "window": 5}, 20),
     "mpm_walker_goals": ({"steps": 6, "grid_size": 32, "period": 3, "window": 3}, 6),
     "nbody_figure_eight": ({"steps": 10, "periods": 0.1}, 10),  # IAS15: t = 0.63
     "nbody_infer_masses": ({"observations": 3, "every": 5}, 15),

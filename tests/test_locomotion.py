@@ -188,8 +188,14 @@ def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
     figures = json.loads((tmp_path / "ev.json").read_text())
     assert figures == json.loads((out / "evaluation.json").read_text())
     assert set(figures) == {"command", "scene", "velocity_error", "jump_height_error",
-                            "crawl_violation", "inverted_cells"}
+                            "crawl_violation", "inverted_cells", "periods"}
     assert 0 <= figures["crawl_violation"] <= 1 and figures["velocity_error"] > 0
+    # Per period and world (2 worlds, walk stand jump crawl): the command and the measured speed.
+    assert [(p["period"], p["world"]) for p in figures["periods"]] == [
+        (p, b) for p in range(4) for b in range(2)]
+    assert [p["task"] for p in figures["periods"][::2]] == ["walk", "stand", "jump", "crawl"]
+    script = json.loads((out / "script.json").read_text())  # the video's scripted schedule
+    assert [p["task"] for p in script] == ["walk", "stand", "walk", "jump", "crawl"]
     assert (out / "walker_goals.mp4").stat().st_size > 0
     assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
 

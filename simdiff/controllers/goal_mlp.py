@@ -44,15 +44,19 @@ class GoalMLPController(nn.Module):
         position_scale: Length the relative positions are divided by [m].
         activation: ``"sin"`` (the paper's) or ``"tanh"``.
         points: Largest number of particles used as position inputs.
+        output_gain: Scale of the output layer's initial weights against the hidden
+            layer's (0.1: small first actions, so the robot starts upright).
     """
 
     def __init__(self, particle_count: int, dim: int, action_dim: int, dt: float,
                  goals: GoalSpace, *, hidden: int = 64, clocks: int = 16,
                  frequency: float = 2.0, duplicate: int = 16, position_scale: float = 0.2,
-                 activation: str = "sin", points: int = 64) -> None:
+                 activation: str = "sin", points: int = 64, output_gain: float = 0.1) -> None:
         super().__init__()
         if activation not in ("sin", "tanh"):
             raise ValueError(f"activation={activation!r}; allowed: 'sin', 'tanh'")
+        if not 0 < output_gain <= 1:
+            raise ValueError(f"output_gain={output_gain} must lie in (0, 1]")
         if duplicate < 1 or clocks < 0 or hidden < 1:
             raise ValueError(f"duplicate={duplicate} and hidden={hidden} must be >= 1, "
                              f"clocks={clocks} >= 0")
@@ -74,7 +78,7 @@ class GoalMLPController(nn.Module):
                 bound = math.sqrt(6.0 / layer.in_features)
                 layer.weight.uniform_(-bound, bound)
                 layer.bias.zero_()
-            self.layers[-1].weight.mul_(0.1)  # small first actions: the robot starts upright
+            self.layers[-1].weight.mul_(output_gain)  # small first actions: starts upright
 
     def _act(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sin(z) if self.activation == "sin" else torch.tanh(z)

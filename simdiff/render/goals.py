@@ -1,8 +1,10 @@
 """The command drawn into the frames of a goal-conditioned rollout: the task's name, an arrow
 for the target speed (its length the command over ``vmax``, beside a grey arrow for the
 measured window speed), and a gauge whose red line is the target height (jump) or the bar
-(crawl) with the centre of mass's rise or the robot's top as a dot. Reads the rollout's goal
-schedule and trace, never the simulator."""
+(crawl) with the centre of mass's rise or the robot's top as a dot. In 3D a second pair of
+arrows gives the speed along z, and a third the yaw rate (target red, measured over the last
+window grey; an arrow to the left is a left turn). Reads the rollout's goal schedule and trace,
+never the simulator."""
 
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ def annotate_goals(frames: list[np.ndarray], steps: list[int], rollout, *, world
     com = rollout.trace["com"][:, world].detach().double().cpu().numpy()
     top = rollout.trace["top"][:, world].detach().double().cpu().numpy()
     window = space.window
+    yaw = None
+    if space.dim == 3:
+        from simdiff.locomotion import _yaw
+
+        x = rollout.trace["x"][:, world].detach().double().cpu()
+        yaw = np.unwrap(_yaw(x, x[0]).numpy())
     out = []
     for frame, t in zip(frames, steps):
         image = Image.fromarray(frame)
@@ -74,6 +82,27 @@ def annotate_goals(frames: list[np.ndarray], steps: list[int], rollout, *, world
                 draw.ellipse([gx - 5, yv - 5, gx + 5, yv + 5], fill=_BLUE)
                 draw.text((gx - 90, yt - 14), label, fill=_RED)
         else:
-            draw.text((10, h - 28), f"turn {goal[2]:+.2f} rad/s", fill=_INK)
+            rows = ((goal[1], 2, space.vmax, "z", "m/s"), (goal[2], None, space.turn_max,
+                                                            "turn", "rad/s"))
+            # A column under the title, clear of the robot the camera keeps in the middle.
+            lx, lhalf = 80, 60
+            for k, (target, axis, full, name, unit) in enumerate(rows):
+                y = 70 + 62 * k
+                draw.line([(lx, y - 10), (lx, y + 10)], fill=_GREY, width=1)
+                # A left turn (positive yaw) points left, as seen from above facing +x.
+                sign = -1.0 if axis is None else 1.0
+                _arrow(draw, lx, y, sign * lhalf * target / full, _RED, 4)
+                measured = float("nan")
+                if t > t0:
+                    delta = (com[t, axis] - com[t0, axis]) if axis is not None else (
+                        yaw[t] - yaw[t0])
+                    measured = delta / ((t - t0) * space.dt)
+                    _arrow(draw, lx, y + 12, sign * lhalf * float(np.clip(measured / full,
+                                                                          -1.5, 1.5)),
+                           _GREY, 3)
+                draw.text((10, y + 18), f"{name} target {target:+.3f} {unit}", fill=_INK)
+                draw.text((10, y + 30), f"measured {measured:+.3f}", fill=_INK)
+            side = "left" if goal[2] > 0 else "right" if goal[2] < 0 else "straight"
+            draw.text((10, h - 28), f"turn {goal[2]:+.2f} rad/s ({side})", fill=_INK)
         out.append(np.asarray(image))
     return out

@@ -6,6 +6,17 @@ batch, 1 s): 0.12 m/s forward at 4 Hz, 0.03 m/s backward at 6 Hz, so ``vmax`` = 
 control step is ``substeps`` MPM substeps (0.01 s); goals are held for ``period`` control steps
 (1 s) and velocity windows are ``window`` control steps (0.25 s). The controller's position
 inputs are 64 of the particles (``goal_mlp``'s ``points``).
+
+Measured 2026-12-02, speed tracking NOT achieved yet: ``simdiff train mpm_walker_goals --steps
+100 --set period=50 --batch 4 --iters 20`` with goal_mlp's default output gain 0.1 (84 s of
+CPU, 12.5 min wall at load average 17-19) left the body still: commanded 0.025 and 0.05 m/s
+gave -0.0002 / +0.0001 and +0.0008 / +0.0004 m/s (two 1 s periods, each less its first window;
+held-out velocity_error 0.026 m/s). Hence ``output_gain`` 1 in ``train`` below: untrained, it
+already crawls 0.010-0.015 m/s (whatever the command), a gait for training to modulate. One
+run with it (the same command, 94 s of CPU, 13 min wall): loss 0.0042 -> 0.0022 but the best
+iteration was the second; commanded 0.025 and 0.05 m/s gave -0.028 and +0.021 m/s in the first
+second and about 0 in the next (held-out velocity_error 0.038 m/s): distinct speeds, not
+tracked. Longer training (and perhaps a lower learning rate) is the next step.
 """
 
 import functools
@@ -45,7 +56,11 @@ def scene(*, steps: int = 200, grid_size: int = 64, substeps: int = 10, dt: floa
                     f"speed tracking",
         default_backend="warp",
         render_every=2,
-        train={"controller": "goal_mlp", "controller_options": {"frequency": 4.0}, "lr": 0.01,
+        # Full-size first actions (output_gain 1): with goal_mlp's default 0.1 the untrained
+        # body does not move (0.0003 m/s), nor after 20 iterations (below 0.001 m/s at every
+        # command), so there was no gait whose speed the command could modulate.
+        train={"controller": "goal_mlp",
+               "controller_options": {"frequency": 4.0, "output_gain": 1.0}, "lr": 0.01,
                "iters": 60},
         goals=goals,
     )

@@ -1,7 +1,9 @@
 """Building mass-spring robots from ASCII art.
 
 Each non-blank character of the art is one square cell (a cube in 3D, extruded ``depth`` cells
-along z). Cells share corner particles; every pair of corners of a cell is joined by a spring
+along z). In 3D the art may instead be a sequence of layers, one ASCII picture per cube layer
+along z (first layer at z = 0), so that bodies whose cross-section changes along z (a
+quadruped's four separate legs, :data:`QUADRUPED`) can be drawn. Cells share corner particles; every pair of corners of a cell is joined by a spring
 (edges and diagonals), duplicates removed. The model keeps its cells (``Model.cells``, the
 corners of each square or cube) for counting inverted cells. Characters:
 
@@ -22,7 +24,7 @@ import torch
 
 from simdiff.sims.mass_spring.model import Ground, Model
 
-__all__ = ["SHAPE_KEEPING", "robot_from_ascii"]
+__all__ = ["QUADRUPED", "SHAPE_KEEPING", "robot_from_ascii"]
 
 SHAPE_KEEPING = {"stiffness": 1.5e4, "actuation": 0.15, "drag": 15.0, "gravity": -4.8}
 """Robot parameters that keep a walker's shape, scaled from DiffTaichi's mass-spring robots
@@ -34,8 +36,61 @@ theirs. With the builder's older defaults (1e4 N/m, stroke 0.4, drag 1/s, g = -9
 cells inside out. The time step limit on 0.1 m cells is 5.4e-3 s (4.0e-3 used)."""
 
 
+QUADRUPED = (
+    """
+###
+0.1
+""",
+    """
+###
+...
+""",
+    """
+###
+2.3
+""",
+)
+"""A 3D quadruped in layers along z: a square body 3 x 1 x 3 cubes on four one-cube legs at
+its corners (48 masses), one muscle per leg, by the leg's cube (x, z): 0 at (0, 0), 1 at (2, 0),
+2 at (0, 2), 3 at (2, 2). The body is square so that walking along z is walking along x
+turned by 90 degrees. Each leg shares only its top face with the body, none touches
+another."""
+
+
+def _picture_cells(picture: str, z: int) -> list[tuple[int, int, int, str]]:
+    """Cells ``(x, y, z, character)`` of one ASCII picture (top row first) at layer ``z``."""
+    rows = picture.strip("\n").splitlines()
+    return [(col, len(rows) - 1 - r, z, ch) for r, line in enumerate(rows)
+            for col, ch in enumerate(line) if ch not in ". "]
+
+
+def _cells(art: str | tuple[str, ...] | list[str], dim: int, depth: int
+           ) -> list[tuple[int, int, int, str]]:
+    """Cells ``(x, y, z, character)`` of the art: one picture (extruded ``depth`` times along
+    z in 3D, cell by cell, which fixes the particle numbering of extruded robots), or in 3D
+    one picture per layer along z."""
+    if isinstance(art, str):
+        layers = range(depth) if dim == 3 else range(1)
+        cells = [(x, y, z, ch) for x, y, _, ch in _picture_cells(art, 0) for z in layers]
+    else:
+        if dim != 3:
+            raise ValueError(f"art given as {len(art)} layers needs dim=3; got dim={dim}")
+        if depth != 1:
+            raise ValueError(f"depth={depth} with layered art: the layers give the depth "
+                             f"({len(art)}); leave depth at 1")
+        if not all(isinstance(p, str) for p in art):
+            raise ValueError("art layers must be a sequence of strings (one picture per layer)")
+        cells = [c for z, picture in enumerate(art) for c in _picture_cells(picture, z)]
+    if not cells:
+        raise ValueError("art has no cells: use '#' or digits for cells, '.' or space for empty")
+    for *_, ch in cells:
+        if ch != "#" and not ch.isdigit():
+            raise ValueError(f"art holds {ch!r}; allowed: '#', digits 0-9, '.', space")
+    return cells
+
+
 def robot_from_ascii(
-    art: str,
+    art: str | tuple[str, ...] | list[str],
     *,
     dim: int = 2,
     cell: float = 0.1,
@@ -55,8 +110,9 @@ def robot_from_ascii(
     """A robot model from ASCII art (see the module docstring for the characters).
 
     Args:
-        art: Rows of cells, top row first.
-        dim: 2 or 3 (3D extrudes every cell ``depth`` times along z).
+        art: Rows of cells, top row first; in 3D also a sequence of such pictures, one per
+            layer of cubes along z (layers are aligned at their bottom row).
+        dim: 2 or 3 (3D extrudes every cell of a single picture ``depth`` times along z).
         cell: Cell edge length [m].
         depth: Number of cells along z in 3D.
         mass: Mass of each particle [kg].
@@ -73,20 +129,7 @@ def robot_from_ascii(
     """
     if dim not in (2, 3):
         raise ValueError(f"dim={dim} is not allowed; use 2 or 3")
-    rows = [line for line in art.strip("\n").splitlines()]
-    if not any(ch not in ". " for line in rows for ch in line):
-        raise ValueError("art has no cells: use '#' or digits for cells, '.' or space for empty")
-    height = len(rows)
-    cells = [
-        (col, height - 1 - r, ch)
-        for r, line in enumerate(rows)
-        for col, ch in enumerate(line)
-        if ch not in ". "
-    ]
-    for _, _, ch in cells:
-        if ch != "#" and not ch.isdigit():
-            raise ValueError(f"art holds {ch!r}; allowed: '#', digits 0-9, '.', space")
-    layers = range(depth) if dim == 3 else range(1)
+    cells = _cells(art, dim, depth)
     corner_index: dict[tuple[int, ...], int] = {}
     springs: dict[tuple[int, int], int] = {}  # (a, b) -> actuator or -1
     cell_corners: list[list[int]] = []  # per cell, its corners in Model.cells order
@@ -94,7 +137,7 @@ def robot_from_ascii(
     def corner(key: tuple[int, ...]) -> int:
         return corner_index.setdefault(key, len(corner_index))
 
-    for (cx, cy, ch), cz in itertools.product(cells, layers):
+    for cx, cy, cz, ch in cells:
         offsets = list(itertools.product((0, 1), repeat=dim))
         keys = [(cx + o[0], cy + o[1], *((cz + o[2],) if dim == 3 else ())) for o in offsets]
         ids = [corner(k) for k in keys]
