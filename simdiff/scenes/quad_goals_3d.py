@@ -1,13 +1,13 @@
 """Goal-conditioned 3D quadruped (Fang et al. 2022): stand, walk along x and z at commanded
 speeds, turn left or right at a commanded yaw rate; one controller for all.
 
-The robot is :data:`~simdiff.sims.mass_spring.builder.QUADRUPED` (a 4 x 1 x 3 body of 0.1 m
-cubes on four separate one-cube legs, 56 masses, 328 springs, one muscle per leg) with the
-shape-keeping parameters (:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they
+The robot is :data:`~simdiff.sims.mass_spring.builder.QUADRUPED` (a square 3 x 1 x 3
+body of 0.1 m cubes on four separate one-cube corner legs, 48 masses, 272 springs, 13 cubes,
+one muscle per leg) with the shape-keeping parameters (:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they
 keep the body intact: the spring force per unit strain ``k L`` is DiffTaichi's (1,500 N), so
 the sag under the robot's weight is ``m g / (k L)`` ~ 3e-3 of a cell, the 15% stroke leaves a
 leg cube between 0.85x and 1.15x its rest height, and the 15/s drag damps a stroke's rebound
-within a gait period (0.07 s against 0.25 s at 4 Hz). Each cube keeps all 28 of its corner
+within a gait period (0.07 s against 0.33 s at 3 Hz). Each cube keeps all 28 of its corner
 pairs (edges, face and body diagonals), so it resists shear and inversion in every direction.
 The time step is 3e-3 s: the stability limit of this 3D spring network is 3.4e-3 s (the body
 diagonals make it stiffer than the 2D walker's).
@@ -58,7 +58,7 @@ def scene(*, steps: int = 1000, dt: float = 0.003, vmax: float = 0.03, turn_max:
         steps=steps,
         loss=goal_loss,
         metrics=functools.partial(goal_metrics, base=locomotion_metrics),
-        description="3D quadruped, 56 masses, 4 legs, goal-conditioned: walk along x and z, "
+        description="3D quadruped, 48 masses, 4 legs, goal-conditioned: walk along x and z, "
                     "turn left and right",
         default_backend="warp",
         train={"controller": "goal_mlp", "controller_options": {"frequency": 3.0}, "lr": 0.01,
