@@ -3,8 +3,8 @@ speeds, turn left or right at a commanded yaw rate; one controller for all.
 
 The robot is :data:`~simdiff.sims.mass_spring.builder.QUADRUPED` (a square 3 x 1 x 3
 body of 0.1 m cubes on four separate one-cube corner legs, 48 masses, 272 springs, 13 cubes,
-one muscle per leg) with the shape-keeping parameters (:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they
-keep the body intact: the spring force per unit strain ``k L`` is DiffTaichi's (1,500 N), so
+one muscle per leg) with the shape-keeping parameters
+(:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they keep the body intact: the spring force per unit strain ``k L`` is DiffTaichi's (1,500 N), so
 the sag under the robot's weight is ``m g / (k L)`` ~ 3e-3 of a cell, the 15% stroke leaves a
 leg cube between 0.85x and 1.15x its rest height, and the 15/s drag damps a stroke's rebound
 within a gait period (0.07 s against 0.33 s at 3 Hz). Each cube keeps all 28 of its corner
