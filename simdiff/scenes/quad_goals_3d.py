@@ -1,16 +1,17 @@
 """Goal-conditioned 3D quadruped (Fang et al. 2022): stand, walk along x and z at commanded
 speeds, turn left or right at a commanded yaw rate; one controller for all.
 
-The robot is :data:`~simdiff.sims.mass_spring.builder.QUADRUPED` (a square 3 x 1 x 3
-body of 0.1 m cubes on four separate one-cube corner legs, 48 masses, 272 springs, 13 cubes,
-one muscle per leg) with the shape-keeping parameters
-(:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they keep the body intact: the spring force per unit strain ``k L`` is DiffTaichi's (1,500 N), so
-the sag under the robot's weight is ``m g / (k L)`` ~ 3e-3 of a cell, the 15% stroke leaves a
-leg cube between 0.85x and 1.15x its rest height, and the 15/s drag damps a stroke's rebound
-within a gait period (0.07 s against 0.33 s at 3 Hz). Each cube keeps all 28 of its corner
-pairs (edges, face and body diagonals), so it resists shear and inversion in every direction.
-The time step is 3e-3 s: the stability limit of this 3D spring network is 3.4e-3 s (the body
-diagonals make it stiffer than the 2D walker's).
+The robot is :data:`~simdiff.sims.mass_spring.builder.QUADRUPED` (a square 3 x 1 x 3 body of 0.1
+m cubes on four separate one-cube corner legs, 48 masses, 272 springs, 13 cubes, one muscle per
+leg) with the shape-keeping parameters
+(:data:`~simdiff.sims.mass_spring.builder.SHAPE_KEEPING`). Why they keep the body intact: the
+spring force per unit strain ``k L`` is DiffTaichi's (1,500 N), so the sag under the robot's
+weight is ``m g / (k L)`` ~ 3e-3 of a cell, the 15% stroke leaves a leg cube between 0.85x and
+1.15x its rest height, and the 15/s drag damps a stroke's rebound within a gait period (0.07 s
+against 0.33 s at 3 Hz). Each cube keeps all 28 of its corner pairs (edges, face and body
+diagonals), so it resists shear and inversion in every direction. The time step is 3e-3 s: the
+stability limit of this 3D spring network is 3.4e-3 s (the body diagonals make it stiffer than
+the 2D walker's).
 
 Goals are ``(velocity_x, velocity_z, turn)`` (:class:`simdiff.locomotion.GoalSpace`, dim 3),
 drawn per world every ``period`` steps; the heading loss compares the yaw change of every
