@@ -356,8 +356,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    from simdiff.backend import Precision, resolve_backend
     from simdiff.gradcheck import Verdict, backends_for, check_gradients
-    from simdiff.scene import load_scene
+    from simdiff.scene import load_scene, make_simulator
+    from simdiff.train import check_rollout_size
 
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps} must be >= 1 (steps rolled out)")
@@ -368,6 +370,10 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene, **{k: v for k, v in _scene_options(args).items()
                                       if k != "steps"})
     backends = backends_for(scene) if args.backend in (None, "all") else [args.backend]
+    for backend in backends:
+        be = resolve_backend(backend, args.device, Precision.FLOAT64)
+        check_rollout_size(make_simulator(scene, be, batch_size=args.batch), steps,
+                           backward=True, force=args.force, checkpoint_option=False)
     counts = {verdict: 0 for verdict in Verdict}
     print(f"{'backend':<8} {'quantity':<22} {'autodiff':>14} {'finite diff':>14} {'rel err':>9}")
     for backend in backends:
@@ -474,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the video's format (default: mp4)")
     p.add_argument("--force", action="store_true",
                    help="run even if the recorded frames' estimated memory exceeds this "
-                        "machine's (default: refuse)")
+                        "machine's, or the rollout's estimated time a day (default: refuse)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (default: a bar on a terminal)")
     _batch_args(p)
@@ -508,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
                    help="default: the scene's (float64 for N-body), else float32")
     p.add_argument("--force", action="store_true",
-                   help="run even if the rollout's estimated memory exceeds this machine's "
-                        "(default: refuse)")
+                   help="run even if the rollout's estimated memory exceeds this machine's, "
+                        "or its estimated time a day (default: refuse)")
     p.add_argument("--checkpoint-every", type=int, default=10,
                    help="iterations between checkpoints (default: 10)")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
@@ -547,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p, allow_all=True)
     p.add_argument("--batch", type=int, default=1,
                    help="worlds rolled out at once, each slightly different (default: 1)")
+    p.add_argument("--force", action="store_true",
+                   help="run even if a rollout's estimated memory or time exceeds this machine's "
+                        "or a day (default: refuse)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (default: a bar on a terminal)")
     p.set_defaults(func=_cmd_gradcheck)

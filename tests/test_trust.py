@@ -279,6 +279,13 @@ _ONE_LINE = [
     (["gradcheck", "walker_small", "--steps", "0"], "--steps 0 must be >= 1"),
     (["train", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
      "steps=1000000000000: the rollout would keep at least"),
+    (["train", "walker_small", "--backend", "warp", "--steps", "1000000000000",
+      "--rollout-checkpoint", "1000000"],
+     "steps=1000000000000: one rollout (forward and backward) would take at least 34.7 days"),
+    (["run", "walker_small", "--backend", "warp", "--steps", "1000000000000", "--out",
+      "{tmp}/r"], "steps=1000000000000: the rollout would keep at least"),
+    (["gradcheck", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
+     "available; use fewer steps, or --force"),
     (["rl", "train", "--checkpoint-every", "0", "--out", "{tmp}/p"], "checkpoint_every=0"),
 ]
 
@@ -308,6 +315,27 @@ def test_absurd_steps_run_with_force_are_not_refused_by_the_estimate(tmp_path):
     assert check_rollout_size(sim, 10**12, backward=True, force=True) == small * 10**10
     with pytest.raises(ValueError, match="--rollout-checkpoint K, fewer steps, or --force"):
         check_rollout_size(sim, 10**12, backward=True)
+
+
+def test_a_horizon_too_long_to_finish_is_refused_on_its_measured_time():
+    """Past TIMED_ABOVE_STEPS the step is timed: 200,000 steps pass the floor's bound (1 us a
+    step: 0.2 s) of a 0.5 s limit, and are refused on the measured cost (a walker step takes
+    far more than 2.5 us) with that estimate in one line. At the threshold nothing is timed,
+    and force skips both."""
+    from simdiff.backend import resolve_backend
+    from simdiff.scene import load_scene, make_simulator
+    from simdiff.train import TIMED_ABOVE_STEPS, check_rollout_size
+
+    sim = make_simulator(load_scene("walker_small"), resolve_backend("warp"))
+    steps = 10 * TIMED_ABOVE_STEPS
+    with pytest.raises(ValueError, match=rf"steps={steps}: one rollout \(forward\) would take at "
+                                         r"least .* ms a step, measured over 3 steps\), beyond "
+                                         r"the limit of 0.5 s; use fewer steps, or --force"):
+        check_rollout_size(sim, steps, backward=False, time_limit_s=0.5)
+    # Not timed at or below the threshold (the floor is 1 us a step: 20 ms here).
+    check_rollout_size(sim, TIMED_ABOVE_STEPS, backward=True, time_limit_s=0.1)
+    check_rollout_size(sim, steps, backward=True, rollout_checkpoint=100, time_limit_s=1e-3,
+                       force=True)
 
 
 def test_an_uncaught_error_reads_as_one_line_in_a_subprocess(tmp_path):
