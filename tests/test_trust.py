@@ -353,9 +353,14 @@ _RL = {"envs": 2, "rollout_steps": 32, "checkpoint_every": 64, "settings": {"max
 
 def test_rl_resume_is_exact(tmp_path, monkeypatch):
     """Interrupted after its second checkpoint, then resumed: the same weights as a run that
-    never stopped (difference exactly 0)."""
+    never stopped (difference exactly 0). No run leaves stable-baselines3's default log folder
+    (TMPDIR/SB3-DATE) behind."""
+    import tempfile
+
     import simdiff.rl.policy as rl
 
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     full = rl.train_policy(tmp_path / "full", steps=256, **_RL)
     saved = rl.save_data
     calls = []
@@ -383,6 +388,7 @@ def test_rl_resume_is_exact(tmp_path, monkeypatch):
         rl.train_policy(tmp_path / "full", steps=256, **_RL)
     with pytest.raises(FileExistsError, match="finished run .* nothing to resume"):
         rl.train_policy(tmp_path / "full", steps=256, resume=True, **_RL)
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_force_evaluations_are_counted_per_rollout():
