@@ -140,6 +140,47 @@ def test_a_folder_another_process_writes_into_is_refused(tmp_path, capsys, comma
         pass
 
 
+@pytest.mark.parametrize("command", ["train", "run", "design", "rl train", "sweep"])
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_a_clean_exit_removes_it(tmp_path,
+                                                                              command):
+    """A run killed (-9) before it wrote anything leaves only its lock file, with its pid: a
+    fresh run into that folder is accepted (the file holds no lock and counts as no output),
+    and its clean exit leaves no lock file behind (the sweep's runs neither)."""
+    out = tmp_path / "out"
+    lock_name = "policy.lock" if command == "rl train" else LOCK_NAME
+    holder = _hold_in_another_process(out, lock_name)
+    holder.kill()
+    holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [lock_name]
+    assert (out / lock_name).read_text() == f"pid {holder.pid}\n"
+    small = ["walker_small", "--steps", "5", "--backend", "warp", "--quiet"]
+    if command == "rl train":
+        from simdiff.rl.policy import train_policy
+
+        train_policy(out / "policy", steps=16, envs=1, rollout_steps=16, checkpoint_every=16,
+                     settings={"max_actions": 4}, progress=False)
+        assert (out / "policy.pt").is_file()
+    elif command == "sweep":
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"command": "train", "out": str(out), "fixed": {
+            "scene": "walker_small", "steps": 5, "iters": 1, "backend": "warp",
+            "no_video": True}}))
+        assert main(["sweep", str(spec), "--quiet", "--workers", "1"]) == 0
+        assert (out / "sweep.json").is_file()
+    else:
+        argv = {"train": ["train", *small, "--iters", "1", "--no-video"], "run": ["run", *small],
+                "design": ["design", "mbb_beam", "--iters", "2", "--quiet"]}[command]
+        assert main([*argv, "--out", str(out)]) == 0
+    assert list(out.rglob("*.lock")) == []
+
+
+def test_a_run_refused_inside_its_lock_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "walker_small", "--backend", "warp", "--steps", "1000000000000",
+                 "--rollout-checkpoint", "1000000", "--out", str(out)]) == 2
+    assert not (tmp_path / "new" / "run").exists()
+
+
 def test_two_trainings_into_one_folder_the_second_refused(tmp_path):
     out = tmp_path / "run"
     argv = [PYTHON, "-m", "simdiff.cli", "train", "walker_small", "--steps", "40", "--iters",
