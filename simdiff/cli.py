@@ -624,9 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BackendError, ValueError, TypeError, SimulationError, FileExistsError) as err:
+    except (BackendError, ValueError, TypeError, SimulationError, FileExistsError,
+            NotImplementedError) as err:
         # ValueError covers SceneError, ValidationError, CheckpointError, DataFileError and
-        # SpecError; FileExistsError a folder holding another run or locked by another process.
+        # SpecError; FileExistsError a folder holding another run or locked by another process;
+        # NotImplementedError what a backend refuses to do (3D MPM gradients on Taichi).
         if os.environ.get("SIMDIFF_TRACEBACK"):
             raise
         command = " ".join([args.command, *[getattr(args, k) for k in ("rl_command",)

@@ -328,6 +328,8 @@ _ONE_LINE = [
     (["gradcheck", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
      "available; use fewer steps, or --force"),
     (["rl", "train", "--checkpoint-every", "0", "--out", "{tmp}/p"], "checkpoint_every=0"),
+    (["gradcheck", "mpm_jelly_3d", "--backend", "taichi", "--steps", "1"],
+     "MPM gradients in 3D are not available on taichi; use --backend warp"),
 ]
 
 
