@@ -135,9 +135,9 @@ def directional_check(quantity: str, loss_at: Callable[[float], float], autodiff
 
     * OK when autodiff agrees with one of them or with a Richardson extrapolation of two
       successive ones;
-    * MISMATCH when the ladder has settled somewhere (two successive values contract by 8x or
-      more, as ``h^2`` does, or agree within a quarter of the tolerance) on a value autodiff
-      misses by more than the tolerance plus what is left of that settling;
+    * MISMATCH when the ladder has settled (two successive values contract by 8x or more, as
+      ``h^2`` does, or agree within a quarter of the tolerance, and no later pair moves more)
+      on a value autodiff misses by more than the tolerance plus what is left of that settling;
     * NON_SMOOTH when it never settles, or when the one-sided differences keep two different
       limits as the step shrinks (a kink at the point itself).
 
@@ -190,8 +190,12 @@ def directional_check(quantity: str, loss_at: Callable[[float], float], autodiff
                               f"agrees at h={h:.1e}, not at h={step:.1e} (curvature, round-off "
                               f"or a kink within that step); differences: {table}")
     moves = [abs(central[j + 1] - central[j]) for j in range(len(steps) - 1)]
+    # Settled at j, and stays so at every smaller step: a limit is what h -> 0 approaches. Kinks
+    # at a regular spacing average out at steps far above it (the differences settle on the
+    # mean slope there) and move again at steps near it; that is not a limit.
     settled = [j for j in range(len(moves))
-               if moves[j] <= tol(central[j + 1]) / 4 or (j > 0 and moves[j - 1] >= 8 * moves[j])]
+               if (moves[j] <= tol(central[j + 1]) / 4 or (j > 0 and moves[j - 1] >= 8 * moves[j]))
+               and all(m <= max(2 * moves[j], tol(central[j + 1]) / 4) for m in moves[j + 1:])]
     base = loss_at(0.0)
     forward = [(evaluated[h][0] - base) / h for h in steps]
     backward = [(base - evaluated[h][1]) / h for h in steps]

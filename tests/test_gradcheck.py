@@ -63,6 +63,30 @@ def test_dense_kinks_that_never_settle_are_non_smooth_not_a_mismatch():
     assert "do not settle" in r.evidence
 
 
+def _sawtooth_kinks(down):
+    """x plus a small triangle wave with kinks every 1e-5, at a point midway between two:
+    steps above the spacing see the wave's mean slope (0), steps below it the local one."""
+    period, amplitude = 2e-5, 1e-6
+    x0 = period * (15000 + 0.25)
+
+    def f(t):
+        u = (x0 + t) / period
+        return (x0 + t) + amplitude * abs(u - round(u))
+
+    return directional_check("x", f, 1 + amplitude / period, 1e-3, rtol=1e-6, atol=1e-12,
+                             down=down)
+
+
+def test_kinks_averaging_out_at_large_steps_are_no_mismatch():
+    """The differences settle on 1.0 at steps far above the kinks' spacing, then move again
+    near it: not a limit, so never a mismatch; steps below the spacing find autodiff's 1.05
+    (the scenes' check goes four steps down, to the first / 256)."""
+    coarse = _sawtooth_kinks(down=2)
+    assert coarse.verdict is Verdict.NON_SMOOTH, coarse.evidence
+    fine = _sawtooth_kinks(down=4)
+    assert fine.verdict is Verdict.OK and "agrees at h=3.9e-06" in fine.evidence, fine.evidence
+
+
 def _scene_backends():
     """(scene, backend) pairs, read from the scene files without building a scene (this runs
     at collection, in the default suite too)."""
