@@ -13,7 +13,8 @@ differences at ``16h, 4h, h, h/4, h/16`` (and their Richardson extrapolations). 
 
 * ``ok`` when autodiff agrees with any of them;
 * ``mismatch`` only when they settle (contract as ``h^2`` does, or agree within the
-  tolerance) on something autodiff misses, with no kink at the point;
+  tolerance, down to the smallest step) on something autodiff misses, with no kink at the
+  point;
 * ``non-smooth here`` when they do not settle, or when the one-sided differences keep
   different limits (a kink at the point itself), with those values as the evidence.
 
