@@ -87,6 +87,7 @@ def _diffphys(budget: float, quick: bool) -> dict:
 def _ppo(budget: float, quick: bool) -> dict:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     from simdiff.rl.locomotion_env import LocomotionEnv
 
@@ -94,6 +95,7 @@ def _ppo(budget: float, quick: bool) -> dict:
     venv = make_vec_env(LocomotionEnv, n_envs=4, seed=0,
                         env_kwargs={"scene_options": options})
     model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, seed=0, verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-DATE per learn()
     probe = LocomotionEnv(scene_options=options)
     held = _held_out(probe.space)
     targets = held.goals[0, :, 0].numpy()

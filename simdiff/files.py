@@ -8,8 +8,10 @@ file that would need unpickling anything else is refused before any of its code 
 
 Every output folder (a training run, a design, an RL policy, a sweep and each of its runs)
 holds a lock file for as long as a process writes into it: ``fcntl.flock`` on
-``FOLDER/.simdiff.lock``, which the kernel releases when the process ends, however it ends (a
-``kill -9`` leaves no stale lock). A second process is refused with one line naming the first.
+``FOLDER/.simdiff.lock``, which the kernel releases when the process ends, however it ends. A
+second process is refused with one line naming the first. On a clean exit the holder removes
+the file (and the folder, if it made it and nothing was written). A lock file left by a killed
+process holds no lock: the next run takes it over, and no command counts it as a run's output.
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def hold_lock(folder: str | Path, what: str = "output folder", *,
         OSError: ``folder`` cannot be created.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
     path = folder / lock_name
     key = str(path.resolve())
     if key in _HELD:
@@ -210,21 +212,7 @@ def hold_lock(folder: str | Path, what: str = "output folder", *,
         finally:
             _HELD[key][1] -= 1
         return
-    handle = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise FolderBusyError(
-            f"cannot write the {what} into {folder}: it is in use by another simdiff process "
-            f"({holder}); wait for it to finish or choose another output folder"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
+    handle = _acquire(folder, path, what)
     _HELD[key] = [handle, 1]
     try:
         yield folder
@@ -232,5 +220,45 @@ def hold_lock(folder: str | Path, what: str = "output folder", *,
         _HELD[key][1] -= 1
         if _HELD[key][1] == 0:
             del _HELD[key]
-            handle.truncate(0)  # the pid is for a refused process's message only
-            handle.close()  # releases the lock; the empty file stays, harmless
+            # Removed while still locked, so that no other process can hold a lock on it:
+            # one that opened it meanwhile finds the path gone or another file (_acquire).
+            with contextlib.suppress(OSError):
+                path.unlink()
+            handle.close()  # releases the lock
+            if created:  # a run refused before writing anything leaves no empty folder
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _acquire(folder: Path, path: Path, what: str):
+    """Open and lock ``path`` (creating ``folder``), the lock file a holder may remove."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
+        except FileNotFoundError:  # the folder was removed by a holder leaving: make it again
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FolderBusyError(
+                f"cannot write the {what} into {folder}: it is in use by another simdiff "
+                f"process ({holder}); wait for it to finish or choose another output folder"
+            ) from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(handle.fileno())
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino,
+                                                                        mine.st_dev):
+            break
+        handle.close()  # locked a file its holder removed on leaving: lock the path's own
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle

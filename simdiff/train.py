@@ -65,8 +65,8 @@ from simdiff.scene import (
 from simdiff.sims.base import Simulator, check_batch_size
 from simdiff.threads import intra_op_threads, threads_for
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainResult", "check_rollout_size",
-           "make_optimizer", "train"]
+__all__ = ["ROLLOUT_TIME_LIMIT_S", "CheckpointError", "TrainConfig", "TrainResult",
+           "check_rollout_size", "make_optimizer", "train"]
 
 CHECKPOINT_FORMAT = 1
 SATURATED_ITERATIONS = 3
@@ -319,20 +319,62 @@ def _available_bytes(device: torch.device) -> int | None:
         return None
 
 
+ROLLOUT_TIME_LIMIT_S = 24 * 3600.0
+"""Longest a single rollout (forward, and backward where there is one) may be estimated to take
+before it is refused without ``force``: a horizon beyond a day is a typo, not a plan."""
+STEP_FLOOR_S = 1e-6
+"""Less than any backend takes for one step of the smallest scene (a kernel launch alone costs
+more): ``steps`` times it bounds a rollout's time from below before anything is compiled."""
+TIMED_ABOVE_STEPS = 20_000
+"""Horizons longer than this (every shipped scene's is shorter) are timed over a few steps
+before they are accepted; shorter ones are estimated from :data:`STEP_FLOOR_S` alone."""
+BACKWARD_COST = 3.0
+"""A rollout with its backward pass, in forward rollouts (the adjoint costs about twice the
+forward; a checkpointed rollout recomputes its segments once more)."""
+
+
+def _seconds_per_step(sim: Simulator) -> float:
+    """Measured forward time of one step of ``sim`` (all its worlds), without actuation: one
+    step to compile and warm up, then the mean of three."""
+    with torch.no_grad():
+        state = sim.step(sim.initial_state())
+        start = time.perf_counter()
+        for _ in range(3):
+            state = sim.step(state)
+    return (time.perf_counter() - start) / 3
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365 * 86400.0), ("days", 86400.0), ("h", 3600.0),
+                       ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def check_rollout_size(sim: Simulator, steps: int, *, backward: bool,
                        rollout_checkpoint: int | None = None, record_every: int = 0,
-                       force: bool = False) -> int:
-    """Estimate the memory a rollout of ``steps`` keeps and refuse one beyond this machine.
+                       force: bool = False, time_limit_s: float = ROLLOUT_TIME_LIMIT_S,
+                       checkpoint_option: bool = True) -> int:
+    """Estimate the memory and time of a rollout of ``steps`` and refuse one beyond this
+    machine's memory or beyond ``time_limit_s``, before anything runs.
 
-    The estimate is a lower bound: one state per step kept for backward (one per
+    Memory: a lower bound, one state per step kept for backward (one per
     ``rollout_checkpoint`` steps plus one segment recomputed when checkpointed) and one per
     recorded frame; the step's own temporaries come on top.
 
+    Time: ``steps`` times :data:`STEP_FLOOR_S` first (refuses an absurd horizon without
+    compiling a kernel); past :data:`TIMED_ABOVE_STEPS` steps, ``steps`` times the measured
+    cost of one step (:func:`_seconds_per_step`), times :data:`BACKWARD_COST` with a backward.
+
+    ``checkpoint_option`` False: the caller has no ``--rollout-checkpoint`` to suggest.
+
     Returns:
-        The estimate in bytes.
+        The memory estimate in bytes.
 
     Raises:
-        ValueError: The estimate exceeds the memory available and ``force`` is False.
+        ValueError: An estimate exceeds its bound and ``force`` is False (one line, with the
+            estimate).
     """
     state = sim.initial_state()
     per_state = sum(t.numel() * t.element_size() for t in vars(state).values()
@@ -344,13 +386,28 @@ def check_rollout_size(sim: Simulator, steps: int, *, backward: bool,
     if record_every:
         kept += steps // record_every + 1
     estimate = kept * per_state
+    if force:
+        return estimate
     available = _available_bytes(torch.device(sim.backend.torch_device))
-    if not force and available is not None and estimate > available:
-        hint = "--rollout-checkpoint K, " if backward and rollout_checkpoint is None else ""
+    hint = ("--rollout-checkpoint K, "
+            if backward and rollout_checkpoint is None and checkpoint_option else "")
+    if available is not None and estimate > available:
         raise ValueError(
             f"steps={steps}: the rollout would keep at least {estimate / 1e9:.3g} GB "
             f"({per_state} bytes a state), and {available / 1e9:.3g} GB are available; use "
             f"{hint}fewer steps, or --force to run anyway")
+    passes = BACKWARD_COST if backward else 1.0
+    what = "forward and backward" if backward else "forward"
+    per_step, how = STEP_FLOOR_S, f"{STEP_FLOOR_S * 1e6:.3g} us a step, faster than any backend"
+    if steps > TIMED_ABOVE_STEPS and steps * passes * per_step <= time_limit_s:
+        per_step = _seconds_per_step(sim)
+        how = f"{per_step * 1e3:.3g} ms a step, measured over 3 steps"
+    seconds = steps * passes * per_step
+    if seconds > time_limit_s:
+        raise ValueError(
+            f"steps={steps}: one rollout ({what}) would take at least {_duration(seconds)} "
+            f"({how}), beyond the limit of {_duration(time_limit_s)}; use fewer steps, or "
+            "--force to run anyway")
     return estimate
 
 

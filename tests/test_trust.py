@@ -140,6 +140,47 @@ def test_a_folder_another_process_writes_into_is_refused(tmp_path, capsys, comma
         pass
 
 
+@pytest.mark.parametrize("command", ["train", "run", "design", "rl train", "sweep"])
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_a_clean_exit_removes_it(tmp_path,
+                                                                              command):
+    """A run killed (-9) before it wrote anything leaves only its lock file, with its pid: a
+    fresh run into that folder is accepted (the file holds no lock and counts as no output),
+    and its clean exit leaves no lock file behind (the sweep's runs neither)."""
+    out = tmp_path / "out"
+    lock_name = "policy.lock" if command == "rl train" else LOCK_NAME
+    holder = _hold_in_another_process(out, lock_name)
+    holder.kill()
+    holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [lock_name]
+    assert (out / lock_name).read_text() == f"pid {holder.pid}\n"
+    small = ["walker_small", "--steps", "5", "--backend", "warp", "--quiet"]
+    if command == "rl train":
+        from simdiff.rl.policy import train_policy
+
+        train_policy(out / "policy", steps=16, envs=1, rollout_steps=16, checkpoint_every=16,
+                     settings={"max_actions": 4}, progress=False)
+        assert (out / "policy.pt").is_file()
+    elif command == "sweep":
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"command": "train", "out": str(out), "fixed": {
+            "scene": "walker_small", "steps": 5, "iters": 1, "backend": "warp",
+            "no_video": True}}))
+        assert main(["sweep", str(spec), "--quiet", "--workers", "1"]) == 0
+        assert (out / "sweep.json").is_file()
+    else:
+        argv = {"train": ["train", *small, "--iters", "1", "--no-video"], "run": ["run", *small],
+                "design": ["design", "mbb_beam", "--iters", "2", "--quiet"]}[command]
+        assert main([*argv, "--out", str(out)]) == 0
+    assert list(out.rglob("*.lock")) == []
+
+
+def test_a_run_refused_inside_its_lock_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "walker_small", "--backend", "warp", "--steps", "1000000000000",
+                 "--rollout-checkpoint", "1000000", "--out", str(out)]) == 2
+    assert not (tmp_path / "new" / "run").exists()
+
+
 def test_two_trainings_into_one_folder_the_second_refused(tmp_path):
     out = tmp_path / "run"
     argv = [PYTHON, "-m", "simdiff.cli", "train", "walker_small", "--steps", "40", "--iters",
@@ -279,7 +320,16 @@ _ONE_LINE = [
     (["gradcheck", "walker_small", "--steps", "0"], "--steps 0 must be >= 1"),
     (["train", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
      "steps=1000000000000: the rollout would keep at least"),
+    (["train", "walker_small", "--backend", "warp", "--steps", "1000000000000",
+      "--rollout-checkpoint", "1000000"],
+     "steps=1000000000000: one rollout (forward and backward) would take at least 34.7 days"),
+    (["run", "walker_small", "--backend", "warp", "--steps", "1000000000000", "--out",
+      "{tmp}/r"], "steps=1000000000000: the rollout would keep at least"),
+    (["gradcheck", "walker_small", "--backend", "warp", "--steps", "1000000000000"],
+     "available; use fewer steps, or --force"),
     (["rl", "train", "--checkpoint-every", "0", "--out", "{tmp}/p"], "checkpoint_every=0"),
+    (["gradcheck", "mpm_jelly_3d", "--backend", "taichi", "--steps", "1"],
+     "MPM gradients in 3D are not available on taichi; use --backend warp"),
 ]
 
 
@@ -310,6 +360,27 @@ def test_absurd_steps_run_with_force_are_not_refused_by_the_estimate(tmp_path):
         check_rollout_size(sim, 10**12, backward=True)
 
 
+def test_a_horizon_too_long_to_finish_is_refused_on_its_measured_time():
+    """Past TIMED_ABOVE_STEPS the step is timed: 200,000 steps pass the floor's bound (1 us a
+    step: 0.2 s) of a 0.5 s limit, and are refused on the measured cost (a walker step takes
+    far more than 2.5 us) with that estimate in one line. At the threshold nothing is timed,
+    and force skips both."""
+    from simdiff.backend import resolve_backend
+    from simdiff.scene import load_scene, make_simulator
+    from simdiff.train import TIMED_ABOVE_STEPS, check_rollout_size
+
+    sim = make_simulator(load_scene("walker_small"), resolve_backend("warp"))
+    steps = 10 * TIMED_ABOVE_STEPS
+    with pytest.raises(ValueError, match=rf"steps={steps}: one rollout \(forward\) would take at "
+                                         r"least .* ms a step, measured over 3 steps\), beyond "
+                                         r"the limit of 0.5 s; use fewer steps, or --force"):
+        check_rollout_size(sim, steps, backward=False, time_limit_s=0.5)
+    # Not timed at or below the threshold (the floor is 1 us a step: 20 ms here).
+    check_rollout_size(sim, TIMED_ABOVE_STEPS, backward=True, time_limit_s=0.1)
+    check_rollout_size(sim, steps, backward=True, rollout_checkpoint=100, time_limit_s=1e-3,
+                       force=True)
+
+
 def test_an_uncaught_error_reads_as_one_line_in_a_subprocess(tmp_path):
     result = subprocess.run([PYTHON, "-m", "simdiff.cli", "train", "walker_small", "--set",
                              "bogus=1", "--out", str(tmp_path / "o")],
@@ -325,9 +396,14 @@ _RL = {"envs": 2, "rollout_steps": 32, "checkpoint_every": 64, "settings": {"max
 
 def test_rl_resume_is_exact(tmp_path, monkeypatch):
     """Interrupted after its second checkpoint, then resumed: the same weights as a run that
-    never stopped (difference exactly 0)."""
+    never stopped (difference exactly 0). No run leaves stable-baselines3's default log folder
+    (TMPDIR/SB3-DATE) behind."""
+    import tempfile
+
     import simdiff.rl.policy as rl
 
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     full = rl.train_policy(tmp_path / "full", steps=256, **_RL)
     saved = rl.save_data
     calls = []
@@ -355,6 +431,7 @@ def test_rl_resume_is_exact(tmp_path, monkeypatch):
         rl.train_policy(tmp_path / "full", steps=256, **_RL)
     with pytest.raises(FileExistsError, match="finished run .* nothing to resume"):
         rl.train_policy(tmp_path / "full", steps=256, resume=True, **_RL)
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_force_evaluations_are_counted_per_rollout():

@@ -413,6 +413,7 @@ def _train_locked(weights: Path, json_path: Path, run: dict, steps: int, resume:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
     from tqdm import tqdm
 
@@ -462,6 +463,9 @@ def _train_locked(weights: Path, json_path: Path, run: dict, steps: int, resume:
     model = PPO("MlpPolicy", vec, n_steps=rollout_steps, batch_size=min(256, rollout_steps),
                 n_epochs=10, learning_rate=run["learning_rate"], gamma=gamma, ent_coef=0.01,
                 seed=seed, device="cpu", policy_kwargs={"net_arch": [64, 64]}, verbose=0)
+    # SB3 logs nowhere useful at verbose=0 yet makes an empty /tmp/SB3-DATE folder on every
+    # learn() without a logger of its own; the run's record is its checkpoint and policy.json.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     if saved is not None:
         model.policy.load_state_dict(saved["policy"])
         model.policy.optimizer.load_state_dict(saved["optimizer"])
