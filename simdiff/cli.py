@@ -260,6 +260,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
         scene_options=_scene_options(args),
         controller_options=_key_values(args.controller_set, "--controller-set"),
     )
@@ -267,12 +268,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
-        best = min(result.metrics, key=lambda row: row["loss"])
+        best = result.best
         print(f"loss {first['loss']:.4g} -> {last['loss']:.4g} over {len(result.metrics)} "
-              f"iterations; best {best['loss']:.4g} at iteration {best['iteration']}")
+              f"iterations; best at iteration {best.get('iteration')} ({best.get('on')} loss "
+              f"{best.get('loss', float('nan')):.4g})")
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
-    if not args.no_video:
+    if not args.no_video and result.scene.goals is not None:
+        # A goal-conditioned controller is shown following a change of command.
+        from simdiff.scene import make_simulator
+
+        one = make_simulator(result.scene, result.simulator.backend, batch_size=1)
+        written.append(_goal_video(result.scene, one, result.best_controller(),
+                                   out / f"{result.scene.name}.mp4"))
+    elif not args.no_video:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
                                    seed=config.seed, health=config.health, quiet=args.quiet)
         print("best iteration: " + _figures(figures))
@@ -291,9 +300,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from simdiff.backend import resolve_backend
     from simdiff.files import check_creatable, check_output_folder, hold_lock
     from simdiff.locomotion import evaluate_goals, held_out_schedule
-    from simdiff.render.goals import annotate_goals
-    from simdiff.render.rollout import render_rollout
-    from simdiff.render.video import write_video
     from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
 
     out = check_output_folder(args.out or f"renders/evaluate_{Path(args.scene).stem}",
@@ -338,21 +344,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text)
         print(f"wrote {args.json}")
     if not args.no_video:
-        space = scene.goals
-        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
-        if space.dim == 2:
-            script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
-        else:
-            script += [("turn", space.turn_max), ("turn", -space.turn_max)]
-        script = [(task, value) for task, value in script if task in space.tasks]
         one, controller = build(1)
-        _, shown = evaluate_goals(one, controller, space.schedule(script),
-                                  record_every=scene.render_every)
-        steps = sorted(shown.frames)
-        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
         with hold_lock(out, "goal evaluation"):
-            print(f"wrote {write_video(frames, out / f'{scene.name}.mp4')}")
+            print(f"wrote {_goal_video(scene, one, controller, out / f'{scene.name}.mp4')}")
     return 0
+
+
+def _goal_script(space) -> list[tuple[str, float]]:
+    """The scripted commands of a goal video, one goal period each: forward at the largest
+    speed, stop, backward, then a jump and a crawl (2D) or a turn each way (3D), of the
+    space's tasks."""
+    script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax)]
+    if space.dim == 2:
+        script += [("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+    else:
+        script += [("turn", space.turn_max), ("turn", -space.turn_max)]
+    return [(task, value) for task, value in script if task in space.tasks]
+
+
+def _goal_video(scene, sim, controller, path: Path, script=None) -> Path:
+    """The goal-switching video of one world (``sim`` of batch 1) following ``script``
+    (default :func:`_goal_script`), the command drawn in every frame."""
+    from simdiff.locomotion import evaluate_goals
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+
+    schedule = scene.goals.schedule(script or _goal_script(scene.goals))
+    _, shown = evaluate_goals(sim, controller, schedule, record_every=scene.render_every)
+    frames = annotate_goals(render_rollout(scene, shown), sorted(shown.frames), shown)
+    return write_video(frames, path)
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
@@ -512,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: refuse)")
     p.add_argument("--checkpoint-every", type=int, default=10,
                    help="iterations between checkpoints (default: 10)")
+    p.add_argument("--validate-every", type=int, default=5,
+                   help="goal-conditioned scenes: iterations between rollouts on the fixed "
+                        "validation goals, on which the best iteration is chosen; 0 chooses on "
+                        "the training loss (default: 5)")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
                    help="keep one state every K steps and recompute in backward (bounded "
                         "memory; default: keep every step)")

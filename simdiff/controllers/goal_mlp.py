@@ -44,12 +44,14 @@ class GoalMLPController(nn.Module):
         position_scale: Length the relative positions are divided by [m].
         activation: ``"sin"`` (the paper's) or ``"tanh"``.
         points: Largest number of particles used as position inputs.
+        output_init: Factor on the output layer's initial weights (1: the paper's
+            initialisation; smaller starts with smaller actions).
     """
 
     def __init__(self, particle_count: int, dim: int, action_dim: int, dt: float,
                  goals: GoalSpace, *, hidden: int = 64, clocks: int = 16,
                  frequency: float = 2.0, duplicate: int = 16, position_scale: float = 0.2,
-                 activation: str = "sin", points: int = 64) -> None:
+                 activation: str = "sin", points: int = 64, output_init: float = 0.1) -> None:
         super().__init__()
         if activation not in ("sin", "tanh"):
             raise ValueError(f"activation={activation!r}; allowed: 'sin', 'tanh'")
@@ -74,7 +76,7 @@ class GoalMLPController(nn.Module):
                 bound = math.sqrt(6.0 / layer.in_features)
                 layer.weight.uniform_(-bound, bound)
                 layer.bias.zero_()
-            self.layers[-1].weight.mul_(0.1)  # small first actions: the robot starts upright
+            self.layers[-1].weight.mul_(output_init)
 
     def _act(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sin(z) if self.activation == "sin" else torch.tanh(z)
