@@ -18,9 +18,10 @@ def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
 
-def _batch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=1,
-                   help="worlds simulated at once; the scene says how they differ (default: 1)")
+def _batch_args(p: argparse.ArgumentParser, *, scene_default: bool = False) -> None:
+    p.add_argument("--batch", type=int, default=None if scene_default else 1,
+                   help="worlds simulated at once; the scene says how they differ (default: "
+                        + ("the scene's, else 1)" if scene_default else "1)"))
     p.add_argument("--health", choices=["stop", "mask"], default="stop",
                    help="a failed world stops the run, or is frozen and left out of the loss "
                         "(default: stop)")
@@ -312,13 +313,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          f"evaluate needs one such as walker_goals")
     precision = args.precision or scene.train.get("precision", "float32")
     backend = resolve_backend(args.backend or scene.default_backend, args.device, precision)
-    name = args.controller or scene.train.get("controller", "goal_mlp")
+    # The controller (and options, e.g. its clock frequency) the weights were trained with.
+    name, options = _controller_for(args.controller, args.weights, scene)
 
     def build(batch_size: int):
         sim = make_simulator(scene, backend, batch_size=batch_size)
         torch.manual_seed(0)
-        options = (scene.train.get("controller_options", {})
-                   if name == scene.train.get("controller") else {})
         controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
         if args.weights:
             controller.load_state_dict(torch.load(args.weights, map_location="cpu",
@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller option, e.g. --controller-set activation=tanh (repeatable; "
                         "default: the controller's)")
     p.add_argument("--backprop-window", type=int, default=None, metavar="W",
-                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
+                   help="truncate backpropagation to windows of W steps; 0: the whole horizon "
+                        "(default: the scene's, else the whole horizon)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
@@ -543,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true",
                    help="skip the final video (default: render the best iteration)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
-    _batch_args(p)
+    _batch_args(p, scene_default=True)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")

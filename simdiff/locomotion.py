@@ -248,13 +248,17 @@ def _yaw(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (the paper weighs velocity and height most)."""
+    """Weights of the loss terms (the paper weighs velocity and height most), and the crawl
+    term's margin: it penalizes the top's excess over ``crawl_height - crawl_margin`` [m], so
+    that its optimum lies under the bar rather than on it (a squared excess has no gradient
+    left at the bar, where half the steps may still be over it)."""
 
     velocity: float = 1.0
     jump: float = 10.0
     crawl: float = 10.0
     heading: float = 1.0
     actuation: float = 1e-3
+    crawl_margin: float = 0.0
 
 
 def _stand(space: GoalSpace, com: torch.Tensor) -> torch.Tensor:
@@ -307,7 +311,7 @@ def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str
             jump = jump + torch.where(active, (peak - goal[p0, :, 1]) ** 2, zero)
         terms["jump"] = jump / max(1, -(-steps // space.period))
         crawling = (goal[..., 2] > 0.5).to(com.dtype)
-        excess = torch.relu(top[1:] - space.crawl_height) ** 2
+        excess = torch.relu(top[1:] - (space.crawl_height - weights.crawl_margin)) ** 2
         terms["crawl"] = (excess * crawling).mean(dim=0)
     else:
         x, x0 = rollout.trace["x"], rollout.trace["x"][0, 0]

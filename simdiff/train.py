@@ -102,12 +102,13 @@ class TrainConfig:
         lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
-        backprop_window: Truncate backpropagation to windows of this many steps (None: the
-            whole horizon).
+        backprop_window: Truncate backpropagation to windows of this many steps (0: the whole
+            horizon; None takes the scene's default, else the whole horizon).
         seed: Seed of the controller's initial weights and of the worlds' variation; None
             takes 0 (on resume, the checkpoint's).
         batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
-            drawn anew every iteration from ``seed`` and the iteration).
+            drawn anew every iteration from ``seed`` and the iteration); None takes the
+            scene's default, else 1.
         health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
             frozen, left out of the loss and counted in ``failed_worlds``).
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
@@ -131,7 +132,7 @@ class TrainConfig:
     grad_normalize: bool = False
     backprop_window: int | None = None
     seed: int | None = None
-    batch: int = 1
+    batch: int | None = None
     health: str = "stop"
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
@@ -294,8 +295,9 @@ def _check_settings(config: TrainConfig) -> None:
                          f"(0: choose the best iteration on the training loss)")
     if config.iters is not None and config.iters < 0:
         raise ValueError(f"iters={config.iters} must be >= 0")
-    if config.backprop_window is not None and config.backprop_window < 1:
-        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
+    if config.backprop_window is not None and config.backprop_window < 0:
+        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 (steps), 0 "
+                         f"(the whole horizon) or None (the scene's default)")
     _optimizer_class(config.optimizer)
 
 
@@ -423,6 +425,10 @@ def train(
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
     config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
+    if config.batch is None:
+        config.batch = scene.train.get("batch", 1)
+    if config.backprop_window is None:
+        config.backprop_window = scene.train.get("backprop_window", 0)
     _check_settings(config)
     check_batch_size(config.batch)
     if config.health not in ("stop", "mask"):
@@ -530,12 +536,12 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                                                       seed=config.seed * 1_000_003 + iteration)
                         result = goal_rollout(sim, state, controller, schedule, scene.steps,
                                               params=params, health=config.health,
-                                              truncate_every=config.backprop_window)
+                                              truncate_every=config.backprop_window or None)
                     else:
                         result = rollout(sim, state, controller, scene.steps, params=params,
                                          health=config.health,
                                          checkpoint_every=config.rollout_checkpoint,
-                                         truncate_every=config.backprop_window)
+                                         truncate_every=config.backprop_window or None)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
