@@ -220,6 +220,24 @@ def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
     assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
 
 
+def test_train_cli_of_a_goal_scene_renders_the_goal_video(tmp_path, capsys):
+    """simdiff train of a goal-conditioned scene shows its best iteration (chosen on the
+    validation goals) following the scripted commands, as the demo does."""
+    import json
+
+    from simdiff.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "walker_goals", "--set", "steps=20", "--set", "period=20", "--set",
+                 "window=10", "--set", 'tasks=["stand","walk"]', "--batch", "2", "--iters", "2",
+                 "--validate-every", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "(validation loss" in printed and f"wrote {out / 'walker_goals.mp4'}" in printed
+    assert (out / "walker_goals.mp4").stat().st_size > 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["validation_loss"] > 0 for r in rows)
+
+
 def test_ablation_sweep_spec_expands_to_runs_the_train_command_accepts():
     from pathlib import Path
 
