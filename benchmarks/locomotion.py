@@ -110,6 +110,7 @@ def _diffphys(budget: float, quick: bool) -> dict:
     return {"config": "diffphys", "budget_s": budget, METRIC: curve[-1][METRIC],
             "best_" + METRIC: min(c[METRIC] for c in curve), "iterations": iteration,
             "worlds": WORLDS, "cpu_seconds": round(cpu, 1),
+            "standing_" + METRIC: float(np.abs(targets).mean()),
             "load_average": round(os.getloadavg()[0], 2), "curve": curve}
 
 
@@ -155,6 +156,7 @@ def _ppo(budget: float, quick: bool) -> dict:
                           "simulated_steps": simulated, METRIC: score()})
     return {"config": "ppo", "budget_s": budget, METRIC: curve[-1][METRIC],
             "best_" + METRIC: min(c[METRIC] for c in curve), "worlds": WORLDS,
+            "standing_" + METRIC: float(np.abs(targets).mean()),
             "cpu_seconds": round(cpu, 1), "load_average": round(os.getloadavg()[0], 2),
             "curve": curve}
 
@@ -202,6 +204,12 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("held-out velocity error [m/s]")
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
+    still = next((r.get("standing_" + METRIC) for r in rows if r.get("standing_" + METRIC)),
+                 None)
+    if still is not None:  # what a robot that never moves scores: learning starts below it
+        for ax in axes:
+            ax.axhline(still, color="grey", linestyle="--", linewidth=1,
+                       label="a robot standing still")
     axes[1].set_xscale("symlog", linthresh=1e4)
     axes[0].legend(fontsize=8)
     dp = next((r for r in rows if r["config"] == "diffphys"), {})
@@ -221,10 +229,15 @@ def summarize(rows: list[dict]) -> str:
     if not dp or "seconds_to_ppo_final" not in dp:
         return ""
     reach = dp["seconds_to_ppo_final"]
+    still = dp.get("standing_" + METRIC)
+    note = ""
+    if still is not None and dp["ppo_final_" + METRIC] >= 0.9 * still:
+        note = (f"; PPO's final error is within 10% of a robot standing still ({still:.4g} "
+                f"m/s): it has learnt no tracking, and the ratio says little")
     return (f"PPO's final velocity error {dp['ppo_final_' + METRIC]:.4g} m/s; differentiable "
             f"physics reached it after {reach} s of training, {dp['time_ratio']} of PPO's "
             f"{dp['ppo_seconds']} s (PPO's curve first reached it after "
-            f"{dp['ppo_seconds_to_final']} s)")
+            f"{dp['ppo_seconds_to_final']} s){note}")
 
 
 def main() -> None:
