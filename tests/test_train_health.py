@@ -137,7 +137,8 @@ def test_best_iteration_is_chosen_on_the_fixed_validation_goals(tmp_path):
     path = tmp_path / "lucky.py"
     path.write_text(LUCKY_GOAL_SCENE)
     options = {"steps": 20, "period": 20, "window": 10, "tasks": ["walk"]}
-    config = TrainConfig(scene=str(path), iters=4, backend="warp", lr=0.05, validate_every=1,
+    config = TrainConfig(scene=str(path), iters=4, backend="warp", lr=0.05, batch=1,
+                         validate_every=1,
                          scene_options=options, checkpoint_every=10)
     result = train(config, tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
