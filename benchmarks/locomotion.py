@@ -1,20 +1,30 @@
 """Benchmark: goal-conditioned walker_goals trained through the physics (``diffphys``: goal_mlp,
-Adam, 4 worlds per iteration) against stable-baselines3 PPO (``ppo``, the baseline: the
-gymnasium :class:`~simdiff.rl.locomotion_env.LocomotionEnv` over the same simulator, goal
-distribution and loss terms as reward, 4 environments), for equal wall-clock budgets.
+Adam, 16 worlds per iteration) against stable-baselines3 PPO (``ppo``, the baseline: PPO's
+``MlpPolicy`` on :class:`~simdiff.rl.locomotion_env.LocomotionVecEnv`, 16 environments that are
+the worlds of one batched simulator, as the trainer's are, over the same goal distribution, with
+the same loss terms as reward), for equal wall-clock budgets, on the walk and stand commands.
 
 Both are scored the same way, on the same held-out walk commands (4 speeds over
 ``[-vmax, vmax]``, one goal period): ``velocity_error``, the mean absolute difference between
 the centre of mass's velocity over 100-step windows and the command [m/s]. Each row gives the
-final figure at the budget and its learning curve against wall-clock seconds (evaluation time
-excluded) and simulated steps. Run through ``simdiff bench locomotion [--budget SECONDS]``.
+final figure at the budget and its learning curve against wall-clock seconds of training
+(scoring excluded; it runs about 15 times per budget) and against simulated steps (world-steps,
+all worlds counted). :func:`finish` adds to the ``diffphys`` row the wall-clock seconds it took
+to reach PPO's final error (``seconds_to_ppo_final``), PPO's wall-clock seconds of training
+(``ppo_seconds``, its budget) and their ratio (``time_ratio``; the issue's target is at most
+1/5), and when PPO's own curve first reached that error (``ppo_seconds_to_final``),
+and draws both curves (error against seconds and against simulated steps) beside the JSON
+(``PATH.png``). Run through ``simdiff bench locomotion [--budget SECONDS] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +35,10 @@ KEYS = ("budget_s",)
 METRIC, HIGHER_IS_BETTER = "velocity_error", False
 
 OPTIONS = {"tasks": ["stand", "walk"], "steps": 500, "period": 500}
+QUICK = {"steps": 100, "period": 100, "window": 50}
+WORLDS = 16
+SCORES = 15
+"""Scorings per budget (the curve's points after the first)."""
 
 
 def _held_out(space):
@@ -43,90 +57,189 @@ def _window_error(com: np.ndarray, targets: np.ndarray, space, every: int) -> fl
     return float(np.abs(velocity - targets[None]).mean())
 
 
+def _cpu() -> float:
+    return time.process_time()
+
+
 def _diffphys(budget: float, quick: bool) -> dict:
     from simdiff.backend import resolve_backend
-    from simdiff.locomotion import goal_rollout, locomotion_losses
+    from simdiff.locomotion import goal_rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
+    from simdiff.threads import intra_op_threads
 
-    options = {**OPTIONS, **({"steps": 100, "period": 100, "window": 50} if quick else {})}
-    scene = load_scene("walker_goals", **options)
-    sim = make_simulator(scene, resolve_backend("warp", "cpu", "float32"), batch_size=4)
+    scene = load_scene("walker_goals", **{**OPTIONS, **(QUICK if quick else {})})
+    backend = resolve_backend("warp", "cpu", "float32")
+    sim = make_simulator(scene, backend, batch_size=WORLDS)
+    probe = make_simulator(scene, backend, batch_size=4)
     torch.manual_seed(0)
-    controller = load_controller("goal_mlp", sim, scene, frequency=3.0).float()
-    optimizer = torch.optim.Adam(controller.parameters(), lr=0.01)
+    controller = load_controller("goal_mlp", sim, scene,
+                                 **scene.train.get("controller_options", {})).float()
+    optimizer = torch.optim.Adam(controller.parameters(), lr=scene.train.get("lr", 0.01))
     held = _held_out(scene.goals)
     targets = held.goals[0, :, 0].numpy()
-    curve, spent, simulated, iteration = [], 0.0, 0, 0
+    curve, spent, cpu, simulated, iteration = [], 0.0, 0.0, 0, 0
 
     def score() -> float:
         with torch.no_grad():
-            r = goal_rollout(sim, sim.initial_state(), controller, held, scene.steps)
+            r = goal_rollout(probe, probe.initial_state(), controller, held, scene.steps)
         com = r.trace["com"][..., 0].double().numpy()
         return _window_error(com, targets, scene.goals, 1)
 
-    curve.append({"seconds": 0.0, "simulated_steps": 0, METRIC: score()})
-    while spent < budget:
-        start = time.perf_counter()
-        schedule = scene.goals.sample(4, scene.steps, seed=iteration)
-        r = goal_rollout(sim, sim.initial_state(), controller, schedule, scene.steps)
-        loss = r.mean(locomotion_losses(r)["total"])
-        optimizer.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
-        if torch.isfinite(norm):
-            optimizer.step()
-        spent += time.perf_counter() - start
-        simulated += 4 * scene.steps
-        iteration += 1
-        curve.append({"seconds": round(spent, 2), "simulated_steps": simulated, METRIC: score()})
+    with intra_op_threads(1):  # tiny torch ops (simdiff.threads), as the trainer runs them
+        curve.append({"seconds": 0.0, "cpu_seconds": 0.0, "simulated_steps": 0,
+                      METRIC: score()})
+        next_score = budget / SCORES
+        while spent < budget:
+            start, start_cpu = time.perf_counter(), _cpu()
+            schedule = scene.goals.sample(WORLDS, scene.steps, seed=iteration)
+            r = goal_rollout(sim, sim.initial_state(), controller, schedule, scene.steps)
+            loss = scene.loss(r)
+            optimizer.zero_grad()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
+            if torch.isfinite(norm):  # a non-finite gradient is never applied
+                optimizer.step()
+            spent += time.perf_counter() - start
+            cpu += _cpu() - start_cpu
+            simulated += WORLDS * scene.steps
+            iteration += 1
+            if spent >= next_score or spent >= budget:
+                next_score += budget / SCORES
+                curve.append({"seconds": round(spent, 2), "cpu_seconds": round(cpu, 2),
+                              "simulated_steps": simulated, METRIC: score()})
     return {"config": "diffphys", "budget_s": budget, METRIC: curve[-1][METRIC],
             "best_" + METRIC: min(c[METRIC] for c in curve), "iterations": iteration,
-            "curve": curve}
+            "worlds": WORLDS, "cpu_seconds": round(cpu, 1),
+            "standing_" + METRIC: float(np.abs(targets).mean()),
+            "load_average": round(os.getloadavg()[0], 2), "curve": curve}
 
 
 def _ppo(budget: float, quick: bool) -> dict:
     from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import Logger
 
-    from simdiff.rl.locomotion_env import LocomotionEnv
+    from simdiff.rl.locomotion_env import LocomotionVecEnv
 
-    options = {**OPTIONS, **({"steps": 100, "period": 100, "window": 50} if quick else {})}
-    venv = make_vec_env(LocomotionEnv, n_envs=4, seed=0,
-                        env_kwargs={"scene_options": options})
-    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, seed=0, verbose=0)
+    options = {**OPTIONS, **(QUICK if quick else {})}
+    venv = LocomotionVecEnv(WORLDS, scene_options=options, seed=0)
+    n_steps = 64
+    model = PPO("MlpPolicy", venv, n_steps=n_steps, batch_size=256, seed=0, verbose=0)
     model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-DATE per learn()
-    probe = LocomotionEnv(scene_options=options)
-    held = _held_out(probe.space)
+    probe = LocomotionVecEnv(4, scene_options=options, seed=1)
+    space = probe.worlds.space
+    held = _held_out(space)
     targets = held.goals[0, :, 0].numpy()
 
     def score() -> float:
-        coms = []
-        for world in range(4):
-            probe.reset(seed=world)
-            probe.schedule = type(held)(held.space, held.goals[:, world:world + 1],
-                                        ((held.tasks[0][world],),))
-            obs, com = probe._observation(), [float(probe.state.particle_x[0, :, 0].mean())]
-            done = False
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, _, terminated, truncated, _ = probe.step(action)
-                com.append(float(probe.state.particle_x[0, :, 0].mean()))
-                done = terminated or truncated
-            coms.append(com)
-        com = np.asarray(coms).T
-        return _window_error(com, targets, probe.space, probe.control_steps)
+        obs = probe.reset()
+        probe.worlds.goals[:] = held.goals[:1].numpy()  # the held-out commands, every period
+        obs = probe.worlds.observation()
+        com = [probe.worlds.state.particle_x[..., 0].double().mean(1).numpy()]
+        for _ in range(probe.worlds.horizon // probe.worlds.control_steps):
+            action, _ = model.predict(obs, deterministic=True)
+            probe.worlds.step(action)
+            obs = probe.worlds.observation()
+            com.append(probe.worlds.state.particle_x[..., 0].double().mean(1).numpy())
+        return _window_error(np.asarray(com), targets, space, probe.worlds.control_steps)
 
-    curve, spent, simulated = [{"seconds": 0.0, "simulated_steps": 0, METRIC: score()}], 0.0, 0
-    chunk = 256
+    curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "simulated_steps": 0, METRIC: score()}]
+    spent, cpu, simulated = 0.0, 0.0, 0
+    chunk = n_steps * WORLDS  # one rollout and update of PPO per learn() call
+    next_score = budget / SCORES
     while spent < budget:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _cpu()
         model.learn(total_timesteps=chunk, reset_num_timesteps=False)
         spent += time.perf_counter() - start
-        simulated += chunk * probe.control_steps
-        curve.append({"seconds": round(spent, 2), "simulated_steps": simulated, METRIC: score()})
+        cpu += _cpu() - start_cpu
+        simulated += chunk * probe.worlds.control_steps
+        if spent >= next_score or spent >= budget:
+            next_score += budget / SCORES
+            curve.append({"seconds": round(spent, 2), "cpu_seconds": round(cpu, 2),
+                          "simulated_steps": simulated, METRIC: score()})
     return {"config": "ppo", "budget_s": budget, METRIC: curve[-1][METRIC],
-            "best_" + METRIC: min(c[METRIC] for c in curve), "curve": curve}
+            "best_" + METRIC: min(c[METRIC] for c in curve), "worlds": WORLDS,
+            "standing_" + METRIC: float(np.abs(targets).mean()),
+            "cpu_seconds": round(cpu, 1), "load_average": round(os.getloadavg()[0], 2),
+            "curve": curve}
+
+
+def _first_reach(curve: list[dict], level: float) -> float | None:
+    """Seconds of the first point of ``curve`` at or below ``level`` (None if none)."""
+    return next((c["seconds"] for c in curve if c[METRIC] <= level), None)
+
+
+def finish(rows: list[dict], out: str | Path | None) -> list[dict]:
+    """The diffphys row gets the time it took to reach PPO's final error and its ratio to
+    PPO's; the learning curves are drawn into ``out`` with suffix ``.png``."""
+    by = {r["config"]: r for r in rows}
+    dp, ppo = by.get("diffphys"), by.get("ppo")
+    if dp and ppo:
+        level = ppo[METRIC]
+        reach = _first_reach(dp["curve"], level)
+        ppo_reach = _first_reach(ppo["curve"], level)
+        dp["ppo_final_" + METRIC] = level
+        dp["seconds_to_ppo_final"] = reach
+        dp["ppo_seconds_to_final"] = ppo_reach
+        dp["ppo_seconds"] = ppo["curve"][-1]["seconds"]
+        dp["time_ratio"] = None if reach is None else reach / dp["ppo_seconds"]
+    if out is not None:
+        _plot(rows, Path(out).with_suffix(".png"))
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for row in rows:
+        curve = row.get("curve") or []
+        label = {"diffphys": "differentiable physics (goal_mlp, Adam)",
+                 "ppo": "PPO (stable-baselines3)"}.get(row["config"], row["config"])
+        for ax, key in zip(axes, ("seconds", "simulated_steps")):
+            ax.plot([c[key] for c in curve], [c[METRIC] for c in curve], marker="o",
+                    markersize=3, label=label)
+    for ax, xlabel in zip(axes, ("training wall-clock [s]", "simulated world-steps")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out velocity error [m/s]")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    still = next((r.get("standing_" + METRIC) for r in rows if r.get("standing_" + METRIC)),
+                 None)
+    if still is not None:  # what a robot that never moves scores: learning starts below it
+        for ax in axes:
+            ax.axhline(still, color="grey", linestyle="--", linewidth=1,
+                       label="a robot standing still")
+    axes[1].set_xscale("symlog", linthresh=1e4)
+    axes[0].legend(fontsize=8)
+    dp = next((r for r in rows if r["config"] == "diffphys"), {})
+    ratio = dp.get("time_ratio")
+    fig.suptitle("walker_goals, walk commands: equal wall-clock budgets"
+                 + (f"; DP reaches PPO's final error in {ratio:.3g} of PPO's time"
+                    if ratio is not None and math.isfinite(ratio) else ""), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def summarize(rows: list[dict]) -> str:
+    dp = next((r for r in rows if r["config"] == "diffphys"), None)
+    if not dp or "seconds_to_ppo_final" not in dp:
+        return ""
+    reach = dp["seconds_to_ppo_final"]
+    still = dp.get("standing_" + METRIC)
+    note = ""
+    if still is not None and dp["ppo_final_" + METRIC] >= 0.9 * still:
+        note = (f"; PPO's final error is within 10% of a robot standing still ({still:.4g} "
+                f"m/s): it has learnt no tracking, and the ratio says little")
+    return (f"PPO's final velocity error {dp['ppo_final_' + METRIC]:.4g} m/s; differentiable "
+            f"physics reached it after {reach} s of training, {dp['time_ratio']} of PPO's "
+            f"{dp['ppo_seconds']} s (PPO's curve first reached it after "
+            f"{dp['ppo_seconds_to_final']} s){note}")
 
 
 def main() -> None:

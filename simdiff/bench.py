@@ -6,7 +6,9 @@ A benchmark module defines ``CONFIGS`` (the simdiff configurations), ``BASELINE`
 ``REFERENCES`` (other programs measured beside them), ``KEYS``
 (the columns that identify a row, e.g. body count), ``METRIC`` and ``HIGHER_IS_BETTER``, and a
 command line ``--config NAME [--quick] [--device D]`` that prints its rows as a JSON list, and
-optionally ``summarize(rows)``, a text printed after the table.
+optionally ``summarize(rows)``, a text printed after the table, and ``finish(rows, out)``, which
+returns the rows with figures computed across them (e.g. one configuration's time to reach
+another's result) and may draw plots beside the JSON file ``out``.
 
 Where a benchmark measures both kernel backends (``taichi`` and ``warp`` configurations), a
 second table puts them side by side per row key with the ratio ``warp / taichi`` of the metric;
@@ -141,7 +143,12 @@ def run_benchmark(
         base = baseline.get(tuple(row.get(k) for k in bench.KEYS))
         if base and row.get(metric):
             row["vs_baseline"] = row[metric] / base if higher else base / row[metric]
-    columns = list(dict.fromkeys(["config", *bench.KEYS, metric, *(k for r in rows for k in r)]))
+    if hasattr(bench, "finish"):  # a benchmark's own figures across rows, and its plots
+        rows = bench.finish(rows, out)
+    # Lists (learning curves) stay in the JSON file; the table shows numbers and names.
+    columns = list(dict.fromkeys(["config", *bench.KEYS, metric,
+                                  *(k for r in rows for k, v in r.items()
+                                    if not isinstance(v, (list, dict)))]))
     print(f"\n{what} on {device}; vs_baseline: how many times better than {bench.BASELINE}")
     print("  ".join(f"{c:>14}" for c in columns))
     for row in rows:

@@ -18,9 +18,10 @@ def _backend_args(p: argparse.ArgumentParser, *, allow_all: bool = False) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
 
-def _batch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=1,
-                   help="worlds simulated at once; the scene says how they differ (default: 1)")
+def _batch_args(p: argparse.ArgumentParser, *, scene_default: bool = False) -> None:
+    p.add_argument("--batch", type=int, default=None if scene_default else 1,
+                   help="worlds simulated at once; the scene says how they differ (default: "
+                        + ("the scene's, else 1)" if scene_default else "1)"))
     p.add_argument("--health", choices=["stop", "mask"], default="stop",
                    help="a failed world stops the run, or is frozen and left out of the loss "
                         "(default: stop)")
@@ -260,6 +261,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         health=args.health,
         rollout_checkpoint=args.rollout_checkpoint,
         checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
         scene_options=_scene_options(args),
         controller_options=_key_values(args.controller_set, "--controller-set"),
     )
@@ -267,12 +269,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     written = [out / "metrics.jsonl", out / "checkpoint.pt", out / "controller.pt"]
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
-        best = min(result.metrics, key=lambda row: row["loss"])
+        best = result.best
         print(f"loss {first['loss']:.4g} -> {last['loss']:.4g} over {len(result.metrics)} "
-              f"iterations; best {best['loss']:.4g} at iteration {best['iteration']}")
+              f"iterations; best at iteration {best.get('iteration')} ({best.get('on')} loss "
+              f"{best.get('loss', float('nan')):.4g})")
         written.append(out / "best_controller.pt")
         written.append(plot_loss(result.metrics, out / "loss.png", title=f"{result.scene.name}"))
-    if not args.no_video:
+    if not args.no_video and result.scene.goals is not None:
+        # A goal-conditioned controller is shown following a change of command.
+        from simdiff.scene import make_simulator
+
+        one = make_simulator(result.scene, result.simulator.backend, batch_size=1)
+        written.append(_goal_video(result.scene, one, result.best_controller(),
+                                   out / f"{result.scene.name}.mp4")[0])
+    elif not args.no_video:
         figures, final = _evaluate(result.scene, result.simulator, result.best_controller(),
                                    seed=config.seed, health=config.health, quiet=args.quiet)
         print("best iteration: " + _figures(figures))
@@ -291,9 +301,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from simdiff.backend import resolve_backend
     from simdiff.files import check_creatable, check_output_folder, hold_lock
     from simdiff.locomotion import evaluate_goals, held_out_schedule, period_figures
-    from simdiff.render.goals import annotate_goals
-    from simdiff.render.rollout import render_rollout
-    from simdiff.render.video import write_video
     from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
 
     out = check_output_folder(args.out or f"renders/evaluate_{Path(args.scene).stem}",
@@ -346,30 +353,52 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text)
         print(f"wrote {args.json}")
     if not args.no_video:
-        space = scene.goals
-        if space.dim == 2:
-            script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax),
-                      ("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
-        else:
-            script = [("walk", space.vmax), ("turn", space.turn_max), ("turn", -space.turn_max),
-                      ("walk", 0.0, space.vmax), ("stand", 0.0)]
-        script = [task for task in script if task[0] in space.tasks]
         one, controller = build(1)
-        _, shown = evaluate_goals(one, controller, space.schedule(script),
-                                  record_every=scene.render_every)
-        scripted = period_figures(shown)
+        video, scripted = _goal_video(scene, one, controller, out / f"{scene.name}.mp4",
+                                      lock=out)
         for entry in scripted:
             turn = f" yaw_rate={entry['yaw_rate']:+.4f} rad/s" if "yaw_rate" in entry else ""
             goal = ", ".join(f"{v:+.4g}" for v in entry["goal"])
             print(f"  video period {entry['period']} {entry['task']}: goal ({goal}) "
                   f"velocity=({', '.join(f'{v:+.4f}' for v in entry['velocity'])}) m/s{turn}")
-        with hold_lock(out, "goal evaluation"):
-            (out / "script.json").write_text(json.dumps(scripted, indent=2) + "\n")
-        steps = sorted(shown.frames)
-        frames = annotate_goals(render_rollout(scene, shown), steps, shown)
-        with hold_lock(out, "goal evaluation"):
-            print(f"wrote {write_video(frames, out / f'{scene.name}.mp4')}")
+        print(f"wrote {video}")
     return 0
+
+
+def _goal_script(space) -> list[tuple]:
+    """The scripted commands of a goal video, one goal period each, of the space's tasks: 2D
+    forward at the largest speed, stop, backward, a jump and a crawl; 3D forward along x, a
+    turn left and right, forward along z, stop."""
+    if space.dim == 2:
+        script = [("walk", space.vmax), ("stand", 0.0), ("walk", -space.vmax),
+                  ("jump", space.jump_range[1]), ("crawl", 0.5 * space.vmax)]
+    else:
+        script = [("walk", space.vmax), ("turn", space.turn_max), ("turn", -space.turn_max),
+                  ("walk", 0.0, space.vmax), ("stand", 0.0)]
+    return [task for task in script if task[0] in space.tasks]
+
+
+def _goal_video(scene, sim, controller, path: Path, script=None, *, lock: Path | None = None):
+    """The goal-switching video of one world (``sim`` of batch 1) following ``script``
+    (default :func:`_goal_script`), the command drawn in every frame; returns the video's path
+    and each period's measured figures (:func:`simdiff.locomotion.period_figures`), which are
+    also written beside it as ``script.json``. ``lock``: the output folder's lock to hold
+    while writing (the caller holds it already when None)."""
+    import contextlib
+
+    from simdiff.files import hold_lock
+    from simdiff.locomotion import evaluate_goals, period_figures
+    from simdiff.render.goals import annotate_goals
+    from simdiff.render.rollout import render_rollout
+    from simdiff.render.video import write_video
+
+    schedule = scene.goals.schedule(script or _goal_script(scene.goals))
+    _, shown = evaluate_goals(sim, controller, schedule, record_every=scene.render_every)
+    scripted = period_figures(shown)
+    frames = annotate_goals(render_rollout(scene, shown), sorted(shown.frames), shown)
+    with hold_lock(lock, "goal evaluation") if lock is not None else contextlib.nullcontext():
+        (path.parent / "script.json").write_text(json.dumps(scripted, indent=2) + "\n")
+        return write_video(frames, path), scripted
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
@@ -535,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller option, e.g. --controller-set activation=tanh (repeatable; "
                         "default: the controller's)")
     p.add_argument("--backprop-window", type=int, default=None, metavar="W",
-                   help="truncate backpropagation to windows of W steps (default: whole horizon)")
+                   help="truncate backpropagation to windows of W steps; 0: the whole horizon "
+                        "(default: the scene's, else the whole horizon)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights (default 0; on --resume, the checkpoint's)")
     p.add_argument("--precision", default=None, choices=["float32", "float64"],
@@ -545,13 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "or its estimated time a day (default: refuse)")
     p.add_argument("--checkpoint-every", type=int, default=10,
                    help="iterations between checkpoints (default: 10)")
+    p.add_argument("--validate-every", type=int, default=5,
+                   help="goal-conditioned scenes: iterations between rollouts on the fixed "
+                        "validation goals, on which the best iteration is chosen; 0 chooses on "
+                        "the training loss (default: 5)")
     p.add_argument("--rollout-checkpoint", type=int, default=None,
                    help="keep one state every K steps and recompute in backward (bounded "
                         "memory; default: keep every step)")
     p.add_argument("--no-video", action="store_true",
                    help="skip the final video (default: render the best iteration)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
-    _batch_args(p)
+    _batch_args(p, scene_default=True)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="held-out goal schedules of a goal-conditioned scene")

@@ -32,7 +32,8 @@ wrapper that keeps the differentiable per-step trace; the Rollout it returns car
 ``goal_schedule`` and ``trace``. Controllers declare ``goal_dim``; a controller without it, a
 goal of another size or a schedule of another number of worlds is refused with one line. The
 trainer draws ``scene.goals.sample(B, steps, seed=seed * 1_000_003 + iteration)`` every
-iteration, and ``simdiff evaluate`` rolls :func:`held_out_schedule` out.
+iteration and chooses its best iteration on the fixed :func:`validation_schedule`;
+``simdiff evaluate`` rolls :func:`held_out_schedule` out.
 
 Gradient health: ``benchmarks/_gradient_health.py`` (the gradient norm against the horizon,
 with the shape-keeping and the older walker physics, with and without 100-step windows).
@@ -59,6 +60,7 @@ __all__ = [
     "period_figures",
     "trace_state",
     "tracking_metrics",
+    "validation_schedule",
 ]
 
 TASKS_2D = ("stand", "walk", "jump", "crawl")
@@ -247,13 +249,17 @@ def _yaw(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (the paper weighs velocity and height most)."""
+    """Weights of the loss terms (the paper weighs velocity and height most), and the crawl
+    term's margin: it penalizes the top's excess over ``crawl_height - crawl_margin`` [m], so
+    that its optimum lies under the bar rather than on it (a squared excess has no gradient
+    left at the bar, where half the steps may still be over it)."""
 
     velocity: float = 1.0
     jump: float = 10.0
     crawl: float = 10.0
     heading: float = 1.0
     actuation: float = 1e-3
+    crawl_margin: float = 0.0
 
 
 def _stand(space: GoalSpace, com: torch.Tensor) -> torch.Tensor:
@@ -306,7 +312,7 @@ def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str
             jump = jump + torch.where(active, (peak - goal[p0, :, 1]) ** 2, zero)
         terms["jump"] = jump / max(1, -(-steps // space.period))
         crawling = (goal[..., 2] > 0.5).to(com.dtype)
-        excess = torch.relu(top[1:] - space.crawl_height) ** 2
+        excess = torch.relu(top[1:] - (space.crawl_height - weights.crawl_margin)) ** 2
         terms["crawl"] = (excess * crawling).mean(dim=0)
     else:
         x, x0 = rollout.trace["x"], rollout.trace["x"][0, 0]
@@ -325,9 +331,10 @@ def locomotion_losses(rollout, weights: LossWeights = LossWeights()) -> dict[str
     return terms
 
 
-def goal_loss(rollout) -> torch.Tensor:
-    """A goal-conditioned scene's loss: the total locomotion loss, mean over alive worlds."""
-    return rollout.mean(locomotion_losses(rollout)["total"])
+def goal_loss(rollout, weights: LossWeights = LossWeights()) -> torch.Tensor:
+    """A goal-conditioned scene's loss: the total locomotion loss, mean over alive worlds
+    (a scene weighs its terms with ``functools.partial(goal_loss, weights=...)``)."""
+    return rollout.mean(locomotion_losses(rollout, weights)["total"])
 
 
 def goal_metrics(rollout, base) -> dict:
@@ -469,6 +476,44 @@ def held_out_schedule(space: GoalSpace, batch_size: int) -> GoalSchedule:
     else:
         add("turn", [space.turn_max * (1 if b % 2 == 0 else -1) for b in range(batch_size)])
     return GoalSchedule(space, torch.tensor(periods, dtype=torch.float64), tuple(labels))
+
+
+VALIDATION_SEED = 0x5EED_0F_BE57
+"""Seed of :func:`validation_schedule`'s values (a stream of its own: the trainer's draws are
+``GoalSpace.sample`` per iteration)."""
+
+
+def validation_schedule(space: GoalSpace, batch_size: int, steps: int) -> GoalSchedule:
+    """Fixed goals a training run chooses its best iteration on: the same at every call, so
+    iterations are compared on equal terms (the training draws change every iteration, and a
+    lucky draw of easy goals is no better controller). World ``b`` in period ``p`` has task
+    ``tasks[(b + p) % len(tasks)]`` (every task in every period when ``batch_size`` is at least
+    their number), its value drawn once, uniformly over the task's range, from
+    :data:`VALIDATION_SEED`; not :func:`held_out_schedule`'s grid, which ``simdiff evaluate``
+    reports on."""
+    gen = torch.Generator().manual_seed(VALIDATION_SEED)
+    periods = -(-steps // space.period)
+    u = torch.rand(periods, batch_size, 2, generator=gen, dtype=torch.float64)
+    goals = torch.zeros(periods, batch_size, space.goal_dim, dtype=torch.float64)
+    labels = []
+    for p in range(periods):
+        row = []
+        for b in range(batch_size):
+            name = space.tasks[(b + p) % len(space.tasks)]
+            x, y = float(u[p, b, 0]), float(u[p, b, 1])
+            if name == "jump":
+                value = space.jump_range[0] + x * (space.jump_range[1] - space.jump_range[0])
+            elif name == "turn":
+                value = (2 * x - 1) * space.turn_max
+            elif name == "stand":
+                value = 0.0
+            else:
+                value = (2 * x - 1) * space.vmax
+            side = (2 * y - 1) * space.vmax if space.dim == 3 and name == "walk" else 0.0
+            goals[p, b] = torch.tensor(space.goal(name, value, side), dtype=torch.float64)
+            row.append(name)
+        labels.append(tuple(row))
+    return GoalSchedule(space, goals, tuple(labels))
 
 
 def evaluate_goals(sim, controller, schedule: GoalSchedule, *, record_every: int = 0):

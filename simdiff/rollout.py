@@ -82,6 +82,10 @@ class Rollout:
         alive: ``[B]`` bool, the worlds that did not fail (all, unless ``health="mask"``).
         failures: ``{world: (step, description)}`` of the failed worlds.
         simulator: The simulator that ran it (for diagnostics; rendering reads the frames).
+        step_figures: ``{name: [B]}``, the simulator's :meth:`~simdiff.sims.base.Simulator.
+            step_figures` averaged over every state of the rollout (the initial state and
+            the state after each step; a failed world's frozen state counts as it stays), not
+            only the recorded ones: e.g. the mass-spring ``inverted_cells``.
     """
 
     initial: State
@@ -94,6 +98,7 @@ class Rollout:
     alive: torch.Tensor | None = None
     failures: dict[int, tuple[int, str]] = field(default_factory=dict)
     simulator: Simulator | None = None
+    step_figures: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -131,6 +136,7 @@ class Rollout:
             alive=self.alive[index:index + 1] if self.alive is not None else None,
             failures={0: self.failures[index]} if index in self.failures else {},
             simulator=self.simulator,
+            step_figures={k: v[index:index + 1] for k, v in self.step_figures.items()},
         )
 
 
@@ -150,6 +156,33 @@ class _ZeroFailedRows(torch.autograd.Function):
             return None, grad
         keep = (~mask).to(grad.device).reshape(-1, *([1] * (grad.dim() - 1)))
         return None, torch.where(keep, grad, torch.zeros_like(grad))
+
+
+class _StepFigures:
+    """The simulator's per-state figures, kept per step (a checkpointed segment recomputed in
+    backward overwrites its steps' values with equal ones) and averaged at the end."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.values: dict[int, dict[str, torch.Tensor]] = {}
+        self.active = True
+
+    def add(self, t: int, state: State) -> None:
+        if not self.active:
+            return
+        with torch.no_grad():
+            figures = self.sim.step_figures(state)
+        if not figures:
+            self.active = False  # the simulator reports none: no cost for the other steps
+            return
+        self.values[t] = figures
+
+    def means(self) -> dict[str, torch.Tensor]:
+        if not self.values:
+            return {}
+        steps = sorted(self.values)
+        return {name: torch.stack([self.values[t][name] for t in steps]).mean(0)
+                for name in self.values[steps[0]]}
 
 
 def _failures(sim: Simulator, state: State) -> dict[int, str]:
@@ -177,6 +210,8 @@ def _batched_actions(actions: torch.Tensor, steps: int, sim: Simulator) -> torch
 
 def _captured_rollout(sim, spec, state, controller, steps, result, shared, segment,
                       record_every, check_every, progress=None) -> Rollout:
+    figures = _StepFigures(sim)
+    figures.add(0, state)
     like = getattr(state, spec.state_fields[0])
     if controller is None or sim.action_dim == 0:
         actions = like.new_zeros(steps, sim.batch_size, max(sim.action_dim, 1))
@@ -197,6 +232,8 @@ def _captured_rollout(sim, spec, state, controller, steps, result, shared, segme
                 result.frames[t] = state_at(t)
                 if controller is not None:
                     result.actions[t] = actions[t].detach().clone()
+            if figures.active:
+                figures.add(t + 1, state_at(t + 1))
         # A clone of the last slot, so that the trajectory itself is not kept alive.
         current = state_at(t1, detach=False)
         if check_every and _failures(sim, current):
@@ -210,6 +247,7 @@ def _captured_rollout(sim, spec, state, controller, steps, result, shared, segme
     if record_every > 0:
         result.frames[steps] = current.detach()
     result.final = current
+    result.step_figures = figures.means()
     return result
 
 
@@ -335,6 +373,8 @@ def rollout(
         return _ZeroFailedRows.apply(final_failed, t) if health == "mask" else t
 
     reported = [0]  # steps reported to ``progress``: a recomputed segment reports none
+    figures = _StepFigures(sim)
+    figures.add(0, state)
 
     def report(done: int) -> None:
         if progress is not None and done > reported[0]:
@@ -385,6 +425,7 @@ def rollout(
             elif check_every:
                 unchecked.append(nxt)  # a reference (autograd keeps the state anyway)
             s = nxt
+            figures.add(t + 1, s)
             report(t + 1)
         return s
 
@@ -406,4 +447,5 @@ def rollout(
     result.alive = failed_at > steps
     final_failed[0] = ~result.alive
     result.final = final
+    result.step_figures = figures.means()
     return result

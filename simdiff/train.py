@@ -33,6 +33,16 @@ bounded; windows cap their growth with the horizon where the physics does not.
 
 Goal-conditioned scenes (``scene.goals``) draw a goal schedule per world every iteration
 (seeded by the seed and the iteration) and roll out with :func:`simdiff.locomotion.goal_rollout`.
+Their training loss is that of random goals, which change every iteration: an iteration that
+drew easy goals has a low loss whatever its controller. So the best iteration is chosen on a
+fixed validation set instead: every ``validate_every`` iterations (and at the last one) the
+controller, before that iteration's step, is rolled out without gradients on
+:func:`simdiff.locomotion.validation_schedule` (``max(batch, 2 x tasks)`` worlds, the training
+horizon, the same goals every time) and the row logs ``validation_loss`` (the scene's loss
+there) and the validation figures (``validation_velocity_error``, ...,
+``validation_inverted_cells``); ``best_controller.pt`` is the validated iteration of the
+lowest ``validation_loss``. ``validate_every=0`` chooses on the training loss, as other scenes
+do.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from tqdm import tqdm
 
 from simdiff.backend import Backend, resolve_backend
 from simdiff.files import DataFileError, hold_lock, load_data, save_data
-from simdiff.locomotion import goal_rollout
+from simdiff.locomotion import goal_rollout, validation_schedule
 from simdiff.rollout import rollout
 from simdiff.scene import (
     Scene,
@@ -92,16 +102,20 @@ class TrainConfig:
         lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
         clip: Maximum gradient norm (0 disables clipping).
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
-        backprop_window: Truncate backpropagation to windows of this many steps (None: the
-            whole horizon).
+        backprop_window: Truncate backpropagation to windows of this many steps (0: the whole
+            horizon; None takes the scene's default, else the whole horizon).
         seed: Seed of the controller's initial weights and of the worlds' variation; None
             takes 0 (on resume, the checkpoint's).
         batch: Worlds simulated at once (the scene's ``worlds`` hook says how they differ,
-            drawn anew every iteration from ``seed`` and the iteration).
+            drawn anew every iteration from ``seed`` and the iteration); None takes the
+            scene's default, else 1.
         health: ``stop`` (a failed world stops the run) or ``mask`` (failed worlds are
             frozen, left out of the loss and counted in ``failed_worlds``).
         rollout_checkpoint: Keep one state every this many steps in backward (None: all).
         checkpoint_every: Iterations between checkpoints.
+        validate_every: Goal-conditioned scenes: iterations between validations on the fixed
+            validation goals, on which the best iteration is chosen (0: choose on the training
+            loss); see the module docstring.
         scene_options: Keyword arguments of the scene function (e.g. ``steps``).
         controller_options: Keyword arguments of the controller function.
     """
@@ -118,10 +132,11 @@ class TrainConfig:
     grad_normalize: bool = False
     backprop_window: int | None = None
     seed: int | None = None
-    batch: int = 1
+    batch: int | None = None
     health: str = "stop"
     rollout_checkpoint: int | None = None
     checkpoint_every: int = 10
+    validate_every: int = 5
     scene_options: dict[str, Any] = field(default_factory=dict)
     controller_options: dict[str, Any] = field(default_factory=dict)
 
@@ -138,7 +153,11 @@ class TrainResult:
     """The trained controller, or the design module of an inverse problem."""
     metrics: list[dict[str, float]]
     best_state: dict[str, torch.Tensor] | None = None
-    """Controller parameters of the iteration with the lowest loss."""
+    """Controller parameters of the best iteration (lowest validation loss of a
+    goal-conditioned scene, else lowest training loss)."""
+    best: dict[str, Any] = field(default_factory=dict)
+    """The best iteration: ``iteration``, ``loss`` (the value it was chosen on) and ``on``
+    (``"validation"`` or ``"training"``)."""
 
     def best_controller(self) -> torch.nn.Module:
         """The controller with its best iteration's parameters loaded."""
@@ -270,10 +289,15 @@ def _check_settings(config: TrainConfig) -> None:
                          "(steps between kept states) or None (keep all)")
     if config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 1")
+    if isinstance(config.validate_every, bool) or not isinstance(config.validate_every, int) \
+            or config.validate_every < 0:
+        raise ValueError(f"validate_every={config.validate_every!r} must be an integer >= 0 "
+                         f"(0: choose the best iteration on the training loss)")
     if config.iters is not None and config.iters < 0:
         raise ValueError(f"iters={config.iters} must be >= 0")
-    if config.backprop_window is not None and config.backprop_window < 1:
-        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 or None")
+    if config.backprop_window is not None and config.backprop_window < 0:
+        raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 (steps), 0 "
+                         f"(the whole horizon) or None (the scene's default)")
     _optimizer_class(config.optimizer)
 
 
@@ -458,6 +482,10 @@ def train(
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
     config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
+    if config.batch is None:
+        config.batch = scene.train.get("batch", 1)
+    if config.backprop_window is None:
+        config.backprop_window = scene.train.get("backprop_window", 0)
     _check_settings(config)
     check_batch_size(config.batch)
     if config.health not in ("stop", "mask"):
@@ -543,6 +571,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
     if saved is None:
         save_checkpoint(0)  # a run that fails in its first iteration can still be resumed
     threads = threads_for(sim.initial_state())
+    validate = _validation(scene, backend, config)
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
                desc=f"train {scene.name} [{getattr(sim, 'engine', backend)}]", disable=not progress, dynamic_ncols=True)
     flat = 0  # consecutive iterations with a gradient of exactly zero
@@ -564,17 +593,22 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                                                       seed=config.seed * 1_000_003 + iteration)
                         result = goal_rollout(sim, state, controller, schedule, scene.steps,
                                               params=params, health=config.health,
-                                              truncate_every=config.backprop_window)
+                                              truncate_every=config.backprop_window or None)
                     else:
                         result = rollout(sim, state, controller, scene.steps, params=params,
                                          health=config.health,
                                          checkpoint_every=config.rollout_checkpoint,
-                                         truncate_every=config.backprop_window)
+                                         truncate_every=config.backprop_window or None)
                     loss, extra = scene.loss(result), {}
                 optimizer.zero_grad()
                 loss.backward()
                 return loss, result, extra, _grad_norm(trainable)
 
+            validated: dict[str, Any] = {}
+            if validate is not None and (iteration % config.validate_every == 0
+                                         or iteration + 1 == config.iters):
+                with intra_op_threads(threads):
+                    validated = validate(controller)
             with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
                 # The row logged is this first evaluation, at the parameters before the step.
                 loss, result, extra, grad_norm = evaluate()
@@ -599,6 +633,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                 "seconds": time.perf_counter() - started,
                 **scene.metrics(result),
                 **extra,
+                **validated,
             }
             if config.health == "mask":
                 row["failed_worlds"] = len(result.failures)
@@ -610,8 +645,14 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                     f"iterations (since iteration {iteration + 1 - flat}): the controller is "
                     f"probably saturated and will not learn; try a smaller --lr (now "
                     f"{config.lr:g})", file=sys.stderr)
-            if healthy and row["loss"] < best["loss"]:
-                best = {"loss": row["loss"], "iteration": iteration, "state": before_step}
+            if validate is None:
+                score = row["loss"]
+            else:  # only validated iterations compete, on the fixed goals
+                score = validated.get("validation_loss")
+                score = math.nan if score is None else score
+            if healthy and math.isfinite(score) and score < best["loss"]:
+                best = {"loss": score, "iteration": iteration, "state": before_step,
+                        "on": "training" if validate is None else "validation"}
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{row['loss']:.4g}")
@@ -620,4 +661,30 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
     save_data(controller.state_dict(), out / "controller.pt")
     if best["state"] is not None:
         save_data(best["state"], out / "best_controller.pt")
-    return TrainResult(out, config, scene, sim, controller, metrics, best["state"])
+    return TrainResult(out, config, scene, sim, controller, metrics, best["state"],
+                       {k: v for k, v in best.items() if k != "state"})
+
+
+def _validation(scene: Scene, backend: Backend, config: TrainConfig):
+    """``validate(controller) -> row fields`` on the scene's fixed validation goals, or None
+    where the best iteration is chosen on the training loss (no goals, or validate_every 0)."""
+    if scene.goals is None or config.validate_every == 0 or scene.objective is not None:
+        return None
+    worlds = max(config.batch, 2 * len(scene.goals.tasks))
+    sim = make_simulator(scene, backend, batch_size=worlds)
+    schedule = validation_schedule(scene.goals, worlds, scene.steps)
+
+    def validate(controller: torch.nn.Module) -> dict[str, Any]:
+        started = time.perf_counter()
+        state, params = initial_worlds(scene, sim, seed=0)  # the same worlds every time
+        with torch.no_grad():
+            result = goal_rollout(sim, state, controller, schedule, scene.steps, params=params,
+                                  health="mask")
+            # A world that failed is no better controller: the iteration cannot be best.
+            loss = math.inf if result.failures else float(scene.loss(result))
+        figures = {f"validation_{k}": v for k, v in scene.metrics(result).items()
+                   if isinstance(v, (int, float)) and not k.endswith(("_min", "_max"))}
+        return {"validation_loss": loss if math.isfinite(loss) else None, **figures,
+                "validation_seconds": time.perf_counter() - started}
+
+    return validate

@@ -69,3 +69,36 @@ def test_an_upright_walker_reports_no_inverted_cells_per_world():
     areas = cell_measure(torch.stack([f.particle_x for f in result.recorded()]).flatten(0, 1),
                          sim.model.cells)
     assert float(areas.max() - areas.min()) > 1e-4
+
+
+def test_inverted_cells_count_every_step_not_only_the_recorded_ones():
+    """A free cell (no gravity, springs and damping negligible) whose corners move so that its
+    signed area, ``2 c^2 - (a + b) c t + a b t^2`` for diagonals of half-length c and corner
+    speeds a, b, is negative for t in (0.305, 0.820) s of 1.2 s only: the first and last states
+    are upright, yet the rollout's metric (no frames recorded) reports the 43% of the states in
+    between, equal to the count over every step's frame."""
+    from simdiff.sims.mass_spring.builder import robot_from_ascii
+
+    model = robot_from_ascii("#", stiffness=1e-9, damping=0.0, drag=0.0, gravity=0.0,
+                             lift=1.0, dt=0.004)
+    sim = MassSpring(model, resolve_backend("warp", precision="float64"), batch_size=2)
+    corner = model.cells[0]  # particles at corners (0,0), (0,1), (1,0), (1,1)
+    v = torch.zeros(2, 4, 2, dtype=torch.float64)
+    v[0, corner[3]] = torch.tensor([0.0, -0.1])  # world 0: a = 0.1 m/s, b = 0.8 m/s
+    v[0, corner[1]] = torch.tensor([0.8, 0.0])
+    state = sim.state_from(particle_x=sim.initial_state().particle_x, particle_v=v)
+    steps = 300
+    result = rollout(sim, state, None, steps)
+    assert result.frames == {}
+    ends = torch.stack([result.initial.particle_x, result.final.particle_x])
+    assert inverted_cells(ends, model.cells).tolist() == [0.0, 0.0]  # first and last: upright
+    metrics = locomotion_metrics(result)
+    expected = (0.8203 - 0.3047) / 0.004 / (steps + 1)
+    assert metrics["inverted_cells_per_world"][0] == pytest.approx(expected, abs=2 / steps)
+    assert metrics["inverted_cells_per_world"][1] == 0.0  # world 1 does not move
+    recorded = rollout(sim, state, None, steps, record_every=1)
+    frames = torch.stack([f.particle_x for f in recorded.recorded()])
+    assert metrics["inverted_cells_per_world"] == inverted_cells(frames, model.cells).tolist()
+    stepped = rollout(sim, state, None, steps, capture=False)  # the step-by-step loop counts alike
+    assert locomotion_metrics(stepped)["inverted_cells_per_world"] == \
+        metrics["inverted_cells_per_world"]

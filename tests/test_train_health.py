@@ -102,3 +102,71 @@ def test_optimizers_by_name_from_torch_and_pytorch_optimizer():
         make_optimizer("cautious-sgd", [weight], 1e-3)
     with pytest.raises(ValueError, match="optimizer='lyon' is unknown; allowed: .*lion"):
         make_optimizer("lyon", [weight], 1e-3)
+
+
+LUCKY_GOAL_SCENE = textwrap.dedent('''
+    from simdiff.scene import load_scene
+
+    CALLS = {"training": 0}
+
+
+    def scene(**options):
+        base = load_scene("walker_goals", **options)
+        goal = base.loss
+
+        def loss(rollout):
+            value = goal(rollout)
+            if rollout.batch_size == 1:  # a training rollout (validation runs 2 worlds)
+                CALLS["training"] += 1
+                # The second iteration's random goals are "easy": the lowest training loss of
+                # the run, with an ordinary finite gradient.
+                return value - 100.0 if CALLS["training"] == 2 else value
+            return value
+
+        base.loss = loss
+        return base
+''')
+
+
+def test_best_iteration_is_chosen_on_the_fixed_validation_goals(tmp_path):
+    """The training loss of random goals says little (iteration 1 drew 'easy' goals, the
+    lowest loss of the run); the best iteration is the one of the lowest loss on the fixed
+    validation goals, and best_controller.pt, rolled out again on them, gives that loss."""
+    from simdiff.locomotion import goal_rollout, held_out_schedule, validation_schedule
+
+    path = tmp_path / "lucky.py"
+    path.write_text(LUCKY_GOAL_SCENE)
+    options = {"steps": 20, "period": 20, "window": 10, "tasks": ["walk"]}
+    config = TrainConfig(scene=str(path), iters=4, backend="warp", lr=0.05, batch=1,
+                         validate_every=1,
+                         scene_options=options, checkpoint_every=10)
+    result = train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    losses = [r["loss"] for r in rows]
+    validation = [r["validation_loss"] for r in rows]
+    assert min(range(4), key=losses.__getitem__) == 1
+    assert len(set(validation)) == 4  # the controller changed, the goals did not
+    chosen = min(range(4), key=validation.__getitem__)
+    assert result.best == {"loss": validation[chosen], "iteration": chosen, "on": "validation"}
+    assert chosen != 1  # choosing on the training loss would have taken iteration 1
+    assert {"validation_velocity_error", "validation_inverted_cells"} <= set(rows[0])
+    # The validation goals are fixed (the same at every call) and are not the held-out ones.
+    space = result.scene.goals
+    schedule = validation_schedule(space, 2, 20)
+    assert torch.equal(schedule.goals, validation_schedule(space, 2, 20).goals)
+    assert not torch.equal(schedule.goals[:1], held_out_schedule(space, 2).goals[:1])
+    # Rolled out again, the saved best controller scores its logged validation loss.
+    from simdiff.scene import make_simulator
+
+    controller = result.controller
+    controller.load_state_dict(torch.load(tmp_path / "run" / "best_controller.pt"))
+    sim = make_simulator(result.scene, result.simulator.backend, batch_size=2)
+    with torch.no_grad():
+        again = goal_rollout(sim, sim.initial_state(), controller, schedule, 20)
+    assert float(result.scene.loss(again)) == pytest.approx(validation[chosen], rel=1e-5)
+
+
+def test_validate_every_is_checked():
+    with pytest.raises(ValueError, match="validate_every=-1 must be an integer >= 0"):
+        train(TrainConfig(scene="walker_goals", validate_every=-1), "unused", progress=False)

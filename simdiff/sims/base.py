@@ -225,6 +225,13 @@ class Simulator(abc.ABC):
         """``{world: description}`` of the first non-finite or blown-up quantity of each
         failed world (naming the quantity, the element and its value); empty when healthy."""
 
+    def step_figures(self, state: State) -> dict[str, torch.Tensor]:
+        """Figures of one state, per world ``{name: [B]}``, that :func:`simdiff.rollout.rollout`
+        averages over every state of a rollout (the initial one and each step's), without
+        gradients: ``Rollout.step_figures``. None here; the mass-spring simulator reports
+        ``inverted_cells``."""
+        return {}
+
     def segment_spec(self) -> Any:
         """How steps chain into a captured open-loop segment (:mod:`simdiff.bridge`), or
         None where this simulator or backend cannot capture."""

@@ -10,7 +10,7 @@ import torch
 from simdiff.backend import Backend, BackendName
 from simdiff.bridge import KernelStep, SegmentSpec, apply_step
 from simdiff.sims.base import Simulator
-from simdiff.sims.mass_spring.model import Model
+from simdiff.sims.mass_spring.model import Model, cell_measure
 from simdiff.sims.mass_spring.state import Params, State
 
 __all__ = ["MassSpring", "Params", "State"]
@@ -173,6 +173,16 @@ class MassSpring(Simulator):
             op = torch.cat([torch.eye(n, dtype=like.dtype, device=like.device) - mean, mean])
             self._obs_op = op
         return op
+
+    def step_figures(self, state: State) -> dict[str, torch.Tensor]:
+        """``inverted_cells``: per world, the fraction of the model's cells whose signed area
+        (2D) or volume (3D) is not positive in ``state``, ``[B]`` (none without cells)."""
+        cells = getattr(self.model, "cells", None)
+        if cells is None or not len(cells):
+            return {}
+        x = state.particle_x.detach()
+        return {"inverted_cells": (cell_measure(x, cells.to(x.device)) <= 0).to(x.dtype)
+                .mean(-1)}
 
     def check_state(self, state: State) -> dict[int, str]:
         """``{world: "particle_v of particle 3 is [...] (NaN)"}`` for every world holding a

@@ -53,8 +53,10 @@ def _recorded_positions(rollout: Rollout) -> torch.Tensor:
 
 def locomotion_metrics(rollout: Rollout, *, cells: torch.Tensor | None = None
                        ) -> dict[str, float | list[float]]:
-    """Distance travelled and the fraction of inverted cells (over the recorded frames, or
-    the initial and final states), each per world and as mean / min / max.
+    """Distance travelled and the fraction of inverted cells, each per world and as
+    mean / min / max. Inverted cells are counted over every simulated state (the rollout's
+    ``step_figures``, which the mass-spring simulator reports for each step), else over the
+    recorded frames, else the initial and final states.
 
     Args:
         rollout: The rollout.
@@ -62,6 +64,10 @@ def locomotion_metrics(rollout: Rollout, *, cells: torch.Tensor | None = None
             where it has one (robots of the ASCII builder), else the metric is left out.
     """
     metrics = world_metrics("distance", distance_travelled(rollout).detach())
+    every_step = getattr(rollout, "step_figures", {}).get("inverted_cells")
+    if every_step is not None and cells is None:
+        metrics.update(world_metrics("inverted_cells", every_step))
+        return metrics
     if cells is None:
         model = getattr(getattr(rollout, "simulator", None), "model", None)
         cells = getattr(model, "cells", None)
