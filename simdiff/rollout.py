@@ -27,7 +27,8 @@ from torch.utils.checkpoint import checkpoint
 from simdiff.bridge import apply_segment, capturable
 from simdiff.sims.base import Params, SimulationError, Simulator, State
 
-__all__ = ["CHECK_EVERY", "Controller", "Health", "Rollout", "reporting_progress", "rollout", "world_metrics"]
+__all__ = ["CHECK_EVERY", "Controller", "Health", "Rollout", "reporting_progress", "rollout",
+           "world_metrics"]
 
 Controller = Callable[..., torch.Tensor | None]
 """``controller(step, state) -> [B, action_dim]`` (or ``controller(step, state, goal)``)."""
