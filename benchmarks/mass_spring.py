@@ -40,6 +40,7 @@ def measure(config: str, controller_name: str, *, iters: int, steps: int,
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.sims.mass_spring.simulator import State
     from simdiff.sims.mass_spring.torch_reference import torch_step
+    from simdiff.threads import intra_op_threads, threads_for
 
     scene = load_scene("walker_small", steps=steps)
     backend = resolve_backend("taichi" if config == "taichi" else "warp", device)
@@ -75,14 +76,18 @@ def measure(config: str, controller_name: str, *, iters: int, steps: int,
         return float(loss)
 
     base_rss = peak_rss_mb()  # libraries imported, model built: what training adds comes after
-    started = time.perf_counter()
-    iteration()  # compiles kernels (or loads them from the cache)
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(iters):
+    # Torch's threads as `simdiff train` chooses them (one for a system this small, for every
+    # configuration, the torch baseline included): with torch's default a second thread that
+    # waits for a shared core turns each tiny matmul into milliseconds (simdiff.threads).
+    with intra_op_threads(threads_for(sim.initial_state())):
         started = time.perf_counter()
-        iteration()
-        times.append(time.perf_counter() - started)
+        iteration()  # compiles kernels (or loads them from the cache)
+        first = time.perf_counter() - started
+        times = []
+        for _ in range(iters):
+            started = time.perf_counter()
+            iteration()
+            times.append(time.perf_counter() - started)
     times.sort()
     return {
         "config": config,
