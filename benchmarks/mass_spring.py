@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from simdiff.bench import peak_rss_mb
+from simdiff.bench import peak_rss_mb, time_iterations
 
 CONFIGS = ["warp", "warp-uncaptured", "taichi"]
 BASELINE = "torch"
@@ -80,15 +79,7 @@ def measure(config: str, controller_name: str, *, iters: int, steps: int,
     # configuration, the torch baseline included): with torch's default a second thread that
     # waits for a shared core turns each tiny matmul into milliseconds (simdiff.threads).
     with intra_op_threads(threads_for(sim.initial_state())):
-        started = time.perf_counter()
-        iteration()  # compiles kernels (or loads them from the cache)
-        first = time.perf_counter() - started
-        times = []
-        for _ in range(iters):
-            started = time.perf_counter()
-            iteration()
-            times.append(time.perf_counter() - started)
-    times.sort()
+        first, times = time_iterations(iteration, iters)
     return {
         "config": config,
         "controller": controller_name,

@@ -70,7 +70,7 @@ import time
 
 import torch
 
-from simdiff.bench import peak_rss_mb
+from simdiff.bench import peak_rss_mb, time_iterations
 
 CONFIGS = ["taichi", "warp"]
 BASELINE = "torch"
@@ -129,15 +129,7 @@ def measure(config: str, *, iters: int, substeps: int, quick: bool, device: str 
         return float(loss)
 
     base_rss = peak_rss_mb()
-    started = time.perf_counter()
-    iteration()  # compiles kernels (or loads them from the cache)
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        iteration()
-        times.append(time.perf_counter() - started)
-    times.sort()
+    first, times = time_iterations(iteration, iters)
     with torch.no_grad():
         started = time.perf_counter()
         run_rollout()

@@ -24,12 +24,13 @@ import os
 import resource
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["SIMULATOR_BENCHMARKS", "SavedBytes", "list_benchmarks", "peak_rss_mb", "run_all",
-           "run_benchmark", "saved_bytes"]
+           "run_benchmark", "saved_bytes", "time_iterations"]
 
 SIMULATOR_BENCHMARKS = ("mass_spring", "mpm", "fluid", "nbody")
 """The benchmarks of the four simulators, run by ``simdiff bench`` without a name."""
@@ -40,6 +41,20 @@ _ROOT = Path(__file__).resolve().parents[1]
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far [MiB] (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_iterations(iteration, iters: int) -> tuple[float, list[float]]:
+    """Seconds of a first call of ``iteration`` (which compiles kernels, or loads them from the
+    cache) and of ``iters`` calls after it, sorted (the median is ``times[iters // 2]``)."""
+    started = time.perf_counter()
+    iteration()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        iteration()
+        times.append(time.perf_counter() - started)
+    return first, sorted(times)
 
 
 class SavedBytes:
