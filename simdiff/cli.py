@@ -171,6 +171,15 @@ def _controller_for(name: str | None, weights: str | None, scene) -> tuple[str, 
     return name, dict(scene.train.get("controller_options", {})) if default else {}
 
 
+def _load_weights(controller, weights, path) -> None:
+    """Load ``weights`` (read from ``path``) into ``controller``, or one line saying why not."""
+    try:
+        controller.load_state_dict(weights)
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"--weights {path} do not fit this controller ({first})") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -209,12 +218,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         name, options = _controller_for(args.controller, args.weights, scene)
         controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
     if controller is not None and weights is not None:
-        try:
-            controller.load_state_dict(weights)
-        except (RuntimeError, TypeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise ValueError(f"--weights {args.weights} do not fit this controller ({first})") \
-                from None
+        _load_weights(controller, weights, args.weights)
     with hold_lock(out, "rollout"):  # from the rollout on: a second writer is refused first
         metrics, result = _evaluate(scene, sim, controller, seed=args.seed, health=args.health,
                                     quiet=args.quiet)
@@ -299,7 +303,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from simdiff.backend import resolve_backend
-    from simdiff.files import check_creatable, check_output_folder, hold_lock
+    from simdiff.files import check_creatable, check_output_folder, hold_lock, load_data
     from simdiff.locomotion import evaluate_goals, held_out_schedule, period_figures
     from simdiff.scene import SceneError, load_controller, load_scene, make_simulator
 
@@ -316,14 +320,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # Weights from `simdiff train` are replayed with the controller and options (activation,
     # clock frequency) their run's config.json names, as `simdiff run` does.
     name, options = _controller_for(args.controller, args.weights, scene)
+    weights = load_data(args.weights, "controller weights") if args.weights else None
 
     def build(batch_size: int):
         sim = make_simulator(scene, backend, batch_size=batch_size)
         torch.manual_seed(0)
         controller = load_controller(name, sim, scene, **options).to(backend.torch_dtype)
-        if args.weights:
-            controller.load_state_dict(torch.load(args.weights, map_location="cpu",
-                                                  weights_only=True))
+        if weights is not None:
+            _load_weights(controller, weights, args.weights)
         return sim, controller
 
     sim, controller = build(args.batch)

@@ -9,7 +9,8 @@ held for ``period`` steps (500, as in the paper) before the next one is drawn
 * 3D: ``(velocity_x [m/s], velocity_z [m/s], turn [rad/s])``.
 
 Tasks (what a world is asked in one period): ``stand`` (all zero), ``walk`` (a speed drawn
-uniformly in ``[-vmax, vmax]``), ``jump`` (standing, a peak height drawn in ``jump_range``),
+uniformly in ``[-vmax, vmax]``), ``jump`` (a peak height drawn in ``jump_range``, at a speed
+drawn as in walk: the paper's "move and jump"),
 ``crawl`` (a speed as in walk, under a bar at ``crawl_height``), and in 3D ``turn`` (a yaw rate
 drawn in ``[-turn_max, turn_max]``).
 
@@ -31,9 +32,11 @@ Rollout API: :func:`goal_rollout` runs :func:`simdiff.rollout.rollout` with
 wrapper that keeps the differentiable per-step trace; the Rollout it returns carries
 ``goal_schedule`` and ``trace``. Controllers declare ``goal_dim``; a controller without it, a
 goal of another size or a schedule of another number of worlds is refused with one line. The
-trainer draws ``scene.goals.sample(B, steps, seed=seed * 1_000_003 + iteration)`` every
-iteration and chooses its best iteration on the fixed :func:`validation_schedule`;
-``simdiff evaluate`` rolls :func:`held_out_schedule` out.
+trainer draws ``scene.goals.sample(B, steps, seed=seed * 1_000_003 + iteration,
+iteration=iteration)`` every iteration (from the tasks of the space's ``curriculum`` stage
+that iteration is in: a robot can learn to walk first, then to jump and crawl too) and chooses
+its best iteration on the fixed :func:`validation_schedule` of every task; ``simdiff
+evaluate`` rolls :func:`held_out_schedule` out.
 
 Gradient health: ``benchmarks/_gradient_health.py`` (the gradient norm against the horizon,
 with the shape-keeping and the older walker physics, with and without 100-step windows).
@@ -83,6 +86,11 @@ class GoalSpace:
         period: Steps a goal is held before the next is drawn.
         window: Steps of a velocity or heading window.
         dt: Time step of one control step [s].
+        curriculum: Training stages, ``((iteration, tasks), ...)`` in increasing iteration:
+            from each stage's first training iteration on, goals are drawn from its tasks
+            only (a subset of ``tasks``); iterations before the first stage, and every
+            iteration when empty, draw from all ``tasks``. Validation and evaluation always
+            use all ``tasks``. See :meth:`tasks_at`.
     """
 
     dim: int
@@ -95,6 +103,7 @@ class GoalSpace:
     turn_max: float = 0.5
     period: int = 500
     window: int = 100
+    curriculum: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
@@ -109,6 +118,24 @@ class GoalSpace:
         if not 1 <= self.window <= self.period:
             raise ValueError(f"GoalSpace window={self.window} must lie in [1, period="
                              f"{self.period}]")
+        starts = [int(start) for start, _ in self.curriculum]
+        if starts != sorted(set(starts)) or any(start < 0 for start in starts):
+            raise ValueError(f"GoalSpace curriculum starts {starts} must be increasing "
+                             "iterations >= 0")
+        for start, tasks in self.curriculum:
+            if not tasks or any(t not in self.tasks for t in tasks):
+                raise ValueError(f"GoalSpace curriculum stage at iteration {start} has tasks "
+                                 f"{tuple(tasks)!r}; allowed: a non-empty subset of "
+                                 f"{self.tasks}")
+
+    def tasks_at(self, iteration: int | None) -> tuple[str, ...]:
+        """The tasks training iteration ``iteration`` draws from (all ``tasks`` for None)."""
+        current = self.tasks
+        if iteration is not None:
+            for start, tasks in self.curriculum:
+                if iteration >= start:
+                    current = tuple(tasks)
+        return current
 
     @property
     def goal_dim(self) -> int:
@@ -127,17 +154,20 @@ class GoalSpace:
             return (self.vmax, max(self.jump_range[1], 1e-6), 1.0)
         return (self.vmax, self.vmax, self.turn_max)
 
-    def goal(self, task: str, value: float = 0.0, value_z: float = 0.0) -> list[float]:
+    def goal(self, task: str, value: float = 0.0, value_z: float = 0.0, *,
+             speed: float = 0.0) -> list[float]:
         """One goal vector: ``value`` is the speed (walk, crawl), height (jump) or yaw rate
-        (turn) [SI]; ``value_z`` the speed along z in 3D walks.
+        (turn) [SI]; ``value_z`` the speed along z in 3D walks; ``speed`` the speed of a jump
+        [m/s] (the robot jumps while it moves at that speed).
 
         Raises:
             ValueError: an unknown task or a value outside the space's range.
         """
         if task not in self.tasks:
             raise ValueError(f"task={task!r} is not in this goal space; allowed: {self.tasks}")
-        if task in ("walk", "crawl"):
-            for name, v in (("velocity", value), ("velocity_z", value_z)):
+        if task in ("walk", "crawl", "jump"):
+            for name, v in (("velocity", speed if task == "jump" else value),
+                            ("velocity_z", value_z)):
                 if abs(v) > self.vmax + 1e-12:
                     raise ValueError(f"commanded {name}={v} m/s is outside [-{self.vmax}, "
                                      f"{self.vmax}] (the scene's vmax)")
@@ -148,32 +178,38 @@ class GoalSpace:
                              f"{self.turn_max}]")
         if self.dim == 2:
             return {"stand": [0.0, 0.0, 0.0], "walk": [value, 0.0, 0.0],
-                    "jump": [0.0, value, 0.0], "crawl": [value, 0.0, 1.0]}[task]
+                    "jump": [speed, value, 0.0], "crawl": [value, 0.0, 1.0]}[task]
         return {"stand": [0.0, 0.0, 0.0], "walk": [value, value_z, 0.0],
                 "turn": [0.0, 0.0, value]}[task]
 
-    def sample(self, batch_size: int, steps: int, *, seed: int) -> GoalSchedule:
-        """A goal per world and period, drawn from this space with a seeded generator."""
+    def sample(self, batch_size: int, steps: int, *, seed: int,
+               iteration: int | None = None) -> GoalSchedule:
+        """A goal per world and period, drawn with a seeded generator from the tasks of
+        training iteration ``iteration`` (:meth:`tasks_at`; None: all tasks)."""
         gen = torch.Generator().manual_seed(int(seed))
         periods = -(-steps // self.period)
-        task = torch.randint(len(self.tasks), (periods, batch_size), generator=gen)
+        drawn = self.tasks_at(iteration)
+        task = torch.randint(len(drawn), (periods, batch_size), generator=gen)
         u = torch.rand(periods, batch_size, 2, generator=gen, dtype=torch.float64)
         goals = torch.zeros(periods, batch_size, 3, dtype=torch.float64)
         labels = []
         for p in range(periods):
             row = []
             for b in range(batch_size):
-                name = self.tasks[int(task[p, b])]
+                name = drawn[int(task[p, b])]
                 speed = float(2 * u[p, b, 0] - 1) * self.vmax
                 if name == "jump":
                     low, high = self.jump_range
                     value = low + float(u[p, b, 0]) * (high - low)
+                    speed = float(2 * u[p, b, 1] - 1) * self.vmax  # 2D: the free draw
                 elif name == "turn":
                     value = float(2 * u[p, b, 0] - 1) * self.turn_max
                 else:
                     value = speed
                 side = float(2 * u[p, b, 1] - 1) * self.vmax if self.dim == 3 else 0.0
-                goals[p, b] = torch.tensor(self.goal(name, value, side), dtype=torch.float64)
+                goals[p, b] = torch.tensor(
+                    self.goal(name, value, side, speed=speed if name == "jump" else 0.0),
+                    dtype=torch.float64)
                 row.append(name)
             labels.append(tuple(row))
         return GoalSchedule(self, goals, tuple(labels))
@@ -510,7 +546,9 @@ def validation_schedule(space: GoalSpace, batch_size: int, steps: int) -> GoalSc
             else:
                 value = (2 * x - 1) * space.vmax
             side = (2 * y - 1) * space.vmax if space.dim == 3 and name == "walk" else 0.0
-            goals[p, b] = torch.tensor(space.goal(name, value, side), dtype=torch.float64)
+            speed = (2 * y - 1) * space.vmax if name == "jump" else 0.0
+            goals[p, b] = torch.tensor(space.goal(name, value, side, speed=speed),
+                                       dtype=torch.float64)
             row.append(name)
         labels.append(tuple(row))
     return GoalSchedule(space, goals, tuple(labels))

@@ -32,7 +32,8 @@ within their window), and ``grad_normalize`` rescales every gradient to norm ``c
 bounded; windows cap their growth with the horizon where the physics does not.
 
 Goal-conditioned scenes (``scene.goals``) draw a goal schedule per world every iteration
-(seeded by the seed and the iteration) and roll out with :func:`simdiff.locomotion.goal_rollout`.
+(seeded by the seed and the iteration, from the tasks of the goal space's curriculum stage of
+that iteration) and roll out with :func:`simdiff.locomotion.goal_rollout`.
 Their training loss is that of random goals, which change every iteration: an iteration that
 drew easy goals has a low loss whatever its controller. So the best iteration is chosen on a
 fixed validation set instead: every ``validate_every`` iterations (and at the last one) the
@@ -590,7 +591,8 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                     if scene.goals is not None:
                         # Fresh goals every iteration, reproducible from seed and iteration.
                         schedule = scene.goals.sample(sim.batch_size, scene.steps,
-                                                      seed=config.seed * 1_000_003 + iteration)
+                                                      seed=config.seed * 1_000_003 + iteration,
+                                                      iteration=iteration)
                         result = goal_rollout(sim, state, controller, schedule, scene.steps,
                                               params=params, health=config.health,
                                               truncate_every=config.backprop_window or None)

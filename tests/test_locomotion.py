@@ -148,7 +148,7 @@ def test_goal_controller_gradients_match_central_differences(activation):
 
 def test_bad_goal_input_is_named():
     scene, sim, controller = _goal_setup("sin", precision="float32")
-    with pytest.raises(ValueError, match=r"commanded velocity=0.5 m/s is outside \[-0.05, 0.05\]"):
+    with pytest.raises(ValueError, match=r"commanded velocity=0.5 m/s is outside \[-0.08, 0.08\]"):
         scene.goals.goal("walk", 0.5)
     with pytest.raises(ValueError, match=r"goal has shape \[2, 2\]; expected \[2, 3\]"):
         controller(0, sim.initial_state(), torch.zeros(2, 2))
@@ -229,6 +229,23 @@ def test_evaluate_cli_writes_figures_and_the_goal_video(tmp_path):
     assert main(["evaluate", "walker_small", "--no-video"]) == 2  # not goal-conditioned
 
 
+def test_evaluate_cli_refuses_missing_or_foreign_weights_in_one_line(tmp_path, capsys):
+    import torch
+
+    from simdiff.cli import main
+
+    base = ["evaluate", "walker_goals", "--set", "period=20", "--set", "window=10",
+            "--batch", "2", "--no-video", "--out", str(tmp_path / "ev")]
+    assert main([*base, "--weights", str(tmp_path / "absent.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "controller weights" in err and "absent.pt does not exist" in err
+    assert "Traceback" not in err
+    torch.save({"layers.0.weight": torch.zeros(3, 3)}, tmp_path / "foreign.pt")
+    assert main([*base, "--weights", str(tmp_path / "foreign.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit this controller" in err and "Traceback" not in err
+
+
 def test_train_cli_of_a_goal_scene_renders_the_goal_video(tmp_path, capsys):
     """simdiff train of a goal-conditioned scene shows its best iteration (chosen on the
     validation goals) following the scripted commands, as the demo does."""
@@ -290,3 +307,27 @@ def test_mpm_goal_scene_gradient_matches_a_central_difference():
         bias += h * direction
     assert analytic != 0
     assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-4)
+
+
+def test_curriculum_draws_each_stage_tasks_and_jumps_carry_a_speed():
+    space = GoalSpace(dim=2, vmax=0.1, dt=DT, period=10, window=5,
+                      curriculum=((0, ("stand", "walk")), (5, ("stand", "walk", "jump"))))
+    early = space.sample(64, 40, seed=3, iteration=4)
+    assert {t for row in early.tasks for t in row} == {"stand", "walk"}
+    late = space.sample(64, 40, seed=3, iteration=5)
+    assert {t for row in late.tasks for t in row} == {"stand", "walk", "jump"}
+    everything = space.sample(64, 40, seed=3)  # no iteration: every task (validation's)
+    assert {t for row in everything.tasks for t in row} == set(space.tasks)
+    # A jump is a height and a speed drawn apart (the paper's "move and jump").
+    jumps = torch.stack([late.goals[p, b] for p, row in enumerate(late.tasks)
+                         for b, t in enumerate(row) if t == "jump"])
+    assert bool((jumps[:, 1] >= space.jump_range[0]).all()) and bool((jumps[:, 2] == 0).all())
+    assert float(jumps[:, 0].abs().max()) > 0.5 * space.vmax
+    assert abs(float(torch.corrcoef(jumps[:, :2].T)[0, 1])) < 0.5
+    assert space.goal("jump", 0.08, speed=-0.05) == [-0.05, 0.08, 0.0]
+    with pytest.raises(ValueError, match=r"commanded velocity=0.2 m/s is outside"):
+        space.goal("jump", 0.08, speed=0.2)
+    with pytest.raises(ValueError, match=r"curriculum stage at iteration 3 has tasks \('fly',\)"):
+        GoalSpace(dim=2, vmax=0.1, dt=DT, curriculum=((3, ("fly",)),))
+    with pytest.raises(ValueError, match=r"curriculum starts \[5, 2\] must be increasing"):
+        GoalSpace(dim=2, vmax=0.1, dt=DT, curriculum=((5, ("walk",)), (2, ("stand",))))

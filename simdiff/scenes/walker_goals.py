@@ -39,8 +39,14 @@ from simdiff.sims.mass_spring.tasks import locomotion_metrics
 
 ART = """
 ######
-00..11
+01..23
+01..23
 """
+"""Two legs two cells tall and two cells wide, a muscle per column of each leg: a leg bends
+(one column shortens while the other lengthens) as well as shortens, which one muscle per leg
+cannot do. Trained to walk as far as it can (walker_small's task and MLP, 60 iterations), it
+walks 0.35 m in 2.72 s (0.13 m/s) with 0 inverted cells; walker_small's robot, with one muscle
+per one-cell leg, walks 0.07 m (0.09 m on a sticky ground)."""
 
 
 WEIGHTS = LossWeights(jump=3.0, crawl=3.0, crawl_margin=0.003)
@@ -50,17 +56,23 @@ tracking did not move), and a crawl target 3 mm under the bar (of the 2 cm a squ
 top), so that the trained crawl is under the bar, not on it."""
 
 
-def scene(*, steps: int = 500, dt: float = 0.004, vmax: float = 0.05,
+def scene(*, steps: int = 500, dt: float = 0.004, vmax: float = 0.08,
           tasks: tuple = ("stand", "walk", "jump", "crawl"), period: int = 500,
-          window: int = 100, **robot) -> Scene:
+          window: int = 100, walk_first: int = 150, **robot) -> Scene:
     # Feet on the ground at step 0 (lift 0): a robot dropped from the builder's 2 cm would
     # "jump" 2 cm in every rollout's first steps, whatever its controller does.
     model = robot_from_ascii(ART, dt=dt, **{**SHAPE_KEEPING, "lift": 0.0, **robot})
     x = model.particle_x
     lift = float(x[:, 1].min())  # the builder places the robot this high above the ground
-    goals = GoalSpace(dim=2, vmax=vmax, dt=dt, tasks=tuple(tasks), jump_range=(0.01, 0.03),
+    tasks = tuple(tasks)
+    # Walking first: trained on every task from the start, speed tracking was not learnt in
+    # 220 iterations; on stand and walk alone it was in 150 (see the module docstring).
+    first = tuple(t for t in tasks if t in ("stand", "walk"))
+    curriculum = ((0, first), (walk_first, tasks)) if walk_first > 0 and first else ()
+    goals = GoalSpace(dim=2, vmax=vmax, dt=dt, tasks=tasks, jump_range=(0.01, 0.03),
                       crawl_height=float(x[:, 1].max()) - lift - 0.01,
-                      stand_height=float(x[:, 1].mean()) - lift, period=period, window=window)
+                      stand_height=float(x[:, 1].mean()) - lift, period=period, window=window,
+                      curriculum=curriculum)
 
     return Scene(
         name="walker_goals",
