@@ -62,6 +62,11 @@ class Fluid(Simulator):
             (:class:`~simdiff.sims.fluid.warp.FusedSolve`, on either backend). None (default):
             wherever it applies (CPU tensors, ``adjoint=True``, the multigrid preconditioner,
             a grid that coarsens to at most 64 cells); False: the vectorized-torch solve.
+        spectral: Solve the pressure exactly by fast cosine/sine transforms
+            (:class:`~simdiff.sims.fluid.spectral.SpectralSolve`) in the steps where the box has
+            no solid, paddle or inflow face inside (the operator is the plain Laplacian), on
+            the CPU with ``adjoint=True``; other steps keep the conjugate-gradient solve. None
+            (default): wherever it applies; False: never (CG everywhere).
         warm_start: Start each step's pressure solve from the previous step's pressure (and
             its adjoint from the next step's adjoint), when the state came from :meth:`step`.
             The solves still reach the tolerance relative to their right-hand side. Solves
@@ -89,6 +94,7 @@ class Fluid(Simulator):
         preconditioner: str = "multigrid",
         solver_kernels: bool = False,
         fused_solve: bool | None = None,
+        spectral: bool | None = None,
         warm_start: bool = True,
         blowup: float = 1e6,
     ) -> None:
@@ -113,8 +119,15 @@ class Fluid(Simulator):
             if fused_solve is None
             else fused_solve
         )
+        if spectral and not adjoint:
+            raise ValueError("spectral=True needs adjoint=True")
+        self.spectral = (
+            backend.torch_device.type == "cpu" and adjoint if spectral is None else spectral
+        )
         self.warm_start = warm_start
         self._fused_cache = None
+        self._spectral_solve = None
+        self._box = None
         self._warm_out = None
         self.blowup = blowup
         self.stats = SolveStats()
@@ -359,13 +372,12 @@ class Fluid(Simulator):
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
     def _fused(self, system: PressureSystem, detached: list[torch.Tensor], fixed: torch.Tensor):
-        """The one-launch solve of ``system`` (None: the torch solve), reused while the
-        operator stays the same from step to step (static solids: no rebuild of its levels
+        """The solve of ``system`` that replaces the vectorized-torch CG (None: that one): the
+        spectral solve where the box has no solid inside, else the one-launch CG; reused while
+        the operator stays the same from step to step (static solids: no rebuild of its levels
         and coarsest pseudo-inverse)."""
-        if not self.fused_solve:
+        if not (self.fused_solve or self.spectral):
             return None
-        from simdiff.sims.fluid.warp import FusedSolve
-
         cached = self._fused_cache
         if (
             cached is not None
@@ -373,9 +385,30 @@ class Fluid(Simulator):
             and all(torch.equal(a, b) for a, b in zip(cached[0], detached))
         ):
             return cached[2]
-        fused = FusedSolve.build(system)
-        self._fused_cache = ([w.clone() for w in detached], fixed.clone(), fused)
-        return fused
+        solver = None
+        if self.spectral and self._plain_box(detached, fixed):
+            if self._spectral_solve is None:
+                from simdiff.sims.fluid.spectral import SpectralSolve
+
+                self._spectral_solve = SpectralSolve(self.grid.n, self.grid.open_sides)
+            solver = self._spectral_solve
+        elif self.fused_solve:
+            from simdiff.sims.fluid.warp import FusedSolve
+
+            solver = FusedSolve.build(system)
+        self._fused_cache = ([w.clone() for w in detached], fixed.clone(), solver)
+        return solver
+
+    def _plain_box(self, weights: list[torch.Tensor], fixed: torch.Tensor) -> bool:
+        """Whether every world's face weights are the box's with nothing inside."""
+        if self._box is None:
+            from simdiff.sims.fluid.spectral import box_weights
+
+            g = self.grid
+            self._box = box_weights(g.n, g.open_sides, g.dtype, g.device)
+        return not bool(fixed.any()) and all(
+            bool((w == box).all()) for w, box in zip(weights, self._box)
+        )
 
     def _pressure(
         self,
