@@ -128,6 +128,7 @@ class Fluid(Simulator):
         self._fused_cache = None
         self._spectral_solve = None
         self._box = None
+        self._static_solids = None
         self._warm_out = None
         self.blowup = blowup
         self.stats = SolveStats()
@@ -328,10 +329,18 @@ class Fluid(Simulator):
         times the imposing fraction: static solids impose zero, the paddle its velocity
         (``paddle_v`` ``[B, dim]``), inflow boxes theirs (a face touching an inflow cell is an
         inflow face, so the box pushes fluid out through its sides at the inflow velocity).
-        ``impose=False``: impose nothing (the initial projection)."""
+        ``impose=False`` or no paddle and no inflow: impose nothing (None)."""
         m, g = self.model, self.grid
+        static = m.paddle is None and not m.inflows
+        if static and not p.obstacle.requires_grad:
+            # Walls and a fixed obstacle only: the same weights every step, nothing imposed.
+            cached = self._static_solids
+            if cached is None or not torch.equal(cached[0], p.obstacle):
+                weights = [1 - g.face_solid(p.obstacle, a) for a in range(m.dim)]
+                cached = self._static_solids = (p.obstacle.clone(), weights)
+            return list(cached[1]), None
         fluid = [1 - g.face_solid(p.obstacle, a) for a in range(m.dim)]
-        imposed = [torch.zeros_like(f) for f in fluid] if impose else None
+        imposed = [torch.zeros_like(f) for f in fluid] if impose and not static else None
 
         def per_face(values: torch.Tensor) -> torch.Tensor:  # [B] against [B, *faces]
             return values.view(-1, *([1] * m.dim))
@@ -371,33 +380,34 @@ class Fluid(Simulator):
         pressure = self._pressure(weights, g.divergence(blended), where=where, warm=warm)
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
-    def _fused(self, system: PressureSystem, detached: list[torch.Tensor], fixed: torch.Tensor):
-        """The solve of ``system`` that replaces the vectorized-torch CG (None: that one): the
-        spectral solve where the box has no solid inside, else the one-launch CG; reused while
-        the operator stays the same from step to step (static solids: no rebuild of its levels
-        and coarsest pseudo-inverse)."""
-        if not (self.fused_solve or self.spectral):
-            return None
+    def _adjoint_system(self, detached: list[torch.Tensor]):
+        """The pressure system of face weights ``detached`` and the solve that replaces the
+        vectorized-torch CG (None: that one): the spectral solve where the box has no solid
+        inside, else the one-launch CG. Both are reused while the weights stay the same from
+        step to step (static solids: no rebuild of the levels, the coarsest pseudo-inverse or
+        the transforms)."""
         cached = self._fused_cache
-        if (
-            cached is not None
-            and torch.equal(cached[1], fixed)
-            and all(torch.equal(a, b) for a, b in zip(cached[0], detached))
-        ):
-            return cached[2]
+        if cached is not None and all(torch.equal(a, b) for a, b in zip(cached[0], detached)):
+            return cached[1], cached[2]
+        g = self.grid
+        diag = sum(
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(detached)
+        )
+        fixed = (diag <= 1e-12).to(g.dtype)
+        system = PressureSystem(detached, fixed, frozenset(g.open_sides), operator=self._operator)
         solver = None
         if self.spectral and self._plain_box(detached, fixed):
             if self._spectral_solve is None:
                 from simdiff.sims.fluid.spectral import SpectralSolve
 
-                self._spectral_solve = SpectralSolve(self.grid.n, self.grid.open_sides)
+                self._spectral_solve = SpectralSolve(g.n, g.open_sides)
             solver = self._spectral_solve
         elif self.fused_solve:
             from simdiff.sims.fluid.warp import FusedSolve
 
             solver = FusedSolve.build(system)
-        self._fused_cache = ([w.clone() for w in detached], fixed.clone(), solver)
-        return solver
+        self._fused_cache = ([w.clone() for w in detached], system, solver)
+        return system, solver
 
     def _plain_box(self, weights: list[torch.Tensor], fixed: torch.Tensor) -> bool:
         """Whether every world's face weights are the box's with nothing inside."""
@@ -421,15 +431,9 @@ class Fluid(Simulator):
         """The pressure [cell units] ``[B, *n]`` solving ``div(w grad p) = divergence`` (the
         divergence of the blended velocity) in every world, differentiable in both."""
         g = self.grid
-        detached = [w.detach() for w in weights]
-        diag = sum(
-            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(detached)
-        )
-        fixed = (diag <= 1e-12).to(g.dtype)
-        sides = frozenset(g.open_sides)
         m = self.model
         if self.adjoint:
-            system = PressureSystem(detached, fixed, sides, operator=self._operator)
+            system, solver = self._adjoint_system([w.detach() for w in weights])
             rhs = system.project(-divergence)
             options = {
                 "system": system,
@@ -437,7 +441,7 @@ class Fluid(Simulator):
                 "tolerance": self.tolerance,
                 "max_iterations": m.max_iterations,
                 "where": where,
-                "fused": self._fused(system, detached, fixed),
+                "fused": solver,
                 "link": {},
             }
             if warm is not None:
@@ -445,7 +449,11 @@ class Fluid(Simulator):
             pressure = SymmetricSolve.apply(options, rhs, *weights)
             self._warm_out = (pressure.detach(), options["link"]) if self.warm_start else None
             return pressure
-        system = PressureSystem(weights, fixed, sides)
+        diag = sum(
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(weights)
+        )
+        fixed = (diag.detach() <= 1e-12).to(g.dtype)
+        system = PressureSystem(weights, fixed, frozenset(g.open_sides))
         rhs = system.project(-divergence)
         pressure, iterations, residual = pcg(
             system,
@@ -525,10 +533,11 @@ class Fluid(Simulator):
         for k, inside in enumerate(self._inflow_cells):
             held = p.inflow_concentration[:, k].reshape(*dye.shape[:2], *([1] * m.dim))
             dye = dye * (1 - inside) + held * inside
-        lift = (p.buoyancy.reshape(*dye.shape[:2], *([1] * m.dim)) * dye).sum(1)
-        # Mean of the two cells beside each y-face; wall faces are blocked anyway.
-        padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
-        comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
+        if p.buoyancy.requires_grad or bool(p.buoyancy.any()):
+            lift = (p.buoyancy.reshape(*dye.shape[:2], *([1] * m.dim)) * dye).sum(1)
+            # Mean of the two cells beside each y-face; wall faces are blocked anyway.
+            padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
+            comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
         weights, imposed = self._solids(paddle_x, paddle_v, p, impose=True)
         comps = self.project(comps, weights, imposed, where=where, warm=self._warm_in(state))
         return self._warm_state(State(g.join(comps), dye, paddle_x, state.time + m.dt))
