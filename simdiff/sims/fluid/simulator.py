@@ -65,8 +65,9 @@ class Fluid(Simulator):
         spectral: Solve the pressure exactly by fast cosine/sine transforms
             (:class:`~simdiff.sims.fluid.spectral.SpectralSolve`) in the steps where the box has
             no solid, paddle or inflow face inside (the operator is the plain Laplacian), on
-            the CPU with ``adjoint=True``; other steps keep the conjugate-gradient solve. None
-            (default): wherever it applies; False: never (CG everywhere).
+            ``adjoint=True``; other steps keep the conjugate-gradient solve. None (default):
+            wherever it applies on the CPU; True: also on other devices (through the CPU);
+            False: never (CG everywhere).
         warm_start: Start each step's pressure solve from the previous step's pressure (and
             its adjoint from the next step's adjoint), when the state came from :meth:`step`.
             The solves still reach the tolerance relative to their right-hand side. Solves

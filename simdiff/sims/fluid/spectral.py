@@ -26,7 +26,15 @@ SymmetricSolve` calls it for both).
 
 ``Fluid`` uses it wherever it applies (``Fluid(..., spectral=None)``, the default), checked per
 step on the face weights, so a scene with solids keeps the multigrid-preconditioned CG. It runs
-on the CPU through ``scipy.fft`` with one worker (at 128^2 a second worker measured slower).
+on the CPU through ``scipy.fft`` with one worker: at 128^2 a DCT-II and its inverse take about
+240 us in float64 with one worker and 320 us with two (thread start-up outweighs the work).
+One solve, with the float64 residual check, is about 0.6 ms at 128^2.
+
+Measured and not used: this solve of the solid-free box as the preconditioner of CG where
+there are solids. On the 128^2 plume's operator (an inflow box at the bottom, open top,
+float64, cold start) it needed 18 iterations and 44 ms to 1e-6 against the one-launch
+multigrid CG's 12 iterations and 26 ms (22 and 16 iterations to 1e-10): the inflow box changes
+the operator enough that a V-cycle fitted to the real weights is the better preconditioner.
 """
 
 from __future__ import annotations
