@@ -24,6 +24,12 @@ zero-mean solution, as the conjugate-gradient solve does. The operator is symmet
 this inverse: the adjoint solve is the same transform (:class:`~simdiff.sims.fluid.solver.
 SymmetricSolve` calls it for both).
 
+Precision: the transforms run in float64 whatever the simulation's precision, and the
+pressure is rounded to it. In a float32 run the projected velocity keeps the round-off of
+``u - grad p`` in float32: on the 128^2 smoke-to-image its divergence after projection is
+2.1e-6 of the divergence before, what the multigrid CG at a tolerance of 1e-6 leaves too
+(2.2e-6); in float64, 4e-15 (CG at 1e-6: 1.1e-7).
+
 ``Fluid`` uses it wherever it applies (``Fluid(..., spectral=None)``, the default), checked per
 step on the face weights, so a scene with solids keeps the multigrid-preconditioned CG. It runs
 on the CPU through ``scipy.fft`` with one worker: at 128^2 a DCT-II and its inverse take about
