@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from simdiff.backend import Backend, BackendError, BackendName
-from simdiff.bridge import apply_step
+from simdiff.bridge import apply_step, run_forward
 from simdiff.sims.base import Simulator, per_world
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor
@@ -130,6 +130,7 @@ class Fluid(Simulator):
         self._spectral_solve = None
         self._box = None
         self._static_solids = None
+        self._static_faces = None
         self._warm_out = None
         self.blowup = blowup
         self.stats = SolveStats()
@@ -491,14 +492,23 @@ class Fluid(Simulator):
         else:
             inflow_v = torch.zeros(b, max(len(m.inflows), 1), m.dim, dtype=g.dtype,
                                    device=g.device)
-        blended, w, div = apply_step(
-            k.constrain,
+        constrain = (
             as_grid(velocity, m.dim),
             as_grid(p.obstacle, m.dim),
             paddle_x,
             paddle_v if impose else torch.zeros_like(paddle_v),
             inflow_v,
         )
+        if m.paddle is None and not m.inflows and not p.obstacle.requires_grad:
+            # Static solids: their weights (and zero imposed velocity) made once per obstacle.
+            cached = self._static_faces
+            if cached is None or not torch.equal(cached[0], p.obstacle):
+                blended, w, div = run_forward(k.constrain, *constrain)
+                cached = self._static_faces = (p.obstacle.clone(), w, torch.zeros_like(w))
+            w = cached[1]
+            blended, div = apply_step(k.constrain_static, constrain[0], w, cached[2])
+        else:
+            blended, w, div = apply_step(k.constrain, *constrain)
         # Contiguous copies: the solve's many array operations on strided views of the padded
         # tensor measured twice as slow.
         weights = [c.contiguous() for c in g.split(w.view(velocity.shape))]
@@ -573,13 +583,11 @@ class Fluid(Simulator):
         concentration = p.inflow_concentration
         if not m.inflows:
             concentration = concentration.new_zeros(self.batch_size, 1, m.dye_channels)
-        velocity, dye = apply_step(
-            self.kernels.advance,
-            as_grid(state.velocity, m.dim),
-            as_grid(state.dye, m.dim),
-            concentration,
-            p.buoyancy,
-        )
+        inputs = (as_grid(state.velocity, m.dim), as_grid(state.dye, m.dim), concentration)
+        if p.buoyancy.requires_grad or bool(p.buoyancy.any()):
+            velocity, dye = apply_step(self.kernels.advance, *inputs, p.buoyancy)
+        else:
+            velocity, dye = apply_step(self.kernels.advance_still, *inputs)
         velocity = self._project_kernels(
             velocity.view(state.velocity.shape), paddle_x, paddle_v, p, impose=True, where=where,
             warm=self._warm_in(state),
