@@ -82,15 +82,21 @@ Against DiffTaichi (``simdiff bench fluid --difftaichi DIR``, :mod:`simdiff.diff
 backward) against the same task here, ``fluid_smoke_to_image`` at 128^2 and 100 steps with
 semi-Lagrangian advection (a walled box with nothing inside: the spectral solve, converged to
 round-off), forward and backward of its objective, torch step on one thread, interleaved
-rounds on this shared 2-core host: 0.42 s against DiffTaichi's 0.62 s per iteration, 0.68x its
-wall time and 0.66x its CPU seconds (load 2.1; before the spectral solve and the cheaper step
-below it was 1.15x with the spectral solve alone and 3.7x with CG, measured on the plume).
-The step around the solve was made cheaper at the same time (measured with the torch
-profiler, one iteration): the velocity at other components' faces by slices instead of
+rounds on this shared 2-core host (benchmarks/results/difftaichi_smoke.json): 0.44 s against
+DiffTaichi's 0.84 s per iteration at load 2.6 (0.53x its wall time), 0.67 s against 0.87 s at
+load 4.5 (0.77x); CPU seconds 0.43-0.45 against 0.64-0.67 (0.67x) in both runs, steadier than
+wall time on a shared host. Before: 3.7x its wall time with CG on the plume
+(benchmarks/results/difftaichi_smoke_plume_cg.json), 1.15x with the spectral solve alone. The
+step around the solve was made cheaper for it (measured with the torch profiler, one
+iteration; after the spectral solve the solve was 40% of it and ``grid_sample``, stacking and
+small ops the rest): the velocity at other components' faces by slices instead of
 ``grid_sample`` (3 interpolations per step instead of 5), sampling grids stacked along a
 leading axis and viewed (a stack along the last axis was 7x slower), the fixed part of the
-back-traced coordinates cached, the weights of static solids cached, zero buoyancy skipped.
-The inflow plume, which needs CG, costs 2.7 s per iteration in the same run (4.3x).
+back-traced coordinates cached, the weights of static solids cached, zero buoyancy skipped
+(on Warp too: its top kernel was ``solid_faces``, 7 ms of a step, now made once; Warp's
+smoke-to-image is 1.9 s, 2.2x, its single-threaded kernels cost 0.3-3 ms per launch at
+128^2). The inflow plume, which needs CG, costs 2.9-3.8 s per iteration in the same runs
+(3.5-4.3x; 8.1 and 10.1 CG iterations per forward and adjoint solve).
 
 Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``torch`` and
 ``warp``, against a plain-PyTorch baseline, side by side with ``warp/torch``), worlds per second
