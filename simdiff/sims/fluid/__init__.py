@@ -83,9 +83,8 @@ backward) against the same task here, ``fluid_smoke_to_image`` at 128^2 and 100 
 semi-Lagrangian advection (a walled box with nothing inside: the spectral solve, converged to
 round-off), forward and backward of its objective, torch step on one thread, interleaved
 rounds on this shared 2-core host (benchmarks/results/difftaichi_smoke.json and
-``_load4.json``): 0.44 s against
-DiffTaichi's 0.84 s per iteration at load 2.6 (0.53x its wall time), 0.67 s against 0.87 s at
-load 4.5 (0.77x); CPU seconds 0.43-0.45 against 0.64-0.67 (0.67x) in both runs, steadier than
+difftaichi_smoke_load4.json): 0.44 s against DiffTaichi's 0.84 s per iteration at load 2.6
+(0.53x its wall time), 0.67 s against 0.87 s at load 4.5 (0.77x); CPU seconds 0.43-0.45 against 0.64-0.67 (0.67x) in both runs, steadier than
 wall time on a shared host. Before: 3.7x its wall time with CG on the plume
 (benchmarks/results/difftaichi_smoke_plume_cg.json), 1.15x with the spectral solve alone. The
 step around the solve was made cheaper for it (measured with the torch profiler, one
