@@ -11,9 +11,10 @@ import torch
 
 from simdiff.backend import resolve_backend
 from simdiff.rollout import rollout
-from simdiff.sims.fluid import Fluid, Model
+from simdiff.sims.fluid import Fluid, Inflow, Model
+from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.solver import PressureSystem, pcg
-from simdiff.sims.fluid.spectral import SpectralSolve, box_weights
+from simdiff.sims.fluid.spectral import CapacitanceSolve, SpectralSolve, box_weights
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -123,13 +124,88 @@ def test_spectral_gradients_equal_the_unrolled_cg_and_central_differences(open_s
 
 
 def test_solids_keep_the_cg_solve():
+    """By default; with ``capacitance=True`` CG solves the first projection and the
+    capacitance-corrected spectral solve the later ones of the same operator."""
     obstacle = torch.zeros(N, N, dtype=F64)
     obstacle[5:8, 4:7] = 1.0
     model = Model((N, N), velocity=0.3 * torch.randn(2, N + 1, N + 1, dtype=F64),
                   obstacle=obstacle, tolerance=1e-10)
-    sim = Fluid(model, resolve_backend("torch", precision="float64"))
-    sim.step(sim.initial_state())
-    assert sim.stats.solves == 2 and sim.stats.iterations > 0
+    backend = resolve_backend("torch", precision="float64")
+    sim = Fluid(model, backend)
+    state = sim.step(sim.initial_state())
+    assert sim.stats.solves == 2 and sim.stats.last_iterations > 0
+    direct = Fluid(model, backend, capacitance=True)
+    state = direct.initial_state()
+    first = direct.stats.iterations
+    assert first > 0
+    for _ in range(3):
+        state = direct.step(state)
+    assert direct.stats.solves == 4 and direct.stats.iterations == first
+
+
+@pytest.mark.parametrize("n,sides", [BOXES[0], BOXES[1], BOXES[5]])
+def test_capacitance_solve_equals_multigrid_cg(n, sides):
+    """Two worlds with different obstacles (a fully solid block, so fixed cells, and partly
+    solid ones): the box's spectral solve corrected by the capacitance matrix equals CG."""
+    g = Grid(n, sides, F64, CPU)
+    obstacle = torch.zeros(2, *n, dtype=F64)
+    obstacle[0, 2:5, 3:6] = 1.0
+    obstacle[1, 4:7, 1:3] = 0.6
+    obstacle[1, 9:11, 6:8] = 0.3
+    weights = [1 - g.face_solid(obstacle, a) for a in range(len(n))]
+    diag = sum(w.narrow(a + 1, 0, n[a]) + w.narrow(a + 1, 1, n[a]) for a, w in enumerate(weights))
+    system = PressureSystem(weights, (diag <= 1e-12).to(F64), frozenset(sides))
+    assert bool(system.fixed[0].any())
+    gen = torch.Generator().manual_seed(5)
+    b = system.project(torch.randn(2, *n, generator=gen, dtype=F64))
+    reference, _, _ = pcg(system, b, tolerance=1e-13, max_iterations=1000)
+    solve = CapacitanceSolve.build(SpectralSolve(n, sides), system, box_weights(n, sides, F64, CPU),
+                                   max_cells=1024)
+    x, iterations, relative = solve.solve(b, 1e-6, 1)
+    assert iterations.tolist() == [0, 0] and float(relative.max()) < 1e-13
+    x = system.project(x)
+    assert float((x - reference).abs().max()) <= 1e-10 * float(reference.abs().max())
+    assert CapacitanceSolve.build(SpectralSolve(n, sides), system,
+                                  box_weights(n, sides, F64, CPU), max_cells=10) is None
+
+
+def _plume_loss(*, capacitance, velocity, obstacle, stats=None):
+    inflow = Inflow((4, 1), (8, 3), (0.0, 0.5), (1.0,))
+    model = Model((N, N), dx=1 / N, dt=0.1, dye=torch.zeros(1, N, N, dtype=F64),
+                  buoyancy=(0.5,), obstacle=obstacle, inflows=[inflow], open_sides=("y+",),
+                  tolerance=1e-12)
+    sim = Fluid(model, resolve_backend("torch", precision="float64"), capacitance=capacitance)
+    final = rollout(sim, sim.initial_state(velocity=velocity), None, 5).final
+    if stats is not None:
+        stats.append(sim.stats)
+    return (final.dye[0, 0, :, 6:] ** 2).sum() + 0.3 * (final.velocity**2).sum()
+
+
+def test_capacitance_gradients_equal_cg_and_central_differences():
+    """An inflow, an open top and an obstacle density: the gradients in the initial velocity
+    and the obstacle through the capacitance solve (0 iterations after the first solve) equal
+    those through CG, and the obstacle's equals central differences."""
+    gen = torch.Generator().manual_seed(6)
+    velocity = 0.3 * torch.randn(2, N + 1, N + 1, generator=gen, dtype=F64)
+    obstacle = torch.zeros(N, N, dtype=F64)
+    obstacle[5:8, 6:9] = 0.5
+    grads, stats = [], []
+    for capacitance in (True, False):
+        v, s = velocity.clone().requires_grad_(), obstacle.clone().requires_grad_()
+        loss = _plume_loss(capacitance=capacitance, velocity=v, obstacle=s, stats=stats)
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, (v, s))]))
+    direct, cg = stats
+    assert direct.adjoint_iterations < cg.adjoint_iterations / 3
+    assert float((grads[0] - grads[1]).abs().max()) <= 1e-8 * float(grads[1].abs().max())
+    direction = torch.randn(obstacle.shape, generator=gen, dtype=F64) * (obstacle > 0)
+    eps = 1e-6
+    with torch.no_grad():
+        plus, minus = (_plume_loss(capacitance=True, velocity=velocity,
+                                   obstacle=obstacle + e * direction) for e in (eps, -eps))
+    fd = float(plus - minus) / (2 * eps)
+    ad = float((grads[0][velocity.numel():] * direction.flatten()).sum())
+    assert abs(fd) > 1e-4
+    assert abs(ad - fd) <= 1e-6 * abs(fd), (ad, fd)
 
 
 @pytest.mark.parametrize("obstacle", [False, True])

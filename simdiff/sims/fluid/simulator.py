@@ -33,6 +33,11 @@ BACKENDS = (BackendName.TORCH, BackendName.WARP)
 """The backends the fluid runs on."""
 
 
+CAPACITANCE_MAX_CELLS = 1024
+"""Most cells (per world) whose operator row differs from the solid-free box's for which the
+capacitance-corrected spectral solve replaces CG (its set-up costs one spectral solve per such
+cell and a dense inverse of their count squared)."""
+
 WARM_START_TOLERANCE = 1e-12
 """Tightest relative tolerance solved from a warm start: the explicit first residual ``b - A x0``
 carries round-off of the guess's size, a floor between 1e-13 and 1e-12 of ``|b|`` in float64
@@ -68,6 +73,13 @@ class Fluid(Simulator):
             ``adjoint=True``; other steps keep the conjugate-gradient solve. None (default):
             wherever it applies on the CPU; True: also on other devices (through the CPU);
             False: never (CG everywhere).
+        capacitance: Where the box has solids or inflows that stay the same from one step to
+            the next (static obstacles, inflow boxes; not a moving paddle), solve exactly by the
+            box's spectral solve corrected by a capacitance matrix on the cells beside them
+            (:class:`~simdiff.sims.fluid.spectral.CapacitanceSolve`; set up when an operator
+            comes back in the next step, for at most :data:`CAPACITANCE_MAX_CELLS` such cells
+            per world) instead of CG. Off by default (CG stays the solve of scenes with solids
+            until this is measured on more of them); needs ``spectral``.
         warm_start: Start each step's pressure solve from the previous step's pressure (and
             its adjoint from the next step's adjoint), when the state came from :meth:`step`.
             The solves still reach the tolerance relative to their right-hand side. Solves
@@ -96,6 +108,7 @@ class Fluid(Simulator):
         solver_kernels: bool = False,
         fused_solve: bool | None = None,
         spectral: bool | None = None,
+        capacitance: bool = False,
         warm_start: bool = True,
         blowup: float = 1e6,
     ) -> None:
@@ -122,9 +135,12 @@ class Fluid(Simulator):
         )
         if spectral and not adjoint:
             raise ValueError("spectral=True needs adjoint=True")
+        if capacitance and (spectral is False or not adjoint):
+            raise ValueError("capacitance=True needs adjoint=True and spectral not False")
         self.spectral = (
             backend.torch_device.type == "cpu" and adjoint if spectral is None else spectral
         )
+        self.capacitance = capacitance and self.spectral
         self.warm_start = warm_start
         self._fused_cache = None
         self._spectral_solve = None
@@ -384,12 +400,25 @@ class Fluid(Simulator):
 
     def _adjoint_system(self, detached: list[torch.Tensor]):
         """The pressure system of face weights ``detached`` and the solve that replaces the
-        vectorized-torch CG (None: that one): the spectral solve where the box has no solid
-        inside, else the one-launch CG. Both are reused while the weights stay the same from
-        step to step (static solids: no rebuild of the levels, the coarsest pseudo-inverse or
-        the transforms)."""
+        vectorized-torch CG (None: that one): the spectral solve where the box has nothing
+        inside; else the one-launch CG, replaced (with ``capacitance=True``) by the
+        capacitance-corrected spectral solve once the same operator comes back in the next
+        step (static solids: its set-up is paid once), if it touches at most
+        :data:`CAPACITANCE_MAX_CELLS` cells. They are reused while
+        the weights stay the same from step to step (no rebuild of the levels, the coarsest
+        pseudo-inverse or the transforms)."""
         cached = self._fused_cache
         if cached is not None and all(torch.equal(a, b) for a, b in zip(cached[0], detached)):
+            if cached[3] == 1 and self.capacitance and not isinstance(
+                cached[2], self._direct_solves()
+            ):
+                from simdiff.sims.fluid.spectral import CapacitanceSolve
+
+                direct = CapacitanceSolve.build(self._spectral(), cached[1], self._box_weights(),
+                                                CAPACITANCE_MAX_CELLS)
+                if direct is not None:
+                    cached[2] = direct
+            cached[3] += 1
             return cached[1], cached[2]
         g = self.grid
         diag = sum(
@@ -399,27 +428,41 @@ class Fluid(Simulator):
         system = PressureSystem(detached, fixed, frozenset(g.open_sides), operator=self._operator)
         solver = None
         if self.spectral and self._plain_box(detached, fixed):
-            if self._spectral_solve is None:
-                from simdiff.sims.fluid.spectral import SpectralSolve
-
-                self._spectral_solve = SpectralSolve(g.n, g.open_sides)
-            solver = self._spectral_solve
+            solver = self._spectral()
         elif self.fused_solve:
             from simdiff.sims.fluid.warp import FusedSolve
 
             solver = FusedSolve.build(system)
-        self._fused_cache = ([w.clone() for w in detached], system, solver)
+        self._fused_cache = [[w.clone() for w in detached], system, solver, 1]
         return system, solver
 
-    def _plain_box(self, weights: list[torch.Tensor], fixed: torch.Tensor) -> bool:
-        """Whether every world's face weights are the box's with nothing inside."""
+    @staticmethod
+    def _direct_solves() -> tuple[type, ...]:
+        from simdiff.sims.fluid.spectral import CapacitanceSolve, SpectralSolve
+
+        return (SpectralSolve, CapacitanceSolve)
+
+    def _spectral(self):
+        """The box's spectral solve (made once)."""
+        if self._spectral_solve is None:
+            from simdiff.sims.fluid.spectral import SpectralSolve
+
+            self._spectral_solve = SpectralSolve(self.grid.n, self.grid.open_sides)
+        return self._spectral_solve
+
+    def _box_weights(self) -> list[torch.Tensor]:
+        """The face weights of the box with nothing inside, ``[1, *(n + e_a)]`` (made once)."""
         if self._box is None:
             from simdiff.sims.fluid.spectral import box_weights
 
             g = self.grid
             self._box = box_weights(g.n, g.open_sides, g.dtype, g.device)
+        return self._box
+
+    def _plain_box(self, weights: list[torch.Tensor], fixed: torch.Tensor) -> bool:
+        """Whether every world's face weights are the box's with nothing inside."""
         return not bool(fixed.any()) and all(
-            bool((w == box).all()) for w, box in zip(weights, self._box)
+            bool((w == box).all()) for w, box in zip(weights, self._box_weights())
         )
 
     def _pressure(

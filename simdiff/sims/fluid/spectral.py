@@ -51,7 +51,7 @@ import torch
 
 from simdiff.threads import intra_op_threads
 
-__all__ = ["SpectralSolve", "box_weights"]
+__all__ = ["CapacitanceSolve", "SpectralSolve", "box_weights"]
 
 
 def box_weights(
@@ -112,8 +112,12 @@ class SpectralSolve:
         total = sum(eigen)
         with np.errstate(divide="ignore"):
             inverse = 1.0 / total
+        # A closed box: the pseudo-inverse drops the constant; the regularized inverse is that
+        # of A + 1 1^T / N (the constant's eigenvalue 1), which the capacitance solve needs.
+        self._regular = inverse.copy()
         if self.singular:
-            inverse[(0,) * (self.dim + 1)] = 0.0  # the constant: the pseudo-inverse
+            inverse[(0,) * (self.dim + 1)] = 0.0
+            self._regular[(0,) * (self.dim + 1)] = 1.0
         self._inverse = inverse
         self._all_walls = all(kind == "walls" for kind in self._kinds)
         self._axes = tuple(range(1, self.dim + 1))
@@ -174,10 +178,11 @@ class SpectralSolve:
                 out[_axis_slice(t, k - 1, k)] -= x[_axis_slice(t, k - 1, k)]
         return out
 
-    def inverse(self, b: np.ndarray) -> np.ndarray:
-        """``A^-1 b`` (the pseudo-inverse in a closed box) of float64 ``b`` ``[B, *n]``."""
+    def inverse(self, b: np.ndarray, *, regularized: bool = False) -> np.ndarray:
+        """``A^-1 b`` of float64 ``b`` ``[B, *n]``; in a closed box the pseudo-inverse, or with
+        ``regularized`` the inverse of ``A + 1 1^T / N``."""
         x = self._forward(np.array(b, copy=True))
-        x *= self._inverse
+        x *= self._regular if regularized else self._inverse
         return self._backward(x)
 
     def solve(self, b: torch.Tensor, tolerance: float, max_iterations: int,
@@ -189,18 +194,122 @@ class SpectralSolve:
         del tolerance, max_iterations, guess
         rhs = b.detach().to(device="cpu", dtype=torch.float64).numpy()
         x = self.inverse(rhs)
-        flat = rhs.reshape(rhs.shape[0], -1)
-        norm_b = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-        left = self.apply(x)
-        left -= rhs
-        left = left.reshape(flat.shape)
-        residual = np.sqrt(np.einsum("ij,ij->i", left, left))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            relative = np.where(norm_b > 0, residual / np.where(norm_b > 0, norm_b, 1.0), 0.0)
-        relative = np.where(np.isfinite(norm_b), relative, np.nan)
-        batch = b.shape[0]
-        return (
-            torch.from_numpy(x).to(dtype=b.dtype, device=b.device).view(b.shape),
-            torch.zeros(batch, dtype=torch.long),
-            torch.from_numpy(relative).to(b.dtype),
-        )
+        return _result(b, rhs, x, self.apply(x))
+
+
+def _result(b: torch.Tensor, rhs: np.ndarray, x: np.ndarray, ax: np.ndarray):
+    """A direct solve's answer as the CG solves give theirs: the solutions in ``b``'s dtype, 0
+    iterations, and per world the relative residual ``|rhs - A x| / |rhs|`` in float64 (NaN
+    where ``rhs`` is not finite)."""
+    flat = rhs.reshape(rhs.shape[0], -1)
+    norm_b = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+    ax -= rhs
+    left = ax.reshape(flat.shape)
+    residual = np.sqrt(np.einsum("ij,ij->i", left, left))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = np.where(norm_b > 0, residual / np.where(norm_b > 0, norm_b, 1.0), 0.0)
+    relative = np.where(np.isfinite(norm_b), relative, np.nan)
+    return (
+        torch.from_numpy(x).to(dtype=b.dtype, device=b.device).view(b.shape),
+        torch.zeros(b.shape[0], dtype=torch.long),
+        torch.from_numpy(relative).to(b.dtype),
+    )
+
+
+class CapacitanceSolve:
+    """``A^-1 b`` of a box whose operator differs from the plain box's on a few cells (static
+    solids, inflow boxes): the box's spectral solve corrected by a capacitance matrix.
+
+    With ``A = A_box + E Delta E^T`` (``E`` the unit vectors of the ``k`` touched cells: those
+    beside a face whose weight is not the box's, and fixed cells), ``x = A_box^-1 (b - E c)``
+    with ``(I + Delta G) c = Delta (A_box^-1 b)_T`` and ``G = E^T A_box^-1 E``, exactly (the
+    Sherman-Morrison-Woodbury identity). Set up once per operator (``k`` spectral solves and a
+    ``k x k`` inverse); each solve is two spectral solves and two ``k x k`` products, no
+    iteration. In a closed box ``A_box + 1 1^T / N`` replaces ``A_box`` (nonsingular, and for a
+    right-hand side in the range of ``A`` its solution is the zero-mean one).
+
+    Args:
+        spectral: The box's solve.
+        system: The operators (:class:`~simdiff.sims.fluid.solver.PressureSystem`), every world.
+        box: The box's face weights (:func:`box_weights`).
+    """
+
+    def __init__(self, spectral: SpectralSolve, system, box: list[torch.Tensor],
+                 touched: list[np.ndarray]) -> None:
+        self.spectral = spectral
+        self.regularized = spectral.singular
+        self.batch = system.batch
+        n = spectral.n
+        cells = int(np.prod(n))
+        # Float64 operators for the residual check (the weights as given, exactly).
+        from simdiff.sims.fluid.solver import PressureSystem
+
+        self.system = PressureSystem([w.detach().double() for w in system.weights],
+                                     system.fixed.detach().double(), system.open_sides)
+        self.worlds = []
+        for b, index in enumerate(touched):
+            k = len(index)
+            delta = np.zeros((k, k))
+            where = {int(c): i for i, c in enumerate(index)}
+            for a, w in enumerate(system.weights):
+                change = (w[b].detach().double() - box[a][0].double()).cpu().numpy()
+                for face in zip(*np.nonzero(change)):
+                    d = change[face]
+                    lower = list(face)
+                    lower[a] -= 1
+                    ends = []
+                    for cell in (lower, list(face)):
+                        if 0 <= cell[a] < n[a]:
+                            ends.append(where[int(np.ravel_multi_index(cell, n))])
+                    for i in ends:
+                        delta[i, i] += d
+                    if len(ends) == 2:
+                        delta[ends[0], ends[1]] -= d
+                        delta[ends[1], ends[0]] -= d
+            fixed = system.fixed[b].detach().double().cpu().numpy().reshape(-1)
+            for i, c in enumerate(index):
+                delta[i, i] += fixed[c]
+            green = np.empty((k, k))
+            for start in range(0, k, 256):  # columns of A_box^-1 E, in chunks
+                rows = index[start : start + 256]
+                unit = np.zeros((len(rows), cells))
+                unit[np.arange(len(rows)), rows] = 1.0
+                response = spectral.inverse(unit.reshape(len(rows), *n),
+                                            regularized=self.regularized)
+                green[:, start : start + len(rows)] = response.reshape(len(rows), -1)[:, index].T
+            inverse = np.linalg.inv(np.eye(k) + delta @ green)
+            self.worlds.append((index, delta, inverse))
+
+    @classmethod
+    def build(cls, spectral: SpectralSolve, system, box: list[torch.Tensor],
+              max_cells: int):
+        """The solve of ``system``, or None where a world touches more than ``max_cells``
+        cells (the set-up would cost more than it saves)."""
+        n = spectral.n
+        touched = []
+        for b in range(system.batch):
+            mask = system.fixed[b].detach() > 0
+            for a, w in enumerate(system.weights):
+                changed = w[b].detach() != box[a][0]
+                mask = mask | changed.narrow(a, 0, n[a]) | changed.narrow(a, 1, n[a])
+            index = mask.reshape(-1).nonzero().flatten().cpu().numpy()
+            if len(index) > max_cells:
+                return None
+            touched.append(index)
+        return cls(spectral, system, box, touched)
+
+    def solve(self, b: torch.Tensor, tolerance: float, max_iterations: int,
+              guess: torch.Tensor | None = None):
+        """As :meth:`SpectralSolve.solve`."""
+        del tolerance, max_iterations, guess
+        rhs = b.detach().to(device="cpu", dtype=torch.float64).numpy()
+        spectral = self.spectral
+        y = spectral.inverse(rhs, regularized=self.regularized)
+        corrected = rhs.copy()
+        flat_y, flat_r = y.reshape(self.batch, -1), corrected.reshape(self.batch, -1)
+        for world, (index, delta, inverse) in enumerate(self.worlds):
+            if len(index):
+                flat_r[world, index] -= inverse @ (delta @ flat_y[world, index])
+        x = spectral.inverse(corrected, regularized=self.regularized)
+        ax = self.system.apply(torch.from_numpy(x)).numpy()
+        return _result(b, rhs, x, ax)
