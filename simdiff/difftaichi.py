@@ -29,7 +29,10 @@ shared host a single-threaded worker waits for a core longer than a multi-thread
   (:mod:`simdiff.sims.fluid.spectral`, residual at round-off, 0 CG iterations). The row
   ``plume_torch`` keeps the earlier comparison: the fluid benchmark's plume (an inflow box and
   an open top, so multigrid-preconditioned CG with warm starts), a different and harder
-  problem than DiffTaichi's, kept to show what a scene with solids or sources costs.
+  problem than DiffTaichi's, kept to show what a scene with solids or sources costs;
+  ``plume_capacitance`` is the same with ``Fluid(capacitance=True)`` (its static inflow box
+  solved exactly by the spectral solve and a capacitance matrix, CG only in the first
+  solve). Each row names the solve that ran (``pressure_solve``) and its CG iterations.
 
 Memory: each row has the worker's peak RSS and ``memory_vs_difftaichi``; the MPM rows also
 ``import_rss_mb`` (peak RSS once the libraries are imported and initialized: torch and the
@@ -59,7 +62,7 @@ EXAMPLES = {"mass_spring": "mass_spring.py", "mpm": "diffmpm.py", "smoke": "smok
 """The DiffTaichi script each workload runs, in DiffTaichi's ``examples/`` folder."""
 
 WORKLOADS = {"mass_spring": ("warp", "taichi"), "mpm": ("warp", "taichi"),
-             "smoke": ("torch", "warp", "plume_torch")}
+             "smoke": ("torch", "warp", "plume_torch", "plume_capacitance")}
 """The simdiff backends measured against each workload's DiffTaichi script."""
 
 _STUBBED_MODULES = ("matplotlib", "cv2", "imageio")
@@ -298,14 +301,16 @@ def _simdiff_smoke(config: str) -> tuple[Callable[[], None], dict]:
 
     steps = 100
     plume = config.startswith("plume_")
-    backend = resolve_backend(config.removeprefix("plume_"), precision="float32")
+    capacitance = config == "plume_capacitance"
+    backend = resolve_backend("torch" if capacitance else config.removeprefix("plume_"),
+                              precision="float32")
     gen = torch.Generator().manual_seed(0)
     if plume:  # the fluid benchmark's inflow plume: CG, as scenes with solids or sources
         from simdiff.bench import _folder, _load
         from simdiff.rollout import rollout
 
         model = _load(_folder() / "fluid.py").plume((128, 128))
-        sim = Fluid(model, backend)
+        sim = Fluid(model, backend, capacitance=capacitance)
         v0 = 0.05 * torch.randn(2, 129, 129, generator=gen)
 
         def loss() -> torch.Tensor:
@@ -337,17 +342,22 @@ def _simdiff_smoke(config: str) -> tuple[Callable[[], None], dict]:
             loss().backward()
 
     def facts() -> dict:  # CG iterations per solve of the last iteration (0: spectral)
-        return {"cg_iterations": round(stats.iterations / max(stats.solves, 1), 2),
+        solver = sim._fused_cache[2] if sim._fused_cache is not None else None
+        return {"pressure_solve": _SOLVES.get(type(solver).__name__, "multigrid CG (torch)"),
+                "cg_iterations": round(stats.iterations / max(stats.solves, 1), 2),
                 "adjoint_cg_iterations": round(stats.adjoint_iterations
                                                / max(stats.adjoint_solves, 1), 2),
                 "torch_threads": threads}
 
     iteration.facts = facts
-    solve = ("spectral" if sim.spectral and not plume
-             else "multigrid CG" + (" (one launch)" if sim.fused_solve else ""))
     return iteration, {"problem": "plume" if plume else "smoke_to_image", "grid": "128x128",
-                       "steps": steps, "tolerance": model.tolerance, "pressure_solve": solve,
+                       "steps": steps, "tolerance": model.tolerance,
                        "advection": model.advection.value, "warm_start": sim.warm_start}
+
+
+_SOLVES = {"SpectralSolve": "spectral", "CapacitanceSolve": "capacitance",
+           "FusedSolve": "multigrid CG (one launch)"}
+"""The pressure solve of a fluid row, by the class that ran it in the last iteration."""
 
 
 _DIFFTAICHI = {"mass_spring": _difftaichi_mass_spring, "mpm": _difftaichi_mpm,

@@ -92,10 +92,14 @@ def test_smoke_workload_is_the_smoke_to_image_task_solved_spectrally():
     from simdiff.difftaichi import _simdiff_smoke
 
     iteration, facts = _simdiff_smoke("torch")
-    assert facts["problem"] == "smoke_to_image" and facts["pressure_solve"] == "spectral"
+    assert facts["problem"] == "smoke_to_image"
     assert facts["steps"] == 100 and facts["grid"] == "128x128" and facts["tolerance"] <= 1e-6
     iteration()
     counts = iteration.facts()
+    assert counts["pressure_solve"] == "spectral"
     assert counts["cg_iterations"] == 0 and counts["adjoint_cg_iterations"] == 0
-    _, plume = _simdiff_smoke("plume_torch")
-    assert plume["problem"] == "plume" and plume["pressure_solve"].startswith("multigrid CG")
+    iteration, plume = _simdiff_smoke("plume_torch")
+    assert plume["problem"] == "plume"
+    iteration()
+    counts = iteration.facts()
+    assert counts["pressure_solve"].startswith("multigrid CG") and counts["cg_iterations"] > 1
