@@ -82,9 +82,10 @@ Against DiffTaichi (``simdiff bench fluid --difftaichi DIR``, :mod:`simdiff.diff
 backward) against the same task here, ``fluid_smoke_to_image`` at 128^2 and 100 steps with
 semi-Lagrangian advection (a walled box with nothing inside: the spectral solve, converged to
 round-off), forward and backward of its objective, torch step on one thread, interleaved
-rounds on this shared 2-core host (benchmarks/results/difftaichi_smoke.json and
-difftaichi_smoke_load4.json): 0.44 s against DiffTaichi's 0.84 s per iteration at load 2.6
-(0.53x its wall time), 0.67 s against 0.87 s at load 4.5 (0.77x); CPU seconds 0.43-0.45 against 0.64-0.67 (0.67x) in both runs, steadier than
+rounds on this shared 2-core host (benchmarks/results/difftaichi_smoke.json, and
+difftaichi_smoke_load2.json for the torch row at a lower load): 0.55 s against DiffTaichi's
+0.66 s per iteration at load 4.3 (0.83x its wall time), 0.44 s against 0.84 s at load 2.6
+(0.53x); CPU seconds 0.45 against 0.65 (0.70x) and 0.43 against 0.64 (0.67x), steadier than
 wall time on a shared host. Before: 3.7x its wall time with CG on the plume
 (benchmarks/results/difftaichi_smoke_plume_cg.json), 1.15x with the spectral solve alone. The
 step around the solve was made cheaper for it (measured with the torch profiler, one
@@ -94,9 +95,17 @@ small ops the rest): the velocity at other components' faces by slices instead o
 leading axis and viewed (a stack along the last axis was 7x slower), the fixed part of the
 back-traced coordinates cached, the weights of static solids cached, zero buoyancy skipped
 (on Warp too: its top kernel was ``solid_faces``, 7 ms of a step, now made once; Warp's
-smoke-to-image is 1.9 s, 2.2x, its single-threaded kernels cost 0.3-3 ms per launch at
-128^2). The inflow plume, which needs CG, costs 2.9-3.8 s per iteration in the same runs
-(3.5-4.3x; 8.1 and 10.1 CG iterations per forward and adjoint solve).
+smoke-to-image is 1.3 s, 2.0x, its single-threaded kernels cost 0.3-3 ms per launch at
+128^2).
+
+Scenes with solids or inflows keep the multigrid CG by default. Where they stay put from step
+to step, ``Fluid(..., capacitance=True)`` solves them exactly too
+(:class:`~simdiff.sims.fluid.spectral.CapacitanceSolve`: the box's spectral solve corrected
+on the cells beside the solids, set up once per operator). In the same run the inflow plume
+costs 2.68 s per iteration with CG (4.1x DiffTaichi; 8.1 and 10.1 CG iterations per forward
+and adjoint solve) and 0.79 s with ``capacitance=True`` (1.2x; 0 iterations after the first
+solve). It stays opt-in until measured on more scenes (a moving paddle changes the operator
+every step, where CG remains the solve).
 
 Measured speed: ``simdiff bench fluid`` (benchmarks/fluid.py: configurations ``torch`` and
 ``warp``, against a plain-PyTorch baseline, side by side with ``warp/torch``), worlds per second
