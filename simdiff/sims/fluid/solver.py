@@ -43,6 +43,9 @@ every interior weight is 1, walls 0, open sides 1), ``A`` is the plain Laplacian
 ``Fluid`` solves it by fast cosine/sine transforms instead
 (:class:`simdiff.sims.fluid.spectral.SpectralSolve`, plugged in where the one-launch CG
 would be, for the forward and the adjoint solve alike): no iterations, residual at round-off.
+With ``Fluid(..., capacitance=True)`` a box with static solids or inflows is solved exactly too,
+by that solve corrected by a capacitance matrix on the cells beside them
+(:class:`simdiff.sims.fluid.spectral.CapacitanceSolve`).
 
 Gradient: :class:`SymmetricSolve` is a ``torch.autograd.Function``. This hand-written
 derivative replaces autograd through the CG iterations because those would store every
