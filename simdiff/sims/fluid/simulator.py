@@ -69,7 +69,7 @@ class Fluid(Simulator):
             a grid that coarsens to at most 64 cells); False: the vectorized-torch solve.
         spectral: Solve the pressure exactly by fast cosine/sine transforms
             (:class:`~simdiff.sims.fluid.spectral.SpectralSolve`) in the steps where the box has
-            no solid, paddle or inflow face inside (the operator is the plain Laplacian), on
+            no solid, paddle or inflow face inside (the operator is the plain Laplacian), with
             ``adjoint=True``; other steps keep the conjugate-gradient solve. None (default):
             wherever it applies on the CPU; True: also on other devices (through the CPU);
             False: never (CG everywhere).
@@ -404,9 +404,9 @@ class Fluid(Simulator):
         inside; else the one-launch CG, replaced (with ``capacitance=True``) by the
         capacitance-corrected spectral solve once the same operator comes back in the next
         step (static solids: its set-up is paid once), if it touches at most
-        :data:`CAPACITANCE_MAX_CELLS` cells. They are reused while
-        the weights stay the same from step to step (no rebuild of the levels, the coarsest
-        pseudo-inverse or the transforms)."""
+        :data:`CAPACITANCE_MAX_CELLS` cells. They are reused while the weights stay the same
+        from step to step (no rebuild of the levels, the coarsest pseudo-inverse or the
+        transforms)."""
         cached = self._fused_cache
         if cached is not None and all(torch.equal(a, b) for a, b in zip(cached[0], detached)):
             if cached[3] == 1 and self.capacitance and not isinstance(
