@@ -18,9 +18,9 @@ is diagonalized by a discrete trigonometric transform chosen by the axis's two e
   (``O(n)`` per cell instead of ``O(log n)``; no iteration either).
 
 So ``A^-1 b`` is a forward transform per axis, a division by the sum of the axes' eigenvalues
-and the inverse transforms: ``O(N log N)`` with no iteration (walls and open sides), and its residual is at round-off
-(about 1e-15 of ``|b|``, computed in float64 whatever the simulation's precision and reported
-as the solve's residual), far below any tolerance. In a closed box (walls only) the operator is
+and the inverse transforms: ``O(N log N)`` with no iteration (walls and open sides), and its
+residual is at round-off (about 1e-15 of ``|b|``, computed in float64 whatever the
+simulation's precision and reported as the solve's residual), far below any tolerance. In a closed box (walls only) the operator is
 singular; the zero eigenvalue of the constant is dropped (the pseudo-inverse), which returns the
 zero-mean solution, as the conjugate-gradient solve does. The operator is symmetric and so is
 this inverse: the adjoint solve is the same transform (:class:`~simdiff.sims.fluid.solver.
@@ -43,12 +43,13 @@ box's on ``k`` cells (beside faces whose weight is not the box's, and fully soli
 Sherman-Morrison-Woodbury identity turns the box's solve into the exact solve of the real
 operator at the cost of two spectral solves and two ``k x k`` products per solve, after a
 set-up of ``k`` spectral solves and a ``k x k`` inverse (:class:`CapacitanceSolve`). On the
-128^2 plume (an inflow box of 32 x 2 cells, open top: ``k`` = 132, float64, a cold step) the
-set-up took 0.4 s and each solve 2.4 ms, residual 8e-14, against 21 ms and 12 iterations for
-the one-launch multigrid CG to 1e-6; a rollout of 100 steps forward and backward in float32
-went from 2.7 s to 0.8 s per iteration (``simdiff bench fluid --difftaichi DIR``), and the
-32^3 plume's 20 steps from 0.93 s to 0.51 s. A moving
-paddle changes the operator every step (a set-up every step: CG stays).
+128^2 plume (an inflow box of 32 x 2 cells, open top: ``k`` = 132, float64, step 20) the
+set-up took 0.17 s and each solve 2.8 ms, residual 3.5e-12 (the capacitance matrix's
+conditioning shows; still far below any tolerance), against 17 ms and 12 iterations for the
+one-launch multigrid CG to 1e-6 from a cold start; a rollout of 100 steps forward and
+backward in float32 went from 2.7 s to 0.8 s per iteration (``simdiff bench fluid
+--difftaichi DIR``), and the 32^3 plume's 20 steps from 0.93 s to 0.51 s. A moving paddle
+changes the operator every step (a set-up every step: CG stays).
 
 Measured and not used: this solve of the solid-free box as the preconditioner of CG where
 there are solids. On the 128^2 plume's operator (an inflow box at the bottom, open top,
