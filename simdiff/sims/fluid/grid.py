@@ -282,7 +282,7 @@ class Grid:
         forward = self.trace_back(values, ("cell",), here, parts, steps_per_cell, center)
         if not maccormack:
             return forward
-        vel = torch.stack(parts, dim=-1)
+        vel = _last_axis(parts)
         back = here - steps_per_cell * vel
         again = self.sample(forward, here + steps_per_cell * vel, center)
         corrected = forward + 0.5 * (values - again)
