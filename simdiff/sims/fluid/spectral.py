@@ -259,8 +259,8 @@ class CapacitanceSolve:
         # Float64 operators for the residual check (the weights as given, exactly).
         from simdiff.sims.fluid.solver import PressureSystem
 
-        self.system = PressureSystem([w.detach().double() for w in system.weights],
-                                     system.fixed.detach().double(), system.open_sides)
+        self.system = PressureSystem([w.detach().double().cpu() for w in system.weights],
+                                     system.fixed.detach().double().cpu(), system.open_sides)
         self.worlds = []
         for b, index in enumerate(touched):
             k = len(index)
