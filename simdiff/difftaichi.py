@@ -19,9 +19,20 @@ shared host a single-threaded worker waits for a core longer than a multi-thread
   MLP controller (680 steps): one training iteration (rollout, backward, update).
 * ``mpm``: ``diffmpm.py``'s robot (1,024 substeps on 128^2, sine-wave actuation) against the
   ``mpm_crawler`` scene at about 3,200 particles on 128^2, 51 control steps of 20 substeps.
-* ``smoke``: ``smoke_taichi.py`` (128^2, 100 steps, ten unconverged Jacobi sweeps) against the
-  fluid's plume at 128^2, 100 steps, forward and backward, projection converged to 1e-6, on
-  Warp and on the fluid's vectorized-torch step (the fluid has no Taichi kernels).
+* ``smoke``: ``smoke_taichi.py`` (128^2, 100 steps, ten unconverged Jacobi sweeps, a periodic
+  box with no inflow, optimizing the initial velocity towards a target image) against the same
+  problem in simdiff: the ``fluid_smoke_to_image`` scene at 128^2, 100 steps, semi-Lagrangian
+  advection as DiffTaichi's, forward and backward of its objective, projection solved to a
+  relative residual of 1e-6 or tighter, on the fluid's vectorized-torch step (``torch``) and on
+  Warp (``warp``; the fluid has no Taichi kernels). That scene's box has walls and nothing
+  inside, so its pressure is solved exactly by fast cosine transforms
+  (:mod:`simdiff.sims.fluid.spectral`, residual at round-off, 0 CG iterations). The row
+  ``plume_torch`` keeps the earlier comparison: the fluid benchmark's plume (an inflow box and
+  an open top, so multigrid-preconditioned CG with warm starts), a different and harder
+  problem than DiffTaichi's, kept to show what a scene with solids or sources costs;
+  ``plume_capacitance`` is the same with ``Fluid(capacitance=True)`` (its static inflow box
+  solved exactly by the spectral solve and a capacitance matrix, CG only in the first
+  solve). Each row names the solve that ran (``pressure_solve``) and its CG iterations.
 
 Memory: each row has the worker's peak RSS and ``memory_vs_difftaichi``; the MPM rows also
 ``import_rss_mb`` (peak RSS once the libraries are imported and initialized: torch and the
@@ -51,7 +62,7 @@ EXAMPLES = {"mass_spring": "mass_spring.py", "mpm": "diffmpm.py", "smoke": "smok
 """The DiffTaichi script each workload runs, in DiffTaichi's ``examples/`` folder."""
 
 WORKLOADS = {"mass_spring": ("warp", "taichi"), "mpm": ("warp", "taichi"),
-             "smoke": ("warp", "torch")}
+             "smoke": ("torch", "warp", "plume_torch", "plume_capacitance")}
 """The simdiff backends measured against each workload's DiffTaichi script."""
 
 _STUBBED_MODULES = ("matplotlib", "cv2", "imageio")
@@ -281,39 +292,72 @@ def _simdiff_mpm(backend_name: str) -> tuple[Callable[[], None], dict]:
                        "measured": measured}
 
 
-def _simdiff_smoke(backend_name: str) -> tuple[Callable[[], None], dict]:
+def _simdiff_smoke(config: str) -> tuple[Callable[[], None], dict]:
     import torch
 
     from simdiff.backend import resolve_backend
-    from simdiff.bench import _folder, _load
-    from simdiff.rollout import rollout
     from simdiff.sims.fluid import Fluid
     from simdiff.threads import intra_op_threads, threads_for
 
-    model = _load(_folder() / "fluid.py").plume((128, 128))  # the fluid benchmark's plume
-    sim = Fluid(model, resolve_backend(backend_name, precision="float32"))
-    gen = torch.Generator().manual_seed(0)
-    v0 = 0.05 * torch.randn(2, 129, 129, generator=gen)
     steps = 100
+    plume = config.startswith("plume_")
+    capacitance = config == "plume_capacitance"
+    backend = resolve_backend("torch" if capacitance else config.removeprefix("plume_"),
+                              precision="float32")
+    gen = torch.Generator().manual_seed(0)
+    if plume:  # the fluid benchmark's inflow plume: CG, as scenes with solids or sources
+        from simdiff.bench import _folder, _load
+        from simdiff.rollout import rollout
+
+        model = _load(_folder() / "fluid.py").plume((128, 128))
+        sim = Fluid(model, backend, capacitance=capacitance)
+        v0 = 0.05 * torch.randn(2, 129, 129, generator=gen)
+
+        def loss() -> torch.Tensor:
+            v = v0.clone().requires_grad_()
+            final = rollout(sim, sim.initial_state(velocity=v), None, steps).final
+            return final.dye.square().sum()
+    else:  # DiffTaichi's task: smoke_taichi.py's problem, the fluid_smoke_to_image scene
+        from simdiff.scene import load_scene
+
+        scene = load_scene("fluid_smoke_to_image", resolution=128, steps=steps,
+                           advection="semi_lagrangian")
+        model = scene.model
+        model.tolerance = 1e-6
+        sim = Fluid(model, backend)
+        design = scene.design(sim)
+        with torch.no_grad():  # a design already moving the smoke (the optimizer's start)
+            design.velocity.copy_(0.4 * torch.randn(design.velocity.shape, generator=gen))
+
+        def loss() -> torch.Tensor:
+            design.zero_grad()
+            return scene.objective(sim, design)[0]
+
     threads = threads_for(sim.initial_state())
     stats = sim.stats
 
-    def iteration() -> None:  # what `simdiff train` does per iteration (threads included)
+    def iteration() -> None:  # forward and backward, threads as `simdiff train` sets them
         stats.solves = stats.iterations = stats.adjoint_solves = stats.adjoint_iterations = 0
         with intra_op_threads(threads):
-            v = v0.clone().requires_grad_()
-            final = rollout(sim, sim.initial_state(velocity=v), None, steps).final
-            final.dye.square().sum().backward()
+            loss().backward()
 
-    def facts() -> dict:  # CG iterations per solve of the last iteration
-        return {"cg_iterations": round(stats.iterations / max(stats.solves, 1), 2),
+    def facts() -> dict:  # CG iterations per solve of the last iteration (0: spectral)
+        solver = sim._fused_cache[2] if sim._fused_cache is not None else None
+        return {"pressure_solve": _SOLVES.get(type(solver).__name__, "multigrid CG (torch)"),
+                "cg_iterations": round(stats.iterations / max(stats.solves, 1), 2),
                 "adjoint_cg_iterations": round(stats.adjoint_iterations
                                                / max(stats.adjoint_solves, 1), 2),
                 "torch_threads": threads}
 
     iteration.facts = facts
-    return iteration, {"grid": "128x128", "steps": steps, "tolerance": model.tolerance,
-                       "fused_solve": sim.fused_solve, "warm_start": sim.warm_start}
+    return iteration, {"problem": "plume" if plume else "smoke_to_image", "grid": "128x128",
+                       "steps": steps, "tolerance": model.tolerance,
+                       "advection": model.advection.value, "warm_start": sim.warm_start}
+
+
+_SOLVES = {"SpectralSolve": "spectral", "CapacitanceSolve": "capacitance",
+           "FusedSolve": "multigrid CG (one launch)"}
+"""The pressure solve of a fluid row, by the class that ran it in the last iteration."""
 
 
 _DIFFTAICHI = {"mass_spring": _difftaichi_mass_spring, "mpm": _difftaichi_mpm,

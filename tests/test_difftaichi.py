@@ -83,3 +83,23 @@ def test_patch_rewrites_arch_and_stubs_libraries_in_the_text():
 def test_a_file_that_is_not_an_example_is_refused():
     with pytest.raises(ValueError, match="calls no ti.init"):
         patch_source("print('hello')\n")
+
+
+@pytest.mark.slow
+def test_smoke_workload_is_the_smoke_to_image_task_solved_spectrally():
+    """The ``smoke`` row measures DiffTaichi's task (smoke-to-image, 128^2, 100 steps) with
+    the exact spectral solve (0 CG iterations), and the plume row the CG solve."""
+    from simdiff.difftaichi import _simdiff_smoke
+
+    iteration, facts = _simdiff_smoke("torch")
+    assert facts["problem"] == "smoke_to_image"
+    assert facts["steps"] == 100 and facts["grid"] == "128x128" and facts["tolerance"] <= 1e-6
+    iteration()
+    counts = iteration.facts()
+    assert counts["pressure_solve"] == "spectral"
+    assert counts["cg_iterations"] == 0 and counts["adjoint_cg_iterations"] == 0
+    iteration, plume = _simdiff_smoke("plume_torch")
+    assert plume["problem"] == "plume"
+    iteration()
+    counts = iteration.facts()
+    assert counts["pressure_solve"].startswith("multigrid CG") and counts["cg_iterations"] > 1

@@ -55,7 +55,7 @@ def test_projection_removes_divergence_to_the_tolerance(backend, dim, open_sides
         open_sides=open_sides,
         tolerance=1e-8,
     )
-    sim = Fluid(model, backend)
+    sim = Fluid(model, backend, spectral=False)  # the CG solve (the spectral one: below)
     g = sim.grid
     still = torch.zeros(1, dim, dtype=F64)
     weights, _ = sim._solids(still, still, sim._world_params(None), impose=False)
@@ -80,9 +80,9 @@ def test_unconverged_projection_reports_residual_and_step(backend):
         match=r"did not converge in 1 of 1 worlds .*world 0 at the initial state: relative "
         r"residual [0-9.e-]+ > tolerance 1e-10 after 2",
     ):
-        Fluid(model, backend).initial_state()
+        Fluid(model, backend, spectral=False).initial_state()
     model = Model((N, N), dye=blob(), buoyancy=(1.0,), tolerance=1e-10, max_iterations=2)
-    sim = Fluid(model, backend)
+    sim = Fluid(model, backend, spectral=False)
     with pytest.raises(SimulationError, match="world 0 at step 1: relative residual") as error:
         sim.step(sim.initial_state())
     assert list(error.value.failures) == [0] and error.value.failures[0][0] == 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from simdiff.backend import Backend, BackendError, BackendName
-from simdiff.bridge import apply_step
+from simdiff.bridge import apply_step, run_forward
 from simdiff.sims.base import Simulator, per_world
 from simdiff.sims.fluid.grid import Grid
 from simdiff.sims.fluid.model import SIDES, Advection, Model, as_tensor
@@ -32,6 +32,11 @@ __all__ = ["Fluid"]
 BACKENDS = (BackendName.TORCH, BackendName.WARP)
 """The backends the fluid runs on."""
 
+
+CAPACITANCE_MAX_CELLS = 1024
+"""Most cells (per world) whose operator row differs from the solid-free box's for which the
+capacitance-corrected spectral solve replaces CG (its set-up costs one spectral solve per such
+cell and a dense inverse of their count squared)."""
 
 WARM_START_TOLERANCE = 1e-12
 """Tightest relative tolerance solved from a warm start: the explicit first residual ``b - A x0``
@@ -62,6 +67,19 @@ class Fluid(Simulator):
             (:class:`~simdiff.sims.fluid.warp.FusedSolve`, on either backend). None (default):
             wherever it applies (CPU tensors, ``adjoint=True``, the multigrid preconditioner,
             a grid that coarsens to at most 64 cells); False: the vectorized-torch solve.
+        spectral: Solve the pressure exactly by fast cosine/sine transforms
+            (:class:`~simdiff.sims.fluid.spectral.SpectralSolve`) in the steps where the box has
+            no solid, paddle or inflow face inside (the operator is the plain Laplacian), with
+            ``adjoint=True``; other steps keep the conjugate-gradient solve. None (default):
+            wherever it applies on the CPU; True: also on other devices (through the CPU);
+            False: never (CG everywhere).
+        capacitance: Where the box has solids or inflows that stay the same from one step to
+            the next (static obstacles, inflow boxes; not a moving paddle), solve exactly by the
+            box's spectral solve corrected by a capacitance matrix on the cells beside them
+            (:class:`~simdiff.sims.fluid.spectral.CapacitanceSolve`; set up when an operator
+            comes back in the next step, for at most :data:`CAPACITANCE_MAX_CELLS` such cells
+            per world) instead of CG. Off by default (CG stays the solve of scenes with solids
+            until this is measured on more of them); needs ``spectral``.
         warm_start: Start each step's pressure solve from the previous step's pressure (and
             its adjoint from the next step's adjoint), when the state came from :meth:`step`.
             The solves still reach the tolerance relative to their right-hand side. Solves
@@ -89,6 +107,8 @@ class Fluid(Simulator):
         preconditioner: str = "multigrid",
         solver_kernels: bool = False,
         fused_solve: bool | None = None,
+        spectral: bool | None = None,
+        capacitance: bool = False,
         warm_start: bool = True,
         blowup: float = 1e6,
     ) -> None:
@@ -113,8 +133,20 @@ class Fluid(Simulator):
             if fused_solve is None
             else fused_solve
         )
+        if spectral and not adjoint:
+            raise ValueError("spectral=True needs adjoint=True")
+        if capacitance and (spectral is False or not adjoint):
+            raise ValueError("capacitance=True needs adjoint=True and spectral not False")
+        self.spectral = (
+            backend.torch_device.type == "cpu" and adjoint if spectral is None else spectral
+        )
+        self.capacitance = capacitance and self.spectral
         self.warm_start = warm_start
         self._fused_cache = None
+        self._spectral_solve = None
+        self._box = None
+        self._static_solids = None
+        self._static_faces = None
         self._warm_out = None
         self.blowup = blowup
         self.stats = SolveStats()
@@ -315,10 +347,18 @@ class Fluid(Simulator):
         times the imposing fraction: static solids impose zero, the paddle its velocity
         (``paddle_v`` ``[B, dim]``), inflow boxes theirs (a face touching an inflow cell is an
         inflow face, so the box pushes fluid out through its sides at the inflow velocity).
-        ``impose=False``: impose nothing (the initial projection)."""
+        ``impose=False`` or no paddle and no inflow: impose nothing (None)."""
         m, g = self.model, self.grid
+        static = m.paddle is None and not m.inflows
+        if static and not p.obstacle.requires_grad:
+            # Walls and a fixed obstacle only: the same weights every step, nothing imposed.
+            cached = self._static_solids
+            if cached is None or not torch.equal(cached[0], p.obstacle):
+                weights = [1 - g.face_solid(p.obstacle, a) for a in range(m.dim)]
+                cached = self._static_solids = (p.obstacle.clone(), weights)
+            return list(cached[1]), None
         fluid = [1 - g.face_solid(p.obstacle, a) for a in range(m.dim)]
-        imposed = [torch.zeros_like(f) for f in fluid] if impose else None
+        imposed = [torch.zeros_like(f) for f in fluid] if impose and not static else None
 
         def per_face(values: torch.Tensor) -> torch.Tensor:  # [B] against [B, *faces]
             return values.view(-1, *([1] * m.dim))
@@ -358,24 +398,72 @@ class Fluid(Simulator):
         pressure = self._pressure(weights, g.divergence(blended), where=where, warm=warm)
         return [b - w * g.gradient(pressure, a) for a, (b, w) in enumerate(zip(blended, weights))]
 
-    def _fused(self, system: PressureSystem, detached: list[torch.Tensor], fixed: torch.Tensor):
-        """The one-launch solve of ``system`` (None: the torch solve), reused while the
-        operator stays the same from step to step (static solids: no rebuild of its levels
-        and coarsest pseudo-inverse)."""
-        if not self.fused_solve:
-            return None
-        from simdiff.sims.fluid.warp import FusedSolve
-
+    def _adjoint_system(self, detached: list[torch.Tensor]):
+        """The pressure system of face weights ``detached`` and the solve that replaces the
+        vectorized-torch CG (None: that one): the spectral solve where the box has nothing
+        inside; else the one-launch CG, replaced (with ``capacitance=True``) by the
+        capacitance-corrected spectral solve once the same operator comes back in the next
+        step (static solids: its set-up is paid once), if it touches at most
+        :data:`CAPACITANCE_MAX_CELLS` cells. They are reused while the weights stay the same
+        from step to step (no rebuild of the levels, the coarsest pseudo-inverse or the
+        transforms)."""
         cached = self._fused_cache
-        if (
-            cached is not None
-            and torch.equal(cached[1], fixed)
-            and all(torch.equal(a, b) for a, b in zip(cached[0], detached))
-        ):
-            return cached[2]
-        fused = FusedSolve.build(system)
-        self._fused_cache = ([w.clone() for w in detached], fixed.clone(), fused)
-        return fused
+        if cached is not None and all(torch.equal(a, b) for a, b in zip(cached[0], detached)):
+            if cached[3] == 1 and self.capacitance and not isinstance(
+                cached[2], self._direct_solves()
+            ):
+                from simdiff.sims.fluid.spectral import CapacitanceSolve
+
+                direct = CapacitanceSolve.build(self._spectral(), cached[1], self._box_weights(),
+                                                CAPACITANCE_MAX_CELLS)
+                if direct is not None:
+                    cached[2] = direct
+            cached[3] += 1
+            return cached[1], cached[2]
+        g = self.grid
+        diag = sum(
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(detached)
+        )
+        fixed = (diag <= 1e-12).to(g.dtype)
+        system = PressureSystem(detached, fixed, frozenset(g.open_sides), operator=self._operator)
+        solver = None
+        if self.spectral and self._plain_box(detached, fixed):
+            solver = self._spectral()
+        elif self.fused_solve:
+            from simdiff.sims.fluid.warp import FusedSolve
+
+            solver = FusedSolve.build(system)
+        self._fused_cache = [[w.clone() for w in detached], system, solver, 1]
+        return system, solver
+
+    @staticmethod
+    def _direct_solves() -> tuple[type, ...]:
+        from simdiff.sims.fluid.spectral import CapacitanceSolve, SpectralSolve
+
+        return (SpectralSolve, CapacitanceSolve)
+
+    def _spectral(self):
+        """The box's spectral solve (made once)."""
+        if self._spectral_solve is None:
+            from simdiff.sims.fluid.spectral import SpectralSolve
+
+            self._spectral_solve = SpectralSolve(self.grid.n, self.grid.open_sides)
+        return self._spectral_solve
+
+    def _box_weights(self) -> list[torch.Tensor]:
+        """The face weights of the box with nothing inside, ``[1, *(n + e_a)]`` (made once)."""
+        if self._box is None:
+            from simdiff.sims.fluid.spectral import box_weights
+
+            g = self.grid
+            self._box = box_weights(g.n, g.open_sides, g.dtype, g.device)
+        return self._box
+
+    def _plain_box(self, weights: list[torch.Tensor], fixed: torch.Tensor) -> bool:
+        """Whether every world's face weights are the box's with nothing inside."""
+        return not bool(fixed.any()) and all(
+            bool((w == box).all()) for w, box in zip(weights, self._box_weights())
+        )
 
     def _pressure(
         self,
@@ -388,15 +476,9 @@ class Fluid(Simulator):
         """The pressure [cell units] ``[B, *n]`` solving ``div(w grad p) = divergence`` (the
         divergence of the blended velocity) in every world, differentiable in both."""
         g = self.grid
-        detached = [w.detach() for w in weights]
-        diag = sum(
-            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(detached)
-        )
-        fixed = (diag <= 1e-12).to(g.dtype)
-        sides = frozenset(g.open_sides)
         m = self.model
         if self.adjoint:
-            system = PressureSystem(detached, fixed, sides, operator=self._operator)
+            system, solver = self._adjoint_system([w.detach() for w in weights])
             rhs = system.project(-divergence)
             options = {
                 "system": system,
@@ -404,7 +486,7 @@ class Fluid(Simulator):
                 "tolerance": self.tolerance,
                 "max_iterations": m.max_iterations,
                 "where": where,
-                "fused": self._fused(system, detached, fixed),
+                "fused": solver,
                 "link": {},
             }
             if warm is not None:
@@ -412,7 +494,11 @@ class Fluid(Simulator):
             pressure = SymmetricSolve.apply(options, rhs, *weights)
             self._warm_out = (pressure.detach(), options["link"]) if self.warm_start else None
             return pressure
-        system = PressureSystem(weights, fixed, sides)
+        diag = sum(
+            w.narrow(a + 1, 0, g.n[a]) + w.narrow(a + 1, 1, g.n[a]) for a, w in enumerate(weights)
+        )
+        fixed = (diag.detach() <= 1e-12).to(g.dtype)
+        system = PressureSystem(weights, fixed, frozenset(g.open_sides))
         rhs = system.project(-divergence)
         pressure, iterations, residual = pcg(
             system,
@@ -449,14 +535,23 @@ class Fluid(Simulator):
         else:
             inflow_v = torch.zeros(b, max(len(m.inflows), 1), m.dim, dtype=g.dtype,
                                    device=g.device)
-        blended, w, div = apply_step(
-            k.constrain,
+        constrain = (
             as_grid(velocity, m.dim),
             as_grid(p.obstacle, m.dim),
             paddle_x,
             paddle_v if impose else torch.zeros_like(paddle_v),
             inflow_v,
         )
+        if m.paddle is None and not m.inflows and not p.obstacle.requires_grad:
+            # Static solids: their weights (and zero imposed velocity) made once per obstacle.
+            cached = self._static_faces
+            if cached is None or not torch.equal(cached[0], p.obstacle):
+                blended, w, div = run_forward(k.constrain, *constrain)
+                cached = self._static_faces = (p.obstacle.clone(), w, torch.zeros_like(w))
+            w = cached[1]
+            blended, div = apply_step(k.constrain_static, constrain[0], w, cached[2])
+        else:
+            blended, w, div = apply_step(k.constrain, *constrain)
         # Contiguous copies: the solve's many array operations on strided views of the padded
         # tensor measured twice as slow.
         weights = [c.contiguous() for c in g.split(w.view(velocity.shape))]
@@ -492,10 +587,11 @@ class Fluid(Simulator):
         for k, inside in enumerate(self._inflow_cells):
             held = p.inflow_concentration[:, k].reshape(*dye.shape[:2], *([1] * m.dim))
             dye = dye * (1 - inside) + held * inside
-        lift = (p.buoyancy.reshape(*dye.shape[:2], *([1] * m.dim)) * dye).sum(1)
-        # Mean of the two cells beside each y-face; wall faces are blocked anyway.
-        padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
-        comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
+        if p.buoyancy.requires_grad or bool(p.buoyancy.any()):
+            lift = (p.buoyancy.reshape(*dye.shape[:2], *([1] * m.dim)) * dye).sum(1)
+            # Mean of the two cells beside each y-face; wall faces are blocked anyway.
+            padded = torch.nn.functional.pad(lift, [0, 0] * (m.dim - 2) + [1, 1])
+            comps[1] = comps[1] + m.dt * 0.5 * (padded[:, :, 1:] + padded[:, :, :-1])
         weights, imposed = self._solids(paddle_x, paddle_v, p, impose=True)
         comps = self.project(comps, weights, imposed, where=where, warm=self._warm_in(state))
         return self._warm_state(State(g.join(comps), dye, paddle_x, state.time + m.dt))
@@ -530,13 +626,11 @@ class Fluid(Simulator):
         concentration = p.inflow_concentration
         if not m.inflows:
             concentration = concentration.new_zeros(self.batch_size, 1, m.dye_channels)
-        velocity, dye = apply_step(
-            self.kernels.advance,
-            as_grid(state.velocity, m.dim),
-            as_grid(state.dye, m.dim),
-            concentration,
-            p.buoyancy,
-        )
+        inputs = (as_grid(state.velocity, m.dim), as_grid(state.dye, m.dim), concentration)
+        if p.buoyancy.requires_grad or bool(p.buoyancy.any()):
+            velocity, dye = apply_step(self.kernels.advance, *inputs, p.buoyancy)
+        else:
+            velocity, dye = apply_step(self.kernels.advance_still, *inputs)
         velocity = self._project_kernels(
             velocity.view(state.velocity.shape), paddle_x, paddle_v, p, impose=True, where=where,
             warm=self._warm_in(state),

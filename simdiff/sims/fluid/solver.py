@@ -38,6 +38,15 @@ here stay the reference (``Fluid(..., fused_solve=False)``) and the path for aut
 through the iterations. Warm starts (``guess``) begin a solve from the previous step's
 pressure; the tolerance stays relative to the right-hand side.
 
+Exact solve: where every world's box has nothing inside (no solid, paddle or inflow face:
+every interior weight is 1, walls 0, open sides 1), ``A`` is the plain Laplacian and
+``Fluid`` solves it by fast cosine/sine transforms instead
+(:class:`simdiff.sims.fluid.spectral.SpectralSolve`, plugged in where the one-launch CG
+would be, for the forward and the adjoint solve alike): no iterations, residual at round-off.
+With ``Fluid(..., capacitance=True)`` a box with static solids or inflows is solved exactly too,
+by that solve corrected by a capacitance matrix on the cells beside them
+(:class:`simdiff.sims.fluid.spectral.CapacitanceSolve`).
+
 Gradient: :class:`SymmetricSolve` is a ``torch.autograd.Function``. This hand-written
 derivative replaces autograd through the CG iterations because those would store every
 iterate (memory grows with the iteration count) and differentiate round-off of an

@@ -546,10 +546,14 @@ class StepKernels:
     Attributes:
         advance: ``(velocity, dye, concentration [B, inflows, C], buoyancy [B, C]) ->
             (velocity, dye)``: advection, sources, buoyancy.
+        advance_still: ``(velocity, dye, concentration) -> (velocity, dye)``: the same with no
+            buoyancy.
         constrain: ``(velocity, obstacle [B, *n], paddle_x [B, dim], paddle_v [B, dim],
             inflow_v [B, inflows, dim]) -> (blended, weights, divergence)``: the solids'
             weights, velocity blended with theirs, and its divergence (the pressure
             equation's right-hand side, negated).
+        constrain_static: ``(velocity, weights, imposed) -> (blended, divergence)``: the same
+            for solids whose weights and imposed velocities are given (static ones).
         subtract: ``(blended, weights, pressure [B, *n]) -> (velocity,)``.
     """
 
@@ -621,7 +625,11 @@ class StepKernels:
             )
             dye = "q_src"
         launches.append(launch(k.advect_velocity, faces, (c, *n), ("u",), (("u_adv", faces),)))
-        # Buoyancy always runs (zeros add nothing): per-world buoyancy is data, not a switch.
+        # Without buoyancy (all zero, no gradient asked for): the same launches up to here.
+        self.advance_still = KernelStep(
+            ("u", "q", "concentration"), tuple(launches), ("u_adv", dye)
+        )
+        # Buoyancy is data, not a switch: zeros add nothing.
         launches.append(
             launch(k.buoyancy_lift, scalars, (), (dye, "buoyancy"), (("lift", scalars),))
         )
@@ -655,6 +663,10 @@ class StepKernels:
             ("u", "obstacle", "paddle_x", "paddle_v", "inflow_v"),
             (solids, blend, divergence),
             ("blended", "w", "div"),
+        )
+        # Static solids (walls and a fixed obstacle): their weights made once, then only these.
+        self.constrain_static = KernelStep(
+            ("u", "w", "imposed"), (blend, divergence), ("blended", "div")
         )
         subtract = launch(
             k.subtract_gradient, faces, (), ("blended", "w", "p"), (("u_out", faces),)
