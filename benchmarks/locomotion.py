@@ -1,8 +1,11 @@
 """Benchmark: goal-conditioned walker_goals trained through the physics (``diffphys``: goal_mlp,
-Adam, 16 worlds per iteration) against stable-baselines3 PPO (``ppo``, the baseline: PPO's
-``MlpPolicy`` on :class:`~simdiff.rl.locomotion_env.LocomotionVecEnv`, 16 environments that are
-the worlds of one batched simulator, as the trainer's are, over the same goal distribution, with
-the same loss terms as reward), for equal wall-clock budgets, on the walk and stand commands.
+Adam, 16 worlds per iteration, the scene's backpropagation windows) against
+stable-baselines3 PPO (``ppo``, the baseline: PPO's ``MlpPolicy`` on
+:class:`~simdiff.rl.locomotion_env.LocomotionVecEnv`, 16 environments that are the worlds of one
+batched simulator, as the trainer's are, over the same goal distribution, with the same loss
+terms as reward), for equal wall-clock budgets, on the walk and stand commands. The two are
+trained interleaved in one process (:func:`run`: whichever has spent less training time takes
+the next unit of work), so a host whose load drifts slows both alike.
 
 Both are scored the same way, on the same held-out walk commands (4 speeds over
 ``[-vmax, vmax]``, one goal period): ``velocity_error``, the mean absolute difference between
@@ -29,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONFIGS = ["diffphys"]
-BASELINE = "ppo"
-KEYS = ("budget_s",)
-METRIC, HIGHER_IS_BETTER = "velocity_error", False
+from simdiff.threads import intra_op_threads
+
+METRIC = "velocity_error"
 
 OPTIONS = {"tasks": ["stand", "walk"], "steps": 500, "period": 500}
 QUICK = {"steps": 100, "period": 100, "window": 50}
@@ -57,110 +59,140 @@ def _window_error(com: np.ndarray, targets: np.ndarray, space, every: int) -> fl
     return float(np.abs(velocity - targets[None]).mean())
 
 
-def _cpu() -> float:
-    return time.process_time()
+class _DiffPhys:
+    """walker_goals trained through the physics, one iteration per :meth:`step`."""
 
+    name = "diffphys"
 
-def _diffphys(budget: float, quick: bool) -> dict:
-    from simdiff.backend import resolve_backend
-    from simdiff.locomotion import goal_rollout
-    from simdiff.scene import load_controller, load_scene, make_simulator
-    from simdiff.threads import intra_op_threads
+    def __init__(self, quick: bool) -> None:
+        from simdiff.backend import resolve_backend
+        from simdiff.scene import load_controller, load_scene, make_simulator
 
-    scene = load_scene("walker_goals", **{**OPTIONS, **(QUICK if quick else {})})
-    backend = resolve_backend("warp", "cpu", "float32")
-    sim = make_simulator(scene, backend, batch_size=WORLDS)
-    probe = make_simulator(scene, backend, batch_size=4)
-    torch.manual_seed(0)
-    controller = load_controller("goal_mlp", sim, scene,
-                                 **scene.train.get("controller_options", {})).float()
-    optimizer = torch.optim.Adam(controller.parameters(), lr=scene.train.get("lr", 0.01))
-    held = _held_out(scene.goals)
-    targets = held.goals[0, :, 0].numpy()
-    curve, spent, cpu, simulated, iteration = [], 0.0, 0.0, 0, 0
+        self.scene = scene = load_scene("walker_goals", **{**OPTIONS, **(QUICK if quick else {})})
+        backend = resolve_backend("warp", "cpu", "float32")
+        self.sim = make_simulator(scene, backend, batch_size=WORLDS)
+        self.probe = make_simulator(scene, backend, batch_size=4)
+        torch.manual_seed(0)
+        self.controller = load_controller("goal_mlp", self.sim, scene,
+                                          **scene.train.get("controller_options", {})).float()
+        self.optimizer = torch.optim.Adam(self.controller.parameters(),
+                                          lr=scene.train.get("lr", 0.01))
+        self.window = scene.train.get("backprop_window") or None  # as `simdiff train` does
+        self.held = _held_out(scene.goals)
+        self.targets = self.held.goals[0, :, 0].numpy()
+        self.iteration = 0
+        self.steps_per_unit = WORLDS * scene.steps
 
-    def score() -> float:
+    def step(self) -> None:
+        from simdiff.locomotion import goal_rollout
+
+        scene = self.scene
+        schedule = scene.goals.sample(WORLDS, scene.steps, seed=self.iteration,
+                                      iteration=self.iteration)
+        r = goal_rollout(self.sim, self.sim.initial_state(), self.controller, schedule,
+                         scene.steps, truncate_every=self.window)
+        loss = scene.loss(r)
+        self.optimizer.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.controller.parameters(), 1.0)
+        if torch.isfinite(norm):  # a non-finite gradient is never applied
+            self.optimizer.step()
+        self.iteration += 1
+
+    def score(self) -> float:
+        from simdiff.locomotion import goal_rollout
+
         with torch.no_grad():
-            r = goal_rollout(probe, probe.initial_state(), controller, held, scene.steps)
+            r = goal_rollout(self.probe, self.probe.initial_state(), self.controller, self.held,
+                             self.scene.steps)
         com = r.trace["com"][..., 0].double().numpy()
-        return _window_error(com, targets, scene.goals, 1)
+        return _window_error(com, self.targets, self.scene.goals, 1)
 
-    with intra_op_threads(1):  # tiny torch ops (simdiff.threads), as the trainer runs them
-        curve.append({"seconds": 0.0, "cpu_seconds": 0.0, "simulated_steps": 0,
-                      METRIC: score()})
-        next_score = budget / SCORES
-        while spent < budget:
-            start, start_cpu = time.perf_counter(), _cpu()
-            schedule = scene.goals.sample(WORLDS, scene.steps, seed=iteration)
-            r = goal_rollout(sim, sim.initial_state(), controller, schedule, scene.steps)
-            loss = scene.loss(r)
-            optimizer.zero_grad()
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
-            if torch.isfinite(norm):  # a non-finite gradient is never applied
-                optimizer.step()
-            spent += time.perf_counter() - start
-            cpu += _cpu() - start_cpu
-            simulated += WORLDS * scene.steps
-            iteration += 1
-            if spent >= next_score or spent >= budget:
-                next_score += budget / SCORES
-                curve.append({"seconds": round(spent, 2), "cpu_seconds": round(cpu, 2),
-                              "simulated_steps": simulated, METRIC: score()})
-    return {"config": "diffphys", "budget_s": budget, METRIC: curve[-1][METRIC],
-            "best_" + METRIC: min(c[METRIC] for c in curve), "iterations": iteration,
-            "worlds": WORLDS, "cpu_seconds": round(cpu, 1),
-            "standing_" + METRIC: float(np.abs(targets).mean()),
-            "load_average": round(os.getloadavg()[0], 2), "curve": curve}
+    def facts(self) -> dict:
+        return {"iterations": self.iteration}
 
 
-def _ppo(budget: float, quick: bool) -> dict:
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.logger import Logger
+class _PPO:
+    """stable-baselines3 PPO on the same worlds, one rollout and update per :meth:`step`."""
 
-    from simdiff.rl.locomotion_env import LocomotionVecEnv
+    name = "ppo"
 
-    options = {**OPTIONS, **(QUICK if quick else {})}
-    venv = LocomotionVecEnv(WORLDS, scene_options=options, seed=0)
-    n_steps = 64
-    model = PPO("MlpPolicy", venv, n_steps=n_steps, batch_size=256, seed=0, verbose=0)
-    model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-DATE per learn()
-    probe = LocomotionVecEnv(4, scene_options=options, seed=1)
-    space = probe.worlds.space
-    held = _held_out(space)
-    targets = held.goals[0, :, 0].numpy()
+    def __init__(self, quick: bool) -> None:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import Logger
 
-    def score() -> float:
-        obs = probe.reset()
-        probe.worlds.goals[:] = held.goals[:1].numpy()  # the held-out commands, every period
+        from simdiff.rl.locomotion_env import LocomotionVecEnv
+
+        options = {**OPTIONS, **(QUICK if quick else {})}
+        venv = LocomotionVecEnv(WORLDS, scene_options=options, seed=0)
+        self.n_steps = 64
+        self.model = PPO("MlpPolicy", venv, n_steps=self.n_steps, batch_size=256, seed=0,
+                         verbose=0)
+        self.model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-DATE
+        self.probe = LocomotionVecEnv(4, scene_options=options, seed=1)
+        self.space = self.probe.worlds.space
+        self.held = _held_out(self.space)
+        self.targets = self.held.goals[0, :, 0].numpy()
+        self.steps_per_unit = self.n_steps * WORLDS * self.probe.worlds.control_steps
+
+    def step(self) -> None:
+        self.model.learn(total_timesteps=self.n_steps * WORLDS, reset_num_timesteps=False)
+
+    def score(self) -> float:
+        probe = self.probe
+        probe.reset()
+        probe.worlds.goals[:] = self.held.goals[:1].numpy()  # the held-out commands
         obs = probe.worlds.observation()
         com = [probe.worlds.state.particle_x[..., 0].double().mean(1).numpy()]
         for _ in range(probe.worlds.horizon // probe.worlds.control_steps):
-            action, _ = model.predict(obs, deterministic=True)
+            action, _ = self.model.predict(obs, deterministic=True)
             probe.worlds.step(action)
             obs = probe.worlds.observation()
             com.append(probe.worlds.state.particle_x[..., 0].double().mean(1).numpy())
-        return _window_error(np.asarray(com), targets, space, probe.worlds.control_steps)
+        return _window_error(np.asarray(com), self.targets, self.space,
+                             probe.worlds.control_steps)
 
-    curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "simulated_steps": 0, METRIC: score()}]
-    spent, cpu, simulated = 0.0, 0.0, 0
-    chunk = n_steps * WORLDS  # one rollout and update of PPO per learn() call
-    next_score = budget / SCORES
-    while spent < budget:
-        start, start_cpu = time.perf_counter(), _cpu()
-        model.learn(total_timesteps=chunk, reset_num_timesteps=False)
-        spent += time.perf_counter() - start
-        cpu += _cpu() - start_cpu
-        simulated += chunk * probe.worlds.control_steps
-        if spent >= next_score or spent >= budget:
-            next_score += budget / SCORES
-            curve.append({"seconds": round(spent, 2), "cpu_seconds": round(cpu, 2),
-                          "simulated_steps": simulated, METRIC: score()})
-    return {"config": "ppo", "budget_s": budget, METRIC: curve[-1][METRIC],
-            "best_" + METRIC: min(c[METRIC] for c in curve), "worlds": WORLDS,
-            "standing_" + METRIC: float(np.abs(targets).mean()),
-            "cpu_seconds": round(cpu, 1), "load_average": round(os.getloadavg()[0], 2),
-            "curve": curve}
+    def facts(self) -> dict:
+        return {}
+
+
+def run(budget: float, quick: bool) -> list[dict]:
+    """Both methods trained for ``budget`` wall-clock seconds each, interleaved: the one with
+    less training time spent so far takes the next unit of work (an iteration, or one PPO
+    rollout and update), so both see the same host load over the same minutes. Scoring is not
+    counted as training time."""
+    methods = [_DiffPhys(quick), _PPO(quick)]
+    state = {m.name: {"spent": 0.0, "cpu": 0.0, "simulated": 0, "next": budget / SCORES,
+                      "curve": []} for m in methods}
+    with intra_op_threads(1):  # tiny torch ops (simdiff.threads), as the trainer runs them
+        for m in methods:
+            state[m.name]["curve"].append({"seconds": 0.0, "cpu_seconds": 0.0,
+                                           "simulated_steps": 0, METRIC: m.score()})
+        while True:
+            left = [m for m in methods if state[m.name]["spent"] < budget]
+            if not left:
+                break
+            m = min(left, key=lambda m: state[m.name]["spent"])
+            s = state[m.name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            m.step()
+            s["spent"] += time.perf_counter() - start
+            s["cpu"] += time.process_time() - start_cpu
+            s["simulated"] += m.steps_per_unit
+            if s["spent"] >= s["next"] or s["spent"] >= budget:
+                s["next"] += budget / SCORES
+                s["curve"].append({"seconds": round(s["spent"], 2),
+                                   "cpu_seconds": round(s["cpu"], 2),
+                                   "simulated_steps": s["simulated"], METRIC: m.score()})
+    rows = []
+    for m in methods:
+        s = state[m.name]
+        rows.append({"config": m.name, "budget_s": budget, METRIC: s["curve"][-1][METRIC],
+                     "best_" + METRIC: min(c[METRIC] for c in s["curve"]), "worlds": WORLDS,
+                     **m.facts(), "cpu_seconds": round(s["cpu"], 1),
+                     "standing_" + METRIC: float(np.abs(m.targets).mean()),
+                     "load_average": round(os.getloadavg()[0], 2), "curve": s["curve"]})
+    return rows
 
 
 def _first_reach(curve: list[dict], level: float) -> float | None:
@@ -242,19 +274,27 @@ def summarize(rows: list[dict]) -> str:
             f"{dp['ppo_seconds_to_final']} s){note}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True, choices=[*CONFIGS, BASELINE])
-    parser.add_argument("--iters", type=int, default=1, help="unused; one run")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simdiff bench locomotion")
     parser.add_argument("--budget", type=float, default=None,
-                        help="wall-clock seconds of training (default 1200; 20 with --quick)")
-    parser.add_argument("--device", default="cpu")
+                        help="wall-clock seconds of training per method (default 1200; 20 "
+                             "with --quick)")
+    parser.add_argument("--backend", default="all", help="unused: both run on Warp")
+    parser.add_argument("--iters", type=int, default=None, help="unused")
     parser.add_argument("--quick", action="store_true", help="toy sizes, for tests")
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, help="write the rows (and PATH.png) here")
+    args = parser.parse_args(argv)
     budget = args.budget if args.budget is not None else (20.0 if args.quick else 1200.0)
-    run = _diffphys if args.config == "diffphys" else _ppo
-    print(json.dumps([run(budget, args.quick)]))
+    rows = finish(run(budget, args.quick), args.json)
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items() if not isinstance(v, (list, dict))))
+    print(summarize(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,6 +30,7 @@ jump_height_error 0.0028 m (untrained about 0.02: jumps are learnt), crawl_viola
 velocity and jump terms took over), inverted_cells 0 (every simulated step counted).
 """
 
+import dataclasses
 import functools
 
 from simdiff.locomotion import GoalSpace, LossWeights, goal_loss, goal_metrics
@@ -58,7 +59,8 @@ top), so that the trained crawl is under the bar, not on it."""
 
 def scene(*, steps: int = 500, dt: float = 0.004, vmax: float = 0.08,
           tasks: tuple = ("stand", "walk", "jump", "crawl"), period: int = 500,
-          window: int = 100, walk_first: int = 150, **robot) -> Scene:
+          window: int = 100, walk_first: int = 150, weights: dict | None = None,
+          **robot) -> Scene:
     # Feet on the ground at step 0 (lift 0): a robot dropped from the builder's 2 cm would
     # "jump" 2 cm in every rollout's first steps, whatever its controller does.
     model = robot_from_ascii(ART, dt=dt, **{**SHAPE_KEEPING, "lift": 0.0, **robot})
@@ -79,7 +81,7 @@ def scene(*, steps: int = 500, dt: float = 0.004, vmax: float = 0.08,
         simulator="mass_spring",
         model=model,
         steps=steps,
-        loss=functools.partial(goal_loss, weights=WEIGHTS),
+        loss=functools.partial(goal_loss, weights=dataclasses.replace(WEIGHTS, **(weights or {}))),
         metrics=functools.partial(goal_metrics, base=locomotion_metrics),
         description="2D walker, goal-conditioned: stand, walk at +-vmax, jump, crawl",
         default_backend="warp",
