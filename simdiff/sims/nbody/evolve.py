@@ -25,6 +25,9 @@ central differences with frozen steps and against REBOUND's variational particle
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import torch
 
 from simdiff.sims.base import SimulationError
@@ -63,7 +66,7 @@ def _eta(sim, eta) -> torch.Tensor | None:
 
 
 def evolve(sim, state, t_end, params=None, *, eta=None, max_steps: int = 10_000_000,
-           health: str = "stop", compiled: bool | None = None):
+           health: str = "stop", compiled: bool | None = None, backward: str = "compiled"):
     """See :meth:`simdiff.sims.nbody.NBody.evolve`.
 
     Args:
@@ -75,9 +78,14 @@ def evolve(sim, state, t_end, params=None, *, eta=None, max_steps: int = 10_000_
             :class:`Status` either way.
         compiled: Force (True) or refuse (False) the compiled loop; None takes it for few
             bodies.
+        backward: How gradients of the compiled loop are computed: ``compiled`` (Hermite
+            and IAS15 in one Warp launch; other integrators replay through torch) or
+            ``replay`` (always the torch replay, the reference).
     """
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
+    if backward not in ("compiled", "replay"):
+        raise ValueError(f"backward={backward!r} is unknown; allowed: compiled, replay")
     t_end = _end_times(sim, state, t_end)
     etas = _eta(sim, eta)
     p = sim._per_world(params)
@@ -92,7 +100,10 @@ def evolve(sim, state, t_end, params=None, *, eta=None, max_steps: int = 10_000_
         final, status, steps = fewbody.advance(sim, state, p, t_end, etas, max_steps,
                                                record=needs_grad)
         if needs_grad:
-            final = _replay(sim, state, p, steps)
+            if backward == "compiled" and sim.model.integrator in fewbody.COMPILED_BACKWARD:
+                final = _compiled_gradient(sim, state, p, final, steps, sim.last_steps)
+            else:
+                final = _replay(sim, state, p, steps)
     else:
         final, status = _stepped(sim, state, p, t_end, etas, max_steps)
     sim.last_status = status
@@ -156,3 +167,44 @@ def _replay(sim, state, p, steps: torch.Tensor):
         new = sim._step_exactly(state, p, torch.where(active, dt, p.dt.detach()))
         state = new.where(active, state)
     return state
+
+
+class _CompiledGradient(torch.autograd.Function):
+    """The compiled loop's end state as a function of the start state's positions,
+    velocities, accelerations and jerks, the masses, G and the softening; backward by
+    :func:`simdiff.sims.nbody.fewbody.backward`."""
+
+    @staticmethod
+    def forward(ctx, run, x, v, a, jerk, mass, g, eps):
+        ctx.run = run
+        ctx.dtypes = [t.dtype for t in (x, v, a, jerk, mass, g, eps)]
+        end = run["final"]
+        return (end.body_x.clone(), end.body_v.clone(), end.body_a.clone(),
+                end.body_jerk.clone())
+
+    @staticmethod
+    def backward(ctx, adj_x, adj_v, adj_a, adj_j):
+        from simdiff.sims.nbody import fewbody
+
+        run = ctx.run
+        grads, end = fewbody.backward(run["sim"], run["state"], run["p"], run["steps"],
+                                      run["counts"], (adj_x, adj_v, adj_a, adj_j))
+        final = run["final"]
+        if not (torch.equal(end[0].to(final.body_x), final.body_x)
+                and torch.equal(end[1].to(final.body_v), final.body_v)):
+            # Never seen: the replay calls the forward loop's own functions.
+            warnings.warn("NBody.evolve: the compiled backward's replay left the forward's "
+                          "trajectory; its gradient is that of a neighbouring one",
+                          RuntimeWarning, stacklevel=2)
+        return (None, *(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)))
+
+
+def _compiled_gradient(sim, state, p, final, steps, counts):
+    """The compiled loop's end state ``final`` made differentiable: the same values, the
+    gradient from the compiled backward."""
+    run = {"sim": sim, "state": state.detach(), "p": p.map(lambda t: t.detach()),
+           "final": final, "steps": steps, "counts": counts.clone()}
+    x, v, a, jerk = _CompiledGradient.apply(
+        run, state.body_x, state.body_v, state.body_a, state.body_jerk, p.body_mass,
+        p.gravitational_constant, p.softening)
+    return dataclasses.replace(final, body_x=x, body_v=v, body_a=a, body_jerk=jerk)

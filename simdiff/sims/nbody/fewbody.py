@@ -34,7 +34,7 @@ from simdiff.sims.nbody.integrators import (
 from simdiff.sims.nbody.model import Integrator, StepCriterion
 from simdiff.sims.nbody.state import State
 
-__all__ = ["advance", "supports"]
+__all__ = ["COMPILED_BACKWARD", "advance", "backward", "supports"]
 
 FEW_BODIES = 16
 """Worlds of at most this many bodies take the compiled loop."""
@@ -583,6 +583,365 @@ def _advance_kernel():
     return advance
 
 
+
+# --- The compiled backward ------------------------------------------------------------------
+# Hand-written adjoints (Warp's automatic adjoint does not replay loop-carried state through
+# dynamic loops). Each function below is the reverse of a forward function above; ``adj_*``
+# arrays accumulate (+=) unless said otherwise.
+
+
+@wp.func
+def _gravity_vjp(n: int, xo: int, x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d),
+                 base: int, mass: wp.array(dtype=F64), g: F64, eps2: F64,
+                 adj_a: wp.array(dtype=wp.vec3d), adj_j: wp.array(dtype=wp.vec3d),
+                 adj_x: wp.array(dtype=wp.vec3d), adj_v: wp.array(dtype=wp.vec3d),
+                 adj_mass: wp.array(dtype=F64)):
+    """The adjoint of _all_gravity at positions and velocities ``x[xo:xo + n]``,
+    ``v[xo:xo + n]`` (adjoints of accelerations and jerks in ``adj_a``, ``adj_j`` at
+    ``base``); returns the adjoints of G and eps^2. Each pair once, its two rows' adjoints
+    combined (the formulas are in :mod:`simdiff.sims.nbody.forces`)."""
+    dg = F64(0.0)
+    de2 = F64(0.0)
+    for i in range(n):
+        for k in range(i + 1, n):
+            d = x[xo + k] - x[xo + i]
+            u = v[xo + k] - v[xo + i]
+            q = F64(1.0) / wp.sqrt(wp.dot(d, d) + eps2)
+            q2 = q * q
+            q3 = q2 * q
+            q5 = q3 * q2
+            q7 = q5 * q2
+            mi = mass[base + i]
+            mk = mass[base + k]
+            ai = adj_a[base + i]
+            ak = adj_a[base + k]
+            ji = adj_j[base + i]
+            jk = adj_j[base + k]
+            du = wp.dot(d, u)
+            # The pair's terms of the loss per unit G m_partner, row i and row k.
+            pi = q3 * (wp.dot(ai, d) + wp.dot(ji, u)) - F64(3.0) * q5 * du * wp.dot(ji, d)
+            pk = q3 * (wp.dot(ak, d) + wp.dot(jk, u)) - F64(3.0) * q5 * du * wp.dot(jk, d)
+            w = mk * ai - mi * ak
+            z = mk * ji - mi * jk
+            wz = wp.dot(w, d) + wp.dot(z, u)
+            zd = wp.dot(z, d)
+            dp_dd = (q3 * w - F64(3.0) * q5 * wz * d - F64(3.0) * q5 * (zd * u + du * z)
+                     + F64(15.0) * q7 * du * zd * d)
+            dp_du = q3 * z - F64(3.0) * q5 * zd * d
+            adj_x[base + k] = adj_x[base + k] + g * dp_dd
+            adj_x[base + i] = adj_x[base + i] - g * dp_dd
+            adj_v[base + k] = adj_v[base + k] + g * dp_du
+            adj_v[base + i] = adj_v[base + i] - g * dp_du
+            adj_mass[base + k] = adj_mass[base + k] + g * pi
+            adj_mass[base + i] = adj_mass[base + i] - g * pk
+            dg = dg + (mk * pi - mi * pk)
+            de2 = de2 + g * (F64(-1.5) * q5 * wz + F64(7.5) * q7 * du * zd)
+    return dg, de2
+
+
+@wp.func
+def _accelerations_vjp(n: int, xo: int, x: wp.array(dtype=wp.vec3d),
+                       x_err: wp.array(dtype=wp.vec3d), base: int, mass: wp.array(dtype=F64),
+                       g: F64, eps2: F64, adj_a: wp.array(dtype=wp.vec3d),
+                       adj_x: wp.array(dtype=wp.vec3d), adj_mass: wp.array(dtype=F64)):
+    """The adjoint of _accelerations at the compensated positions ``x - x_err`` (from
+    ``xo``); returns the adjoints of G and eps^2."""
+    dg = F64(0.0)
+    de2 = F64(0.0)
+    for i in range(1, n):
+        for k in range(i):
+            # d = x_k - x_i, the separation _accelerations forms (with the opposite sign).
+            d = -((x[xo + i] - x[xo + k]) - (x_err[xo + i] - x_err[xo + k]))
+            q = F64(1.0) / wp.sqrt(wp.dot(d, d) + eps2)
+            q3 = q * q * q
+            q5 = q3 * q * q
+            mi = mass[base + i]
+            mk = mass[base + k]
+            ai = adj_a[base + i]
+            ak = adj_a[base + k]
+            pi = q3 * wp.dot(ai, d)
+            pk = q3 * wp.dot(ak, d)
+            w = mk * ai - mi * ak
+            wd = wp.dot(w, d)
+            dp_dd = q3 * w - F64(3.0) * q5 * wd * d
+            adj_x[base + k] = adj_x[base + k] + g * dp_dd
+            adj_x[base + i] = adj_x[base + i] - g * dp_dd
+            adj_mass[base + k] = adj_mass[base + k] + g * pi
+            adj_mass[base + i] = adj_mass[base + i] - g * pk
+            dg = dg + (mk * pi - mi * pk)
+            de2 = de2 + F64(-1.5) * g * q5 * wd
+    return dg, de2
+
+
+@wp.func
+def _hermite_reverse(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
+                     v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+                     jerk: wp.array(dtype=wp.vec3d), sx: wp.array(dtype=wp.vec3d),
+                     sv: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64, eps2: F64,
+                     adj_x: wp.array(dtype=wp.vec3d), adj_v: wp.array(dtype=wp.vec3d),
+                     adj_a: wp.array(dtype=wp.vec3d), adj_j: wp.array(dtype=wp.vec3d),
+                     adj_mass: wp.array(dtype=F64), adj_a1: wp.array(dtype=wp.vec3d),
+                     adj_j1: wp.array(dtype=wp.vec3d), adj_xp: wp.array(dtype=wp.vec3d),
+                     adj_vp: wp.array(dtype=wp.vec3d)):
+    """The reverse of _hermite_step from its start ``x, v, a, jerk``: ``adj_x .. adj_j`` hold
+    the adjoints of the step's end on entry and of its start on return (the state's
+    compensation terms have zero derivative); returns the adjoints of G and eps^2."""
+    base = s * n
+    half = F64(0.5)
+    c = dt * dt / F64(12.0)
+    for i in range(n):
+        p = base + i
+        xp, vp = _hermite_predictor(x[p], v[p], a[p], jerk[p], dt)
+        sx[p] = xp
+        sv[p] = vp
+        big_x = adj_x[p]
+        big_v = adj_v[p]
+        # x1 = x0 + dt/2 (v0 + v1) + c (a0 - a1); v1 = v0 + dt/2 (a0 + a1) + c (j0 - j1).
+        v1 = big_v + dt * half * big_x
+        adj_a1[p] = adj_a[p] - c * big_x + dt * half * v1
+        adj_j1[p] = adj_j[p] - c * v1
+        adj_x[p] = big_x
+        adj_v[p] = dt * half * big_x + v1
+        adj_a[p] = c * big_x + dt * half * v1
+        adj_j[p] = c * v1
+        adj_xp[p] = wp.vec3d()
+        adj_vp[p] = wp.vec3d()
+    dg, de2 = _gravity_vjp(n, base, sx, sv, base, mass, g, eps2, adj_a1, adj_j1, adj_xp, adj_vp,
+                           adj_mass)
+    for i in range(n):
+        p = base + i
+        bx = adj_xp[p]
+        bv = adj_vp[p]
+        adj_x[p] = adj_x[p] + bx
+        adj_v[p] = adj_v[p] + dt * bx + bv
+        adj_a[p] = adj_a[p] + dt * dt * half * bx + dt * bv
+        adj_j[p] = adj_j[p] + dt * dt * dt / F64(6.0) * bx + dt * dt * half * bv
+    return dg, de2
+
+
+@wp.func
+def _ias15_reverse(s: int, n: int, dt: F64, iterations: wp.int32, radau: wp.array(dtype=F64),
+                   x1o: int, kx: wp.array(dtype=wp.vec3d), kcx: wp.array(dtype=wp.vec3d),
+                   tape_hi: wp.array(dtype=wp.vec3d), tape_lo: wp.array(dtype=wp.vec3d),
+                   mass: wp.array(dtype=F64), g: F64, eps2: F64,
+                   adj_x: wp.array(dtype=wp.vec3d), adj_v: wp.array(dtype=wp.vec3d),
+                   adj_a: wp.array(dtype=wp.vec3d), adj_mass: wp.array(dtype=F64),
+                   adj_b: wp.array(dtype=wp.vec3d), adj_g: wp.array(dtype=wp.vec3d),
+                   adj_node: wp.array(dtype=wp.vec3d), adj_at: wp.array(dtype=wp.vec3d)):
+    """The reverse of an accepted IAS15 step (_ias15_iterate, then _ias15_accept) whose node
+    positions are on the tape and whose end (compensated) is ``kx, kcx`` from ``x1o``:
+    ``adj_x, adj_v, adj_a`` hold the adjoints of the step's end on entry and of its start on
+    return. The prediction b starts from is a constant (as in integrators.ias15); returns
+    the adjoints of G and eps^2."""
+    base = s * n
+    half = F64(0.5)
+    for i in range(n):
+        adj_node[base + i] = wp.vec3d()
+    # The new accelerations at the step's end.
+    dg, de2 = _accelerations_vjp(n, x1o, kx, kcx, base, mass, g, eps2, adj_a, adj_node,
+                                 adj_mass)
+    for i in range(n):
+        p = base + i
+        big_x = adj_x[p] + adj_node[p]
+        big_v = adj_v[p]
+        # x1 = x0 + dt v0 + dt^2 (a0 / 2 + sum_k b_k / ((k+2)(k+3))),
+        # v1 = v0 + dt (a0 + sum_k b_k / (k+2)).
+        for k in range(7):
+            w = (s * 7 + k) * n + i
+            adj_b[w] = big_x * (dt * dt * radau[219 + k]) + big_v * (dt / F64(float(k + 2)))
+            adj_g[w] = wp.vec3d()
+        adj_x[p] = big_x
+        adj_v[p] = big_v + dt * big_x
+        adj_a[p] = big_x * (dt * dt * half) + big_v * dt
+    it = iterations
+    while it > 0:
+        it = it - wp.int32(1)
+        for mm in range(7):
+            m = 7 - mm
+            hm = radau[m]
+            for i in range(n):
+                p = base + i
+                # b_j += C[m-1, j] change (j < m); change = tmp - g_{m-1}; g_{m-1} = tmp.
+                adj_change = wp.vec3d()
+                for j in range(m):
+                    adj_change = adj_change + radau[8 + (m - 1) * 7 + j] * adj_b[
+                        (s * 7 + j) * n + i]
+                w = (s * 7 + m - 1) * n + i
+                adj_tmp = adj_g[w] + adj_change
+                adj_g[w] = -adj_change
+                # The divided differences, last first.
+                for rr in range(m - 1):
+                    r = m - 1 - rr
+                    adj_tmp = adj_tmp * radau[155 + m * 8 + r]
+                    wr = (s * 7 + r - 1) * n + i
+                    adj_g[wr] = adj_g[wr] - adj_tmp
+                adj_tmp = adj_tmp * radau[155 + m * 8]
+                adj_a[p] = adj_a[p] - adj_tmp
+                adj_at[p] = adj_tmp
+                adj_node[p] = wp.vec3d()
+            t = ((s * MAX_ITERATIONS + it) * 7 + m - 1) * n
+            dgn, de2n = _accelerations_vjp(n, t, tape_hi, tape_lo, base, mass, g, eps2, adj_at,
+                                           adj_node, adj_mass)
+            dg = dg + dgn
+            de2 = de2 + de2n
+            for i in range(n):
+                p = base + i
+                # node = x0 + dt hm v0 + (dt hm)^2 (a0 / 2 + sum_k b_k hm^(k+1) / ((k+2)(k+3))).
+                node = adj_node[p]
+                adj_x[p] = adj_x[p] + node
+                adj_v[p] = adj_v[p] + (dt * hm) * node
+                adj_poly = (dt * hm) * (dt * hm) * node
+                adj_a[p] = adj_a[p] + half * adj_poly
+                q = hm
+                for k in range(7):
+                    w = (s * 7 + k) * n + i
+                    adj_b[w] = adj_b[w] + (q * radau[219 + k]) * adj_poly
+                    q = q * hm
+    return dg, de2
+
+
+@wp.func
+def _checkpoint(s: int, n: int, c: int, ias: int, x: wp.array(dtype=wp.vec3d),
+                v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+                jerk: wp.array(dtype=wp.vec3d), cx: wp.array(dtype=wp.vec3d),
+                cv: wp.array(dtype=wp.vec3d), ias_b: wp.array(dtype=wp.vec3d),
+                ias_e: wp.array(dtype=wp.vec3d), last_step: wp.array(dtype=F64),
+                kx: wp.array(dtype=wp.vec3d), kv: wp.array(dtype=wp.vec3d),
+                ka: wp.array(dtype=wp.vec3d), kj: wp.array(dtype=wp.vec3d),
+                kcx: wp.array(dtype=wp.vec3d), kcv: wp.array(dtype=wp.vec3d),
+                kb: wp.array(dtype=wp.vec3d), ke: wp.array(dtype=wp.vec3d),
+                klast: wp.array(dtype=F64), save: int):
+    """World ``s``'s state stored as checkpoint ``c`` (``save``) or loaded from it."""
+    base = s * n
+    for i in range(n):
+        p = base + i
+        q = c * n + i
+        if save != 0:
+            kx[q] = x[p]
+            kv[q] = v[p]
+            ka[q] = a[p]
+            kj[q] = jerk[p]
+            kcx[q] = cx[p]
+            kcv[q] = cv[p]
+        else:
+            x[p] = kx[q]
+            v[p] = kv[q]
+            a[p] = ka[q]
+            jerk[p] = kj[q]
+            cx[p] = kcx[q]
+            cv[p] = kcv[q]
+        if ias != 0:
+            for j in range(7):
+                w = (s * 7 + j) * n + i
+                u = (c * 7 + j) * n + i
+                if save != 0:
+                    kb[u] = ias_b[w]
+                    ke[u] = ias_e[w]
+                else:
+                    ias_b[w] = kb[u]
+                    ias_e[w] = ke[u]
+    if save != 0:
+        klast[c] = last_step[s]
+    else:
+        last_step[s] = klast[c]
+
+
+@functools.cache
+def _backward_kernel():
+    @wp.kernel(enable_backward=False)
+    def backward(
+        n: int, integrator: int, capacity: int, radau: wp.array(dtype=F64),
+        gp: wp.array(dtype=F64), mass: wp.array(dtype=F64), steps: wp.array(dtype=F64),
+        counts: wp.array(dtype=wp.int32), offsets: wp.array(dtype=wp.int32),
+        # The state at the start (overwritten: the replay's working state).
+        x: wp.array(dtype=wp.vec3d), v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+        jerk: wp.array(dtype=wp.vec3d), snap: wp.array(dtype=wp.vec3d),
+        crackle: wp.array(dtype=wp.vec3d), cx: wp.array(dtype=wp.vec3d),
+        cv: wp.array(dtype=wp.vec3d), ias_b: wp.array(dtype=wp.vec3d),
+        ias_e: wp.array(dtype=wp.vec3d), last_step: wp.array(dtype=F64),
+        # Checkpoints: the state before every step and after the last, world by world.
+        kx: wp.array(dtype=wp.vec3d), kv: wp.array(dtype=wp.vec3d),
+        ka: wp.array(dtype=wp.vec3d), kj: wp.array(dtype=wp.vec3d),
+        kcx: wp.array(dtype=wp.vec3d), kcv: wp.array(dtype=wp.vec3d),
+        kb: wp.array(dtype=wp.vec3d), ke: wp.array(dtype=wp.vec3d), klast: wp.array(dtype=F64),
+        # Scratch of the steps and the tape of IAS15's node positions.
+        sx: wp.array(dtype=wp.vec3d), sv: wp.array(dtype=wp.vec3d),
+        sa: wp.array(dtype=wp.vec3d), sj: wp.array(dtype=wp.vec3d),
+        wb: wp.array(dtype=wp.vec3d), wg: wp.array(dtype=wp.vec3d),
+        we: wp.array(dtype=wp.vec3d), wcs: wp.array(dtype=wp.vec3d),
+        tape_hi: wp.array(dtype=wp.vec3d), tape_lo: wp.array(dtype=wp.vec3d),
+        # Adjoints: of the end state on entry, of the start on return; masses, [G, eps^2].
+        adj_x: wp.array(dtype=wp.vec3d), adj_v: wp.array(dtype=wp.vec3d),
+        adj_a: wp.array(dtype=wp.vec3d), adj_j: wp.array(dtype=wp.vec3d),
+        adj_mass: wp.array(dtype=F64), adj_params: wp.array(dtype=F64),
+        # Adjoint scratch.
+        adj_b: wp.array(dtype=wp.vec3d), adj_g: wp.array(dtype=wp.vec3d),
+        adj_1: wp.array(dtype=wp.vec3d), adj_2: wp.array(dtype=wp.vec3d),
+        adj_3: wp.array(dtype=wp.vec3d), adj_4: wp.array(dtype=wp.vec3d),
+    ):
+        s = wp.tid()
+        base = s * n
+        g = gp[2 * s]
+        eps2 = gp[2 * s + 1] * gp[2 * s + 1]
+        ias = wp.where(integrator == 3, 1, 0)
+        count = counts[s]
+        first = offsets[s]
+        # The forward again through the recorded steps (the same functions, so the same
+        # values bit for bit), keeping the state before each step.
+        for k in range(count + 1):
+            _checkpoint(s, n, first + k, ias, x, v, a, jerk, cx, cv, ias_b, ias_e, last_step,
+                        kx, kv, ka, kj, kcx, kcv, kb, ke, klast, 1)
+            if k < count:
+                dt = steps[s * capacity + k]
+                if integrator == 2:
+                    _hermite_step(s, n, dt, x, v, a, jerk, snap, crackle, cx, cv, sx, sv, sa,
+                                  sj, mass, g, eps2)
+                else:
+                    _ias15_predict(s, n, dt, last_step[s], radau, ias_b, ias_e, wb, wg, we, wcs)
+                    _ias15_iterate(s, n, dt, radau, x, v, a, cx, mass, g, eps2, sx, sv, sa, wb,
+                                   wg, wcs, 0, tape_hi, tape_lo)
+                    _ias15_accept(s, n, dt, x, v, a, cx, cv, ias_b, ias_e, wb, we, mass, g,
+                                  eps2)
+                    last_step[s] = dt
+        dg = F64(0.0)
+        de2 = F64(0.0)
+        if integrator == 3:
+            # The end state's jerk, evaluated once at the end of the forward loop.
+            for i in range(n):
+                adj_1[base + i] = wp.vec3d()
+            dgj, de2j = _gravity_vjp(n, (first + count) * n, kx, kv, base, mass, g, eps2,
+                                     adj_1, adj_j, adj_x, adj_v, adj_mass)
+            dg = dg + dgj
+            de2 = de2 + de2j
+            for i in range(n):
+                adj_j[base + i] = wp.vec3d()
+        k = count
+        while k > 0:
+            k = k - 1
+            _checkpoint(s, n, first + k, ias, x, v, a, jerk, cx, cv, ias_b, ias_e, last_step,
+                        kx, kv, ka, kj, kcx, kcv, kb, ke, klast, 0)
+            dt = steps[s * capacity + k]
+            if integrator == 2:
+                dgk, de2k = _hermite_reverse(s, n, dt, x, v, a, jerk, sx, sv, mass, g, eps2,
+                                             adj_x, adj_v, adj_a, adj_j, adj_mass, adj_1, adj_2,
+                                             adj_3, adj_4)
+                dg = dg + dgk
+                de2 = de2 + de2k
+            else:
+                _ias15_predict(s, n, dt, last_step[s], radau, ias_b, ias_e, wb, wg, we, wcs)
+                iterations = _ias15_iterate(s, n, dt, radau, x, v, a, cx, mass, g, eps2, sx, sv,
+                                            sa, wb, wg, wcs, 1, tape_hi, tape_lo)
+                dgk, de2k = _ias15_reverse(s, n, dt, iterations, radau, (first + k + 1) * n, kx,
+                                           kcx, tape_hi, tape_lo, mass, g, eps2, adj_x, adj_v,
+                                           adj_a, adj_mass, adj_b, adj_g, adj_1, adj_2)
+                dg = dg + dgk
+                de2 = de2 + de2k
+        adj_params[2 * s] = dg
+        adj_params[2 * s + 1] = de2
+
+    return backward
+
+
 @functools.cache
 def _radau(device: str):
     nodes = np.array(RADAU_NODES)
@@ -683,3 +1042,91 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
     used = int(recorded.max()) if record else 0
     sim.last_steps = recorded.long().cpu()
     return final, status.long().cpu(), (steps[:, :used] if record else None)
+
+
+COMPILED_BACKWARD = (Integrator.HERMITE, Integrator.IAS15)
+"""Integrators whose gradients :func:`backward` computes (the others replay through torch)."""
+
+
+def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
+             adjoints: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...]:
+    """The gradient of :func:`advance` (Hermite, IAS15), in one launch, one thread per world.
+
+    Each thread takes its world's recorded steps again from ``state`` (the functions the
+    forward loop calls, so the same values bit for bit), keeping the state before each step,
+    then goes back step by step: a Hermite step's adjoint from its start state, an IAS15
+    step's after re-running its iterations with the node positions on a tape. Step sizes
+    and iteration counts are constants, as in the torch replay.
+
+    Args:
+        state: The start state ``advance`` was given.
+        p: Per-world parameters.
+        steps: The accepted step sizes ``[B, S]`` that ``advance`` recorded.
+        counts: Steps per world ``[B]``.
+        adjoints: Adjoints of the end state's positions, velocities, accelerations and jerks
+            ``[B, N, 3]`` (None for zero).
+
+    Returns:
+        Adjoints of the start state's positions, velocities, accelerations and jerks
+        ``[B, N, 3]``, of the masses ``[B, N]``, of G ``[B]`` and of the softening ``[B]``
+        (float64); and the positions and velocities ``[B, N, 3]`` the replay ended at (those
+        of ``advance``: the gradient is that of the trajectory the forward loop took).
+    """
+    model = sim.model
+    if model.integrator not in COMPILED_BACKWARD:
+        raise ValueError(f"integrator={model.integrator.value!r} has no compiled backward; "
+                         f"allowed: {', '.join(i.value for i in COMPILED_BACKWARD)}")
+    resolve_backend("warp", precision="float64").ensure_initialized()
+    b, n = sim.batch_size, model.body_count
+    like = state.body_x
+    device = "cpu" if like.device.type == "cpu" else f"cuda:{like.device.index or 0}"
+    f64 = torch.float64
+    ias = model.integrator is Integrator.IAS15
+
+    def buf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(f64).contiguous().clone()
+
+    def zeros(*shape) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=f64, device=like.device)
+
+    def vec(t: torch.Tensor):
+        return wp.from_torch(t.reshape(-1, 3), dtype=wp.vec3d)
+
+    def flat(t: torch.Tensor, dtype=wp.float64):
+        return wp.from_torch(t.reshape(-1), dtype=dtype)
+
+    counts = counts.to(device=like.device, dtype=torch.int32).contiguous()
+    offsets = (torch.cumsum(counts + 1, 0) - (counts + 1)).to(torch.int32).contiguous()
+    total = int((counts + 1).sum())
+    steps = steps.detach().to(f64).contiguous()
+    capacity = max(int(steps.shape[1]), 1)
+    if steps.shape[1] == 0:
+        steps = zeros(b, 1)
+    start = [buf(getattr(state, name)) for name in (
+        "body_x", "body_v", "body_a", "body_jerk", "body_snap", "body_crackle", "body_x_err",
+        "body_v_err")]
+    coefficients = [buf(state.ias_b) if ias else zeros(b, 7, n, 3),
+                    buf(state.ias_e) if ias else zeros(b, 7, n, 3)]
+    checkpoints = [zeros(total, n, 3) for _ in range(6)]
+    checkpoint_b = [zeros(total if ias else 1, 7, n, 3) for _ in range(2)]
+    scratch = [zeros(b, n, 3) for _ in range(4)] + [zeros(b, 7, n, 3) for _ in range(4)]
+    tape = [zeros(b, MAX_ITERATIONS if ias else 1, 7, n, 3) for _ in range(2)]
+    adj = [zeros(b, n, 3) if t is None else buf(t) for t in adjoints]
+    adj_mass, adj_params = zeros(b, n), zeros(b, 2)
+    adj_scratch = [zeros(b, 7, n, 3) for _ in range(2)] + [zeros(b, n, 3) for _ in range(4)]
+    gp = torch.stack([p.gravitational_constant, p.softening], 1).detach().to(f64).contiguous()
+    wp.launch(
+        _backward_kernel(), dim=b, device=device,
+        inputs=[n, _INTEGRATOR_ID[model.integrator], capacity, _radau(device), flat(gp),
+                flat(p.body_mass.detach().to(f64).contiguous()), flat(steps),
+                flat(counts, wp.int32), flat(offsets, wp.int32),
+                *(vec(t) for t in start), *(vec(t) for t in coefficients),
+                flat(buf(state.last_step)),
+                *(vec(t) for t in checkpoints), *(vec(t) for t in checkpoint_b), flat(zeros(total)),
+                *(vec(t) for t in scratch), *(vec(t) for t in tape),
+                *(vec(t) for t in adj), flat(adj_mass), flat(adj_params),
+                *(vec(t) for t in adj_scratch)],
+    )
+    eps = p.softening.detach().to(f64)
+    end = checkpoints[0][(offsets + counts).long()], checkpoints[1][(offsets + counts).long()]
+    return (*adj, adj_mass, adj_params[:, 0], 2 * eps * adj_params[:, 1]), end
