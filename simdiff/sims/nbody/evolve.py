@@ -3,24 +3,37 @@
 Every world steps with its own adaptive (or fixed) steps until its ``t_end``, the last step
 shortened to land on it. Two paths, one result:
 
-* **Compiled** (systems of at most ``FEW_BODIES`` bodies on the CPU in float64, no gradient
-  needed): one Warp launch advances every world through all its steps, one thread per world,
-  in :mod:`simdiff.sims.nbody.fewbody` (the same integrators and step criteria as
+* **Compiled** (systems of at most ``FEW_BODIES`` bodies; float64 inside): one Warp launch
+  advances every world through all its steps, one thread per world, in
+  :mod:`simdiff.sims.nbody.fewbody` (the same integrators and step criteria as
   :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt``, operation for operation, except
   that IAS15 evaluates its forces at the compensated positions there, which takes its energy
   error from REBOUND's ~1e-10 to ~1e-13 in close encounters; tests check the two give the same
   trajectories). About a microsecond per three-body Hermite step and 4 us per IAS15 step,
-  against ~0.5 ms and ~3 ms for a step driven from Python. With gradients the final state is
-  the torch replay's (forces at the rounded positions), equal to the compiled one to round-off.
+  against ~0.5 ms and ~3 ms for a step driven from Python.
 * **Stepped** (otherwise): ``NBody`` steps from Python, all worlds per launch, finished worlds
-  frozen.
+  frozen; gradients by torch autograd through the steps.
 
-Gradients: when any input requires grad, the compiled loop runs first and records every
-world's accepted step sizes; then the steps are replayed differentiably through the torch
-integrators with those sizes as constants (for IAS15 the predictor-corrector iterations are
-unrolled as they converge). The step-size choice is thus not differentiated, the usual
-treatment (REBOUND's variational equations do the same); tests check the gradients against
-central differences with frozen steps and against REBOUND's variational particles.
+Gradients of the compiled path: when any input requires grad, the compiled loop records every
+world's accepted step sizes, and the end state it returns (every field the compiled forward's,
+bit for bit) is a differentiable function of the start state's positions, velocities,
+accelerations and jerks, the masses, G and the softening. Its backward
+(``backward="compiled"``, the default, for Hermite and IAS15) is one more Warp launch, one
+thread per world (:func:`simdiff.sims.nbody.fewbody.backward`): the thread takes the recorded
+steps again through the forward loop's own functions, keeping the state before each step, then
+goes back step by step with hand-written adjoints (an IAS15 step's predictor-corrector
+iterations re-run with their node positions on a tape, so the adjoint sees the forces at the
+same compensated positions as the forward). About 1-2x the forward's time, against ~1,000x
+for the torch replay (``benchmarks/nbody_backward.py``). The torch replay
+(``backward="replay"``, and for leapfrog and RK4) takes the recorded steps again through the
+torch integrators with the sizes as constants and differentiates them by autograd; it is the
+reference the compiled backward is tested against (to ~1e-15), but it forms IAS15's forces at
+the rounded positions, so its end state differs from the compiled forward's by round-off.
+Either way the step sizes, and IAS15's iteration counts and its predictor, are constants in
+backward: the step-size choice is not differentiated, the usual treatment (REBOUND's
+variational equations do the same); tests check the gradients against central differences
+with frozen steps and against REBOUND's variational particles. On the compiled path no
+gradient flows to ``dt`` (the stepped path differentiates a fixed ``dt``).
 """
 
 from __future__ import annotations

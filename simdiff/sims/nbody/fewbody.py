@@ -1,4 +1,5 @@
-"""The compiled few-body loop behind ``NBody.evolve``: Warp kernels, one thread per world.
+"""The compiled few-body loop behind ``NBody.evolve``, forward and backward: Warp kernels, one
+thread per world.
 
 RL time-stepping, its evaluation and IAS15 runs take millions of steps of three-body systems.
 Driven from Python, every step pays kernel launches, the step criterion's reductions and many
@@ -6,13 +7,27 @@ small torch calls (~0.5 ms a Hermite step, ~3 ms an IAS15 step); here one launch
 world to its end time, each thread looping over its world's adaptive steps in compiled code
 (about a microsecond per three-body Hermite step). The integrators and step criteria are those
 of :mod:`~simdiff.sims.nbody.integrators` and ``NBody.next_dt`` operation for operation but for
-IAS15's force evaluation (below; tests check that both give the same trajectories); every accepted step size is recorded so that
-:mod:`~simdiff.sims.nbody.evolve` can replay them differentiably. float64; positions and
-velocities are Kahan-compensated as in the torch integrators. IAS15 here evaluates its forces at
-the compensated positions (``x - x_err``, node positions kept as compensated pairs too), each
-pair once: the round-off of absolute positions in a close pair's separation, which set the
-energy error of close encounters (1e-10 on the Pythagorean problem, as REBOUND's), is gone
-(~1e-13); the stepped torch path evaluates at the rounded positions.
+IAS15's force evaluation (below; tests check that both give the same trajectories). float64;
+positions and velocities are Kahan-compensated as in the torch integrators. IAS15 here
+evaluates its forces at the compensated positions (``x - x_err``, node positions kept as
+compensated pairs too), each pair once: the round-off of absolute positions in a close pair's
+separation, which set the energy error of close encounters (1e-10 on the Pythagorean problem,
+as REBOUND's), is gone (~1e-13); the stepped torch path evaluates at the rounded positions.
+
+Gradients (:func:`backward`, Hermite and IAS15): :func:`advance` records every accepted step
+size; the backward launch, one thread per world, takes those steps again through the same
+Warp functions as the forward loop (``_hermite_step``; ``_ias15_predict``,
+``_ias15_iterate``, ``_ias15_accept``: the same values bit for bit, which a test checks over a
+close encounter), keeping the state before each step, then runs back step by step through
+hand-written adjoints (``_hermite_reverse``, ``_ias15_reverse``, the gravity adjoints
+``_gravity_vjp`` and ``_accelerations_vjp`` at the forward's own positions). An IAS15 step's
+iterations are re-run from its saved start with the node positions on a tape and unrolled in
+reverse; the iteration count, the predictor and the step size are constants, as in the torch
+replay of :mod:`~simdiff.sims.nbody.evolve` (the reference: tests check both agree). Memory:
+the state before every step, about 0.5 KB per body and IAS15 step (0.15 KB Hermite), held
+only during the backward launch.
+Warp's automatic adjoints are not used: they do not replay loop-carried state through
+dynamic loops.
 """
 
 from __future__ import annotations
