@@ -164,3 +164,25 @@ def test_bad_backward_is_refused():
         s = rk4.initial_state()
         fewbody.backward(rk4, s, rk4._per_world(None), torch.zeros(1, 1, dtype=F64),
                          torch.zeros(1, dtype=torch.int64), (None,) * 4)
+
+
+def test_a_full_step_record_carries_on_in_a_further_launch():
+    """Recording 4 steps a launch (worlds of different step counts, one finishing early)
+    takes the same steps to the same end state as one launch: the record resumes, it does
+    not restart or change the run."""
+    inputs = _inputs()
+    sim = _sim(OPTIONS["ias15"], inputs)
+    with torch.no_grad():
+        p = sim._per_world(_params(sim, inputs))
+        state = sim.initial_state(params=p)
+        runs = []
+        for capacity in (4, 4096):
+            final, status, steps = fewbody.advance(sim, state, p, torch.tensor([0.1, 1.5]),
+                                                   None, 10_000, record=True, capacity=capacity)
+            runs.append((final, status, steps, sim.last_steps.clone()))
+    (short, status4, steps4, counts4), (long, status, steps, counts) = runs
+    assert int(counts.min()) < 4 < 2 * 4 < int(counts.max())
+    assert torch.equal(counts4, counts) and torch.equal(steps4, steps)
+    assert torch.equal(status4, status) and int(status.abs().sum()) == 0
+    for field in FIELDS:
+        assert torch.equal(getattr(short, field), getattr(long, field)), field

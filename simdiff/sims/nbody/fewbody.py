@@ -980,10 +980,15 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
             max_steps: int, *, record: bool = False, capacity: int = 4096):
     """Every world of ``state`` advanced to its ``t_end`` in one launch.
 
+    Args:
+        record: Record every accepted step size (for :func:`backward`).
+        capacity: Steps recorded per world and launch; a world that fills its record
+            carries on from there in a further launch (the same steps as one launch).
+
     Returns:
         The final state (on the simulator's device and precision, detached), each world's
-        status code ``[B]`` (``sim.last_steps`` gets each world's step count), and (with ``record``) the accepted step sizes ``[B, S]`` (0 past
-        a world's last step).
+        status code ``[B]`` (``sim.last_steps`` gets each world's step count), and (with
+        ``record``) the accepted step sizes ``[B, S]`` (0 past a world's last step).
     """
     resolve_backend("warp", precision="float64").ensure_initialized()
     b, n = sim.batch_size, sim.model.body_count
@@ -1000,39 +1005,42 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
         coefficient_names = ("ias_b", "ias_e")
     else:
         coefficient_names = ()
+    values = {name: buf(getattr(state, name)) for name in vec_names}
+    stages = 7
+    zeros = state.body_x.new_zeros(b, stages, n, 3, dtype=f64)
+    coefficients = {name: buf(getattr(state, name)) if name in coefficient_names
+                    else zeros.clone() for name in ("ias_b", "ias_e")}
+    scalars = {name: buf(getattr(state, name)) for name in ("last_step", "time_step", "time")}
+    evaluations = state.force_evaluations.detach().to(torch.int64).contiguous().clone()
+    like = values["body_x"]
+    scratch = [torch.zeros_like(like) for _ in range(6)]
+    coefficient_scratch = [torch.zeros_like(zeros) for _ in range(4)]
+    cap = capacity if record else 1
+    gp = torch.stack([p.gravitational_constant, p.softening], 1).detach().to(f64)
+    eta = (etas if etas is not None else torch.zeros(b)).to(like).contiguous()
+    if model.integrator is Integrator.IAS15:
+        eta = torch.zeros_like(eta)
+    end = t_end.detach().to(like).contiguous()
+
+    def vec(t: torch.Tensor):
+        return wp.from_torch(t.reshape(-1, 3), dtype=wp.vec3d)
+
+    def flat(t: torch.Tensor, dtype=wp.float64):
+        return wp.from_torch(t.reshape(-1), dtype=dtype)
+
+    chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # recorded steps, counts
+    resumed = torch.ones(b, dtype=torch.bool, device=like.device)
+    final_status = torch.zeros(b, dtype=torch.int32, device=like.device)
+    budget = int(min(max_steps, 2**31 - 1))
     while True:
-        values = {name: buf(getattr(state, name)) for name in vec_names}
-        stages = 7
-        zeros = state.body_x.new_zeros(b, stages, n, 3, dtype=f64)
-        coefficients = {name: buf(getattr(state, name)) if name in coefficient_names
-                        else zeros.clone() for name in ("ias_b", "ias_e")}
-        scalars = {name: buf(getattr(state, name)) for name in ("last_step", "time_step",
-                                                                "time")}
-        evaluations = state.force_evaluations.detach().to(torch.int64).contiguous().clone()
-        like = values["body_x"]
-        scratch = [torch.zeros_like(like) for _ in range(6)]
-        coefficient_scratch = [torch.zeros_like(zeros) for _ in range(4)]
-        cap = capacity if record else 1
         steps = torch.zeros(b, cap, dtype=f64, device=like.device)
         recorded = torch.zeros(b, dtype=torch.int32, device=like.device)
         status = torch.zeros(b, dtype=torch.int32, device=like.device)
-        gp = torch.stack([p.gravitational_constant, p.softening], 1).detach().to(f64)
-        eta = (etas if etas is not None else torch.zeros(b)).to(like).contiguous()
-        if model.integrator is Integrator.IAS15:
-            eta = torch.zeros_like(eta)
-
-        def vec(t: torch.Tensor):
-            return wp.from_torch(t.reshape(-1, 3), dtype=wp.vec3d)
-
-        def flat(t: torch.Tensor, dtype=wp.float64):
-            return wp.from_torch(t.reshape(-1), dtype=dtype)
-
         wp.launch(
             _advance_kernel(), dim=b, device=device,
             inputs=[n, _INTEGRATOR_ID[model.integrator], _CRITERION_ID[model.criterion],
-                    float(model.tolerance), float(model.dt_min), int(min(max_steps, 2**31 - 1)),
-                    cap, int(record), _radau(device), flat(eta),
-                    flat(t_end.detach().to(like).contiguous()), flat(gp.contiguous()),
+                    float(model.tolerance), float(model.dt_min), budget, cap, int(record),
+                    _radau(device), flat(eta), flat(end), flat(gp.contiguous()),
                     flat(p.dt.detach().to(like).contiguous()),
                     flat(p.body_mass.detach().to(like).contiguous()),
                     *(vec(values[name]) for name in vec_names),
@@ -1042,10 +1050,30 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
                     *(vec(t) for t in coefficient_scratch), flat(steps),
                     flat(recorded, wp.int32), flat(status, wp.int32)],
         )
-        if record and bool((status == RECORD_OVERFLOW).any()):
-            capacity *= 4  # more steps than recorded: run again from the start
-            continue
-        break
+        chunks.append((steps, recorded.long()))
+        full = status == RECORD_OVERFLOW
+        final_status = torch.where(resumed, status, final_status)
+        if not (record and bool(full.any())):
+            break
+        # The record is full: carry on from where the loop stopped (it stops before a step,
+        # the state intact) with a fresh record; worlds that were done stay where they are.
+        resumed = full
+        end = torch.where(full, end, scalars["time"])
+        budget -= cap
+    counts = sum(c for _, c in chunks)
+    if record and len(chunks) > 1:
+        merged = torch.zeros(b, int(counts.max()), dtype=f64, device=like.device)
+        offset = torch.zeros(b, dtype=torch.int64, device=like.device)
+        columns = torch.arange(cap, device=like.device)
+        for steps, taken in chunks:
+            keep = columns[None, :] < taken[:, None]
+            rows = torch.arange(b, device=like.device)[:, None].expand(b, cap)
+            merged[rows[keep], (offset[:, None] + columns[None, :])[keep]] = steps[keep]
+            offset = offset + taken
+        steps = merged
+    else:
+        steps = chunks[0][0]
+    status = final_status
     dtype = state.body_x.dtype
     fields = {name: values[name].to(dtype) for name in vec_names}
     for name in ("ias_b", "ias_e"):
@@ -1054,8 +1082,8 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
     fields.update({name: scalars[name].to(dtype) for name in scalars})
     fields["force_evaluations"] = evaluations
     final = State(**fields)
-    used = int(recorded.max()) if record else 0
-    sim.last_steps = recorded.long().cpu()
+    used = int(counts.max()) if record else 0
+    sim.last_steps = counts.cpu()
     return final, status.long().cpu(), (steps[:, :used] if record else None)
 
 
