@@ -1061,18 +1061,9 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
         end = torch.where(full, end, scalars["time"])
         budget -= cap
     counts = sum(c for _, c in chunks)
-    if record and len(chunks) > 1:
-        merged = torch.zeros(b, int(counts.max()), dtype=f64, device=like.device)
-        offset = torch.zeros(b, dtype=torch.int64, device=like.device)
-        columns = torch.arange(cap, device=like.device)
-        for steps, taken in chunks:
-            keep = columns[None, :] < taken[:, None]
-            rows = torch.arange(b, device=like.device)[:, None].expand(b, cap)
-            merged[rows[keep], (offset[:, None] + columns[None, :])[keep]] = steps[keep]
-            offset = offset + taken
-        steps = merged
-    else:
-        steps = chunks[0][0]
+    # A world's records are full but in its last launch (and empty after it): end to end,
+    # the launches' records are each world's steps, then zeros.
+    steps = torch.cat([steps for steps, _ in chunks], 1)
     status = final_status
     dtype = state.body_x.dtype
     fields = {name: values[name].to(dtype) for name in vec_names}
@@ -1132,6 +1123,11 @@ def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
     def zeros(*shape) -> torch.Tensor:
         return torch.zeros(*shape, dtype=f64, device=like.device)
 
+    def unset(*shape) -> torch.Tensor:
+        # Checkpoints, tape and scratch: the kernel writes each entry before it reads it
+        # (zeroing megabytes of checkpoints cost as much as the kernel).
+        return torch.empty(*shape, dtype=f64, device=like.device)
+
     def vec(t: torch.Tensor):
         return wp.from_torch(t.reshape(-1, 3), dtype=wp.vec3d)
 
@@ -1150,13 +1146,13 @@ def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
         "body_v_err")]
     coefficients = [buf(state.ias_b) if ias else zeros(b, 7, n, 3),
                     buf(state.ias_e) if ias else zeros(b, 7, n, 3)]
-    checkpoints = [zeros(total, n, 3) for _ in range(6)]
-    checkpoint_b = [zeros(total if ias else 1, 7, n, 3) for _ in range(2)]
-    scratch = [zeros(b, n, 3) for _ in range(4)] + [zeros(b, 7, n, 3) for _ in range(4)]
-    tape = [zeros(b, MAX_ITERATIONS if ias else 1, 7, n, 3) for _ in range(2)]
+    checkpoints = [unset(total, n, 3) for _ in range(6)]
+    checkpoint_b = [unset(total if ias else 1, 7, n, 3) for _ in range(2)]
+    scratch = [unset(b, n, 3) for _ in range(4)] + [unset(b, 7, n, 3) for _ in range(4)]
+    tape = [unset(b, MAX_ITERATIONS if ias else 1, 7, n, 3) for _ in range(2)]
     adj = [zeros(b, n, 3) if t is None else buf(t) for t in adjoints]
     adj_mass, adj_params = zeros(b, n), zeros(b, 2)
-    adj_scratch = [zeros(b, 7, n, 3) for _ in range(2)] + [zeros(b, n, 3) for _ in range(4)]
+    adj_scratch = [unset(b, 7, n, 3) for _ in range(2)] + [unset(b, n, 3) for _ in range(4)]
     gp = torch.stack([p.gravitational_constant, p.softening], 1).detach().to(f64).contiguous()
     wp.launch(
         _backward_kernel(), dim=b, device=device,
@@ -1165,7 +1161,7 @@ def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
                 flat(counts, wp.int32), flat(offsets, wp.int32),
                 *(vec(t) for t in start), *(vec(t) for t in coefficients),
                 flat(buf(state.last_step)),
-                *(vec(t) for t in checkpoints), *(vec(t) for t in checkpoint_b), flat(zeros(total)),
+                *(vec(t) for t in checkpoints), *(vec(t) for t in checkpoint_b), flat(unset(total)),
                 *(vec(t) for t in scratch), *(vec(t) for t in tape),
                 *(vec(t) for t in adj), flat(adj_mass), flat(adj_params),
                 *(vec(t) for t in adj_scratch)],
