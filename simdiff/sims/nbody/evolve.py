@@ -23,8 +23,9 @@ thread per world (:func:`simdiff.sims.nbody.fewbody.backward`): the thread takes
 steps again through the forward loop's own functions, keeping the state before each step, then
 goes back step by step with hand-written adjoints (an IAS15 step's predictor-corrector
 iterations re-run with their node positions on a tape, so the adjoint sees the forces at the
-same compensated positions as the forward). About 1-2x the forward's time, against ~1,000x
-for the torch replay (``benchmarks/nbody_backward.py``). The torch replay
+same compensated positions as the forward). It takes 1.2-3.5 times the forward's time
+(Hermite to IAS15 through close encounters), the torch replay's forward and backward 400-2,200
+times the compiled path's (``benchmarks/nbody_backward.py``). The torch replay
 (``backward="replay"``, and for leapfrog and RK4) takes the recorded steps again through the
 torch integrators with the sizes as constants and differentiates them by autograd; it is the
 reference the compiled backward is tested against (to ~1e-15), but it forms IAS15's forces at
