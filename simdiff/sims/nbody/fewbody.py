@@ -310,37 +310,6 @@ def _ias15_iterate(s: int, n: int, dt: F64, radau: wp.array(dtype=F64),
 
 
 @wp.func
-def _ias15_proposal(s: int, n: int, dt: F64, tolerance: F64, a: wp.array(dtype=wp.vec3d),
-                    wb: wp.array(dtype=wp.vec3d)) -> F64:
-    """PRS23 on the converged polynomial, as integrators._prs23."""
-    base = s * n
-    tau2 = F64(1.0e300)
-    for i in range(n):
-        p = base + i
-        y2v = a[p]
-        y3v = wp.vec3d()
-        y4v = wp.vec3d()
-        for k in range(7):
-            bk = wb[(s * 7 + k) * n + i]
-            kk = F64(float(k + 1))
-            y2v = y2v + bk
-            y3v = y3v + kk * bk
-            y4v = y4v + kk * (kk - F64(1.0)) * bk
-        y2 = wp.dot(y2v, y2v)
-        y3 = wp.dot(y3v, y3v)
-        y4 = wp.dot(y4v, y4v)
-        value = F64(2.0) * y2 / (y3 + wp.sqrt(y2 * y4))
-        if wp.dot(a[p], a[p]) > F64(0.0) and value > F64(0.0) and value < F64(1.0e300):
-            tau2 = wp.min(tau2, value)
-    grow = dt / F64(SAFETY)
-    proposal = grow
-    if tau2 < F64(1.0e300):
-        proposal = wp.min(wp.sqrt(tau2) * dt * wp.pow(
-            tolerance * F64(5040.0), F64(1.0) / F64(7.0)), grow)
-    return proposal
-
-
-@wp.func
 def _ias15_accept(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
                   v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
                   cx: wp.array(dtype=wp.vec3d), cv: wp.array(dtype=wp.vec3d),
@@ -502,18 +471,42 @@ def _advance_kernel():
                 _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
                 evaluations[s] = evaluations[s] + wp.int64(4)
             else:
-                # IAS15, as integrators.ias15 with NBody._advance's rejection.
+                # IAS15, as integrators.ias15 with NBody._advance's rejection: _ias15_predict,
+                # _ias15_iterate and _ias15_accept written out, with PRS23 between them (called
+                # as functions they cost 3% of a batched three-body step, the iterations alone
+                # 14% of a single system's). The backward's replay calls the functions; a test
+                # checks that both take the same steps bit for bit.
                 proposal = F64(0.0)
                 tries = wp.int32(0)
                 while tries < 64:
                     tries = tries + wp.int32(1)
-                    _ias15_predict(s, n, dt, last_step[s], radau, ias_b, ias_e, wb, wg, we, wcs)
-                    # The iterations of _ias15_iterate written out: called as a function they
-                    # cost 14% of a three-body step. The backward pass replays through the
-                    # function; a test checks that both take the same steps bit for bit.
+                    last = last_step[s]
+                    ratio = F64(0.0)
+                    if last > F64(0.0):
+                        ratio = dt / last
+                    predict = last > F64(0.0) and ratio <= F64(20.0)
+                    for i in range(n):
+                        q = ratio
+                        for j in range(7):
+                            e_j = wp.vec3d()
+                            for k in range(j, 7):
+                                e_j = e_j + radau[106 + j * 7 + k] * ias_b[(s * 7 + k) * n + i]
+                            w = (s * 7 + j) * n + i
+                            wcs[w] = wp.vec3d()
+                            if predict:
+                                we[w] = q * e_j
+                                wb[w] = q * e_j + (ias_b[w] - ias_e[w])
+                            else:
+                                we[w] = wp.vec3d()
+                                wb[w] = wp.vec3d()
+                            q = q * ratio
+                        for k in range(7):
+                            gk = wp.vec3d()
+                            for j in range(7):
+                                gk = gk + radau[57 + j * 7 + k] * wb[(s * 7 + j) * n + i]
+                            wg[(s * 7 + k) * n + i] = gk
                     error = F64(1.0e300)
                     error_last = F64(2.0)
-                    iterations = wp.int32(0)
                     iterations = wp.int32(0)
                     while True:
                         if error < F64(PREDICTOR_CORRECTOR_EPSILON):
@@ -564,12 +557,72 @@ def _advance_kernel():
                                         changed = wp.max(changed, wp.abs(change[c]))
                             if m == 7:
                                 error = changed / largest
-                    proposal = _ias15_proposal(s, n, dt, tolerance, a, wb)
+                    # PRS23 on the converged polynomial, as integrators._prs23.
+                    tau2 = F64(1.0e300)
+                    for i in range(n):
+                        p = base + i
+                        y2v = a[p]
+                        y3v = wp.vec3d()
+                        y4v = wp.vec3d()
+                        for k in range(7):
+                            bk = wb[(s * 7 + k) * n + i]
+                            kk = F64(float(k + 1))
+                            y2v = y2v + bk
+                            y3v = y3v + kk * bk
+                            y4v = y4v + kk * (kk - F64(1.0)) * bk
+                        y2 = wp.dot(y2v, y2v)
+                        y3 = wp.dot(y3v, y3v)
+                        y4 = wp.dot(y4v, y4v)
+                        value = F64(2.0) * y2 / (y3 + wp.sqrt(y2 * y4))
+                        if wp.dot(a[p], a[p]) > F64(0.0) and value > F64(0.0) and value < F64(
+                                1.0e300):
+                            tau2 = wp.min(tau2, value)
+                    grow = dt / F64(SAFETY)
+                    proposal = grow
+                    if tau2 < F64(1.0e300):
+                        proposal = wp.min(wp.sqrt(tau2) * dt * wp.pow(
+                            tolerance * F64(5040.0), F64(1.0) / F64(7.0)), grow)
                     if proposal < F64(SAFETY) * dt and dt > dt_min:
                         dt = wp.max(proposal, dt_min)
                         continue
                     break
-                _ias15_accept(s, n, dt, x, v, a, cx, cv, ias_b, ias_e, wb, we, mass, g, eps2)
+                for i in range(n):
+                    p = base + i
+                    # Term by term into the compensated sums, smallest first (each term's
+                    # rounding is then kept, not only the sum's).
+                    x1 = x[p]
+                    cx1 = cx[p]
+                    v1 = v[p]
+                    cv1 = cv[p]
+                    for term in range(9):
+                        # Increments from b_6 down to a0 and v0 (term = 7, 8).
+                        ix = v[p] * dt
+                        iv = a[p] * dt
+                        if term < 7:
+                            kb = 6 - term
+                            bk = wb[(s * 7 + kb) * n + i]
+                            ix = bk / F64(float((kb + 2) * (kb + 3))) * dt * dt
+                            iv = bk / F64(float(kb + 2)) * dt
+                        if term == 7:
+                            ix = a[p] / F64(2.0) * dt * dt
+                        y = ix - cx1
+                        tx = x1 + y
+                        cx1 = (tx - x1) - y
+                        x1 = tx
+                        if term != 7:
+                            y = iv - cv1
+                            tv = v1 + y
+                            cv1 = (tv - v1) - y
+                            v1 = tv
+                    x[p] = x1
+                    cx[p] = cx1
+                    v[p] = v1
+                    cv[p] = cv1
+                    for k in range(7):
+                        w = (s * 7 + k) * n + i
+                        ias_b[w] = wb[w]
+                        ias_e[w] = we[w]
+                _accelerations(s, n, x, cx, mass, g, eps2, a)
                 evaluations[s] = evaluations[s] + wp.int64(1)
                 last_step[s] = dt
                 time_step[s] = proposal
