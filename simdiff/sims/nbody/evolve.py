@@ -20,7 +20,7 @@ bit for bit) is a differentiable function of the start state's positions, veloci
 accelerations and jerks, the masses, G and the softening. Its backward
 (``backward="compiled"``, the default, for Hermite and IAS15) is one more Warp launch, one
 thread per world (:func:`simdiff.sims.nbody.fewbody.backward`): the thread takes the recorded
-steps again through the forward loop's own functions, keeping the state before each step, then
+steps again through the forward loop's operations, keeping the state before each step, then
 goes back step by step with hand-written adjoints (an IAS15 step's predictor-corrector
 iterations re-run with their node positions on a tape, so the adjoint sees the forces at the
 same compensated positions as the forward). It takes 1.2-3.5 times the forward's time
@@ -206,7 +206,7 @@ class _CompiledGradient(torch.autograd.Function):
         final = run["final"]
         if not (torch.equal(end[0].to(final.body_x), final.body_x)
                 and torch.equal(end[1].to(final.body_v), final.body_v)):
-            # Never seen: the replay calls the forward loop's own functions.
+            # Never seen (a test checks it): the replay repeats the forward's operations.
             warnings.warn("NBody.evolve: the compiled backward's replay left the forward's "
                           "trajectory; its gradient is that of a neighbouring one",
                           RuntimeWarning, stacklevel=2)

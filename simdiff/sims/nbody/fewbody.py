@@ -15,10 +15,11 @@ separation, which set the energy error of close encounters (1e-10 on the Pythago
 as REBOUND's), is gone (~1e-13); the stepped torch path evaluates at the rounded positions.
 
 Gradients (:func:`backward`, Hermite and IAS15): :func:`advance` records every accepted step
-size; the backward launch, one thread per world, takes those steps again through the same
-Warp functions as the forward loop (``_hermite_step``; ``_ias15_predict``,
-``_ias15_iterate``, ``_ias15_accept``: the same values bit for bit, which a test checks over a
-close encounter), keeping the state before each step, then runs back step by step through
+size; the backward launch, one thread per world, takes those steps again through Warp
+functions of the forward loop's operations (``_hermite_step``, which the forward loop calls;
+``_ias15_predict``, ``_ias15_iterate``, ``_ias15_accept``, which it writes out for speed: the
+same values bit for bit, which a test checks over a close encounter), keeping the state
+before each step, then runs back step by step through
 hand-written adjoints (``_hermite_reverse``, ``_ias15_reverse``, the gravity adjoints
 ``_gravity_vjp`` and ``_accelerations_vjp`` at the forward's own positions). An IAS15 step's
 iterations are re-run from its saved start with the node positions on a tape and unrolled in
@@ -954,8 +955,8 @@ def _backward_kernel():
         ias = wp.where(integrator == 3, 1, 0)
         count = counts[s]
         first = offsets[s]
-        # The forward again through the recorded steps (the same functions, so the same
-        # values bit for bit), keeping the state before each step.
+        # The forward again through the recorded steps (the forward loop's operations, so
+        # the same values bit for bit), keeping the state before each step.
         for k in range(count + 1):
             _checkpoint(s, n, first + k, ias, x, v, a, jerk, cx, cv, ias_b, ias_e, last_step,
                         kx, kv, ka, kj, kcx, kcv, kb, ke, klast, 1)
@@ -1139,8 +1140,8 @@ def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
              adjoints: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...]:
     """The gradient of :func:`advance` (Hermite, IAS15), in one launch, one thread per world.
 
-    Each thread takes its world's recorded steps again from ``state`` (the functions the
-    forward loop calls, so the same values bit for bit), keeping the state before each step,
+    Each thread takes its world's recorded steps again from ``state`` (the forward loop's
+    operations, so the same values bit for bit), keeping the state before each step,
     then goes back step by step: a Hermite step's adjoint from its start state, an IAS15
     step's after re-running its iterations with the node positions on a tape. Step sizes
     and iteration counts are constants, as in the torch replay.
