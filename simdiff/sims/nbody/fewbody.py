@@ -55,6 +55,9 @@ __all__ = ["COMPILED_BACKWARD", "advance", "backward", "supports"]
 FEW_BODIES = 16
 """Worlds of at most this many bodies take the compiled loop."""
 
+# Every kernel here has a hand-written backward (or none): no automatic adjoints to compile.
+wp.set_module_options({"enable_backward": False})
+
 _INTEGRATOR_ID = {Integrator.LEAPFROG: 0, Integrator.RK4: 1, Integrator.HERMITE: 2,
                   Integrator.IAS15: 3}
 _CRITERION_ID = {StepCriterion.AARSETH: 0, StepCriterion.COLLISION: 1}
@@ -917,7 +920,7 @@ def _checkpoint(s: int, n: int, c: int, ias: int, x: wp.array(dtype=wp.vec3d),
 
 @functools.cache
 def _backward_kernel():
-    @wp.kernel(enable_backward=False)
+    @wp.kernel(enable_backward=False, module="unique")
     def backward(
         n: int, integrator: int, capacity: int, radau: wp.array(dtype=F64),
         gp: wp.array(dtype=F64), mass: wp.array(dtype=F64), steps: wp.array(dtype=F64),
