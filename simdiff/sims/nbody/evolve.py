@@ -18,15 +18,15 @@ Gradients of the compiled path: when any input requires grad, the compiled loop 
 world's accepted step sizes, and the end state it returns (every field the compiled forward's,
 bit for bit) is a differentiable function of the start state's positions, velocities,
 accelerations and jerks, the masses, G and the softening. Its backward
-(``backward="compiled"``, the default, for Hermite and IAS15) is one more Warp launch, one
+(``backward="compiled"``, the default, every integrator) is one more Warp launch, one
 thread per world (:func:`simdiff.sims.nbody.fewbody.backward`): the thread takes the recorded
 steps again through the forward loop's operations, keeping the state before each step, then
-goes back step by step with hand-written adjoints (an IAS15 step's predictor-corrector
-iterations re-run with their node positions on a tape, so the adjoint sees the forces at the
-same compensated positions as the forward). It takes 1.2-3.5 times the forward's time
+goes back step by step with hand-written adjoints (an RK4 step re-run with its stage
+positions on a tape, an IAS15 step's predictor-corrector iterations with their node positions,
+so the adjoint sees the forces at the same compensated positions as the forward). It takes 1.2-3.5 times the forward's time
 (Hermite to IAS15 through close encounters), the torch replay's forward and backward 400-2,200
 times the compiled path's (``benchmarks/nbody_backward.py``). The torch replay
-(``backward="replay"``, and for leapfrog and RK4) takes the recorded steps again through the
+(``backward="replay"``) takes the recorded steps again through the
 torch integrators with the sizes as constants and differentiates them by autograd; it is the
 reference the compiled backward is tested against (to ~1e-15), but it forms IAS15's forces at
 the rounded positions, so its end state differs from the compiled forward's by round-off.
@@ -92,9 +92,8 @@ def evolve(sim, state, t_end, params=None, *, eta=None, max_steps: int = 10_000_
             :class:`Status` either way.
         compiled: Force (True) or refuse (False) the compiled loop; None takes it for few
             bodies.
-        backward: How gradients of the compiled loop are computed: ``compiled`` (Hermite
-            and IAS15 in one Warp launch; other integrators replay through torch) or
-            ``replay`` (always the torch replay, the reference).
+        backward: How gradients of the compiled loop are computed: ``compiled`` (in one
+            Warp launch) or ``replay`` (the torch replay, the reference).
     """
     if health not in ("stop", "mask"):
         raise ValueError(f"health={health!r} is unknown; allowed: stop, mask")
@@ -114,7 +113,7 @@ def evolve(sim, state, t_end, params=None, *, eta=None, max_steps: int = 10_000_
         final, status, steps = fewbody.advance(sim, state, p, t_end, etas, max_steps,
                                                record=needs_grad)
         if needs_grad:
-            if backward == "compiled" and sim.model.integrator in fewbody.COMPILED_BACKWARD:
+            if backward == "compiled":
                 final = _compiled_gradient(sim, state, p, final, steps, sim.last_steps)
             else:
                 final = _replay(sim, state, p, steps)

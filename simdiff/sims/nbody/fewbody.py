@@ -14,19 +14,20 @@ compensated pairs too), each pair once: the round-off of absolute positions in a
 separation, which set the energy error of close encounters (1e-10 on the Pythagorean problem,
 as REBOUND's), is gone (~1e-13); the stepped torch path evaluates at the rounded positions.
 
-Gradients (:func:`backward`, Hermite and IAS15): :func:`advance` records every accepted step
+Gradients (:func:`backward`, every integrator): :func:`advance` records every accepted step
 size; the backward launch, one thread per world, takes those steps again through Warp
-functions of the forward loop's operations (``_hermite_step``, which the forward loop calls;
-``_ias15_predict``, ``_ias15_iterate``, ``_ias15_accept``, which it writes out for speed: the
-same values bit for bit, which a test checks over a close encounter), keeping the state
-before each step, then runs back step by step through
-hand-written adjoints (``_hermite_reverse``, ``_ias15_reverse``, the gravity adjoints
-``_gravity_vjp`` and ``_accelerations_vjp`` at the forward's own positions). An IAS15 step's
-iterations are re-run from its saved start with the node positions on a tape and unrolled in
-reverse; the iteration count, the predictor and the step size are constants, as in the torch
-replay of :mod:`~simdiff.sims.nbody.evolve` (the reference: tests check both agree). Memory:
-the state before every step, about 0.5 KB per body and IAS15 step (0.15 KB Hermite), held
-only during the backward launch.
+functions of the forward loop's operations (``_leapfrog_step``, ``_rk4_step`` and
+``_hermite_step``, which the forward loop calls; ``_ias15_predict``, ``_ias15_iterate`` and
+``_ias15_accept``, which it writes out for speed: the same values bit for bit, which a test
+checks over a close encounter), keeping the state before each step, then runs back step by
+step through hand-written adjoints (``_leapfrog_reverse``, ``_rk4_reverse``,
+``_hermite_reverse``, ``_ias15_reverse``; the gravity adjoints ``_gravity_vjp`` and
+``_accelerations_vjp`` at the forward's own positions). An RK4 step is re-run from its saved
+start with its stage positions on a tape, an IAS15 step's iterations with their node
+positions, then unrolled in reverse; the iteration count, the predictor and the step size are
+constants, as in the torch replay of :mod:`~simdiff.sims.nbody.evolve` (the reference: tests
+check both agree). Memory: the state before every step, about 0.5 KB per body and IAS15 step
+(0.15 KB for the others), held only during the backward launch.
 Warp's automatic adjoints are not used: they do not replay loop-carried state through
 dynamic loops.
 """
@@ -50,7 +51,7 @@ from simdiff.sims.nbody.integrators import (
 from simdiff.sims.nbody.model import Integrator, StepCriterion
 from simdiff.sims.nbody.state import State
 
-__all__ = ["COMPILED_BACKWARD", "advance", "backward", "supports"]
+__all__ = ["advance", "backward", "supports"]
 
 FEW_BODIES = 16
 """Worlds of at most this many bodies take the compiled loop."""
@@ -207,6 +208,87 @@ def _hermite_step(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
         jerk[p] = j1
         snap[p] = snap0 + dt * crack
         crackle[p] = crack
+
+
+@wp.func
+def _leapfrog_step(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
+                   v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+                   jerk: wp.array(dtype=wp.vec3d), cx: wp.array(dtype=wp.vec3d),
+                   cv: wp.array(dtype=wp.vec3d), sx: wp.array(dtype=wp.vec3d),
+                   sv: wp.array(dtype=wp.vec3d), sa: wp.array(dtype=wp.vec3d),
+                   sj: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64, eps2: F64):
+    """One kick-drift-kick step of world ``s`` in place, as integrators.leapfrog."""
+    base = s * n
+    half = F64(0.5)
+    for i in range(n):
+        p = base + i
+        vh, cvh = _kahan(v[p], cv[p], half * dt * a[p])
+        sv[p] = vh
+        cv[p] = cvh
+        x1, cx1 = _kahan(x[p], cx[p], dt * vh)
+        sx[p] = x1
+        cx[p] = cx1
+    _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
+    for i in range(n):
+        p = base + i
+        x[p] = sx[p]
+        v1, cv1 = _kahan(sv[p], cv[p], half * dt * sa[p])
+        v[p] = v1
+        cv[p] = cv1
+        a[p] = sa[p]
+        jerk[p] = sj[p]
+
+
+@wp.func
+def _rk4_step(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
+              v: wp.array(dtype=wp.vec3d), a: wp.array(dtype=wp.vec3d),
+              jerk: wp.array(dtype=wp.vec3d), cx: wp.array(dtype=wp.vec3d),
+              cv: wp.array(dtype=wp.vec3d), sx: wp.array(dtype=wp.vec3d),
+              sv: wp.array(dtype=wp.vec3d), sa: wp.array(dtype=wp.vec3d),
+              sj: wp.array(dtype=wp.vec3d), sum_x: wp.array(dtype=wp.vec3d),
+              sum_v: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64, eps2: F64,
+              taping: int, tape_hi: wp.array(dtype=wp.vec3d),
+              tape_lo: wp.array(dtype=wp.vec3d)):
+    """One classical RK4 step of world ``s`` in place, as integrators.rk4: stages k = 1, 2, 3
+    then the final forces. With ``taping``, the stages' positions go to ``tape_hi``
+    ``[B, 7, N]`` (their first three rows; ``tape_lo`` gets zeros, no compensation)."""
+    base = s * n
+    half = F64(0.5)
+    for i in range(n):
+        p = base + i
+        sum_x[p] = v[p]
+        sum_v[p] = a[p]
+        sx[p] = x[p] + half * dt * v[p]
+        sv[p] = v[p] + half * dt * a[p]
+    for stage in range(3):
+        if taping != 0:
+            for i in range(n):
+                tape_hi[(s * 7 + stage) * n + i] = sx[base + i]
+                tape_lo[(s * 7 + stage) * n + i] = wp.vec3d()
+        _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
+        weight = F64(2.0)
+        scale = half * dt
+        if stage == 2:
+            weight = F64(1.0)
+        if stage == 1:
+            scale = dt
+        for i in range(n):
+            p = base + i
+            vk = sv[p]
+            sum_x[p] = sum_x[p] + weight * vk
+            sum_v[p] = sum_v[p] + weight * sa[p]
+            if stage < 2:
+                sx[p] = x[p] + scale * vk
+                sv[p] = v[p] + scale * sa[p]
+    for i in range(n):
+        p = base + i
+        x1, cx1 = _kahan(x[p], cx[p], dt / F64(6.0) * sum_x[p])
+        v1, cv1 = _kahan(v[p], cv[p], dt / F64(6.0) * sum_v[p])
+        x[p] = x1
+        cx[p] = cx1
+        v[p] = v1
+        cv[p] = cv1
+    _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
 
 
 @wp.func
@@ -390,7 +472,6 @@ def _advance_kernel():
         base = s * n
         g = gp[2 * s]
         eps2 = gp[2 * s + 1] * gp[2 * s + 1]
-        half = F64(0.5)
         t = time[s]
         end = t_end[s]
         taken = wp.int32(0)  # a dynamic variable: Warp refuses to mutate a literal 0
@@ -421,58 +502,11 @@ def _advance_kernel():
                               mass, g, eps2)
                 evaluations[s] = evaluations[s] + wp.int64(1)
             elif integrator == 0:
-                # Kick-drift-kick, as integrators.leapfrog.
-                for i in range(n):
-                    p = base + i
-                    vh, cvh = _kahan(v[p], cv[p], half * dt * a[p])
-                    sv[p] = vh
-                    cv[p] = cvh
-                    x1, cx1 = _kahan(x[p], cx[p], dt * vh)
-                    sx[p] = x1
-                    cx[p] = cx1
-                _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
+                _leapfrog_step(s, n, dt, x, v, a, jerk, cx, cv, sx, sv, sa, sj, mass, g, eps2)
                 evaluations[s] = evaluations[s] + wp.int64(1)
-                for i in range(n):
-                    p = base + i
-                    x[p] = sx[p]
-                    v1, cv1 = _kahan(sv[p], cv[p], half * dt * sa[p])
-                    v[p] = v1
-                    cv[p] = cv1
-                    a[p] = sa[p]
-                    jerk[p] = sj[p]
             elif integrator == 1:
-                # Classical RK4, as integrators.rk4: stages k = 1, 2, 3 then the final forces.
-                for i in range(n):
-                    p = base + i
-                    sum_x[p] = v[p]
-                    sum_v[p] = a[p]
-                    sx[p] = x[p] + half * dt * v[p]
-                    sv[p] = v[p] + half * dt * a[p]
-                for stage in range(3):
-                    _all_gravity(s, n, sx, sv, mass, g, eps2, sa, sj)
-                    weight = F64(2.0)
-                    scale = half * dt
-                    if stage == 2:
-                        weight = F64(1.0)
-                    if stage == 1:
-                        scale = dt
-                    for i in range(n):
-                        p = base + i
-                        vk = sv[p]
-                        sum_x[p] = sum_x[p] + weight * vk
-                        sum_v[p] = sum_v[p] + weight * sa[p]
-                        if stage < 2:
-                            sx[p] = x[p] + scale * vk
-                            sv[p] = v[p] + scale * sa[p]
-                for i in range(n):
-                    p = base + i
-                    x1, cx1 = _kahan(x[p], cx[p], dt / F64(6.0) * sum_x[p])
-                    v1, cv1 = _kahan(v[p], cv[p], dt / F64(6.0) * sum_v[p])
-                    x[p] = x1
-                    cx[p] = cx1
-                    v[p] = v1
-                    cv[p] = cv1
-                _all_gravity(s, n, x, v, mass, g, eps2, a, jerk)
+                _rk4_step(s, n, dt, x, v, a, jerk, cx, cv, sx, sv, sa, sj, sum_x, sum_v, mass, g,
+                          eps2, 0, sx, sv)
                 evaluations[s] = evaluations[s] + wp.int64(4)
             else:
                 # IAS15, as integrators.ias15 with NBody._advance's rejection: _ias15_predict,
@@ -792,6 +826,98 @@ def _hermite_reverse(s: int, n: int, dt: F64, x: wp.array(dtype=wp.vec3d),
 
 
 @wp.func
+def _leapfrog_reverse(s: int, n: int, dt: F64, v: wp.array(dtype=wp.vec3d),
+                      a: wp.array(dtype=wp.vec3d), cv: wp.array(dtype=wp.vec3d), x1o: int,
+                      kx: wp.array(dtype=wp.vec3d), sx: wp.array(dtype=wp.vec3d),
+                      sv: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64,
+                      eps2: F64, adj_x: wp.array(dtype=wp.vec3d),
+                      adj_v: wp.array(dtype=wp.vec3d), adj_a: wp.array(dtype=wp.vec3d),
+                      adj_j: wp.array(dtype=wp.vec3d), adj_mass: wp.array(dtype=F64),
+                      adj_a1: wp.array(dtype=wp.vec3d), adj_xf: wp.array(dtype=wp.vec3d),
+                      adj_vf: wp.array(dtype=wp.vec3d)):
+    """The reverse of _leapfrog_step from its start (``v, a, cv``; its end position from
+    ``kx`` at ``x1o``), as _hermite_reverse: ``vh = v0 + dt/2 a0``, ``x1 = x0 + dt vh``,
+    ``(a1, j1) = F(x1, vh)``, ``v1 = vh + dt/2 a1``."""
+    base = s * n
+    half = F64(0.5)
+    for i in range(n):
+        p = base + i
+        vh, _unused = _kahan(v[p], cv[p], half * dt * a[p])
+        sx[p] = kx[x1o + i]
+        sv[p] = vh
+        adj_a1[p] = adj_a[p] + half * dt * adj_v[p]
+        adj_xf[p] = wp.vec3d()
+        adj_vf[p] = wp.vec3d()
+    dg, de2 = _gravity_vjp(n, base, sx, sv, base, mass, g, eps2, adj_a1, adj_j, adj_xf, adj_vf,
+                           adj_mass)
+    for i in range(n):
+        p = base + i
+        big_x = adj_x[p] + adj_xf[p]
+        adj_vh = adj_v[p] + adj_vf[p] + dt * big_x
+        adj_x[p] = big_x
+        adj_v[p] = adj_vh
+        adj_a[p] = half * dt * adj_vh
+        adj_j[p] = wp.vec3d()
+    return dg, de2
+
+
+@wp.func
+def _rk4_reverse(s: int, n: int, dt: F64, x1o: int, kx: wp.array(dtype=wp.vec3d),
+                 kv: wp.array(dtype=wp.vec3d), tape_hi: wp.array(dtype=wp.vec3d),
+                 tape_lo: wp.array(dtype=wp.vec3d), mass: wp.array(dtype=F64), g: F64,
+                 eps2: F64, adj_x: wp.array(dtype=wp.vec3d), adj_v: wp.array(dtype=wp.vec3d),
+                 adj_a: wp.array(dtype=wp.vec3d), adj_j: wp.array(dtype=wp.vec3d),
+                 adj_mass: wp.array(dtype=F64), adj_sum_x: wp.array(dtype=wp.vec3d),
+                 adj_sum_v: wp.array(dtype=wp.vec3d), adj_vk: wp.array(dtype=wp.vec3d),
+                 adj_ak: wp.array(dtype=wp.vec3d), adj_node: wp.array(dtype=wp.vec3d)):
+    """The reverse of _rk4_step whose stage positions are on the tape and whose end is
+    ``kx, kv`` at ``x1o``. Stage k (1..3) evaluates ``a_k = F(x_k)`` at
+    ``x_k = x0 + c_k v_{k-1}``, ``v_k = v0 + c_k a_{k-1}`` (``c = dt/2, dt/2, dt``); the step
+    adds ``dt/6 (v0 + 2 v1 + 2 v2 + v3)`` and ``dt/6 (a0 + 2 a1 + 2 a2 + a3)``."""
+    base = s * n
+    half = F64(0.5)
+    # The end state's forces and jerks.
+    dg, de2 = _gravity_vjp(n, x1o, kx, kv, base, mass, g, eps2, adj_a, adj_j, adj_x, adj_v,
+                           adj_mass)
+    for i in range(n):
+        p = base + i
+        sxb = dt / F64(6.0) * adj_x[p]
+        svb = dt / F64(6.0) * adj_v[p]
+        adj_sum_x[p] = sxb
+        adj_sum_v[p] = svb
+        adj_v[p] = adj_v[p] + sxb
+        adj_a[p] = svb
+        adj_j[p] = wp.vec3d()
+        adj_vk[p] = sxb  # v3 and a3 enter the sums with weight 1
+        adj_ak[p] = svb
+    for back in range(3):
+        stage = 2 - back  # the tape's row of stage k = stage + 1
+        scale = half * dt
+        if stage == 2:
+            scale = dt
+        for i in range(n):
+            adj_node[base + i] = wp.vec3d()
+        dgk, de2k = _accelerations_vjp(n, (s * 7 + stage) * n, tape_hi, tape_lo, base, mass, g,
+                                       eps2, adj_ak, adj_node, adj_mass)
+        dg = dg + dgk
+        de2 = de2 + de2k
+        for i in range(n):
+            p = base + i
+            node = adj_node[p]
+            adj_x[p] = adj_x[p] + node
+            adj_v[p] = adj_v[p] + adj_vk[p]
+            previous_v = scale * node
+            previous_a = scale * adj_vk[p]
+            if stage > 0:
+                adj_vk[p] = previous_v + F64(2.0) * adj_sum_x[p]
+                adj_ak[p] = previous_a + F64(2.0) * adj_sum_v[p]
+            else:
+                adj_v[p] = adj_v[p] + previous_v
+                adj_a[p] = adj_a[p] + previous_a
+    return dg, de2
+
+
+@wp.func
 def _ias15_reverse(s: int, n: int, dt: F64, iterations: wp.int32, radau: wp.array(dtype=F64),
                    x1o: int, kx: wp.array(dtype=wp.vec3d), kcx: wp.array(dtype=wp.vec3d),
                    tape_hi: wp.array(dtype=wp.vec3d), tape_lo: wp.array(dtype=wp.vec3d),
@@ -965,7 +1091,13 @@ def _backward_kernel():
                         kx, kv, ka, kj, kcx, kcv, kb, ke, klast, 1)
             if k < count:
                 dt = steps[s * capacity + k]
-                if integrator == 2:
+                if integrator == 0:
+                    _leapfrog_step(s, n, dt, x, v, a, jerk, cx, cv, sx, sv, sa, sj, mass, g,
+                                   eps2)
+                elif integrator == 1:
+                    _rk4_step(s, n, dt, x, v, a, jerk, cx, cv, sx, sv, sa, sj, adj_3, adj_4,
+                              mass, g, eps2, 0, tape_hi, tape_lo)
+                elif integrator == 2:
                     _hermite_step(s, n, dt, x, v, a, jerk, snap, crackle, cx, cv, sx, sv, sa,
                                   sj, mass, g, eps2)
                 else:
@@ -993,7 +1125,21 @@ def _backward_kernel():
             _checkpoint(s, n, first + k, ias, x, v, a, jerk, cx, cv, ias_b, ias_e, last_step,
                         kx, kv, ka, kj, kcx, kcv, kb, ke, klast, 0)
             dt = steps[s * capacity + k]
-            if integrator == 2:
+            if integrator == 0:
+                dgk, de2k = _leapfrog_reverse(s, n, dt, v, a, cv, (first + k + 1) * n, kx, sx,
+                                              sv, mass, g, eps2, adj_x, adj_v, adj_a, adj_j,
+                                              adj_mass, adj_1, adj_2, adj_3)
+                dg = dg + dgk
+                de2 = de2 + de2k
+            elif integrator == 1:
+                _rk4_step(s, n, dt, x, v, a, jerk, cx, cv, sx, sv, sa, sj, adj_3, adj_4, mass, g,
+                          eps2, 1, tape_hi, tape_lo)
+                dgk, de2k = _rk4_reverse(s, n, dt, (first + k + 1) * n, kx, kv, tape_hi,
+                                         tape_lo, mass, g, eps2, adj_x, adj_v, adj_a, adj_j,
+                                         adj_mass, adj_1, adj_2, adj_3, adj_4, sa)
+                dg = dg + dgk
+                de2 = de2 + de2k
+            elif integrator == 2:
                 dgk, de2k = _hermite_reverse(s, n, dt, x, v, a, jerk, sx, sv, mass, g, eps2,
                                              adj_x, adj_v, adj_a, adj_j, adj_mass, adj_1, adj_2,
                                              adj_3, adj_4)
@@ -1135,18 +1281,15 @@ def advance(sim, state: State, p, t_end: torch.Tensor, etas: torch.Tensor | None
     return final, status.long().cpu(), (steps[:, :used] if record else None)
 
 
-COMPILED_BACKWARD = (Integrator.HERMITE, Integrator.IAS15)
-"""Integrators whose gradients :func:`backward` computes (the others replay through torch)."""
-
-
 def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
              adjoints: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...]:
-    """The gradient of :func:`advance` (Hermite, IAS15), in one launch, one thread per world.
+    """The gradient of :func:`advance`, in one launch, one thread per world.
 
     Each thread takes its world's recorded steps again from ``state`` (the forward loop's
     operations, so the same values bit for bit), keeping the state before each step,
-    then goes back step by step: a Hermite step's adjoint from its start state, an IAS15
-    step's after re-running its iterations with the node positions on a tape. Step sizes
+    then goes back step by step: a leapfrog or Hermite step's adjoint from its start state,
+    an RK4 step's after re-running it with its stage positions on a tape, an IAS15 step's
+    after re-running its iterations with the node positions on a tape. Step sizes
     and iteration counts are constants, as in the torch replay.
 
     Args:
@@ -1164,9 +1307,6 @@ def backward(sim, state: State, p, steps: torch.Tensor, counts: torch.Tensor,
         of ``advance``: the gradient is that of the trajectory the forward loop took).
     """
     model = sim.model
-    if model.integrator not in COMPILED_BACKWARD:
-        raise ValueError(f"integrator={model.integrator.value!r} has no compiled backward; "
-                         f"allowed: {', '.join(i.value for i in COMPILED_BACKWARD)}")
     resolve_backend("warp", precision="float64").ensure_initialized()
     b, n = sim.batch_size, model.body_count
     like = state.body_x
