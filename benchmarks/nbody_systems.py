@@ -102,17 +102,25 @@ def measure(systems: int = 256, t_end: float = 10.0, rounds: int = 3,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--systems", type=int, default=256)
-    p.add_argument("--t-end", type=float, default=10.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="16 systems to t = 1, one round")
+    p.add_argument("--systems", type=int, default=None, help="default 256 (--quick: 16)")
+    p.add_argument("--t-end", type=float, default=None, help="default 10 (--quick: 1)")
+    p.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="16 systems to t = 1, one round (unless given)")
     p.add_argument("--backend", default="warp", help="simdiff's compiled loop runs on Warp")
     p.add_argument("--json", help="also write the result as JSON to this path")
     args = p.parse_args(argv)
     if args.backend not in ("warp", "all"):
         p.error("the compiled few-body loop runs on warp (--backend warp or all)")
-    if args.quick:
-        args.systems, args.t_end, args.rounds = 16, 1.0, 1
+    # --quick sets the sizes not given (`simdiff bench nbody_systems --quick --systems 64`).
+    quick = {"systems": 16, "t_end": 1.0, "rounds": 1}
+    full = {"systems": 256, "t_end": 10.0, "rounds": 3}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.systems < 1 or not args.t_end > 0 or args.rounds < 1:
+        p.error(f"--systems={args.systems}, --t-end={args.t_end}, --rounds={args.rounds}: "
+                "each must be positive")
     result = measure(args.systems, args.t_end, args.rounds)
     print(json.dumps(result))
     if args.json:

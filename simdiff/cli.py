@@ -499,6 +499,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.what != "locomotion":
             raise SystemExit("--budget applies to `simdiff bench locomotion` only")
         extra += ["--budget", str(args.budget)]
+    for flag, value in (("--systems", args.systems), ("--t-end", args.t_end)):
+        if value is not None:
+            if args.what != "nbody_systems":
+                raise SystemExit(f"{flag} applies to `simdiff bench nbody_systems` only")
+            extra += [flag, str(value)]
     if args.what is None:
         return run_all(backend=args.backend or "all", device=args.device, quick=args.quick,
                        extra_args=extra, out=out)
@@ -636,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repetitions per configuration (default: the benchmark's)")
     p.add_argument("--budget", type=float, default=None,
                    help="locomotion: wall-clock seconds of training per method (default 1200)")
+    p.add_argument("--systems", type=int, default=None,
+                   help="nbody_systems: random three-body systems integrated (default 256)")
+    p.add_argument("--t-end", type=float, default=None,
+                   help="nbody_systems: time each system is integrated to (default 10)")
     p.add_argument("--quick", action="store_true",
                    help="toy sizes, a smoke test, not figures (default: full sizes)")
     p.add_argument("--out", help="also write the results as JSON into this folder, "

@@ -246,3 +246,17 @@ def test_gradcheck_on_a_fluid_scene(capsys):
     # The check starts the flow off its kinks (at rest, advection samples on grid nodes).
     assert main(["gradcheck", "fluid_smoke_to_image", "--steps", "6", "--backend", "warp"]) == 0
     assert "gradcheck passed" in capsys.readouterr().out
+
+
+def test_bench_nbody_systems_takes_systems_and_end_time(tmp_path, capsys):
+    """`--systems` and `--t-end` reach the benchmark (over --quick's sizes); another
+    benchmark refuses them."""
+    pytest.importorskip("rebound")
+    out = tmp_path / "systems.json"
+    assert main(["bench", "nbody_systems", "--quick", "--systems", "3", "--t-end", "0.05",
+                 "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[0]
+    assert (row["systems"], row["t_end"]) == (3, 0.05)
+    assert row["simdiff_systems_per_s"] > 0 and row["rebound_systems_per_s"] > 0
+    with pytest.raises(SystemExit, match="--t-end applies to `simdiff bench nbody_systems`"):
+        main(["bench", "nbody", "--t-end", "1"])

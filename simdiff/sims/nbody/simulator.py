@@ -256,14 +256,15 @@ class NBody(Simulator):
 
     def evolve(self, state: State, t_end: float | torch.Tensor, params: Params | None = None,
                *, eta: float | torch.Tensor | None = None, max_steps: int = 10_000_000,
-               health: str = "stop", compiled: bool | None = None) -> State:
+               health: str = "stop", compiled: bool | None = None,
+               backward: str = "compiled") -> State:
         """Advance every world to ``t_end`` (scalar or ``[B]``), the last step shortened to
         land on it. See :mod:`simdiff.sims.nbody.evolve` for the compiled few-body loop and
         how gradients flow."""
         from simdiff.sims.nbody.evolve import evolve
 
         return evolve(self, state, t_end, params, eta=eta, max_steps=max_steps, health=health,
-                      compiled=compiled)
+                      compiled=compiled, backward=backward)
 
     # --- observation, energy, health ----------------------------------------------------
 
