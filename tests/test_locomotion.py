@@ -333,3 +333,17 @@ def test_curriculum_draws_each_stage_tasks_and_jumps_carry_a_speed():
         GoalSpace(dim=2, vmax=0.1, dt=DT, curriculum=((3, ("fly",)),))
     with pytest.raises(ValueError, match=r"curriculum starts \[5, 2\] must be increasing"):
         GoalSpace(dim=2, vmax=0.1, dt=DT, curriculum=((5, ("walk",)), (2, ("stand",))))
+
+
+def test_walker_goals_walks_first_then_learns_every_task_and_names_bad_options():
+    scene = load_scene("walker_goals")
+    assert scene.goals.tasks_at(0) == ("stand", "walk")
+    assert scene.goals.tasks_at(149) == ("stand", "walk")
+    assert scene.goals.tasks_at(150) == ("stand", "walk", "jump", "crawl")
+    assert load_scene("walker_goals", walk_first=0).goals.curriculum == ()
+    assert load_scene("walker_goals", weights={"velocity": 3}).loss.keywords["weights"] \
+        == LossWeights(velocity=3, jump=3.0, crawl=3.0, crawl_margin=0.003)
+    with pytest.raises(ValueError, match=r"walk_first=-1 must be >= 0"):
+        load_scene("walker_goals", walk_first=-1)
+    with pytest.raises(ValueError, match=r"unknown terms \['speed'\]; allowed: \['actuation'"):
+        load_scene("walker_goals", weights={"speed": 1})

@@ -77,6 +77,13 @@ def scene(*, steps: int = 500, dt: float = 0.004, vmax: float = 0.08,
     x = model.particle_x
     lift = float(x[:, 1].min())  # the builder places the robot this high above the ground
     tasks = tuple(tasks)
+    if walk_first < 0:
+        raise ValueError(f"walk_first={walk_first} must be >= 0 (iterations of stand and walk "
+                         "only; 0: every task from the start)")
+    known = {f.name for f in dataclasses.fields(LossWeights)}
+    if set(weights or {}) - known:
+        raise ValueError(f"weights={weights} has unknown terms "
+                         f"{sorted(set(weights) - known)}; allowed: {sorted(known)}")
     # Walking first: trained on every task from the start, speed tracking was not learnt in
     # 220 iterations; on stand and walk alone it was in 150 (see the module docstring).
     first = tuple(t for t in tasks if t in ("stand", "walk"))
