@@ -246,7 +246,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         for ax in axes:
             ax.axhline(still, color="grey", linestyle="--", linewidth=1,
                        label="a robot standing still")
-    axes[1].set_xscale("symlog", linthresh=1e4)
+    axes[1].set_xlim(left=0)
     axes[0].legend(fontsize=8)
     dp = next((r for r in rows if r["config"] == "diffphys"), {})
     ratio = dp.get("time_ratio")
@@ -270,10 +270,14 @@ def summarize(rows: list[dict]) -> str:
     if still is not None and dp["ppo_final_" + METRIC] >= 0.9 * still:
         note = (f"; PPO's final error is within 10% of a robot standing still ({still:.4g} "
                 f"m/s): it has learnt no tracking, and the ratio says little")
-    return (f"PPO's final velocity error {dp['ppo_final_' + METRIC]:.4g} m/s; differentiable "
-            f"physics reached it after {reach} s of training, {dp['time_ratio']} of PPO's "
-            f"{dp['ppo_seconds']} s (PPO's curve first reached it after "
-            f"{dp['ppo_seconds_to_final']} s){note}")
+    if reach is None:
+        reached = (f"differentiable physics did not reach it within its {dp['budget_s']:g} s "
+                   f"(its best {dp['best_' + METRIC]:.4g} m/s, its final {dp[METRIC]:.4g})")
+    else:
+        reached = (f"differentiable physics reached it after {reach} s of training, "
+                   f"{dp['time_ratio']:.3g} of PPO's {dp['ppo_seconds']} s")
+    return (f"PPO's final velocity error {dp['ppo_final_' + METRIC]:.4g} m/s; {reached} (PPO's "
+            f"curve first reached it after {dp['ppo_seconds_to_final']} s){note}")
 
 
 def main(argv: list[str] | None = None) -> int:
