@@ -32,7 +32,7 @@ from simdiff.sims.mpm.state import PARAM_COLUMNS
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 
 
-_LIQUID, _PLASTIC = 1, 2
+_ELASTIC, _LIQUID, _PLASTIC = 0, 1, 2
 _SAND = 3
 _SERIES_BELOW = 1e-3  # squared ratio below which divided differences use their power series
 _TIP_STRAIN = 1e-5
@@ -42,7 +42,10 @@ _JACOBI_SWEEPS = 6  # cyclic Jacobi sweeps of a 3x3 eigen decomposition (float64
 
 
 @functools.cache
-def _kernels(dim: int, double: bool):
+def _kernels(dim: int, double: bool, materials: frozenset = frozenset((0, 1, 2, 3))):
+    """The kernels for the given material codes: the others' branches are compiled out (the
+    sand return's logarithms, exponentials and eigen decompositions made every particle loop
+    slower, and their adjoints more so, where no particle was sand)."""
     del double  # keys the cache: Taichi is re-initialized when the precision changes
     vec = ti.types.vector(dim, float)
     mat = ti.types.matrix(dim, dim, float)
@@ -197,21 +200,26 @@ def _kernels(dim: int, double: bool):
         mu = E / (2.0 * (1.0 + nu))
         lam = E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
         tau = ti.Matrix.zero(float, dim, dim)
-        if material == _LIQUID:
-            J = F.determinant()
-            tau = (lam + 2.0 * mu / dim) * (J - 1.0) * J * identity()
-        elif material == _PLASTIC:
-            J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
-            tau = mu * (F - identity()) + lam * ti.log(J) * identity()
-        elif material == _SAND:
-            tau = sand_stress(F, mu, lam)  # F holds b_e
-        else:
-            J = F.determinant()
-            if ti.static(dim == 2):
-                tau = 2.0 * mu * (F - rotation_2d(F)) @ F.transpose() + lam * (J - 1.0) * J * identity()
-            else:
-                tau = mu * (F @ F.transpose() - identity()) + lam * ti.log(J) * identity()
-            tau += active
+        if ti.static(_LIQUID in materials):  # noqa: SIM102 (a static guard)
+            if material == _LIQUID:
+                J = F.determinant()
+                tau = (lam + 2.0 * mu / dim) * (J - 1.0) * J * identity()
+        if ti.static(_PLASTIC in materials):  # noqa: SIM102 (a static guard)
+            if material == _PLASTIC:
+                J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
+                tau = mu * (F - identity()) + lam * ti.log(J) * identity()
+        if ti.static(_SAND in materials):  # noqa: SIM102 (a static guard)
+            if material == _SAND:
+                tau = sand_stress(F, mu, lam)  # F holds b_e
+        if ti.static(_ELASTIC in materials):  # noqa: SIM102 (a static guard)
+            if material == _ELASTIC:
+                J = F.determinant()
+                if ti.static(dim == 2):
+                    tau = 2.0 * mu * (F - rotation_2d(F)) @ F.transpose() \
+                        + lam * (J - 1.0) * J * identity()
+                else:
+                    tau = mu * (F @ F.transpose() - identity()) + lam * ti.log(J) * identity()
+                tau += active
         return tau
 
     @ti.func
@@ -274,49 +282,51 @@ def _kernels(dim: int, double: bool):
             I = ti.Vector([J[k + 1] for k in ti.static(range(dim))])
             g = grid[J]
             m = g[dim]
-            has_mass = m > mass_floor
-            v = vec([g[k] for k in ti.static(range(dim))]) / ti.select(has_mass, m, 1.0)
-            v[1] += dt * gravity
-            xi = I.cast(float) * dx
-            # Ground: a node at or below it cannot move down; friction slows its sliding.
-            if xi[1] <= ground_height and v[1] < 0.0:
-                vn = v[1]
-                v[1] = 0.0
-                v = coulomb(v, vn, ground_friction)
-            # Tool: material inside it moves with it, or slides along its surface.
-            if tool_shape >= 0:
-                center = vec([tool[world, k] + elapsed * tool[world, dim + k]
-                              for k in ti.static(range(dim))])
-                v_tool = vec([tool[world, dim + k] for k in ti.static(range(dim))])
-                d = xi - center
-                phi = 0.0
-                normal = vec(0.0)
-                if tool_shape == 0:
-                    dist = ti.sqrt(d.dot(d) + 1e-20)
-                    phi = dist - tool_size[0]
-                    normal = d / dist
-                else:
-                    q = ti.abs(d) - tool_size
-                    outside = ti.max(q, 0.0)
-                    phi = ti.sqrt(outside.dot(outside)) + ti.min(q.max(), 0.0)
-                    axis = 0
-                    for k in ti.static(range(1, dim)):
-                        if q[k] > q[axis]:
-                            axis = k
-                    for k in ti.static(range(dim)):
-                        normal[k] = ti.select(k == axis, ti.select(d[k] < 0.0, -1.0, 1.0), 0.0)
-                if phi < 0.0:
-                    rel = v - v_tool
-                    vn = rel.dot(normal)
-                    if vn < 0.0:
-                        rel = coulomb(rel - vn * normal, vn, tool_friction)
-                    v = v_tool + rel
-            # Domain walls: slip, no velocity out of the domain.
-            for k in ti.static(range(dim)):
-                if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
-                    v[k] = 0.0
-            v = ti.select(has_mass, v, vec(0.0))
-            grid_out[J] = node([v[k] for k in ti.static(range(dim))] + [m])
+            # Most nodes are empty: they skip the boundary conditions (velocity 0).
+            if m > mass_floor:
+                v = vec([g[k] for k in ti.static(range(dim))]) / m
+                v[1] += dt * gravity
+                xi = I.cast(float) * dx
+                # Ground: a node at or below it cannot move down; friction slows its sliding.
+                if xi[1] <= ground_height and v[1] < 0.0:
+                    vn = v[1]
+                    v[1] = 0.0
+                    v = coulomb(v, vn, ground_friction)
+                # Tool: material inside it moves with it, or slides along its surface.
+                if tool_shape >= 0:
+                    center = vec([tool[world, k] + elapsed * tool[world, dim + k]
+                                  for k in ti.static(range(dim))])
+                    v_tool = vec([tool[world, dim + k] for k in ti.static(range(dim))])
+                    d = xi - center
+                    phi = 0.0
+                    normal = vec(0.0)
+                    if tool_shape == 0:
+                        dist = ti.sqrt(d.dot(d) + 1e-20)
+                        phi = dist - tool_size[0]
+                        normal = d / dist
+                    else:
+                        q = ti.abs(d) - tool_size
+                        outside = ti.max(q, 0.0)
+                        phi = ti.sqrt(outside.dot(outside)) + ti.min(q.max(), 0.0)
+                        axis = 0
+                        for k in ti.static(range(1, dim)):
+                            if q[k] > q[axis]:
+                                axis = k
+                        for k in ti.static(range(dim)):
+                            normal[k] = ti.select(k == axis, ti.select(d[k] < 0.0, -1.0, 1.0), 0.0)
+                    if phi < 0.0:
+                        rel = v - v_tool
+                        vn = rel.dot(normal)
+                        if vn < 0.0:
+                            rel = coulomb(rel - vn * normal, vn, tool_friction)
+                        v = v_tool + rel
+                # Domain walls: slip, no velocity out of the domain.
+                for k in ti.static(range(dim)):
+                    if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
+                        v[k] = 0.0
+                grid_out[J] = node([v[k] for k in ti.static(range(dim))] + [m])
+            else:
+                grid_out[J] = node([0.0] * dim + [m])
 
     @ti.kernel
     def g2p(dt: float, inv_dx: float, p: arr3, params: arr3, grid: grid_arr, p_out: arr3):
@@ -338,21 +348,24 @@ def _kernels(dim: int, double: bool):
             f = identity() + dt * new_C
             material = ti.cast(params[world, i, 2], ti.i32)
             new_F = f @ F
-            if material == _LIQUID:
-                new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
-            elif material == _PLASTIC:
-                b = f @ F @ f.transpose()
-                mu = params[world, i, 4] / (2.0 * (1.0 + params[world, i, 5]))
-                mean = b.trace() / dim
-                dev = b - mean * identity()
-                # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
-                norm = ti.sqrt((dev * dev).sum() + 1e-30)
-                radius = ti.sqrt(2.0 / 3.0) * params[world, i, 6] / mu
-                new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
-            elif material == _SAND:
-                E, nu = params[world, i, 4], params[world, i, 5]
-                mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
-                new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[world, i, 6])
+            if ti.static(_LIQUID in materials):  # noqa: SIM102 (a static guard)
+                if material == _LIQUID:
+                    new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
+            if ti.static(_PLASTIC in materials):  # noqa: SIM102 (a static guard)
+                if material == _PLASTIC:
+                    b = f @ F @ f.transpose()
+                    mu = params[world, i, 4] / (2.0 * (1.0 + params[world, i, 5]))
+                    mean = b.trace() / dim
+                    dev = b - mean * identity()
+                    # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
+                    norm = ti.sqrt((dev * dev).sum() + 1e-30)
+                    radius = ti.sqrt(2.0 / 3.0) * params[world, i, 6] / mu
+                    new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
+            if ti.static(_SAND in materials):  # noqa: SIM102 (a static guard)
+                if material == _SAND:
+                    E, nu = params[world, i, 4], params[world, i, 5]
+                    mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+                    new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[world, i, 6])
             new_x = x + dt * new_v
             for k in ti.static(range(dim)):
                 p_out[world, i, k] = new_x[k]
@@ -365,12 +378,18 @@ def _kernels(dim: int, double: bool):
     return p2g, grid_update, g2p, vec
 
 
+def _materials(model) -> frozenset:
+    """The material codes of the model's particles (fixed by the model, never by params)."""
+    return frozenset(int(m) for m in model.particle_material.unique())
+
+
 def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> KernelStep:
     """``substeps`` substeps of ``batch_size`` worlds as one step reading ``p`` (particle
     state), ``params``, ``action`` and ``tool`` (layouts above), writing ``p{substeps}``; each
     kernel is one launch over every world, and the grids are recomputed in backward."""
     dim, size = model.dim, model.grid_size
-    p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64)
+    p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64,
+                                          _materials(model))
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
     c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
     grid_shape = (batch_size,) + (size,) * dim + (dim + 1,)
@@ -407,7 +426,7 @@ def particle_to_grid(backend: Backend, model, p: torch.Tensor, params: torch.Ten
     """The grids (momentum, mass) after ``p2g`` of packed particle states ``[B, n, W]``,
     ``[B] + [G]*d + [d + 1]`` (diagnostics)."""
     backend.ensure_initialized()
-    p2g = _kernels(model.dim, backend.torch_dtype == torch.float64)[0]
+    p2g = _kernels(model.dim, backend.torch_dtype == torch.float64, _materials(model))[0]
     grid = torch.zeros((p.shape[0],) + (model.grid_size,) * model.dim + (model.dim + 1,),
                        dtype=p.dtype)
     p2g(model.dt, 1.0 / model.dx, p.contiguous(), params.contiguous(), action.contiguous(), grid)
