@@ -5,8 +5,9 @@ One kernel, ``step``, of two loops over every world (serialized for small system
 forces into a zeroed force buffer with atomic adds), then one over
 ``ti.ndrange(B, particle_count)`` (integration): one launch per step and one per adjoint, not
 two of each (a launch costs about 50 us on the Python side, more than the walker's kernels
-compute). Unlike the Warp kernel's per-particle gather, no loop body carries a local across iterations: Taichi's autodiff
-stack gave wrong position gradients for the gather form (checked against the torch reference).
+compute). Unlike the Warp kernel's per-particle gather, no loop body carries a local across
+iterations: Taichi's autodiff stack gave wrong position gradients for the gather form (checked
+against the torch reference).
 """
 
 import functools
