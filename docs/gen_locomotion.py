@@ -86,7 +86,12 @@ def collect(folder: Path, *, evaluate: bool) -> dict:
                 figures = json.loads(eval_path.read_text())
                 row.update({k: figures.get(k) for k in EVALUATED})
             rows.append(row)
+    from simdiff.scene import load_scene
+
+    goals = load_scene(scene, **(fixed.get("set") or {})).goals
     return {
+        "vmax": goals.vmax,
+        "tasks": list(goals.tasks),
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores",
         "load_average": os.getloadavg()[0],
@@ -126,13 +131,15 @@ def render(data: dict) -> str:
         "`train_seconds` is wall-clock under that load. This budget is far shorter than the "
         "full spec (`sweeps/locomotion_ablation.yaml`, 200 iterations of 1,000 steps, two "
         "seeds): the table ranks the factors by how fast they start learning, not by where "
-        "they converge."),
+        f"they converge. Goals: {', '.join(data['tasks'])} only (the scene's first "
+        "curriculum stage), in training, validation and evaluation."),
         "",
         ("Columns: `first_loss`, `final_loss`, `best_loss` are the training loss (a fresh draw "
         "of goals every iteration, so noisy); `skipped` counts iterations whose gradient was "
         "not finite (never applied); the last four columns are `simdiff evaluate` of the "
         "best iteration's controller on the held-out schedule (4 worlds: walk at four speeds, "
-        "stand, jump, crawl): `velocity_error` [m/s] (vmax = 0.05), `jump_height_error` [m], "
+        f"then the other tasks of the goals): `velocity_error` [m/s] (vmax = {data['vmax']:g}), "
+        "`jump_height_error` [m], "
         "`crawl_violation` (fraction of crawl steps above the bar) and `inverted_cells` "
         "(fraction of cell-steps with a non-positive signed area)."),
         "",
