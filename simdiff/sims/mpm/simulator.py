@@ -181,10 +181,44 @@ class MPM(Simulator):
         return Params(torch.cat([torch.stack(columns, -1), fiber], -1).contiguous())
 
     def pack(self, state: State) -> torch.Tensor:
-        """The kernels' particle layout ``[B, n, 2 d + 2 d^2]`` (x, v, C, F)."""
+        """The kernels' particle layout ``[B, n, 2 d + 2 d^2]`` (x, v, C, F): the tensor a
+        step returned, when ``state``'s fields are still the views :meth:`unpack` made of it,
+        else a new one.
+
+        Reusing the step's output spares a copy per control step and, more, the memory
+        pattern it made: the copy was what backward saved, a block allocated beside the
+        output freed a step later; the freed blocks fit no later copy (torch's allocator
+        aligns its blocks, see :func:`simdiff.bridge._empty`), so each control step left a
+        hole of a particle state in the heap, 7 MB over 51 steps. Gradients are the same:
+        the views' gradients (where the controller or the loss reads them) and the next
+        step's add into that tensor's.
+        """
+        packed = self._packed(state)
+        if packed is not None:
+            return packed
         b, n = state.particle_x.shape[:2]
         return torch.cat([state.particle_x, state.particle_v, state.particle_C.reshape(b, n, -1),
                           state.particle_F.reshape(b, n, -1)], 2)
+
+    def _packed(self, state: State) -> torch.Tensor | None:
+        """The tensor whose views ``state``'s particle fields are, laid out as :meth:`pack`
+        lays them out (None if they are anything else)."""
+        x = state.particle_x
+        base = x._base
+        d = self.model.dim
+        if base is None or base.dim() != 3 or base.shape[:2] != x.shape[:2] \
+                or base.shape[2] != 2 * d + 2 * d * d or not base.is_contiguous():
+            return None
+        b, n, width = base.shape
+        start, item = base.data_ptr(), base.element_size()
+        for t, offset, shape in ((x, 0, (b, n, d)), (state.particle_v, d, (b, n, d)),
+                                 (state.particle_C, 2 * d, (b, n, d, d)),
+                                 (state.particle_F, 2 * d + d * d, (b, n, d, d))):
+            strides = (n * width, width, 1) if len(shape) == 3 else (n * width, width, d, 1)
+            if (t._base is not base or t.data_ptr() != start + offset * item
+                    or tuple(t.shape) != shape or t.stride() != strides):
+                return None
+        return base
 
     def unpack(self, p: torch.Tensor, tool_x: torch.Tensor) -> State:
         b, n, d = p.shape[0], p.shape[1], self.model.dim
