@@ -43,6 +43,7 @@ __all__ = [
     "apply_segment",
     "apply_step",
     "capturable",
+    "return_free_memory",
     "run_forward",
 ]
 
@@ -391,10 +392,11 @@ def _malloc_trim() -> Any:
         return None
 
 
-def _return_free_memory() -> None:
-    """Give the heap's free pages back to the system (``malloc_trim``), after a kernel
-    compiled: compiling frees its temporaries into the heap in blocks the later, smaller
-    allocations fragment, so they stayed resident (5 MB of an MPM training run's peak)."""
+def return_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Called after a Taichi kernel compiles: compiling frees its temporaries into the
+    heap in blocks that later, smaller allocations fragment, so they stayed resident (1-3 MB
+    of an MPM training run's peak); and by ``simdiff train`` before its plots."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -415,7 +417,7 @@ class _TaichiLauncher:
 
     def __init__(self, kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
         kernel(*static, *tensors)  # compiles (or loads) it and checks every argument
-        _return_free_memory()
+        return_free_memory()
         self.kernel, self.static = kernel, static
         self.signature = self._signature(tensors)
         self.plan = None
