@@ -14,7 +14,16 @@ about ``2 sqrt(steps)`` particle states are held (the segment starts, then one s
 recomputed in backward) at the cost of one more forward pass. Measured with
 :func:`simdiff.bench.saved_bytes` (``benchmarks/mpm.py`` part (c), Warp): 1,000 substeps save
 7.5 MB for backward, 4,000 save 29.6 MB, 10,000 (segments of 23 control steps) 3.3 MB; the
-process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp.
+process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp (before
+the pooled buffers below).
+
+Peak memory of the DiffTaichi ``diffmpm.py`` comparison (``simdiff bench mpm --difftaichi``,
+1,020 substeps, one training iteration; DiffTaichi 685 MB): Taichi 359 MB (0.52x), of which
+322 MB is importing and initializing torch and Taichi; Warp 419 MB (0.61x), 387 MB of it
+the import. What the run adds above its import (37 and 32 MB, from 123 on both before) is
+the kernels' compiled code (~15 MB on Taichi), the 7.65 MB saved for backward and one
+step's recomputed buffers (11 MB), which come from the step's buffer pool
+(:mod:`simdiff.bridge`) so that the heap does not fragment around them.
 
 Batching (``benchmarks/batch_mpm.py``, mpm_crawler on 2 shared cores): at B = 8 a batched
 rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forward and about
