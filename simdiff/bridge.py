@@ -160,7 +160,7 @@ class _Pool:
     iteration ~20% slower on page faults). Kept here instead, the same blocks serve every
     substep and step: the pool holds what one step's backward needs at most (11 MB for that
     crawler) and the heap no longer grows around it. Only buffers this bridge made and gave to
-    no one are returned (one holding a view, a Warp array or a numpy array of a buffer keeps
+    no one are returned (one holding a view, a Warp array or a numpy view of a buffer keeps
     it out), and none over :data:`POOL_BUFFER_BYTES` (large blocks are mapped apart by malloc
     itself, and a pool would hold them after the step).
     """
