@@ -9,8 +9,8 @@ Each sample is what a command writes, copied under the name the README uses:
 - ``rl_pareto.png``: ``simdiff rl eval --no-video`` (its ``pareto.png``: the shipped
   time-step policy, the error-feedback rule and every fixed eta on the held-out systems).
 
-The animations have their own commands: ``python3 tasks.py sample`` trains the walker and
-writes ``walker_small.gif``; ``python docs/gen_gallery.py`` writes the gallery's posters.
+The animations have their own commands: ``python3 tasks.py sample`` runs the demo (the
+goal-conditioned walker) and writes ``walker_goals.gif``; ``python docs/gen_gallery.py`` writes the gallery's posters.
 ``design_suite.png`` comes from ``simdiff design suite --iters 100`` (about 25 minutes on two
 cores), which this script leaves alone. The exit code is 1 if a command failed.
 """

@@ -229,7 +229,8 @@ class Simulator(abc.ABC):
         """Figures of one state, per world ``{name: [B]}``, that :func:`simdiff.rollout.rollout`
         averages over every state of a rollout (the initial one and each step's), without
         gradients: ``Rollout.step_figures``. None here; the mass-spring simulator reports
-        ``inverted_cells``."""
+        ``inverted_cells``. Each world's figures must depend on that world's state alone: the
+        rollout passes several steps' states at once, stacked as worlds."""
         return {}
 
     def segment_spec(self) -> Any:

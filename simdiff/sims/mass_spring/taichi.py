@@ -1,11 +1,13 @@
 """Taichi kernels of the mass-spring step (see ``model.py`` for the physics), for ``B`` worlds.
 
-Two kernels, each one loop over every world (serialized for small systems,
-:data:`SERIAL_ITERATIONS`): ``spring_forces`` over
-``ti.ndrange(B, spring_count)`` (springs scatter their forces into a zeroed force buffer with
-atomic adds) and ``integrate`` over ``ti.ndrange(B, particle_count)``. Unlike the Warp
-kernel's per-particle gather, no loop body carries a local across iterations: Taichi's autodiff
-stack gave wrong position gradients for the gather form (checked against the torch reference).
+One kernel, ``step``, of two loops over every world (serialized for small systems,
+:data:`SERIAL_ITERATIONS`): one over ``ti.ndrange(B, spring_count)`` (springs scatter their
+forces into a zeroed force buffer with atomic adds), then one over
+``ti.ndrange(B, particle_count)`` (integration): one launch per step and one per adjoint, not
+two of each (a launch costs about 50 us on the Python side, more than the walker's kernels
+compute). Unlike the Warp kernel's per-particle gather, no loop body carries a local across
+iterations: Taichi's autodiff stack gave wrong position gradients for the gather form (checked
+against the torch reference).
 """
 
 import functools
@@ -36,32 +38,44 @@ def _kernels(dim: int, double: bool, serial: bool = False):
     arr2 = ti.types.ndarray(ndim=2)
     arr3 = ti.types.ndarray(ndim=3)
 
-    @ti.kernel
-    def spring_forces(
-        spring_indices: arr2,
-        spring_actuator: arr1,
-        x: arr_vec,
-        v: arr_vec,
-        action: arr2,
-        spring_params: arr3,
-        force: arr_vec,
-    ):
-        ti.loop_config(serialize=serial)
-        for b, s in ti.ndrange(x.shape[0], spring_indices.shape[0]):
-            a = spring_indices[s, 0]
-            c = spring_indices[s, 1]
-            d = x[b, c] - x[b, a]
-            length = ti.sqrt(d.dot(d) + 1e-12)
-            direction = d / length
-            target = spring_params[b, s, 1] * (
-                1.0 + spring_params[b, s, 3] * action[b, spring_actuator[s]])
-            pull = spring_params[b, s, 0] * (length - target)
-            pull += spring_params[b, s, 2] * (v[b, c] - v[b, a]).dot(direction)
-            force[b, a] += pull * direction
-            force[b, c] -= pull * direction
+    @ti.func
+    def spring_force(b, s, spring_indices: ti.template(), spring_actuator: ti.template(),
+                     x: ti.template(), v: ti.template(), action: ti.template(),
+                     spring_params: ti.template(), force: ti.template()):
+        a = spring_indices[s, 0]
+        c = spring_indices[s, 1]
+        d = x[b, c] - x[b, a]
+        length = ti.sqrt(d.dot(d) + 1e-12)
+        direction = d / length
+        target = spring_params[b, s, 1] * (
+            1.0 + spring_params[b, s, 3] * action[b, spring_actuator[s]])
+        pull = spring_params[b, s, 0] * (length - target)
+        pull += spring_params[b, s, 2] * (v[b, c] - v[b, a]).dot(direction)
+        force[b, a] += pull * direction
+        force[b, c] -= pull * direction
+
+    @ti.func
+    def advance(b, i, up, dt, gravity, drag_factor, ground_height, friction, has_ground,
+                x: ti.template(), v: ti.template(), force: ti.template(),
+                inv_mass: ti.template(), x_out: ti.template(), v_out: ti.template()):
+        xi = x[b, i]
+        v_free = v[b, i] * drag_factor + dt * (force[b, i] * inv_mass[b, i] + gravity * up)
+        x_free = xi + dt * v_free
+        vn = v_free.dot(up)
+        hit = has_ground != 0 and x_free.dot(up) < ground_height and vn < 0.0
+        safe_vn = ti.select(hit, vn, -1.0)
+        toi = ti.math.clamp((ground_height - xi.dot(up)) / safe_vn, 0.0, dt)
+        vt = v_free - vn * up
+        vt_len = ti.sqrt(vt.dot(vt) + 1e-12)
+        v_hit = vt * ti.max(0.0, 1.0 + friction * vn / vt_len)
+        x_hit = xi + toi * v_free + (dt - toi) * v_hit
+        x_out[b, i] = ti.select(hit, x_hit, x_free)
+        v_out[b, i] = ti.select(hit, v_hit, v_free)
 
     @ti.kernel
-    def integrate(
+    def step(
+        spring_indices: arr2,
+        spring_actuator: arr1,
         up: vec,
         dt: float,
         gravity: float,
@@ -71,51 +85,44 @@ def _kernels(dim: int, double: bool, serial: bool = False):
         has_ground: ti.i32,
         x: arr_vec,
         v: arr_vec,
-        force: arr_vec,
+        action: arr2,
+        spring_params: arr3,
         inv_mass: arr2,
+        force: arr_vec,
         x_out: arr_vec,
         v_out: arr_vec,
     ):
+        # Two loops in one launch (Taichi runs them in order, and their adjoints in reverse):
+        # the springs scatter into the zeroed force buffer, then the particles move.
+        ti.loop_config(serialize=serial)
+        for b, s in ti.ndrange(x.shape[0], spring_indices.shape[0]):
+            spring_force(b, s, spring_indices, spring_actuator, x, v, action, spring_params,
+                         force)
         ti.loop_config(serialize=serial)
         for b, i in ti.ndrange(x.shape[0], x.shape[1]):
-            xi = x[b, i]
-            v_free = v[b, i] * drag_factor + dt * (force[b, i] * inv_mass[b, i] + gravity * up)
-            x_free = xi + dt * v_free
-            vn = v_free.dot(up)
-            hit = has_ground != 0 and x_free.dot(up) < ground_height and vn < 0.0
-            safe_vn = ti.select(hit, vn, -1.0)
-            toi = ti.math.clamp((ground_height - xi.dot(up)) / safe_vn, 0.0, dt)
-            vt = v_free - vn * up
-            vt_len = ti.sqrt(vt.dot(vt) + 1e-12)
-            v_hit = vt * ti.max(0.0, 1.0 + friction * vn / vt_len)
-            x_hit = xi + toi * v_free + (dt - toi) * v_hit
-            x_out[b, i] = ti.select(hit, x_hit, x_free)
-            v_out[b, i] = ti.select(hit, v_hit, v_free)
+            advance(b, i, up, dt, gravity, drag_factor, ground_height, friction, has_ground, x,
+                    v, force, inv_mass, x_out, v_out)
 
-    return spring_forces, integrate, vec
+    return step, vec
 
 
 def build_step(backend: Backend, dim: int, batch_size: int, resident: dict,
                scalars: tuple) -> KernelStep:
-    """The step's launches for ``batch_size`` worlds; ``resident`` holds the model's index
+    """The step's launch for ``batch_size`` worlds; ``resident`` holds the model's index
     tensors on the device (shared by every world)."""
     n = resident["particle_count"]
     iterations = batch_size * max(n, int(resident["spring_indices"].shape[0]))
-    spring_forces, integrate, vec = _kernels(dim, backend.torch_dtype == torch.float64,
-                                             iterations <= SERIAL_ITERATIONS)
+    step, vec = _kernels(dim, backend.torch_dtype == torch.float64,
+                         iterations <= SERIAL_ITERATIONS)
     up = vec([1.0 if k == 1 else 0.0 for k in range(dim)])
-    per_particle = OutputSpec((batch_size, n, dim))
-    forces = KernelLaunch(
-        backend, spring_forces, n,
-        (resident["spring_indices"], resident["spring_actuator"]),
-        (("x", None), ("v", None), ("action", None), ("spring_params", None)),
-        (("force", per_particle),),
-    )
-    advance = KernelLaunch(
-        backend, integrate, n,
-        (up, *scalars),
-        (("x", None), ("v", None), ("force", None), ("particle_inv_mass", None)),
-        (("x_out", per_particle), ("v_out", per_particle)),
+    launch = KernelLaunch(
+        backend, step, n,
+        (resident["spring_indices"], resident["spring_actuator"], up, *scalars),
+        (("x", None), ("v", None), ("action", None), ("spring_params", None),
+         ("particle_inv_mass", None)),
+        (("force", OutputSpec((batch_size, n, dim))),
+         ("x_out", OutputSpec((batch_size, n, dim), accumulates=False)),
+         ("v_out", OutputSpec((batch_size, n, dim), accumulates=False))),
     )
     return KernelStep(("x", "v", "action", "spring_params", "particle_inv_mass"),
-                      (forces, advance), ("x_out", "v_out"))
+                      (launch,), ("x_out", "v_out"))

@@ -10,12 +10,13 @@ Layouts (one tensor each, because every tensor argument costs a launch ~60 us), 
 leading world axis ``B``; one launch serves every world (``ti.ndrange(B, n)`` over particles,
 ``ti.ndrange(B, G, ..., G)`` over nodes), and worlds never share a grid:
 
-* particle state ``[B, n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major).
+* particle state ``[B, n, 2 d + 2 d^2]``: position, velocity, ``C`` and ``F`` (row-major);
+  the kernels read it, and the parameters, flat (``KernelLaunch.flat``).
 * particle parameters ``[B, n, 8 + d]``: ``PARAM_COLUMNS`` then the fiber direction;
   ``yield`` holds the Drucker-Prager ``alpha`` of sand particles.
 * action ``[B, max(actuators, 1)]``: the muscles' signals.
-* grid ``[B] + [G]*d + [d + 1]``: momentum then mass after ``p2g``; velocity then mass after
-  ``grid_update``.
+* grid ``[B G^d, d + 1]`` (flat; nodes row-major, world by world): momentum then mass after
+  ``p2g``; velocity then mass after ``grid_update``.
 * tool ``[B, 2 d]``: center at the control step's start, then its velocity.
 """
 
@@ -32,7 +33,7 @@ from simdiff.sims.mpm.state import PARAM_COLUMNS
 __all__ = ["PARAM_COLUMNS", "build_step", "particle_to_grid"]
 
 
-_LIQUID, _PLASTIC = 1, 2
+_ELASTIC, _LIQUID, _PLASTIC = 0, 1, 2
 _SAND = 3
 _SERIES_BELOW = 1e-3  # squared ratio below which divided differences use their power series
 _TIP_STRAIN = 1e-5
@@ -42,14 +43,23 @@ _JACOBI_SWEEPS = 6  # cyclic Jacobi sweeps of a 3x3 eigen decomposition (float64
 
 
 @functools.cache
-def _kernels(dim: int, double: bool):
+def _kernels(dim: int, double: bool, size: int, materials: frozenset = frozenset((0, 1, 2, 3))):
+    """The kernels for a grid of ``size``^d nodes and the given material codes: the others'
+    branches are compiled out (the sand return's logarithms, exponentials and eigen
+    decompositions made every particle loop slower, and their adjoints more so, where no
+    particle was sand). The grid is flat (``[B G^d, d + 1]``, its index arithmetic on
+    compile-time constants): Taichi's multi-dimensional ndarray indexing cost about 2.5x a
+    flat one (a copy of a 128^2 grid: 175 us against 50 us)."""
     del double  # keys the cache: Taichi is re-initialized when the precision changes
     vec = ti.types.vector(dim, float)
     mat = ti.types.matrix(dim, dim, float)
     node = ti.types.vector(dim + 1, float)
     arr2 = ti.types.ndarray(ndim=2)
-    arr3 = ti.types.ndarray(ndim=3)
-    grid_arr = ti.types.ndarray(dtype=node, ndim=dim + 1)  # [B] + [G]*d
+    flat = ti.types.ndarray(ndim=1)  # [B n W] particle rows, read flat (see above)
+    width = 2 * dim + 2 * dim * dim  # particle state columns
+    pwidth = 8 + dim  # particle parameter columns
+    grid_arr = ti.types.ndarray(dtype=node, ndim=1)  # [B G^d], node (world, i, j, k) row-major
+    nodes = size**dim
     stencil = ti.ndrange(*((3,) * dim))
     ox, oc, of = dim, 2 * dim, 2 * dim + dim * dim  # column offsets of v, C, F
 
@@ -58,21 +68,24 @@ def _kernels(dim: int, double: bool):
         return ti.Matrix.identity(float, dim)
 
     @ti.func
-    def load_vec(a: ti.template(), world, i, start) -> vec:
-        return vec([a[world, i, start + k] for k in ti.static(range(dim))])
+    def load_vec(a: ti.template(), row, start) -> vec:
+        return vec([a[row + start + k] for k in ti.static(range(dim))])
 
     @ti.func
-    def load_mat(a: ti.template(), world, i, start) -> mat:
-        return mat([[a[world, i, start + r * dim + c] for c in ti.static(range(dim))]
+    def load_mat(a: ti.template(), row, start) -> mat:
+        return mat([[a[row + start + r * dim + c] for c in ti.static(range(dim))]
                     for r in ti.static(range(dim))])
 
     @ti.func
     def node_of(world, I):
-        # The grid index of node I of a world.
-        return ti.Vector([world] + [I[k] for k in ti.static(range(dim))])
+        # The flat grid index of node I of a world.
+        index = world * nodes
+        for k in ti.static(range(dim)):
+            index += I[k] * size ** (dim - 1 - k)
+        return index
 
     @ti.func
-    def weights(x, inv_dx, size):
+    def weights(x, inv_dx):
         # Clamped so that a particle that escaped (or became NaN) cannot write out of bounds;
         # the rollout's state check reports it after the step.
         base = ti.max(ti.min(ti.cast(x * inv_dx - 0.5, ti.i32), size - 3), 0)
@@ -197,21 +210,26 @@ def _kernels(dim: int, double: bool):
         mu = E / (2.0 * (1.0 + nu))
         lam = E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
         tau = ti.Matrix.zero(float, dim, dim)
-        if material == _LIQUID:
-            J = F.determinant()
-            tau = (lam + 2.0 * mu / dim) * (J - 1.0) * J * identity()
-        elif material == _PLASTIC:
-            J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
-            tau = mu * (F - identity()) + lam * ti.log(J) * identity()
-        elif material == _SAND:
-            tau = sand_stress(F, mu, lam)  # F holds b_e
-        else:
-            J = F.determinant()
-            if ti.static(dim == 2):
-                tau = 2.0 * mu * (F - rotation_2d(F)) @ F.transpose() + lam * (J - 1.0) * J * identity()
-            else:
-                tau = mu * (F @ F.transpose() - identity()) + lam * ti.log(J) * identity()
-            tau += active
+        if ti.static(_LIQUID in materials):  # noqa: SIM102 (a static guard)
+            if material == _LIQUID:
+                J = F.determinant()
+                tau = (lam + 2.0 * mu / dim) * (J - 1.0) * J * identity()
+        if ti.static(_PLASTIC in materials):  # noqa: SIM102 (a static guard)
+            if material == _PLASTIC:
+                J = ti.sqrt(F.determinant())  # F holds b_e = F_e F_e^T
+                tau = mu * (F - identity()) + lam * ti.log(J) * identity()
+        if ti.static(_SAND in materials):  # noqa: SIM102 (a static guard)
+            if material == _SAND:
+                tau = sand_stress(F, mu, lam)  # F holds b_e
+        if ti.static(_ELASTIC in materials):  # noqa: SIM102 (a static guard)
+            if material == _ELASTIC:
+                J = F.determinant()
+                if ti.static(dim == 2):
+                    tau = 2.0 * mu * (F - rotation_2d(F)) @ F.transpose() \
+                        + lam * (J - 1.0) * J * identity()
+                else:
+                    tau = mu * (F @ F.transpose() - identity()) + lam * ti.log(J) * identity()
+                tau += active
         return tau
 
     @ti.func
@@ -227,21 +245,24 @@ def _kernels(dim: int, double: bool):
         return ti.select(stick, 0.0, 1.0 + friction * vn / ti.select(stick, 1.0, speed)) * vt
 
     @ti.kernel
-    def p2g(dt: float, inv_dx: float, p: arr3, params: arr3, action: arr2, grid: grid_arr):
-        for world, i in ti.ndrange(p.shape[0], p.shape[1]):
-            x = load_vec(p, world, i, 0)
-            v = load_vec(p, world, i, ox)
-            C = load_mat(p, world, i, oc)
-            F = load_mat(p, world, i, of)
-            mass = params[world, i, 0]
-            actuator = ti.cast(params[world, i, 3], ti.i32)
+    def p2g(dt: float, inv_dx: float, n: ti.i32, p: flat, params: flat, action: arr2,
+            grid: grid_arr):
+        for t in range(p.shape[0] // width):  # world * n + particle
+            world = t // n
+            row, prow = t * width, t * pwidth
+            x = load_vec(p, row, 0)
+            v = load_vec(p, row, ox)
+            C = load_mat(p, row, oc)
+            F = load_mat(p, row, of)
+            mass = params[prow]
+            actuator = ti.cast(params[prow + 3], ti.i32)
             u = action[world, ti.max(actuator, 0)] * ti.cast(actuator >= 0, float)
-            stretched = F @ load_vec(params, world, i, 8)
-            active = params[world, i, 7] * u * stretched.outer_product(stretched)
-            tau = kirchhoff(F, ti.cast(params[world, i, 2], ti.i32), params[world, i, 4],
-                            params[world, i, 5], active)
-            affine = -dt * params[world, i, 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
-            base, fx, w = weights(x, inv_dx, grid.shape[1])
+            stretched = F @ load_vec(params, prow, 8)
+            active = params[prow + 7] * u * stretched.outer_product(stretched)
+            tau = kirchhoff(F, ti.cast(params[prow + 2], ti.i32), params[prow + 4],
+                            params[prow + 5], active)
+            affine = -dt * params[prow + 1] * 4.0 * inv_dx * inv_dx * tau + mass * C
+            base, fx, w = weights(x, inv_dx)
             for offset in ti.static(ti.grouped(stencil)):
                 dpos = (offset.cast(float) - fx) / inv_dx
                 weight = 1.0
@@ -263,67 +284,71 @@ def _kernels(dim: int, double: bool):
         tool_size: vec,
         tool_friction: float,
         boundary: ti.i32,
-        size: ti.i32,
         mass_floor: float,
         grid: grid_arr,
         tool: arr2,
         grid_out: grid_arr,
     ):
-        for J in ti.grouped(ti.ndrange(grid.shape[0], *((size,) * dim))):  # world, node
-            world = J[0]
-            I = ti.Vector([J[k + 1] for k in ti.static(range(dim))])
+        for J in range(grid.shape[0]):  # world, node
+            world = J // nodes
+            I = ti.Vector([(J // size ** (dim - 1 - k)) % size for k in ti.static(range(dim))])
             g = grid[J]
             m = g[dim]
-            has_mass = m > mass_floor
-            v = vec([g[k] for k in ti.static(range(dim))]) / ti.select(has_mass, m, 1.0)
-            v[1] += dt * gravity
-            xi = I.cast(float) * dx
-            # Ground: a node at or below it cannot move down; friction slows its sliding.
-            if xi[1] <= ground_height and v[1] < 0.0:
-                vn = v[1]
-                v[1] = 0.0
-                v = coulomb(v, vn, ground_friction)
-            # Tool: material inside it moves with it, or slides along its surface.
-            if tool_shape >= 0:
-                center = vec([tool[world, k] + elapsed * tool[world, dim + k]
-                              for k in ti.static(range(dim))])
-                v_tool = vec([tool[world, dim + k] for k in ti.static(range(dim))])
-                d = xi - center
-                phi = 0.0
-                normal = vec(0.0)
-                if tool_shape == 0:
-                    dist = ti.sqrt(d.dot(d) + 1e-20)
-                    phi = dist - tool_size[0]
-                    normal = d / dist
-                else:
-                    q = ti.abs(d) - tool_size
-                    outside = ti.max(q, 0.0)
-                    phi = ti.sqrt(outside.dot(outside)) + ti.min(q.max(), 0.0)
-                    axis = 0
-                    for k in ti.static(range(1, dim)):
-                        if q[k] > q[axis]:
-                            axis = k
-                    for k in ti.static(range(dim)):
-                        normal[k] = ti.select(k == axis, ti.select(d[k] < 0.0, -1.0, 1.0), 0.0)
-                if phi < 0.0:
-                    rel = v - v_tool
-                    vn = rel.dot(normal)
-                    if vn < 0.0:
-                        rel = coulomb(rel - vn * normal, vn, tool_friction)
-                    v = v_tool + rel
-            # Domain walls: slip, no velocity out of the domain.
-            for k in ti.static(range(dim)):
-                if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
-                    v[k] = 0.0
-            v = ti.select(has_mass, v, vec(0.0))
-            grid_out[J] = node([v[k] for k in ti.static(range(dim))] + [m])
+            # Most nodes are empty: they skip the boundary conditions (velocity 0).
+            if m > mass_floor:
+                v = vec([g[k] for k in ti.static(range(dim))]) / m
+                v[1] += dt * gravity
+                xi = I.cast(float) * dx
+                # Ground: a node at or below it cannot move down; friction slows its sliding.
+                if xi[1] <= ground_height and v[1] < 0.0:
+                    vn = v[1]
+                    v[1] = 0.0
+                    v = coulomb(v, vn, ground_friction)
+                # Tool: material inside it moves with it, or slides along its surface.
+                if tool_shape >= 0:
+                    center = vec([tool[world, k] + elapsed * tool[world, dim + k]
+                                  for k in ti.static(range(dim))])
+                    v_tool = vec([tool[world, dim + k] for k in ti.static(range(dim))])
+                    d = xi - center
+                    phi = 0.0
+                    normal = vec(0.0)
+                    if tool_shape == 0:
+                        dist = ti.sqrt(d.dot(d) + 1e-20)
+                        phi = dist - tool_size[0]
+                        normal = d / dist
+                    else:
+                        q = ti.abs(d) - tool_size
+                        outside = ti.max(q, 0.0)
+                        phi = ti.sqrt(outside.dot(outside)) + ti.min(q.max(), 0.0)
+                        axis = 0
+                        for k in ti.static(range(1, dim)):
+                            if q[k] > q[axis]:
+                                axis = k
+                        for k in ti.static(range(dim)):
+                            normal[k] = ti.select(k == axis, ti.select(d[k] < 0.0, -1.0, 1.0), 0.0)
+                    if phi < 0.0:
+                        rel = v - v_tool
+                        vn = rel.dot(normal)
+                        if vn < 0.0:
+                            rel = coulomb(rel - vn * normal, vn, tool_friction)
+                        v = v_tool + rel
+                # Domain walls: slip, no velocity out of the domain.
+                for k in ti.static(range(dim)):
+                    if (I[k] < boundary and v[k] < 0.0) or (I[k] > size - boundary and v[k] > 0.0):
+                        v[k] = 0.0
+                grid_out[J] = node([v[k] for k in ti.static(range(dim))] + [m])
+            else:
+                grid_out[J] = node([0.0] * dim + [m])
 
     @ti.kernel
-    def g2p(dt: float, inv_dx: float, p: arr3, params: arr3, grid: grid_arr, p_out: arr3):
-        for world, i in ti.ndrange(p.shape[0], p.shape[1]):
-            x = load_vec(p, world, i, 0)
-            F = load_mat(p, world, i, of)
-            base, fx, w = weights(x, inv_dx, grid.shape[1])
+    def g2p(dt: float, inv_dx: float, n: ti.i32, p: flat, params: flat, grid: grid_arr,
+            p_out: flat):
+        for t in range(p.shape[0] // width):  # world * n + particle
+            world = t // n
+            row, prow = t * width, t * pwidth
+            x = load_vec(p, row, 0)
+            F = load_mat(p, row, of)
+            base, fx, w = weights(x, inv_dx)
             new_v = vec(0.0)
             new_C = mat(0.0)
             for offset in ti.static(ti.grouped(stencil)):
@@ -336,33 +361,41 @@ def _kernels(dim: int, double: bool):
                 new_v += weight * gv
                 new_C += 4.0 * inv_dx * inv_dx * weight * gv.outer_product(dpos)
             f = identity() + dt * new_C
-            material = ti.cast(params[world, i, 2], ti.i32)
+            material = ti.cast(params[prow + 2], ti.i32)
             new_F = f @ F
-            if material == _LIQUID:
-                new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
-            elif material == _PLASTIC:
-                b = f @ F @ f.transpose()
-                mu = params[world, i, 4] / (2.0 * (1.0 + params[world, i, 5]))
-                mean = b.trace() / dim
-                dev = b - mean * identity()
-                # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
-                norm = ti.sqrt((dev * dev).sum() + 1e-30)
-                radius = ti.sqrt(2.0 / 3.0) * params[world, i, 6] / mu
-                new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
-            elif material == _SAND:
-                E, nu = params[world, i, 4], params[world, i, 5]
-                mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
-                new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[world, i, 6])
+            if ti.static(_LIQUID in materials):  # noqa: SIM102 (a static guard)
+                if material == _LIQUID:
+                    new_F = ti.pow(new_F.determinant(), 1.0 / dim) * identity()
+            if ti.static(_PLASTIC in materials):  # noqa: SIM102 (a static guard)
+                if material == _PLASTIC:
+                    b = f @ F @ f.transpose()
+                    mu = params[prow + 4] / (2.0 * (1.0 + params[prow + 5]))
+                    mean = b.trace() / dim
+                    dev = b - mean * identity()
+                    # Radial return: ||dev tau|| = mu ||dev b|| at most sqrt(2/3) * yield.
+                    norm = ti.sqrt((dev * dev).sum() + 1e-30)
+                    radius = ti.sqrt(2.0 / 3.0) * params[prow + 6] / mu
+                    new_F = ti.min(1.0, radius / norm) * dev + mean * identity()
+            if ti.static(_SAND in materials):  # noqa: SIM102 (a static guard)
+                if material == _SAND:
+                    E, nu = params[prow + 4], params[prow + 5]
+                    mu, lam = E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+                    new_F = sand_return(f @ F @ f.transpose(), mu, lam, params[prow + 6])
             new_x = x + dt * new_v
             for k in ti.static(range(dim)):
-                p_out[world, i, k] = new_x[k]
-                p_out[world, i, ox + k] = new_v[k]
+                p_out[row + k] = new_x[k]
+                p_out[row + ox + k] = new_v[k]
             for r in ti.static(range(dim)):
                 for c in ti.static(range(dim)):
-                    p_out[world, i, oc + r * dim + c] = new_C[r, c]
-                    p_out[world, i, of + r * dim + c] = new_F[r, c]
+                    p_out[row + oc + r * dim + c] = new_C[r, c]
+                    p_out[row + of + r * dim + c] = new_F[r, c]
 
     return p2g, grid_update, g2p, vec
+
+
+def _materials(model) -> frozenset:
+    """The material codes of the model's particles (fixed by the model, never by params)."""
+    return frozenset(int(m) for m in model.particle_material.unique())
 
 
 def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> KernelStep:
@@ -370,10 +403,11 @@ def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> K
     state), ``params``, ``action`` and ``tool`` (layouts above), writing ``p{substeps}``; each
     kernel is one launch over every world, and the grids are recomputed in backward."""
     dim, size = model.dim, model.grid_size
-    p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64)
+    p2g, grid_update, g2p, vec = _kernels(dim, backend.torch_dtype == torch.float64, size,
+                                          _materials(model))
     n, width = model.particle_count, 2 * dim + 2 * dim * dim
     c = boundary_constants(model, single_precision=backend.torch_dtype == torch.float32)
-    grid_shape = (batch_size,) + (size,) * dim + (dim + 1,)
+    grid_shape = (batch_size * size**dim, dim + 1)
     grid_spec = OutputSpec(grid_shape)
     velocity_spec = OutputSpec(grid_shape, accumulates=False)
     particle_spec = OutputSpec((batch_size, n, width), accumulates=False)
@@ -381,22 +415,22 @@ def build_step(backend: Backend, model, substeps: int, batch_size: int = 1) -> K
     for s in range(substeps):
         p_in, p_out = ("p" if s == 0 else f"p{s}"), f"p{s + 1}"
         launches.append(KernelLaunch(
-            backend, p2g, n, (model.dt, 1.0 / model.dx),
+            backend, p2g, n, (model.dt, 1.0 / model.dx, n),
             ((p_in, None), ("params", None), ("action", None)),
-            ((f"grid{s}", grid_spec),),
+            ((f"grid{s}", grid_spec),), flat=frozenset((p_in, "params")),
         ))
         launches.append(KernelLaunch(
             backend, grid_update, size**dim,
             (model.dt, model.dx, s * model.dt, model.gravity, c.ground_height,
              c.ground_friction, c.tool_shape, vec(c.tool_size), c.tool_friction,
-             BOUNDARY_CELLS, size, c.mass_floor),
+             BOUNDARY_CELLS, c.mass_floor),
             ((f"grid{s}", None), ("tool", None)),
             ((f"velocity{s}", velocity_spec),),
         ))
         launches.append(KernelLaunch(
-            backend, g2p, n, (model.dt, 1.0 / model.dx),
+            backend, g2p, n, (model.dt, 1.0 / model.dx, n),
             ((p_in, None), ("params", None), (f"velocity{s}", None)),
-            ((p_out, particle_spec),),
+            ((p_out, particle_spec),), flat=frozenset((p_in, "params", p_out)),
         ))
     return KernelStep(("p", "params", "action", "tool"), tuple(launches), (f"p{substeps}",),
                       recompute=True)
@@ -407,8 +441,9 @@ def particle_to_grid(backend: Backend, model, p: torch.Tensor, params: torch.Ten
     """The grids (momentum, mass) after ``p2g`` of packed particle states ``[B, n, W]``,
     ``[B] + [G]*d + [d + 1]`` (diagnostics)."""
     backend.ensure_initialized()
-    p2g = _kernels(model.dim, backend.torch_dtype == torch.float64)[0]
-    grid = torch.zeros((p.shape[0],) + (model.grid_size,) * model.dim + (model.dim + 1,),
-                       dtype=p.dtype)
-    p2g(model.dt, 1.0 / model.dx, p.contiguous(), params.contiguous(), action.contiguous(), grid)
-    return grid
+    dim, size = model.dim, model.grid_size
+    p2g = _kernels(dim, backend.torch_dtype == torch.float64, size, _materials(model))[0]
+    grid = torch.zeros((p.shape[0] * size**dim, dim + 1), dtype=p.dtype)
+    p2g(model.dt, 1.0 / model.dx, model.particle_count, p.contiguous().view(-1),
+        params.contiguous().view(-1), action.contiguous(), grid)
+    return grid.view((p.shape[0],) + (size,) * dim + (dim + 1,))

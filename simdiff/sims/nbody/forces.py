@@ -28,6 +28,8 @@ against central differences and across backends. No double backward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from simdiff.bridge import KernelStep, run_forward
@@ -37,7 +39,7 @@ __all__ = ["gravity"]
 
 class _Gravity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, steps: tuple[KernelStep, KernelStep], x, v, mass, params):
+    def forward(ctx, steps: tuple[KernelStep, Callable], x, v, mass, params):
         forward, _ = steps
         x, v, mass, params = (t.detach().contiguous() for t in (x, v, mass, params))
         a, jerk = run_forward(forward, x, v, mass, params)
@@ -50,13 +52,13 @@ class _Gravity(torch.autograd.Function):
         x, v, mass, params = ctx.saved_tensors
         adj_a = torch.zeros_like(x) if adj_a is None else adj_a.contiguous()
         adj_jerk = torch.zeros_like(x) if adj_jerk is None else adj_jerk.contiguous()
-        gx, gv, gm, gg, ge2 = run_forward(ctx.steps[1], x, v, mass, params, adj_a, adj_jerk)
+        gx, gv, gm, gg, ge2 = ctx.steps[1](x, v, mass, params, adj_a, adj_jerk)
         # d(eps^2)/d(eps) = 2 eps; G and eps are per world: sums over the world's bodies.
         gparams = torch.stack([gg.sum(1), 2 * params[:, 1] * ge2.sum(1)], 1)
         return None, gx, gv, gm, gparams
 
 
-def gravity(steps: tuple[KernelStep, KernelStep], x: torch.Tensor, v: torch.Tensor,
+def gravity(steps: tuple[KernelStep, Callable], x: torch.Tensor, v: torch.Tensor,
             mass: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Accelerations and jerks ``[B, N, 3]`` of positions and velocities ``[B, N, 3]``, masses
     ``[B, N]`` and ``params = [G, softening]`` per world ``[B, 2]``; differentiable."""

@@ -13,12 +13,13 @@ Self-exclusion is branch-free (the self term gets r2 = 1 and weight 0).
 """
 
 import functools
+from collections.abc import Callable
 
 import torch
 import warp as wp
 
 from simdiff.backend import Backend
-from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec
+from simdiff.bridge import KernelLaunch, KernelStep, OutputSpec, run_forward
 
 __all__ = ["build_forces"]
 
@@ -137,9 +138,10 @@ def _kernels(double: bool):
     return gravity, gravity_adjoint, vec, scalar
 
 
-def build_forces(backend: Backend, batch: int, n: int) -> tuple[KernelStep, KernelStep]:
-    """Steps computing ``(a, jerk)`` from ``(x, v, mass, params=[G, softening])`` and, in
-    gather form, the adjoints ``(x, v, mass, G, eps^2)`` per body from ``(adj_a, adj_jerk)``."""
+def build_forces(backend: Backend, batch: int, n: int) -> tuple[KernelStep, Callable]:
+    """The step computing ``(a, jerk)`` from ``(x, v, mass, params=[G, softening])``, and a
+    function giving, in gather form, the adjoints ``(x, v, mass, G, eps^2)`` per body from
+    ``(x, v, mass, params, adj_a, adj_jerk)``."""
     gravity, adjoint, vec, scalar = _kernels(backend.torch_dtype == torch.float64)
     out = OutputSpec((batch, n, 3), vec, accumulates=False)
     per_body = OutputSpec((batch, n), scalar, accumulates=False)
@@ -150,6 +152,7 @@ def build_forces(backend: Backend, batch: int, n: int) -> tuple[KernelStep, Kern
         backend, adjoint, (batch, n), (), (*inputs, ("adj_a", vec), ("adj_jerk", vec)),
         (("adj_x", out), ("adj_v", out), ("adj_mass", per_body), ("adj_g", per_body),
          ("adj_eps2", per_body)))
+    adjoint = KernelStep(("x", "v", "mass", "params", "adj_a", "adj_jerk"), (backward,),
+                         ("adj_x", "adj_v", "adj_mass", "adj_g", "adj_eps2"))
     return (KernelStep(("x", "v", "mass", "params"), (forward,), ("a", "jerk")),
-            KernelStep(("x", "v", "mass", "params", "adj_a", "adj_jerk"), (backward,),
-                       ("adj_x", "adj_v", "adj_mass", "adj_g", "adj_eps2")))
+            functools.partial(run_forward, adjoint))
