@@ -43,6 +43,7 @@ __all__ = [
     "apply_segment",
     "apply_step",
     "capturable",
+    "return_free_memory",
     "run_forward",
 ]
 
@@ -124,6 +125,23 @@ def _zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(tuple(shape), dtype=like.dtype, device=like.device)
 
 
+def _empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized buffer of ``like``'s type; on the CPU from numpy (``malloc``).
+
+    Torch's CPU allocator asks ``posix_memalign`` for 64-byte aligned blocks, and glibc serves
+    an aligned request only from a free block larger than the request by the alignment: the
+    block a step's output leaves when it is freed then fits no later output of the same size,
+    so every step left one such hole in the heap (a 155 kB particle state per control step of
+    an MPM rollout: 7 MB of free but resident heap after 51 steps). Plain ``malloc`` blocks
+    of one size reuse each other's holes.
+    """
+    if like.device.type == "cpu" and like.dtype in _NUMPY_DTYPES:
+        import numpy as np
+
+        return torch.from_numpy(np.empty(tuple(shape), dtype=_NUMPY_DTYPES[like.dtype]))
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+
+
 def _copy(t: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of ``t``; on the CPU a single-threaded numpy copy, for the reason of
     :func:`_zeros` (the threaded ``clone`` of batched MPM grids in the Taichi adjoint below
@@ -131,6 +149,62 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
         return torch.from_numpy(t.detach().numpy().copy())
     return t.clone()
+
+
+class _Pool:
+    """Free CPU buffers of one step's intermediates, by shape and dtype, reused by its later
+    launches, substeps and calls instead of being freed and allocated again.
+
+    A step of 20 MPM substeps allocates and frees three buffers of 150-200 kB per substep, and
+    its backward holds all 60 of a step's recomputed buffers at once while the rollout's saved
+    states (tensors of the same size class) stay allocated between them. Returned to malloc,
+    those blocks fragment its heap: the process held ~15 MB of free but resident heap beyond
+    what it used (``benchmarks/mpm.py``'s crawler on Taichi, 1,020 substeps: peak 374 MB, 357
+    MB with malloc's large blocks mapped apart, which made every buffer a fresh mapping and the
+    iteration ~20% slower on page faults). Kept here instead, the same blocks serve every
+    substep and step: the pool holds what one step's backward needs at most (11 MB for that
+    crawler) and the heap no longer grows around it. Only buffers this bridge made and gave to
+    no one are returned (one holding a view, a Warp array or a numpy view of a buffer keeps
+    it out), and none over :data:`POOL_BUFFER_BYTES` (large blocks are mapped apart by malloc
+    itself, and a pool would hold them after the step).
+    """
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+
+    def take(self, shape: Sequence[int], like: torch.Tensor, zero: bool) -> torch.Tensor:
+        """A buffer of ``shape`` and ``like``'s type: zeros when ``zero``, else uninitialized."""
+        stack = self.free.get((tuple(shape), like.dtype)) if like.device.type == "cpu" else None
+        if not stack:
+            return _zeros(shape, like) if zero else _empty(shape, like)
+        buffer = stack.pop()
+        if zero:
+            if buffer.dtype in _NUMPY_DTYPES:
+                buffer.numpy().fill(0)  # single-threaded, as _zeros (no thread-pool fill)
+            else:
+                buffer.zero_()
+        return buffer
+
+    def give(self, buffer: torch.Tensor) -> None:
+        """Take ``buffer`` back for reuse if no one else can still reach its memory."""
+        if (buffer.device.type != "cpu" or buffer.requires_grad or buffer._base is not None
+                or not buffer.is_contiguous()
+                or buffer.numel() * buffer.element_size() > POOL_BUFFER_BYTES
+                # 2: this tensor's reference and the temporary storage object's
+                or torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) > 2):
+            return
+        self.free.setdefault((tuple(buffer.shape), buffer.dtype), []).append(buffer)
+
+
+POOL_BUFFER_BYTES = 8 * 2**20
+"""Largest buffer a step's :class:`_Pool` keeps for reuse [bytes]."""
+
+
+def _pool(step: KernelStep) -> _Pool:
+    pool = step.cache.get("pool")
+    if pool is None:
+        pool = step.cache["pool"] = _Pool()
+    return pool
 
 
 def _warp_ndim(tensor: torch.Tensor, dtype: Any) -> int:
@@ -310,6 +384,28 @@ def _taichi_static_args(launch: KernelLaunch, kernel: Any) -> tuple:
     return static
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None where the C library has none)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    except OSError:  # pragma: no cover - no C library to load
+        return None
+
+
+def return_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Called after a Taichi kernel compiles: compiling frees its temporaries into the
+    heap in blocks that later, smaller allocations fragment, so they stayed resident (1-3 MB
+    of an MPM training run's peak); and by ``simdiff train`` before its plots."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class _TaichiLauncher:
     """A Taichi kernel's launch with its static arguments set once, then only the tensors'
     pointers per call.
@@ -325,6 +421,7 @@ class _TaichiLauncher:
 
     def __init__(self, kernel: Any, static: tuple, tensors: Sequence[torch.Tensor]) -> None:
         kernel(*static, *tensors)  # compiles (or loads) it and checks every argument
+        return_free_memory()
         self.kernel, self.static = kernel, static
         self.signature = self._signature(tensors)
         self.plan = None
@@ -435,25 +532,29 @@ def _last_reads(step: KernelStep) -> dict[str, int]:
     return last
 
 
-def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor],
-                 keep: bool = True) -> dict[str, torch.Tensor]:
+def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor], keep: bool = True,
+                 pooled: bool = False) -> dict[str, torch.Tensor]:
     """Every buffer of the step after running its launches; with ``keep=False`` only its
-    outputs (intermediates are freed after their last read: a step of 20 MPM substeps then
-    holds one substep's grids at a time, not 20)."""
+    outputs (intermediates go back to the step's pool after their last read: a step of 20 MPM
+    substeps then holds one substep's grids at a time, not 20). ``pooled``: the outputs too
+    are taken from the pool (the caller gives them back)."""
     buffers = dict(zip(step.inputs, inputs))
-    last = None if keep else step.cache.get("last_reads")
-    if not keep and last is None:
+    last = step.cache.get("last_reads")
+    if last is None:
         last = step.cache["last_reads"] = _last_reads(step)
     like = inputs[0]
+    pool = _pool(step)
     # Cheap when nothing changed; re-initializes Taichi if another precision ran meanwhile.
     for backend in {launch.backend for launch in step.launches}:
         backend.ensure_initialized()
     for k, launch in enumerate(step.launches):
         args = [buffers[name] for name, _ in launch.inputs]
+        # Intermediates come from the step's pool; the step's outputs leave it (``pooled``:
+        # a recomputation for backward, whose outputs are the bridge's own).
         outs = [
-            _zeros(o.shape, like) if o.accumulates
-            else torch.empty(o.shape, dtype=like.dtype, device=like.device)
-            for _, o in launch.outputs
+            pool.take(o.shape, like, o.accumulates) if pooled or name not in step.outputs
+            else _zeros(o.shape, like) if o.accumulates else _empty(o.shape, like)
+            for name, o in launch.outputs
         ]
         if launch.backend.name is BackendName.WARP:
             _warp_run(launch, [*args, *outs])
@@ -461,11 +562,11 @@ def _run_forward(step: KernelStep, inputs: Sequence[torch.Tensor],
             _taichi_launch(launch, launch.forward_kernel or launch.kernel,
                            _flat_views(launch, [*args, *outs]))
         buffers.update(zip((name for name, _ in launch.outputs), outs))
-        if last is not None:
+        if not keep:
             del args, outs
             for name, _ in launch.inputs:
                 if last.get(name, -1) <= k and name in buffers:
-                    del buffers[name]
+                    pool.give(buffers.pop(name))
     return buffers
 
 
@@ -476,17 +577,22 @@ def _run_adjoint(
     grad_outputs: Sequence[torch.Tensor],
     accumulate: Sequence[torch.Tensor | None] = (),
     scratch: Sequence[bool] = (),
+    pool: _Pool | None = None,
 ) -> list[torch.Tensor]:
     """Gradients of one launch's inputs given its primal inputs, outputs and output gradients.
 
     A tensor in ``accumulate`` (one entry per input, or none) receives that input's gradient
     in place and is returned: both backends' adjoints add into their input adjoints. An
     output gradient marked in ``scratch`` (one entry per output, or none) is not read again
-    by the caller, so Taichi may be given it without a copy.
+    by the caller, so Taichi may be given it without a copy. New input gradients come from
+    ``pool`` where one is given.
     """
+    def zeros(t: torch.Tensor) -> torch.Tensor:
+        return _zeros(t.shape, t) if pool is None else pool.take(t.shape, t, True)
+
     if launch.backend.name is BackendName.WARP:
         into = list(accumulate) or [None] * len(inputs)
-        grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
+        grads_in = [zeros(t) if a is None else a for t, a in zip(inputs, into)]
         # Warp's adjoint of a store reads the output adjoint without changing it (our kernels
         # only write fresh outputs), so the incoming gradients are passed without copies.
         _warp_run(launch, [*inputs, *outputs], [*grads_in, *grad_outputs])
@@ -497,7 +603,7 @@ def _run_adjoint(
     # a 95 s MPM iteration); the outputs' are copies, so torch's incoming gradients stay as
     # they were.
     into = list(accumulate) or [None] * len(inputs)
-    grads_in = [_zeros(t.shape, t) if a is None else a for t, a in zip(inputs, into)]
+    grads_in = [zeros(t) if a is None else a for t, a in zip(inputs, into)]
     spare = list(scratch) or [False] * len(outputs)
     pairs = [*zip(inputs, grads_in),
              *((t, g if free else _copy(g)) for t, g, free in zip(outputs, grad_outputs, spare))]
@@ -542,7 +648,9 @@ class _StepFunction(torch.autograd.Function):
         saved = dict(zip(ctx.names, ctx.saved_tensors))
         if not any(ctx.needs_input_grad[1:]):
             return (None,) * (len(step.inputs) + 1)
-        buffers = _run_forward(step, [saved[n] for n in step.inputs]) if step.recompute else saved
+        pool = _pool(step) if step.recompute else None
+        buffers = (_run_forward(step, [saved[n] for n in step.inputs], pooled=True)
+                   if step.recompute else saved)
         adjoints = {
             name: g.contiguous() for name, g in zip(step.outputs, grad_outputs) if g is not None
         }
@@ -566,17 +674,25 @@ class _StepFunction(torch.autograd.Function):
                 # Adjoints of this launch's outputs are freed right after it (below), and
                 # those this backward made are not torch's incoming gradients.
                 [name in owned or name not in adjoints for name, _ in launch.outputs],
+                pool,
             )
             for (name, _), g in zip(launch.inputs, grads):
                 if name in owned and g is adjoints[name]:
                     continue  # accumulated in place
                 adjoints[name] = adjoints[name] + g if name in adjoints else g
                 owned.add(name)
-            for name, _ in launch.outputs:
-                if name not in step.outputs:
-                    buffers.pop(name, None)
-                    adjoints.pop(name, None)
             del outs, grads
+            for name, _ in launch.outputs:
+                # A recomputed buffer is the bridge's own, the step's outputs too; adjoints of
+                # intermediates are the bridge's (torch's incoming ones are the outputs').
+                value = buffers.pop(name, None) if pool is not None or \
+                    name not in step.outputs else None
+                adjoint = adjoints.pop(name, None) if name not in step.outputs else None
+                if pool is not None:
+                    for t in (value, adjoint if name in owned else None):
+                        if t is not None:
+                            pool.give(t)
+                del value, adjoint
         grads_in = [adjoints.get(name) for name in step.inputs]
         return (None, *(g if need else None for g, need in zip(grads_in, ctx.needs_input_grad[1:])))
 

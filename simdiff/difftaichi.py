@@ -232,9 +232,9 @@ def _difftaichi_smoke(folder: Path) -> tuple[Callable[[], None], dict]:
 
 def _simdiff_mass_spring(backend_name: str) -> tuple[Callable[[], None], dict]:
     import torch
-    from torch.optim import Adam
 
     from simdiff.backend import resolve_backend
+    from simdiff.optim import Adam  # what `simdiff train` runs: torch's, no compiler import
     from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.threads import intra_op_threads, threads_for
@@ -259,10 +259,10 @@ def _simdiff_mass_spring(backend_name: str) -> tuple[Callable[[], None], dict]:
 
 def _simdiff_mpm(backend_name: str) -> tuple[Callable[[], None], dict]:
     import torch
-    from torch.optim import Adam
 
     from simdiff.backend import resolve_backend
     from simdiff.bench import saved_bytes
+    from simdiff.optim import Adam  # what `simdiff train` runs: torch's, no compiler import
     from simdiff.rollout import rollout
     from simdiff.scene import load_controller, load_scene, make_simulator
     from simdiff.threads import intra_op_threads, threads_for

@@ -206,6 +206,11 @@ def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], bool]:
     cautious = key.startswith("cautious-")
     base = key.removeprefix("cautious-")
     own = {k.lower(): v for k, v in vars(torch.optim).items() if isinstance(v, type)}
+    if not cautious and base == "adam":
+        # torch's Adam, run without importing torch's compiler (71 MB; simdiff.optim)
+        from simdiff.optim import Adam
+
+        return Adam, False
     if not cautious and base in own and issubclass(own[base], torch.optim.Optimizer):
         return own[base], False  # torch's own: pytorch-optimizer is not even imported
     classes = _optimizer_classes()
@@ -221,7 +226,8 @@ def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], bool]:
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """An optimizer by case-insensitive name, from ``torch.optim`` (adam, sgd, lbfgs, ...) or
+    """An optimizer by case-insensitive name, from ``torch.optim`` (adam, sgd, lbfgs, ...; adam
+    is :class:`simdiff.optim.Adam`, torch's Adam without its compiler import) or
     the ``pytorch-optimizer`` package (lion, ademamix, grams, adamp, ...). ``cautious-NAME``
     turns on the cautious masking (Liang et al. 2024) of optimizers that offer it
     (``cautious-lion``, ``cautious-ademamix``, ...).

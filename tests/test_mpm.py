@@ -335,3 +335,50 @@ def test_rollout_failures_name_step_particle_and_quantity(backend):
     with pytest.raises(SimulationError, match=r"world 0, step 1 of 3: particle_v of particle \d+ .* "
                                               r"faster than dx/dt"):
         rollout(sim, fast, None, 3)
+
+
+def _pool_bytes(sim) -> int:
+    pool = sim._launch.cache.get("pool")
+    return 0 if pool is None else sum(t.numel() * t.element_size()
+                                      for stack in pool.free.values() for t in stack)
+
+
+def test_steps_chain_without_copies_and_reuse_their_buffers(backend):
+    """A step's output is the next step's input as it is (no copy per control step), with
+    the gradients of states rebuilt from copies (the views' gradients and the next step's add
+    up); a step's intermediates come from a pool that stops growing after one backward and
+    holds at most one step's buffers and their adjoints (bytes, not time)."""
+    sim = MPM(mixed_model(substeps=3), backend)
+    steps = 4
+    s0 = sim.initial_state()
+    s1 = sim.step(s0, actions_for(sim, 1))
+    assert sim.pack(s1).data_ptr() == s1.particle_x.data_ptr()
+    assert torch.equal(sim.pack(s1), torch.cat([s1.particle_x, s1.particle_v,
+                                                s1.particle_C.flatten(2),
+                                                s1.particle_F.flatten(2)], 2))
+    grads = []
+    for copied in (False, True):
+        actions = actions_for(sim, steps).requires_grad_()
+        v0 = sim.model.particle_v.clone()[None].requires_grad_()
+        s = sim.state_from(particle_x=sim.model.particle_x.clone()[None], particle_v=v0)
+        loss = 0.0
+        for k in range(steps):
+            s = sim.step(s, actions[k][None])
+            if copied:  # fresh tensors: the next step packs a copy
+                s = type(s).from_tensors(s.field_names(), tuple(t.clone() for t in s.tensors()))
+            loss = loss + (k + 1) * s.particle_v.square().sum()  # the views are read too
+        loss = loss + s.particle_x[..., 1].sum()
+        loss.backward()
+        grads.append((actions.grad, v0.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+        assert a.abs().max() > 0
+    launch_bytes = sum(math.prod(o.shape) * 8 for launch in sim._launch.launches
+                       for _, o in launch.outputs)
+    held = []
+    for _ in range(3):
+        actions = actions_for(sim, steps).requires_grad_()
+        result = rollout(sim, sim.initial_state(), lambda k, s, a=actions: a[k][None], steps)
+        result.final.particle_x.square().sum().backward()
+        held.append(_pool_bytes(sim))
+    assert 0 < held[1] == held[2] <= 2 * launch_bytes

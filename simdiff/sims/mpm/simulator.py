@@ -14,7 +14,16 @@ about ``2 sqrt(steps)`` particle states are held (the segment starts, then one s
 recomputed in backward) at the cost of one more forward pass. Measured with
 :func:`simdiff.bench.saved_bytes` (``benchmarks/mpm.py`` part (c), Warp): 1,000 substeps save
 7.5 MB for backward, 4,000 save 29.6 MB, 10,000 (segments of 23 control steps) 3.3 MB; the
-process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp.
+process peaks at 437, 486 and 524 MB, of which 388 MB is importing torch and Warp (before
+the pooled buffers below).
+
+Peak memory of the DiffTaichi ``diffmpm.py`` comparison (``simdiff bench mpm --difftaichi``,
+1,020 substeps, one training iteration; DiffTaichi 685 MB): Taichi 359 MB (0.52x), of which
+322 MB is importing and initializing torch and Taichi; Warp 419 MB (0.61x), 387 MB of it
+the import. What the run adds above its import (37 and 32 MB, from 123 on both before) is
+the kernels' compiled code (~15 MB on Taichi), the 7.65 MB saved for backward and one
+step's recomputed buffers (11 MB), which come from the step's buffer pool
+(:mod:`simdiff.bridge`) so that the heap does not fragment around them.
 
 Batching (``benchmarks/batch_mpm.py``, mpm_crawler on 2 shared cores): at B = 8 a batched
 rollout runs 2.5-3.2x the world-steps per second of single-world rollouts forward and about
@@ -181,10 +190,44 @@ class MPM(Simulator):
         return Params(torch.cat([torch.stack(columns, -1), fiber], -1).contiguous())
 
     def pack(self, state: State) -> torch.Tensor:
-        """The kernels' particle layout ``[B, n, 2 d + 2 d^2]`` (x, v, C, F)."""
+        """The kernels' particle layout ``[B, n, 2 d + 2 d^2]`` (x, v, C, F): the tensor a
+        step returned, when ``state``'s fields are still the views :meth:`unpack` made of it,
+        else a new one.
+
+        Reusing the step's output spares a copy per control step and, more, the memory
+        pattern it made: the copy was what backward saved, a block allocated beside the
+        output freed a step later; the freed blocks fit no later copy (torch's allocator
+        aligns its blocks, see :func:`simdiff.bridge._empty`), so each control step left a
+        hole of a particle state in the heap, 7 MB over 51 steps. Gradients are the same:
+        the views' gradients (where the controller or the loss reads them) and the next
+        step's add into that tensor's.
+        """
+        packed = self._packed(state)
+        if packed is not None:
+            return packed
         b, n = state.particle_x.shape[:2]
         return torch.cat([state.particle_x, state.particle_v, state.particle_C.reshape(b, n, -1),
                           state.particle_F.reshape(b, n, -1)], 2)
+
+    def _packed(self, state: State) -> torch.Tensor | None:
+        """The tensor whose views ``state``'s particle fields are, laid out as :meth:`pack`
+        lays them out (None if they are anything else)."""
+        x = state.particle_x
+        base = x._base
+        d = self.model.dim
+        if base is None or base.dim() != 3 or base.shape[:2] != x.shape[:2] \
+                or base.shape[2] != 2 * d + 2 * d * d or not base.is_contiguous():
+            return None
+        b, n, width = base.shape
+        start, item = base.data_ptr(), base.element_size()
+        for t, offset, shape in ((x, 0, (b, n, d)), (state.particle_v, d, (b, n, d)),
+                                 (state.particle_C, 2 * d, (b, n, d, d)),
+                                 (state.particle_F, 2 * d + d * d, (b, n, d, d))):
+            strides = (n * width, width, 1) if len(shape) == 3 else (n * width, width, d, 1)
+            if (t._base is not base or t.data_ptr() != start + offset * item
+                    or tuple(t.shape) != shape or t.stride() != strides):
+                return None
+        return base
 
     def unpack(self, p: torch.Tensor, tool_x: torch.Tensor) -> State:
         b, n, d = p.shape[0], p.shape[1], self.model.dim
