@@ -86,11 +86,15 @@ def collect(folder: Path, *, evaluate: bool) -> dict:
                 figures = json.loads(eval_path.read_text())
                 row.update({k: figures.get(k) for k in EVALUATED})
             rows.append(row)
+    from simdiff.locomotion import held_out_schedule
     from simdiff.scene import load_scene
 
     goals = load_scene(scene, **(fixed.get("set") or {})).goals
+    held = held_out_schedule(goals, 4).goals  # what `simdiff evaluate` scores (4 worlds)
+    moving = held[..., 1] <= 0  # jump periods are judged by their height
     return {
         "vmax": goals.vmax,
+        "standing_velocity_error": float(held[..., 0].abs()[moving].mean()),
         "tasks": list(goals.tasks),
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores",
@@ -138,7 +142,8 @@ def render(data: dict) -> str:
         "of goals every iteration, so noisy); `skipped` counts iterations whose gradient was "
         "not finite (never applied); the last four columns are `simdiff evaluate` of the "
         "best iteration's controller on the held-out schedule (4 worlds: walk at four speeds, "
-        f"then the other tasks of the goals): `velocity_error` [m/s] (vmax = {data['vmax']:g}), "
+        f"then the other tasks of the goals): `velocity_error` [m/s] (vmax = {data['vmax']:g}; "
+        f"a robot standing still scores {data['standing_velocity_error']:.3g}), "
         "`jump_height_error` [m], "
         "`crawl_violation` (fraction of crawl steps above the bar) and `inverted_cells` "
         "(fraction of cell-steps with a non-positive signed area)."),
