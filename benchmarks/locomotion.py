@@ -81,14 +81,21 @@ class _DiffPhys:
         self.optimizer = torch.optim.Adam(self.controller.parameters(),
                                           lr=scene.train.get("lr", 0.01))
         self.window = scene.train.get("backprop_window") or None  # as `simdiff train` does
+        self.lr = scene.train.get("lr", 0.01)
+        self.lr_schedule = scene.train.get("lr_schedule", "constant")
         self.held = _held_out(scene.goals)
         self.targets = self.held.goals[0, :, 0].numpy()
         self.iteration = 0
         self.steps_per_unit = self.worlds * scene.steps
 
-    def step(self) -> None:
+    def step(self, fraction: float) -> None:
         from simdiff.locomotion import goal_rollout
+        from simdiff.train import scheduled_lr
 
+        # The scene's learning-rate schedule, over the budget's time (its iterations are
+        # not known in advance): fraction is the share of the budget spent.
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled_lr(self.lr, self.lr_schedule, round(1000 * fraction), 1001)
         scene = self.scene
         schedule = scene.goals.sample(self.worlds, scene.steps, seed=self.iteration,
                                       iteration=self.iteration)
@@ -138,7 +145,7 @@ class _PPO:
         self.targets = self.held.goals[0, :, 0].numpy()
         self.steps_per_unit = self.n_steps * WORLDS * self.probe.worlds.control_steps
 
-    def step(self) -> None:
+    def step(self, fraction: float) -> None:
         self.model.learn(total_timesteps=self.n_steps * WORLDS, reset_num_timesteps=False)
 
     def score(self) -> float:
@@ -178,7 +185,7 @@ def run(budget: float, quick: bool) -> list[dict]:
             m = min(left, key=lambda m: state[m.name]["spent"])
             s = state[m.name]
             start, start_cpu = time.perf_counter(), time.process_time()
-            m.step()
+            m.step(min(1.0, s["spent"] / budget))
             s["spent"] += time.perf_counter() - start
             s["cpu"] += time.process_time() - start_cpu
             s["simulated"] += m.steps_per_unit
@@ -191,7 +198,8 @@ def run(budget: float, quick: bool) -> list[dict]:
     for m in methods:
         s = state[m.name]
         rows.append({"config": m.name, "budget_s": budget, METRIC: s["curve"][-1][METRIC],
-                     "best_" + METRIC: min(c[METRIC] for c in s["curve"]), **m.facts(), "cpu_seconds": round(s["cpu"], 1),
+                     "best_" + METRIC: min(c[METRIC] for c in s["curve"]), **m.facts(),
+                     "cpu_seconds": round(s["cpu"], 1),
                      "standing_" + METRIC: float(np.abs(m.targets).mean()),
                      "load_average": round(os.getloadavg()[0], 2), "curve": s["curve"]})
     return rows

@@ -258,6 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         optimizer=args.optimizer,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         clip=args.clip,
         grad_normalize=args.grad_normalize,
         backprop_window=args.backprop_window,
@@ -568,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(lion, ademamix, grams, adamp, cautious-lion, ...) (default: adam)")
     p.add_argument("--lr", type=float,
                    help="learning rate (default: the scene's; on --resume, the checkpoint's)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="cosine: from --lr down to a twentieth of it over the iterations "
+                        "(default: the scene's, else constant)")
     p.add_argument("--clip", type=float, default=1.0,
                    help="max gradient norm, 0 disables (default: 1.0)")
     p.add_argument("--grad-normalize", action="store_true",

@@ -101,6 +101,11 @@ class TrainConfig:
         precision: ``float32`` or ``float64``; None takes the scene's default (else float32).
         optimizer: Optimizer name (case-insensitive), see :func:`make_optimizer`.
         lr: Learning rate; None takes the scene's default (on resume, the checkpoint's).
+        lr_schedule: ``constant``, or ``cosine``: the rate of iteration ``i`` is
+            ``lr * (0.05 + 0.95 * (1 + cos(pi i / iters)) / 2)``, from ``lr`` down to a
+            twentieth of it at the last iteration (quiets the late iterates), over the run's
+            total ``iters`` (a run continued to a larger total follows that total's schedule
+            from there); None takes the scene's default, else constant.
         clip: Maximum gradient norm (0 disables clipping).
         grad_normalize: Rescale every finite gradient to norm ``clip`` (not only larger ones).
         backprop_window: Truncate backpropagation to windows of this many steps (0: the whole
@@ -129,6 +134,7 @@ class TrainConfig:
     precision: str | None = None
     optimizer: str = "adam"
     lr: float | None = None
+    lr_schedule: str | None = None
     clip: float = 1.0
     grad_normalize: bool = False
     backprop_window: int | None = None
@@ -283,6 +289,16 @@ def _load_checkpoint(path: Path) -> dict:
     return data
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, iteration: int, iters: int) -> float:
+    """The learning rate of ``iteration`` of ``iters`` (see :class:`TrainConfig`)."""
+    if schedule == "constant" or iters <= 1:
+        return lr
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * iteration / (iters - 1))))
+
+
 def _check_settings(config: TrainConfig) -> None:
     """Values a run cannot start with, refused before anything is built."""
     lr = config.lr
@@ -302,6 +318,9 @@ def _check_settings(config: TrainConfig) -> None:
                          f"(0: choose the best iteration on the training loss)")
     if config.iters is not None and config.iters < 0:
         raise ValueError(f"iters={config.iters} must be >= 0")
+    if config.lr_schedule not in (None, *LR_SCHEDULES):
+        raise ValueError(f"lr_schedule={config.lr_schedule!r} is unknown; allowed: "
+                         f"{', '.join(LR_SCHEDULES)}")
     if config.backprop_window is not None and config.backprop_window < 0:
         raise ValueError(f"backprop_window={config.backprop_window} must be >= 1 (steps), 0 "
                          f"(the whole horizon) or None (the scene's default)")
@@ -323,9 +342,10 @@ def _continued(config: TrainConfig, saved: dict, path: Path) -> None:
 
 
 def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
-    defaults = {"batch": 1, "health": "stop"}  # checkpoints from before batches
+    defaults = {"batch": 1, "health": "stop",  # checkpoints from before batches, schedules
+                "lr_schedule": "constant"}
     for key in ("scene", "controller", "backend", "precision", "optimizer", "scene_options",
-                "controller_options", "batch", "health"):
+                "controller_options", "batch", "health", "lr_schedule"):
         if saved.get(key, defaults.get(key)) != getattr(config, key):
             raise CheckpointError(
                 f"checkpoint {path} belongs to another run: {key}={saved.get(key, defaults.get(key))!r} there, "
@@ -487,6 +507,7 @@ def train(
     config.backend = config.backend or scene.default_backend
     config.precision = config.precision or scene.train.get("precision", "float32")
     config.lr = config.lr if config.lr is not None else scene.train.get("lr", 0.01)
+    config.lr_schedule = config.lr_schedule or scene.train.get("lr_schedule", "constant")
     config.seed = config.seed if config.seed is not None else 0
     config.iters = config.iters if config.iters is not None else scene.train.get("iters", 40)
     if config.batch is None:
@@ -617,6 +638,9 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                                          or iteration + 1 == config.iters):
                 with intra_op_threads(threads):
                     validated = validate(controller)
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(config.lr, config.lr_schedule, iteration,
+                                           config.iters)
             with intra_op_threads(threads):  # tiny torch ops single-threaded (threads.py)
                 # The row logged is this first evaluation, at the parameters before the step.
                 loss, result, extra, grad_norm = evaluate()
@@ -635,6 +659,7 @@ def _train_locked(config: TrainConfig, out: Path, scene: Scene, saved: dict | No
                 optimizer.zero_grad()
             row = {
                 "iteration": iteration,
+                "lr": optimizer.param_groups[0]["lr"],
                 "loss": float(loss.detach()),
                 "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                 "grad_finite": healthy,

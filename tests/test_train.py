@@ -73,3 +73,29 @@ def test_a_scene_with_nothing_to_train_is_refused_before_compiling(tmp_path):
     with pytest.raises(SceneError, match="nothing to train.*simdiff run nbody_pythagorean"):
         train(TrainConfig(scene="nbody_pythagorean", iters=1), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cosine_schedule_anneals_the_rate_and_resumes_exactly(tmp_path):
+    from simdiff.train import scheduled_lr
+
+    assert scheduled_lr(0.1, "cosine", 0, 5) == pytest.approx(0.1)
+    assert scheduled_lr(0.1, "cosine", 2, 5) == pytest.approx(0.1 * (0.05 + 0.95 * 0.5))
+    assert scheduled_lr(0.1, "cosine", 4, 5) == pytest.approx(0.005)
+    assert scheduled_lr(0.1, "constant", 4, 5) == 0.1
+    full = train(_config(lr_schedule="cosine"), tmp_path / "full", progress=False)
+    assert [r["lr"] for r in full.metrics] == pytest.approx(
+        [scheduled_lr(0.05, "cosine", i, 4) for i in range(4)])
+    # The schedule runs over the run's total: a 2-iteration run continued to 4 takes the
+    # 4-iteration schedule's rates from there on.
+    train(_config(iters=2, lr_schedule="cosine"), tmp_path / "part", progress=False)
+    resumed = train(_config(lr_schedule="cosine"), tmp_path / "part",
+                    resume=tmp_path / "part" / "checkpoint.pt", progress=False)
+    assert [r["lr"] for r in resumed.metrics] == pytest.approx(
+        [scheduled_lr(0.05, "cosine", i, 2) for i in range(2)]
+        + [scheduled_lr(0.05, "cosine", i, 4) for i in range(2, 4)])
+    with pytest.raises(CheckpointError, match="belongs to another run: lr_schedule='cosine'"):
+        train(_config(), tmp_path / "part", resume=tmp_path / "part" / "checkpoint.pt",
+              progress=False)
+    with pytest.raises(ValueError, match="lr_schedule='linear' is unknown; allowed: constant, "
+                                         "cosine"):
+        train(_config(lr_schedule="linear"), tmp_path / "bad", progress=False)
