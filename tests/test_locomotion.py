@@ -106,12 +106,12 @@ def test_heading_loss_is_zero_when_turning_at_the_commanded_rate():
     assert float(locomotion_losses(SimpleNamespace(goal_schedule=wrong, trace=trace))["heading"]) > 1e-4
 
 
-def _goal_setup(activation, precision="float64", batch=2, steps=8):
+def _goal_setup(activation, precision="float64", batch=2, steps=8, **options):
     scene = load_scene("walker_goals", steps=steps, period=steps, window=4)
     sim = make_simulator(scene, resolve_backend("warp", "cpu", precision), batch_size=batch)
     torch.manual_seed(3)
     controller = load_controller("goal_mlp", sim, scene, activation=activation,
-                                 hidden=8, clocks=4, duplicate=2)
+                                 hidden=8, clocks=4, duplicate=2, **options)
     return scene, sim, controller.to(torch.float64 if precision == "float64" else torch.float32)
 
 
@@ -348,3 +348,19 @@ def test_walker_goals_walks_first_then_learns_every_task_and_names_bad_options()
         load_scene("walker_goals", walk_first=-1)
     with pytest.raises(ValueError, match=r"unknown terms \['speed'\]; allowed: \['actuation'"):
         load_scene("walker_goals", weights={"speed": 1})
+
+
+def test_goal_controller_holds_its_action_for_hold_steps():
+    scene, sim, controller = _goal_setup("sin", hold=3)
+    schedule = scene.goals.schedule([("walk", 0.04)], batch_size=2)
+    result = goal_rollout(sim, sim.initial_state(), controller, schedule, 7)
+    actions = result.trace["action"]  # [T, B, A]
+    for start in (0, 3):
+        for step in range(start + 1, start + 3):
+            assert torch.equal(actions[step], actions[start])
+    assert not torch.equal(actions[3], actions[0])
+    loss = result.mean(locomotion_losses(result)["total"])
+    loss.backward()
+    assert float(controller.layers[0].weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="hold=0 must be an integer >= 1"):
+        _goal_setup("sin", hold=0)

@@ -46,17 +46,24 @@ class GoalMLPController(nn.Module):
         points: Largest number of particles used as position inputs.
         output_gain: Scale of the output layer's initial weights against the hidden
             layer's (0.1: small first actions, so the robot starts upright).
+        hold: Control steps each action is held for (1: a new action every step); the
+            network runs on steps ``0, hold, 2 hold, ...`` only.
     """
 
     def __init__(self, particle_count: int, dim: int, action_dim: int, dt: float,
                  goals: GoalSpace, *, hidden: int = 64, clocks: int = 16,
                  frequency: float = 2.0, duplicate: int = 16, position_scale: float = 0.2,
-                 activation: str = "sin", points: int = 64, output_gain: float = 0.1) -> None:
+                 activation: str = "sin", points: int = 64, output_gain: float = 0.1,
+                 hold: int = 1) -> None:
         super().__init__()
         if activation not in ("sin", "tanh"):
             raise ValueError(f"activation={activation!r}; allowed: 'sin', 'tanh'")
         if not 0 < output_gain <= 1:
             raise ValueError(f"output_gain={output_gain} must lie in (0, 1]")
+        if not (isinstance(hold, int) and hold >= 1):
+            raise ValueError(f"hold={hold!r} must be an integer >= 1 (control steps)")
+        self.hold = hold
+        self._held: tuple[int, torch.Tensor] | None = None
         if duplicate < 1 or clocks < 0 or hidden < 1:
             raise ValueError(f"duplicate={duplicate} and hidden={hidden} must be >= 1, "
                              f"clocks={clocks} >= 0")
@@ -84,6 +91,16 @@ class GoalMLPController(nn.Module):
         return torch.sin(z) if self.activation == "sin" else torch.tanh(z)
 
     def forward(self, step: int, state, goal: torch.Tensor) -> torch.Tensor:
+        if self.hold > 1:
+            start = step - step % self.hold
+            if step != start and self._held is not None and self._held[0] == start:
+                return self._held[1]
+            action = self._act_on(start, state, goal)
+            self._held = (start, action) if step == start else None
+            return action
+        return self._act_on(step, state, goal)
+
+    def _act_on(self, step: int, state, goal: torch.Tensor) -> torch.Tensor:
         x = state.particle_x  # [B, n, dim]
         b = x.shape[0]
         dtype = self.layers[0].weight.dtype
