@@ -28,8 +28,8 @@ A curriculum (``walk_first`` = 150): the first 150 iterations draw only stand an
 the rest every task. Measured 2026-12-02 with this robot: trained on every task from the start
 (150-220 iterations; also with the velocity weighed 10, with jump and crawl weighed 0.3, with
 Adam at 0.003, and 80 iterations of 128 worlds), the validation velocity error stayed at
-0.03-0.05 m/s, a standing robot's; on stand and walk alone it fell to 0.0097 m/s held out within 150
-iterations, and jumping and crawling, added then, keep it.
+0.03-0.05 m/s, a standing robot's; on stand and walk alone it fell to 0.0097 m/s held out
+within 150 iterations, and jumping and crawling, added then, keep it.
 
 Measured 2026-12-02 with these defaults (500 iterations, 1,231 s of training wall-clock at load
 average 3-6, best validated iteration 499; about 0.85 s an iteration on an idle host):
