@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Set-up and the two everyday jobs, with nothing but Python installed.
 
-    python3 tasks.py demo   # create/reuse .venv, install, train the goal-conditioned walker, write renders/
+    python3 tasks.py demo   # create/reuse .venv, install, train the goal walker into renders/
     python3 tasks.py test   # create/reuse .venv, install, run the test suite
-    python3 tasks.py sample # the demo, then its video as the README's renders/samples/walker_goals.gif
+    python3 tasks.py sample # the demo, then its video as renders/samples/walker_goals.gif
     python3 tasks.py media  # regenerate the gallery, docs/benchmarks.md and the README's stills
 
 Extra arguments after ``test`` go to pytest (e.g. ``python3 tasks.py test -m slow``).
