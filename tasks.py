@@ -67,7 +67,7 @@ def main() -> int:
         return max(codes)
     if job == "demo":
         # The goal-conditioned walker on its first curriculum stage (stand and walk at a
-        # commanded speed): 120 iterations, about 2 minutes on 2 idle cores; its video shows
+        # commanded speed): 120 iterations, 135 s on 2 idle cores (measured); its video shows
         # the best iteration following forward, stop and backward commands.
         out = ROOT / "renders" / "walker_goals"
         cmd = [str(BIN / "simdiff"), "train", "walker_goals", "--set", 'tasks=["stand","walk"]',

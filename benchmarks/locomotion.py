@@ -32,7 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simdiff.backend import resolve_backend
+from simdiff.locomotion import goal_rollout, held_out_schedule
+from simdiff.scene import load_controller, load_scene, make_simulator
 from simdiff.threads import intra_op_threads
+from simdiff.train import scheduled_lr
 
 METRIC = "velocity_error"
 
@@ -44,8 +48,6 @@ SCORES = 15
 
 
 def _held_out(space):
-    from simdiff.locomotion import held_out_schedule
-
     schedule = held_out_schedule(space, 4)
     schedule.goals = schedule.goals[:1]
     schedule.tasks = schedule.tasks[:1]
@@ -65,9 +67,6 @@ class _DiffPhys:
     name = "diffphys"
 
     def __init__(self, quick: bool) -> None:
-        from simdiff.backend import resolve_backend
-        from simdiff.scene import load_controller, load_scene, make_simulator
-
         self.scene = scene = load_scene("walker_goals", **{**OPTIONS, **(QUICK if quick else {})})
         backend = resolve_backend("warp", "cpu", "float32")
         # The worlds `simdiff train` uses (32: they cost about what 16 do, the per-step
@@ -89,9 +88,6 @@ class _DiffPhys:
         self.steps_per_unit = self.worlds * scene.steps
 
     def step(self, fraction: float) -> None:
-        from simdiff.locomotion import goal_rollout
-        from simdiff.train import scheduled_lr
-
         # The scene's learning-rate schedule, over the budget's time (its iterations are
         # not known in advance): fraction is the share of the budget spent.
         for group in self.optimizer.param_groups:
@@ -110,8 +106,6 @@ class _DiffPhys:
         self.iteration += 1
 
     def score(self) -> float:
-        from simdiff.locomotion import goal_rollout
-
         with torch.no_grad():
             r = goal_rollout(self.probe, self.probe.initial_state(), self.controller, self.held,
                              self.scene.steps)
